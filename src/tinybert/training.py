@@ -1,0 +1,211 @@
+"""One training loop for fine-tuning and distillation, on accelerate.
+
+It owns what every stage needs: AdamW without decay on biases/LayerNorm, a linear or constant
+schedule with warm-up, gradient clipping and accumulation, mixed precision, progress with
+running losses, a JSONL log, checkpoints that a killed run resumes from exactly, evaluation
+after every epoch and a callback when the tracked metric improves.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from tqdm.auto import tqdm
+from transformers import get_constant_schedule_with_warmup, get_linear_schedule_with_warmup
+
+logger = logging.getLogger(__name__)
+
+STATE_FILE = "training_state.json"
+LOG_FILE = "train_log.jsonl"
+CHECKPOINT_DIR = "checkpoint"
+
+
+@dataclass
+class TrainingConfig:
+    epochs: float = 3
+    batch_size: int = 32
+    learning_rate: float = 2e-5
+    schedule: str = "linear"  # "linear" (decay to 0) or "constant", both after warm-up
+    warmup_ratio: float = 0.1
+    weight_decay: float = 0.01
+    max_grad_norm: float = 1.0
+    gradient_accumulation_steps: int = 1
+    seed: int = 42
+    mixed_precision: str = "no"  # "no", "bf16" or "fp16" (accelerate's names)
+    checkpoint_every: int = 200  # optimizer steps
+    log_every: int = 10  # optimizer steps
+
+
+def make_accelerator(config: TrainingConfig) -> Accelerator:
+    return Accelerator(mixed_precision=config.mixed_precision,
+                       gradient_accumulation_steps=config.gradient_accumulation_steps)
+
+
+def optimizer_groups(module: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """Weight decay on weight matrices only, not on biases or LayerNorm (as BERT was trained)."""
+    decay, no_decay = [], []
+    for name, parameter in module.named_parameters():
+        if not parameter.requires_grad:
+            continue
+        (no_decay if parameter.ndim < 2 or "LayerNorm" in name or "layer_norm" in name else decay).append(parameter)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def is_complete(output_dir: str | os.PathLike) -> bool:
+    state = Path(output_dir) / STATE_FILE
+    return state.is_file() and json.loads(state.read_text()).get("complete", False)
+
+
+def run_training(*, output_dir: str | os.PathLike, config: TrainingConfig, module: torch.nn.Module,
+                 train_loader, compute_losses: Callable[[torch.nn.Module, dict], dict],
+                 evaluate: Callable[[torch.nn.Module], dict] | None = None, metric: str | None = None,
+                 on_improved: Callable[[torch.nn.Module, dict], None],
+                 accelerator: Accelerator | None = None, description: str = "training") -> dict:
+    """Train ``module`` and return a summary (best metrics, history).
+
+    ``compute_losses(module, batch)`` returns a dict with the total ``"loss"`` and any parts to
+    log. ``evaluate(unwrapped_module)`` returns metrics after each epoch; ``on_improved`` is
+    called with the unwrapped module when ``metric`` improves (or at the end without evaluation).
+    Re-running with the same ``output_dir`` resumes from the last checkpoint.
+    """
+    output_dir = Path(output_dir)
+    accelerator = accelerator or make_accelerator(config)
+    set_seed(config.seed)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    checkpoint = output_dir / CHECKPOINT_DIR
+
+    optimizer = torch.optim.AdamW(optimizer_groups(module, config.weight_decay), lr=config.learning_rate)
+    batches_per_epoch = len(train_loader)
+    steps_per_epoch = math.ceil(batches_per_epoch / config.gradient_accumulation_steps)
+    total_steps = max(1, math.ceil(steps_per_epoch * config.epochs))
+    warmup_steps = int(config.warmup_ratio * total_steps)
+    if config.schedule == "linear":
+        scheduler = get_linear_schedule_with_warmup(optimizer, warmup_steps, total_steps)
+    elif config.schedule == "constant":
+        scheduler = get_constant_schedule_with_warmup(optimizer, warmup_steps)
+    else:
+        raise ValueError(f"unknown schedule {config.schedule!r}: use 'linear' or 'constant'")
+    module, optimizer, loader, scheduler = accelerator.prepare(module, optimizer, train_loader, scheduler)
+
+    state = {"global_step": 0, "epoch": 0, "batch_in_epoch": 0, "best": None, "history": []}
+    if (checkpoint / STATE_FILE).is_file():
+        accelerator.load_state(str(checkpoint))
+        state = json.loads((checkpoint / STATE_FILE).read_text())
+        logger.info("resuming %s from step %d (epoch %d, batch %d)", output_dir, state["global_step"],
+                    state["epoch"] + 1, state["batch_in_epoch"])
+        if accelerator.is_main_process:
+            _truncate_log(output_dir / LOG_FILE, state["global_step"])
+
+    log_file = open(output_dir / LOG_FILE, "a") if accelerator.is_main_process else None
+    progress = tqdm(total=total_steps, initial=state["global_step"], desc=description, unit="step",
+                    disable=not accelerator.is_main_process, dynamic_ncols=True)
+    running: dict[str, float] = {}
+    total_epochs = math.ceil(config.epochs)
+
+    def save_checkpoint() -> None:
+        temporary = output_dir / (CHECKPOINT_DIR + ".tmp")
+        if accelerator.is_main_process:
+            shutil.rmtree(temporary, ignore_errors=True)
+        accelerator.wait_for_everyone()
+        accelerator.save_state(str(temporary))
+        if accelerator.is_main_process:
+            (temporary / STATE_FILE).write_text(json.dumps(state))
+            shutil.rmtree(checkpoint, ignore_errors=True)
+            os.replace(temporary, checkpoint)
+        accelerator.wait_for_everyone()
+
+    def log(record: dict) -> None:
+        if log_file:
+            log_file.write(json.dumps(record) + "\n")
+            log_file.flush()
+
+    module.train()
+    while state["epoch"] < total_epochs and state["global_step"] < total_steps:
+        epoch = state["epoch"]
+        loader.set_epoch(epoch)
+        epoch_loader = loader
+        if state["batch_in_epoch"]:
+            epoch_loader = accelerator.skip_first_batches(loader, state["batch_in_epoch"])
+        for batch in epoch_loader:
+            with accelerator.accumulate(module):
+                losses = compute_losses(module, batch)
+                accelerator.backward(losses["loss"])
+                if accelerator.sync_gradients and config.max_grad_norm:
+                    accelerator.clip_grad_norm_(module.parameters(), config.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad()
+            state["batch_in_epoch"] += 1
+            for name, value in losses.items():
+                value = float(value.detach())
+                running[name] = value if name not in running else 0.9 * running[name] + 0.1 * value
+            if not accelerator.sync_gradients:
+                continue
+            state["global_step"] += 1
+            progress.update(1)
+            progress.set_postfix({name: f"{value:.4g}" for name, value in running.items()}, refresh=False)
+            if state["global_step"] % config.log_every == 0:
+                log({"step": state["global_step"], "epoch": epoch + state["batch_in_epoch"] / batches_per_epoch,
+                     "lr": scheduler.get_last_lr()[0], **{k: float(v.detach()) for k, v in losses.items()}})
+            if state["global_step"] >= total_steps:
+                break
+            if state["global_step"] % config.checkpoint_every == 0:
+                save_checkpoint()
+        state["epoch"] += 1
+        state["batch_in_epoch"] = 0
+        _end_of_epoch(state, accelerator, module, evaluate, metric, on_improved, log)
+        save_checkpoint()
+    progress.close()
+
+    if evaluate is None:
+        if accelerator.is_main_process:
+            on_improved(accelerator.unwrap_model(module), {})
+    summary = {"complete": True, "best": state["best"], "metric": metric, "history": state["history"],
+               "steps": state["global_step"], "config": asdict(config)}
+    if accelerator.is_main_process:
+        if log_file:
+            log_file.close()
+        (output_dir / STATE_FILE).write_text(json.dumps(summary, indent=2))
+        shutil.rmtree(checkpoint, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return summary
+
+
+def _end_of_epoch(state, accelerator, module, evaluate, metric, on_improved, log) -> None:
+    if evaluate is None:
+        return
+    unwrapped = accelerator.unwrap_model(module)
+    metrics = evaluate(unwrapped)
+    module.train()
+    record = {"step": state["global_step"], "epoch": state["epoch"], "eval": metrics}
+    state["history"].append(record)
+    log(record)
+    value = metrics[metric]
+    improved = state["best"] is None or value > state["best"][metric]
+    message = f"epoch {state['epoch']}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
+    if improved:
+        state["best"] = {**metrics, "epoch": state["epoch"]}
+        if accelerator.is_main_process:
+            on_improved(unwrapped, metrics)
+        message += " (best so far, saved)"
+    if accelerator.is_main_process:
+        tqdm.write(message)
+    accelerator.wait_for_everyone()
+
+
+def _truncate_log(path: Path, last_step: int) -> None:
+    """Drops log lines written after the checkpoint a resumed run restarts from."""
+    if not path.is_file():
+        return
+    kept = [line for line in path.read_text().splitlines() if json.loads(line).get("step", 0) <= last_step]
+    path.write_text("".join(line + "\n" for line in kept))

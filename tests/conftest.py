@@ -1,0 +1,49 @@
+import os
+from pathlib import Path
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from transformers import AutoTokenizer, BertConfig, BertModel  # noqa: E402
+
+from tinybert.resources import demo_teacher_dir  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("TINYBERT_SHARED", REPO.parent / "shared"))
+DATASETS = SHARED / "datasets"
+
+
+def shared_dataset(relative: str) -> Path:
+    path = DATASETS / relative
+    if not path.exists():
+        pytest.skip(f"shared dataset {path} is not present")
+    return path
+
+
+def tiny_bert_config(**overrides) -> BertConfig:
+    settings = dict(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                    intermediate_size=64, max_position_embeddings=128)
+    settings.update(overrides)
+    return BertConfig(**settings)
+
+
+@pytest.fixture(scope="session")
+def real_tokenizer():
+    return AutoTokenizer.from_pretrained(demo_teacher_dir())
+
+
+@pytest.fixture
+def tiny_model_dir(tmp_path, real_tokenizer):
+    """A bare 2-layer, 32-wide BERT encoder (like a pretrained one) with the real uncased tokenizer."""
+    torch.manual_seed(0)
+    path = tmp_path / "tiny"
+    BertModel(tiny_bert_config()).save_pretrained(path)
+    real_tokenizer.save_pretrained(path)
+    return path
+
+
+def write(path: Path, text: str, encoding: str = "utf-8") -> Path:
+    path.write_bytes(text.encode(encoding))
+    return path
