@@ -64,6 +64,43 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_options(evaluate)
     evaluate.set_defaults(run=_run_evaluate)
 
+    distill = commands.add_parser("distill", help="task distillation, stage 1 or stage 2",
+                                  description="Distil a fine-tuned teacher into a student: "
+                                              "--stage intermediate (embeddings, hidden states, attention "
+                                              "scores), then --stage prediction (logits) from its output.")
+    distill.add_argument("--stage", choices=("intermediate", "prediction"), required=True)
+    distill.add_argument("--teacher", required=True, help="fine-tuned teacher directory")
+    distill.add_argument("--student", default="tinybert-4l-312",
+                         help="preset (tinybert-4l-312, tinybert-6l-768) or student directory "
+                              "(a general student, or the stage-1 output for stage 2)")
+    distill.add_argument("--train", required=True, help="training data (original or augmented)")
+    distill.add_argument("--eval", help="dev data: evaluated each epoch of stage 2, the best epoch is kept")
+    distill.add_argument("--output", required=True, help="output student directory")
+    distill.add_argument("--epochs", type=float, help="default 20 (stage 1), 3 (stage 2)")
+    distill.add_argument("--max-length", type=int, help="default 64 single texts, 128 pairs")
+    distill.add_argument("--batch-size", type=int, default=32)
+    distill.add_argument("--lr", type=float, help="default 5e-5 constant (stage 1), 3e-5 linear (stage 2)")
+    distill.add_argument("--init-from-teacher", action="store_true",
+                         help="start from the teacher's embeddings and mapped layers (same width)")
+    distill.add_argument("--layers", type=int, help="student layer count (with a preset or --init-from-teacher)")
+    distill.add_argument("--layer-map", help="teacher layer for each student layer, 1-based, e.g. 3,6,9,12 "
+                                             "(default: uniform)")
+    distill.add_argument("--temperature", type=float, default=1.0)
+    distill.add_argument("--attention-weight", type=float, default=1.0)
+    distill.add_argument("--hidden-weight", type=float, default=1.0)
+    distill.add_argument("--embedding-weight", type=float, default=1.0)
+    distill.add_argument("--shared-projection", action="store_true",
+                         help="one projection for embeddings and hidden states (the reference code's way)")
+    distill.add_argument("--metric", help="dev metric that picks the best epoch of stage 2")
+    distill.add_argument("--seed", type=int, default=42)
+    distill.add_argument("--mixed-precision", choices=("no", "bf16", "fp16"), default="no")
+    distill.add_argument("--gradient-accumulation", type=int, default=1)
+    distill.add_argument("--checkpoint-every", type=int, default=200, help="optimizer steps between checkpoints")
+    distill.add_argument("--plan", action="store_true",
+                         help="print the layer mapping, projections, sizes and expected speed-up, then stop")
+    _add_data_options(distill)
+    distill.set_defaults(run=_run_distill)
+
     demo = commands.add_parser("demo", help="fine-tune and evaluate the bundled teacher on bundled data")
     demo.add_argument("--quick", action="store_true", help="a small run that ends in a few minutes")
     demo.add_argument("--data", help="directory with train.tsv, dev.tsv (and test.tsv) to use instead "
@@ -71,6 +108,14 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--output", default="runs/demo", help="run directory (default runs/demo)")
     demo.set_defaults(run=_run_demo)
     return parser
+
+
+def _print_summary(summary: dict, output: str) -> None:
+    best = summary.get("best")
+    if best:
+        print("best dev: " + ", ".join(f"{k} {v:.4f}" for k, v in best.items() if k != "epoch")
+              + f" (epoch {best['epoch']})")
+    print(f"model written to {output}")
 
 
 def _run_finetune(args) -> None:
@@ -83,11 +128,34 @@ def _run_finetune(args) -> None:
     config = FinetuneConfig(training=training, max_length=args.max_length, metric=args.metric)
     summary = finetune(args.model, args.train, args.output, eval_path=args.eval, config=config,
                        data_options=_data_options(args))
-    best = summary.get("best")
-    if best:
-        print("best dev: " + ", ".join(f"{k} {v:.4f}" for k, v in best.items() if k != "epoch")
-              + f" (epoch {best['epoch']})")
-    print(f"model written to {args.output}")
+    _print_summary(summary, args.output)
+
+
+def _run_distill(args) -> None:
+    from dataclasses import replace
+    from .distill import DistillConfig, LossWeights, distill, plan, stage_defaults
+    options = _data_options(args)
+    config = DistillConfig(stage=args.stage, max_length=args.max_length, temperature=args.temperature,
+                           weights=LossWeights(attention=args.attention_weight, hidden=args.hidden_weight,
+                                               embedding=args.embedding_weight),
+                           shared_projection=args.shared_projection, layers=args.layers,
+                           init_from_teacher=args.init_from_teacher, layer_map=args.layer_map,
+                           metric=args.metric)
+    if args.plan:
+        print(plan(args.teacher, args.student, options.read(args.train), config).describe())
+        return
+    training, _ = stage_defaults(args.stage, pairs=False)
+    overrides = {"batch_size": args.batch_size, "seed": args.seed, "mixed_precision": args.mixed_precision,
+                 "gradient_accumulation_steps": args.gradient_accumulation,
+                 "checkpoint_every": args.checkpoint_every}
+    if args.epochs is not None:
+        overrides["epochs"] = args.epochs
+    if args.lr is not None:
+        overrides["learning_rate"] = args.lr
+    config.training = replace(training, **overrides)
+    summary = distill(args.teacher, args.student, args.train, args.output, eval_path=args.eval,
+                      config=config, data_options=options)
+    _print_summary(summary, args.output)
 
 
 def _run_evaluate(args) -> None:

@@ -1,0 +1,52 @@
+"""TinyBERT's distillation losses (Jiao et al. 2020), with the reference code's bugs fixed.
+
+Each is a small pure function of tensors. Padding never counts: masked keys and padded query
+rows are excluded from the attention loss (the reference forgot the query rows), padded tokens
+from the hidden and embedding losses, so the loss of an example does not depend on how long
+the other examples in its batch are.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def attention_loss(student_scores: torch.Tensor, teacher_scores: torch.Tensor,
+                   attention_mask: torch.Tensor) -> torch.Tensor:
+    """MSE between pre-softmax attention scores (batch, heads, queries, keys), averaged over
+    heads and over the (query, key) pairs where both are real tokens."""
+    if student_scores.shape[1] != teacher_scores.shape[1]:
+        raise ValueError(f"the attention loss needs equal head counts: student {student_scores.shape[1]}, "
+                         f"teacher {teacher_scores.shape[1]}")
+    mask = attention_mask.to(student_scores.dtype)
+    valid = mask[:, None, :, None] * mask[:, None, None, :]  # (batch, 1, queries, keys)
+    squared = (student_scores - teacher_scores.to(student_scores.dtype)) ** 2 * valid
+    return squared.sum() / (valid.sum() * student_scores.shape[1])
+
+
+def hidden_loss(student_hidden: torch.Tensor, teacher_hidden: torch.Tensor, attention_mask: torch.Tensor,
+                projection: torch.nn.Module | None = None) -> torch.Tensor:
+    """MSE(H_S·W, H_T) over real tokens and hidden units; ``projection`` is W (None when the
+    widths are equal and no projection is wanted)."""
+    projected = projection(student_hidden) if projection is not None else student_hidden
+    mask = attention_mask.to(projected.dtype)[..., None]
+    squared = (projected - teacher_hidden.to(projected.dtype)) ** 2 * mask
+    return squared.sum() / (mask.sum() * projected.shape[-1])
+
+
+def soft_cross_entropy(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
+                       temperature: float = 1.0) -> torch.Tensor:
+    """−Σ softmax(z_T/t)·log_softmax(z_S/t), mean over the batch (not also over the classes,
+    as the reference code did)."""
+    targets = F.softmax(teacher_logits.float() / temperature, dim=-1)
+    return -(targets * F.log_softmax(student_logits.float() / temperature, dim=-1)).sum(-1).mean()
+
+
+def prediction_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, regression: bool,
+                    temperature: float = 1.0) -> torch.Tensor:
+    """Soft cross-entropy for classes; for regression, MSE against the *teacher's* output (the
+    reference code used the gold labels)."""
+    if regression:
+        return F.mse_loss(student_logits.float().view(-1), teacher_logits.float().view(-1))
+    return soft_cross_entropy(student_logits, teacher_logits, temperature)

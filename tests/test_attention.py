@@ -1,0 +1,77 @@
+import torch
+from transformers import BertConfig, BertModel
+
+from tinybert.attention import enable_score_capture, recording_scores
+
+
+def _model():
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
+                        intermediate_size=64)
+    return BertModel(config).eval()
+
+
+def test_captured_scores_equal_eager_pre_softmax_scores():
+    model = _model()
+    ids = torch.randint(5, 100, (2, 7))
+    mask = torch.ones(2, 7, dtype=torch.long)
+    mask[1, 4:] = 0
+
+    # eager attention computes softmax(scores + mask); spy on its input to get the scores
+    model.set_attn_implementation("eager")
+    eager_scores = {}
+    import transformers.models.bert.modeling_bert as bert
+
+    original = bert.eager_attention_forward
+
+    def spy(module, query, key, value, attention_mask, scaling=None, **kwargs):
+        eager_scores[module.layer_idx] = torch.matmul(query, key.transpose(2, 3)) * scaling
+        return original(module, query, key, value, attention_mask, scaling=scaling, **kwargs)
+
+    bert.eager_attention_forward = spy
+    try:
+        with torch.no_grad():
+            eager = model(input_ids=ids, attention_mask=mask, output_attentions=True)
+    finally:
+        bert.eager_attention_forward = original
+
+    enable_score_capture(model)
+    with torch.no_grad(), recording_scores(model, [0, 2]) as scores:
+        ours = model(input_ids=ids, attention_mask=mask)
+    assert sorted(scores) == [0, 2]  # only the mapped layers record
+    for layer in (0, 2):
+        torch.testing.assert_close(scores[layer], eager_scores[layer])
+        # and the eager weights are the softmax of these scores over the real keys
+        key_mask = mask[:, None, None, :].bool()
+        probabilities = torch.softmax(scores[layer].masked_fill(~key_mask, float("-inf")), dim=-1)
+        torch.testing.assert_close(probabilities, eager.attentions[layer], atol=1e-6, rtol=1e-5)
+    real = mask.bool()
+    torch.testing.assert_close(ours.last_hidden_state[real], eager.last_hidden_state[real], atol=1e-5, rtol=1e-5)
+
+
+def test_layers_not_recorded_keep_sdpa(monkeypatch):
+    model = _model()
+    enable_score_capture(model)
+    calls = []
+    import tinybert.attention as attention
+
+    original = attention.sdpa_attention_forward
+    monkeypatch.setattr(attention, "sdpa_attention_forward",
+                        lambda module, *a, **k: calls.append(module.layer_idx) or original(module, *a, **k))
+    ids = torch.randint(5, 100, (1, 5))
+    with torch.no_grad(), recording_scores(model, [1]):
+        model(input_ids=ids)
+    assert calls == [0, 2]
+    calls.clear()
+    with torch.no_grad():
+        model(input_ids=ids)  # outside the block nothing records
+    assert calls == [0, 1, 2]
+
+
+def test_scores_carry_gradients_for_the_student():
+    model = _model().train()
+    enable_score_capture(model)
+    with recording_scores(model, [0, 1, 2]) as scores:
+        model(input_ids=torch.randint(5, 100, (2, 5)))
+    sum(s.pow(2).mean() for s in scores.values()).backward()
+    assert model.encoder.layer[0].attention.self.query.weight.grad is not None

@@ -1,0 +1,135 @@
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForSequenceClassification, BertForSequenceClassification
+
+from conftest import tiny_bert_config, write
+from tinybert.distill import PROJECTIONS_FILE, DistillConfig, LossWeights, distill, plan
+from tinybert.data import read_task_file
+from tinybert.errors import InputError
+from tinybert.training import TrainingConfig
+
+LABELS = {"num_labels": 2, "id2label": {0: "neg", 1: "pos"}, "label2id": {"neg": 0, "pos": 1}}
+
+
+@pytest.fixture
+def teacher_dir(tmp_path, real_tokenizer):
+    """A 4-layer, 64-wide classifier standing in for a fine-tuned teacher."""
+    torch.manual_seed(1)
+    path = tmp_path / "teacher"
+    config = tiny_bert_config(num_hidden_layers=4, hidden_size=64, intermediate_size=128, **LABELS)
+    BertForSequenceClassification(config).save_pretrained(path)
+    real_tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture
+def train_file(tmp_path):
+    rows = "".join(f"{'a great and warm film' if i % 2 else 'a dull , tired mess'} {'really ' * (i % 7)}\t"
+                   f"{'pos' if i % 2 else 'neg'}\n" for i in range(64))
+    return write(tmp_path / "train.txt", rows)
+
+
+@pytest.fixture
+def student_shape(tmp_path):
+    return write(tmp_path / "student.json", json.dumps(
+        {"num_hidden_layers": 2, "hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 4}))
+
+
+def _config(stage, **training):
+    settings = dict(epochs=4, batch_size=16, learning_rate=1e-3, log_every=1, checkpoint_every=1000,
+                    schedule="constant", warmup_ratio=0.0)
+    settings.update(training)
+    return DistillConfig(stage=stage, training=TrainingConfig(**settings), max_length=32)
+
+
+def _losses(run_dir, key):
+    records = [json.loads(line) for line in (run_dir / "train_log.jsonl").read_text().splitlines()]
+    return [r[key] for r in records if key in r]
+
+
+def test_two_stages_train_and_write_plain_models(tmp_path, teacher_dir, train_file, student_shape):
+    stage1 = tmp_path / "stage1"
+    distill(teacher_dir, str(student_shape), train_file, stage1, config=_config("intermediate"),
+            show_progress=False)
+    for part in ("loss", "att", "hid", "emb"):
+        values = _losses(stage1, part)
+        assert sum(values[-3:]) < sum(values[:3]), part  # each loss goes down
+
+    # projections live beside the model, never inside its weights
+    weights = load_file(stage1 / "model.safetensors")
+    assert not any("projection" in name for name in weights)
+    projections = load_file(stage1 / PROJECTIONS_FILE)
+    assert projections["hidden.weight"].shape == (64, 32) and projections["embedding.weight"].shape == (64, 32)
+    config = json.loads((stage1 / "config.json").read_text())
+    assert config["num_hidden_layers"] == 2 and config["id2label"] == {"0": "neg", "1": "pos"}
+    assert "tinybert" not in json.dumps(config)
+
+    stage2 = tmp_path / "stage2"
+    summary = distill(teacher_dir, str(stage1), train_file, stage2, eval_path=train_file,
+                      config=_config("prediction"), show_progress=False)
+    predictions = _losses(stage2, "pred")
+    assert sum(predictions[-3:]) < sum(predictions[:3])
+    assert summary["best"] is not None and "accuracy" in summary["best"]
+    model = AutoModelForSequenceClassification.from_pretrained(stage2)
+    assert model.config.num_hidden_layers == 2 and model.config.hidden_size == 32
+
+
+def test_init_from_teacher_copies_mapped_layers(tmp_path, teacher_dir, train_file):
+    from tinybert.distill import _prepare
+    teacher = AutoModelForSequenceClassification.from_pretrained(teacher_dir)
+    config = DistillConfig(init_from_teacher=True, layers=2)
+    _, _, student, layer_map = _prepare(teacher_dir, "tinybert-4l-312", read_task_file(train_file), config)
+    assert layer_map == [2, 4] and student.config.hidden_size == 64
+    torch.testing.assert_close(student.bert.encoder.layer[1].output.dense.weight,
+                               teacher.bert.encoder.layer[3].output.dense.weight)
+    torch.testing.assert_close(student.bert.embeddings.word_embeddings.weight,
+                               teacher.bert.embeddings.word_embeddings.weight)
+
+
+def test_stage1_loss_is_zero_when_the_student_is_the_teacher(tmp_path, teacher_dir, train_file):
+    from tinybert.distill import Distiller, _prepare
+    config = DistillConfig(init_from_teacher=True)  # all 4 layers, mapped 1:1
+    _, teacher, student, layer_map = _prepare(teacher_dir, "x", read_task_file(train_file), config)
+    distiller = Distiller(student, teacher, "intermediate", layer_map, LossWeights(), 1.0, False, False)
+    with torch.no_grad():
+        for projection in (distiller.hidden_projection, distiller.embedding_projection):
+            projection.weight.copy_(torch.eye(64))
+            projection.bias.zero_()
+    student.eval()
+    batch = {"input_ids": torch.tensor([[101, 2307, 2143, 102, 0]]), "token_type_ids": torch.zeros(1, 5, dtype=torch.long),
+             "attention_mask": torch.tensor([[1, 1, 1, 1, 0]])}
+    losses = distiller(batch)
+    assert losses["loss"].item() == pytest.approx(0.0, abs=1e-8)
+
+
+def test_head_count_mismatch_is_a_clear_error(tmp_path, teacher_dir, train_file):
+    shape = write(tmp_path / "s.json", json.dumps({"num_hidden_layers": 2, "hidden_size": 32,
+                                                   "intermediate_size": 64, "num_attention_heads": 2}))
+    with pytest.raises(InputError, match="equal head counts: the student has 2, the teacher 4"):
+        distill(teacher_dir, str(shape), train_file, tmp_path / "out", config=_config("intermediate"),
+                show_progress=False)
+
+
+def test_plan_reports_mapping_shapes_and_sizes(teacher_dir, train_file, student_shape):
+    result = plan(teacher_dir, str(student_shape), read_task_file(train_file), DistillConfig())
+    assert result.layer_map == [2, 4]
+    assert result.projections == {"W_h (hidden)": [32, 64], "W_e (embeddings)": [32, 64]}
+    assert result.teacher_params > result.student_params
+    text = result.describe()
+    assert "student 1 ← teacher 2" in text and "expected speed-up" in text
+
+
+def test_cli_plan_and_bad_layer_map(teacher_dir, train_file):
+    base = [sys.executable, "-m", "tinybert.cli", "distill", "--stage", "intermediate", "--teacher", str(teacher_dir),
+            "--train", str(train_file), "--output", "unused", "--plan"]
+    done = subprocess.run(base, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "student 4 ← teacher 4" in done.stdout and "312" in done.stdout  # default preset, 4 layers
+    done = subprocess.run(base + ["--layer-map", "1,2,3"], capture_output=True, text=True)
+    assert done.returncode == 2 and "has 3 entries but the student has 4 layers" in done.stderr
+    assert "Traceback" not in done.stderr

@@ -1,0 +1,77 @@
+import math
+
+import pytest
+import torch
+
+from tinybert.losses import attention_loss, hidden_loss, prediction_loss, soft_cross_entropy
+
+
+def test_attention_loss_all_real_tokens_is_plain_mse():
+    student = torch.tensor([[[[1.0, 2.0], [3.0, 4.0]]]])  # batch 1, 1 head, 2 queries, 2 keys
+    teacher = torch.tensor([[[[0.0, 2.0], [3.0, 6.0]]]])
+    # squared errors 1, 0, 0, 4 over 4 pairs
+    assert attention_loss(student, teacher, torch.tensor([[1, 1]])).item() == pytest.approx(5 / 4)
+
+
+def test_attention_loss_excludes_masked_keys_and_padded_queries():
+    student = torch.zeros(1, 2, 3, 3)
+    teacher = torch.zeros(1, 2, 3, 3)
+    teacher[0, 0, 0, 0] = 2.0  # a real (query, key) pair: counts
+    teacher[0, 1, 1, 1] = 4.0  # a real pair on the second head: counts
+    teacher[0, 0, 0, 2] = 100.0  # key 2 is padding: excluded
+    teacher[0, 1, 2, 0] = 100.0  # query 2 is padding (the reference code kept these rows): excluded
+    mask = torch.tensor([[1, 1, 0]])
+    # (2² + 4²) over 2 heads × 2 real queries × 2 real keys
+    assert attention_loss(student, teacher, mask).item() == pytest.approx((4 + 16) / 8)
+
+
+def test_attention_loss_is_independent_of_batch_padding():
+    torch.manual_seed(0)
+    student, teacher = torch.randn(1, 4, 3, 3), torch.randn(1, 4, 3, 3)
+    alone = attention_loss(student, teacher, torch.ones(1, 3))
+    padded_s = torch.nn.functional.pad(student, (0, 2, 0, 2), value=7.0)
+    padded_t = torch.nn.functional.pad(teacher, (0, 2, 0, 2), value=-7.0)
+    padded = attention_loss(padded_s, padded_t, torch.tensor([[1, 1, 1, 0, 0]]))
+    assert padded.item() == pytest.approx(alone.item(), rel=1e-6)
+
+
+def test_attention_loss_needs_equal_heads():
+    with pytest.raises(ValueError, match="equal head counts"):
+        attention_loss(torch.zeros(1, 2, 2, 2), torch.zeros(1, 3, 2, 2), torch.ones(1, 2))
+
+
+def test_hidden_loss_with_projection_by_hand():
+    projection = torch.nn.Linear(1, 2, bias=False)
+    with torch.no_grad():
+        projection.weight.copy_(torch.tensor([[2.0], [1.0]]))
+    student = torch.tensor([[[1.0], [3.0], [9.0]]])  # batch 1, 3 tokens, width 1
+    teacher = torch.tensor([[[2.0, 2.0], [6.0, 0.0], [0.0, 0.0]]])  # width 2
+    mask = torch.tensor([[1, 1, 0]])  # the third token is padding
+    # projected: [2,1], [6,3] → squared errors 0+1, 0+9 over 2 tokens × 2 units
+    assert hidden_loss(student, teacher, mask, projection).item() == pytest.approx(10 / 4)
+    # gradients reach the projection
+    hidden_loss(student, teacher, mask, projection).backward()
+    assert projection.weight.grad is not None
+
+
+def test_soft_cross_entropy_by_hand():
+    student = torch.tensor([[0.0, math.log(3.0)]])  # softmax = [1/4, 3/4]
+    teacher = torch.tensor([[0.0, 0.0]])  # softmax = [1/2, 1/2]
+    expected = -(0.5 * math.log(0.25) + 0.5 * math.log(0.75))
+    assert soft_cross_entropy(student, teacher).item() == pytest.approx(expected)
+    # mean over the batch only, not also divided by the number of classes
+    doubled = soft_cross_entropy(student.repeat(2, 1), teacher.repeat(2, 1))
+    assert doubled.item() == pytest.approx(expected)
+
+
+def test_temperature_softens_both_sides():
+    student = torch.tensor([[0.0, 2.0 * math.log(3.0)]])
+    teacher = torch.tensor([[0.0, 0.0]])
+    expected = -(0.5 * math.log(0.25) + 0.5 * math.log(0.75))  # z_S / 2 gives softmax [1/4, 3/4]
+    assert soft_cross_entropy(student, teacher, temperature=2.0).item() == pytest.approx(expected)
+
+
+def test_regression_prediction_loss_uses_teacher_outputs():
+    student = torch.tensor([[1.0], [2.0]])
+    teacher = torch.tensor([[1.5], [4.0]])
+    assert prediction_loss(student, teacher, regression=True).item() == pytest.approx((0.25 + 4) / 2)
