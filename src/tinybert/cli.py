@@ -101,6 +101,31 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_options(distill)
     distill.set_defaults(run=_run_distill)
 
+    augment = commands.add_parser(
+        "augment", help="TinyBERT data augmentation (masked-LM and word-vector replacements)",
+        description="Write every row of a task file followed by up to N variants in which eligible "
+                    "words are replaced with probability P by one of K candidates: the masked LM's "
+                    "predictions for single-WordPiece words, word-vector neighbours for the others. "
+                    "The fork's flag names are accepted: --M is K (candidates), --N is N (variants).")
+    augment.add_argument("--input", "--data_path", dest="input", required=True, help="task data file")
+    augment.add_argument("--output", help="output file (default: INPUT_aug with the same extension)")
+    augment.add_argument("--mlm", "--pretrained_bert_model", dest="mlm",
+                         help="local masked-LM directory (any AutoModelForMaskedLM)")
+    augment.add_argument("--word-vectors", "--glove_embs", dest="word_vectors",
+                         help="GloVe text, word2vec text/binary or fastText .vec file")
+    augment.add_argument("--candidates", "--M", dest="candidates", type=int, default=15,
+                         help="K: candidates per word (default 15)")
+    augment.add_argument("--variants", "--N", dest="variants", type=int, default=20,
+                         help="N: variants tried per example, duplicates dropped (default 20)")
+    augment.add_argument("--p", dest="probability", type=float, default=0.4,
+                         help="probability that an eligible word is replaced (default 0.4)")
+    augment.add_argument("--seed", type=int, default=42)
+    augment.add_argument("--batch-size", type=int, default=64, help="masked copies per forward pass")
+    augment.add_argument("--field", choices=("first", "second"), default="first",
+                         help="which text of a pair to vary; the other stays as it is")
+    _add_data_options(augment)
+    augment.set_defaults(run=_run_augment)
+
     demo = commands.add_parser("demo", help="fine-tune and evaluate the bundled teacher on bundled data")
     demo.add_argument("--quick", action="store_true", help="a small run that ends in a few minutes")
     demo.add_argument("--data", help="directory with train.tsv, dev.tsv (and test.tsv) to use instead "
@@ -158,6 +183,23 @@ def _run_distill(args) -> None:
     _print_summary(summary, args.output)
 
 
+def _run_augment(args) -> None:
+    from pathlib import Path
+    from .augment import AugmentConfig, augment_file
+    output = args.output
+    if output is None:
+        source = Path(args.input)
+        output = source.with_name(f"{source.stem}_aug{source.suffix}")
+    config = AugmentConfig(candidates=args.candidates, variants=args.variants, probability=args.probability,
+                           seed=args.seed, batch_size=args.batch_size, field=args.field)
+    result = augment_file(args.input, output, mlm_dir=args.mlm, word_vectors=args.word_vectors,
+                          config=config, data_options=_data_options(args))
+    if result["rows"] is not None:
+        print(f"{result['rows']:,} rows → {result['rows'] + result['written']:,} rows "
+              f"({result['written']:,} variants) in {result['seconds']:.1f} s")
+    print(f"written to {output}")
+
+
 def _run_evaluate(args) -> None:
     from .evaluation import evaluate, format_table, write_json
     results = evaluate(args.model, args.data, max_length=args.max_length, batch_size=args.batch_size,
@@ -175,8 +217,22 @@ def _run_demo(args) -> None:
     print(f"results written to {args.output}/results.json")
 
 
+# Flag names of the original TinyBERT code and its simplified fork, and tinybert's spelling.
+LEGACY_FLAGS = {"--data_path": "--input", "--pretrained_bert_model": "--mlm", "--glove_embs": "--word-vectors",
+                "--M": "--candidates", "--N": "--variants"}
+
+
+def _note_legacy_flags(argv: list[str]) -> None:
+    for word in argv:
+        name = word.split("=", 1)[0]
+        if name in LEGACY_FLAGS:
+            print(f"note: {name} is the reference code's spelling of {LEGACY_FLAGS[name]}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
+    _note_legacy_flags(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("accelerate").setLevel(logging.WARNING)
     from transformers.utils import logging as transformers_logging

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 import json
 import logging
 import math
@@ -40,6 +41,7 @@ KNOWN_COLUMNS = frozenset(TEXT_COLUMNS + PAIR_COLUMNS + LABEL_COLUMNS + ("idx", 
 
 _INT_LABEL = re.compile(r"^[+-]?\d+$")
 _BAD_LINES_SHOWN = 5
+_PEEK_LINES = 1000  # lines read ahead to find a header-less file's field count
 
 
 @dataclass
@@ -143,50 +145,93 @@ def _is_float(value: str) -> bool:
 
 
 # --------------------------------------------------------------------------------------------
-# Reading
+# Reading (streamed: one row at a time, so augmentation can run on files of any size)
+
+
+@dataclass
+class Layout:
+    """How a file is laid out, as found from its name and first lines; enough to write rows back."""
+
+    path: str
+    format: str  # "jsonl", "csv", "tsv" (with header) or "fork" (no header)
+    header: list[str] | None = None
+    text_column: str | None = None
+    pair_column: str | None = None
+    label_column: str | None = None
+    width: int | None = None  # fields per line, for the fork's format
+    numeric_labels: bool = False  # fork's format: nearly all labels are numbers
+
+
+@dataclass
+class Row:
+    line: int
+    fields: list[str] | dict  # as read (a list of fields, or a JSON object), for writing back
+    example: Example | None  # None when the row is malformed
+    problem: str | None = None
+
+
+def open_task_file(path: str | os.PathLike, *, text_column: str | None = None,
+                   pair_column: str | None = None, label_column: str | None = None,
+                   require_labels: bool = True) -> tuple[Layout, Iterator[Row]]:
+    """The file's layout and a stream of its rows (malformed rows carry a ``problem``)."""
+    path = str(path)
+    if not os.path.isfile(path):
+        raise InputError("file not found", path=path, fix="check the path")
+    lines = _utf8_lines(path)
+    peeked = list(itertools.islice(lines, _PEEK_LINES))
+    if not any(line.strip() for _, line in peeked):
+        raise InputError("the file is empty", path=path, fix="give a file with one example per line")
+    lines = itertools.chain(peeked, lines)
+    suffix = Path(path).suffix.lower()
+    columns = (text_column, pair_column, label_column)
+    if suffix in (".jsonl", ".json"):
+        return _jsonl_rows(path, lines, *columns, require_labels)
+    if suffix == ".csv":
+        return _delimited_rows(path, lines, ",", *columns, require_labels)
+    first = next(line for _, line in peeked if line.strip())
+    if _has_header(first.rstrip("\r\n").split("\t"), columns):
+        return _delimited_rows(path, lines, "\t", *columns, require_labels)
+    return _fork_rows(path, peeked, lines, require_labels)
 
 
 def read_task_file(path: str | os.PathLike, *, text_column: str | None = None,
                    pair_column: str | None = None, label_column: str | None = None,
                    skip_bad_lines: bool = False, require_labels: bool = True) -> TaskData:
-    """Read a task file in any supported format.
+    """Read a whole task file in any supported format.
 
     Lines with the wrong number of fields, an empty text or a missing label are "bad": they are
     reported (count and first line numbers) and the read fails, unless ``skip_bad_lines``.
     """
-    path = str(path)
-    if not os.path.isfile(path):
-        raise InputError("file not found", path=path, fix="check the path")
-    lines = _read_utf8_lines(path)
-    if not any(line.strip() for line in lines):
-        raise InputError("the file is empty", path=path, fix="give a file with one example per line")
-    suffix = Path(path).suffix.lower()
-    columns = (text_column, pair_column, label_column)
-    if suffix in (".jsonl", ".json"):
-        data, bad = _read_jsonl(path, lines, *columns, require_labels)
-    elif suffix == ".csv":
-        data, bad = _read_delimited(path, lines, ",", *columns, require_labels)
-    elif _has_header(lines[0].split("\t"), columns):
-        data, bad = _read_delimited(path, lines, "\t", *columns, require_labels)
-    else:
-        data, bad = _read_fork(path, lines, require_labels)
+    layout, rows = open_task_file(path, text_column=text_column, pair_column=pair_column,
+                                  label_column=label_column, require_labels=require_labels)
+    examples, bad = [], []
+    for row in rows:
+        if row.problem:
+            bad.append((row.line, row.problem))
+        else:
+            examples.append(row.example)
+    data = TaskData(layout.path, examples, layout.format, layout.text_column, layout.pair_column,
+                    layout.label_column, layout.header)
     if bad:
-        shown = ", ".join(str(number) for number, _ in bad[:_BAD_LINES_SHOWN])
-        first_problem = bad[0][1]
-        summary = f"{len(bad)} malformed line(s) (lines {shown}{', …' if len(bad) > _BAD_LINES_SHOWN else ''}); " \
-                  f"line {bad[0][0]}: {first_problem}"
-        if not skip_bad_lines:
-            raise InputError(summary, path=path,
-                             fix="correct those lines, or pass --skip-bad-lines to leave them out")
-        logger.warning("%s: skipping %s", path, summary)
+        report_bad_lines(layout.path, bad, skip_bad_lines)
         data.skipped_lines = [number for number, _ in bad]
     if not data.examples:
-        raise InputError("no usable examples", path=path, fix="check the file's format and columns")
+        raise InputError("no usable examples", path=layout.path, fix="check the file's format and columns")
     return data
 
 
-def _read_utf8_lines(path: str) -> list[str]:
-    lines = []
+def report_bad_lines(path: str, bad: list[tuple[int, str]], skip_bad_lines: bool) -> None:
+    """Fails on malformed lines (count, first line numbers, first problem) unless they are skipped."""
+    shown = ", ".join(str(number) for number, _ in bad[:_BAD_LINES_SHOWN])
+    more = ", …" if len(bad) > _BAD_LINES_SHOWN else ""
+    summary = f"{len(bad)} malformed line(s) (lines {shown}{more}); line {bad[0][0]}: {bad[0][1]}"
+    if not skip_bad_lines:
+        raise InputError(summary, path=path, fix="correct those lines, or pass --skip-bad-lines to leave them out")
+    logger.warning("%s: skipping %s", path, summary)
+
+
+def _utf8_lines(path: str) -> Iterator[tuple[int, str]]:
+    """(line number, text with its line ending) pairs; a byte-order mark is dropped."""
     with open(path, "rb") as handle:
         for number, raw in enumerate(handle, start=1):
             try:
@@ -197,18 +242,7 @@ def _read_utf8_lines(path: str) -> list[str]:
                     path=path, line=number,
                     fix="convert the file to UTF-8, e.g. `iconv -f latin1 -t utf-8 IN > OUT`",
                 ) from None
-            lines.append(text.rstrip("\r\n"))
-    lines = _strip_trailing_blank(lines)
-    if lines and lines[0].startswith("\ufeff"):
-        lines[0] = lines[0][1:]
-    return lines
-
-
-def _strip_trailing_blank(lines: list[str]) -> list[str]:
-    end = len(lines)
-    while end and not lines[end - 1].strip():
-        end -= 1
-    return lines[:end]
+            yield number, text.lstrip("\ufeff") if number == 1 else text
 
 
 def _has_header(first_fields: list[str], columns: Sequence[str | None]) -> bool:
@@ -246,121 +280,145 @@ def _pick_columns(path: str, header: list[str], text_column, pair_column, label_
     return text, pair, label
 
 
-def _make_example(path, number, text_a, text_b, label, require_labels, bad) -> Example | None:
+def _row(number, fields, text_a, text_b, label, require_labels) -> Row:
     text_a = (text_a or "").strip()
     text_b = None if text_b is None else text_b.strip()
     label = None if label is None else str(label).strip()
     if not text_a:
-        bad.append((number, "the text is empty"))
-    elif text_b is not None and not text_b:
-        bad.append((number, "the second text of the pair is empty"))
-    elif require_labels and not label:
-        bad.append((number, "the label is empty"))
-    else:
-        return Example(text_a, text_b, label or None, number)
-    return None
+        return Row(number, fields, None, "the text is empty")
+    if text_b is not None and not text_b:
+        return Row(number, fields, None, "the second text of the pair is empty")
+    if require_labels and not label:
+        return Row(number, fields, None, "the label is empty")
+    return Row(number, fields, Example(text_a, text_b, label or None, number))
 
 
-def _read_delimited(path, lines, delimiter, text_column, pair_column, label_column, require_labels):
+def _delimited_rows(path, lines, delimiter, text_column, pair_column, label_column, require_labels):
     if delimiter == "\t":
         # GLUE files contain unbalanced quotes: fields are split on tabs only.
-        rows = ((number, line.split("\t")) for number, line in enumerate(lines, start=1))
+        records = ((number, line.rstrip("\r\n").split("\t")) for number, line in lines)
     else:
-        reader = csv.reader(io.StringIO("\n".join(lines)))
-        rows = ((reader.line_num, row) for row in reader)
-    rows = iter(rows)
-    _, header = next(rows)
+        reader = csv.reader(line for _, line in lines)
+        records = ((reader.line_num, record) for record in reader)
+    records = (record for record in records if any(field.strip() for field in record[1]))
+    _, header = next(records)
     header = [name.strip() for name in header]
     text, pair, label = _pick_columns(path, header, text_column, pair_column, label_column, require_labels)
     index = {name: i for i, name in enumerate(header)}
-    examples, bad = [], []
-    for number, fields in rows:
-        if not any(f.strip() for f in fields):
-            continue
-        if len(fields) != len(header):
-            bad.append((number, f"{len(fields)} fields where the header has {len(header)}"))
-            continue
-        example = _make_example(path, number, fields[index[text]],
-                                fields[index[pair]] if pair else None,
-                                fields[index[label]] if label else None, require_labels, bad)
-        if example:
-            examples.append(example)
-    fmt = "tsv" if delimiter == "\t" else "csv"
-    return TaskData(path, examples, fmt, text, pair, label, header), bad
+    layout = Layout(path, "tsv" if delimiter == "\t" else "csv", header, text, pair, label)
+
+    def rows():
+        for number, fields in records:
+            if len(fields) != len(header):
+                yield Row(number, fields, None, f"{len(fields)} fields where the header has {len(header)}")
+                continue
+            yield _row(number, fields, fields[index[text]], fields[index[pair]] if pair else None,
+                       fields[index[label]] if label else None, require_labels)
+    return layout, rows()
 
 
-def _read_jsonl(path, lines, text_column, pair_column, label_column, require_labels):
-    examples, bad, header = [], [], None
-    text = pair = label = None
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as error:
-            bad.append((number, f"not valid JSON ({error.msg})"))
-            continue
-        if not isinstance(record, dict):
-            bad.append((number, "not a JSON object"))
-            continue
-        if header is None:
-            header = list(record)
-            text, pair, label = _pick_columns(path, header, text_column, pair_column, label_column,
-                                              require_labels)
-        missing = [name for name in (text, pair, label) if name and name not in record]
-        if missing:
-            bad.append((number, f"missing key {missing[0]!r}"))
-            continue
-        example = _make_example(path, number, record[text], record[pair] if pair else None,
-                                record[label] if label else None, require_labels, bad)
-        if example:
-            examples.append(example)
-    return TaskData(path, examples, "jsonl", text, pair, label, header), bad
+def _jsonl_rows(path, lines, text_column, pair_column, label_column, require_labels):
+    parsed = ((number, _parse_json(line)) for number, line in lines if line.strip())
+    first = next(((n, r) for n, r in parsed if isinstance(r, dict)), None)
+    if first is None:
+        raise InputError("no JSON object on any line", path=path, fix="write one JSON object per line")
+    header = list(first[1])
+    text, pair, label = _pick_columns(path, header, text_column, pair_column, label_column, require_labels)
+    layout = Layout(path, "jsonl", header, text, pair, label)
+
+    def rows():
+        for number, record in itertools.chain([first], parsed):
+            if isinstance(record, str):
+                yield Row(number, {}, None, record)
+                continue
+            missing = [name for name in (text, pair, label) if name and name not in record]
+            if missing:
+                yield Row(number, record, None, f"missing key {missing[0]!r}")
+                continue
+            yield _row(number, record, record[text], record[pair] if pair else None,
+                       record[label] if label else None, require_labels)
+    return layout, rows()
 
 
-def _read_fork(path, lines, require_labels):
-    """Header-less ``text[\\ttext_b]\\tlabel`` lines: the field count is the most common one."""
-    counts = Counter(len(line.split("\t")) for line in lines[:1000] if line.strip())
-    width = counts.most_common(1)[0][0]
-    if require_labels and width not in (2, 3):
-        raise InputError(f"found {width} tab-separated fields per line and no header",
-                         path=path, line=1,
+def _parse_json(line: str) -> dict | str:
+    """The object on a line, or a description of what is wrong with it."""
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as error:
+        return f"not valid JSON ({error.msg})"
+    return record if isinstance(record, dict) else "not a JSON object"
+
+
+def _fork_rows(path, peeked, lines, require_labels):
+    """Header-less ``text[\\ttext_b]\\tlabel`` lines: the field count is the most common one among
+    the first lines. In such files a shifted line puts text where the label belongs: when nearly
+    every label there is a number, a non-numeric "label" marks a malformed line."""
+    sample = [line.rstrip("\r\n").split("\t") for _, line in peeked if line.strip()]
+    width = Counter(len(fields) for fields in sample).most_common(1)[0][0]
+    if width > 3 or (require_labels and width == 1):
+        raise InputError(f"found {width} tab-separated field(s) per line and no header", path=path, line=1,
                          fix="use `text<TAB>label` or `text_a<TAB>text_b<TAB>label` lines, "
                              "or add a header row naming the columns (sentence, label, ...)")
-    examples, bad = [], []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        fields = line.split("\t")
-        if len(fields) != width:
-            bad.append((number, f"{len(fields)} tab-separated fields where the file has {width}"))
-            continue
-        label = fields[-1] if require_labels else None
-        text_fields = fields[:-1] if require_labels else fields
-        example = _make_example(path, number, text_fields[0],
-                                text_fields[1] if len(text_fields) > 1 else None, label,
-                                require_labels, bad)
-        if example:
-            examples.append(example)
-    if require_labels and examples:
-        _reject_text_in_label_column(path, examples, bad)
-    return TaskData(path, examples, "fork"), bad
+    labelled = width > 1  # a single field is unlabelled text (accepted where labels are optional)
+    numeric = labelled and sum(_is_float(f[-1]) for f in sample) >= 0.99 * len(sample)
+    layout = Layout(path, "fork", width=width, numeric_labels=numeric)
+
+    def rows():
+        for number, line in lines:
+            if not line.strip():
+                continue
+            fields = line.rstrip("\r\n").split("\t")
+            if len(fields) != width:
+                yield Row(number, fields, None, f"{len(fields)} tab-separated fields where the file has {width}")
+                continue
+            texts = fields[:-1] if labelled else fields
+            label = fields[-1] if labelled else None
+            if numeric and not _is_float(label):
+                yield Row(number, fields, None, f"the label column holds {label[:30]!r}, not a number")
+                continue
+            yield _row(number, fields, texts[0], texts[1] if len(texts) > 1 else None, label, require_labels)
+    return layout, rows()
 
 
-def _reject_text_in_label_column(path: str, examples: list[Example], bad: list) -> None:
-    """In header-less files a shifted line puts text where the label belongs; when nearly every
-    label is a number, a long non-numeric "label" is such a line."""
-    numeric = sum(_is_float(example.label) for example in examples)
-    if numeric < 0.99 * len(examples):
-        return
-    kept = []
-    for example in examples:
-        if _is_float(example.label):
-            kept.append(example)
-        else:
-            bad.append((example.line, f"the label column holds {example.label[:30]!r}, not a number"))
-    examples[:] = kept
-    bad.sort()
+# --------------------------------------------------------------------------------------------
+# Writing rows back in the file's own format
+
+
+def header_line(layout: Layout) -> str | None:
+    if layout.format == "tsv":
+        return "\t".join(layout.header) + "\n"
+    if layout.format == "csv":
+        return _csv_line(layout.header)
+    return None
+
+
+def format_row(layout: Layout, row: Row, text_a: str | None = None, text_b: str | None = None) -> str:
+    """The row as a line of the file's format, with its text(s) replaced where given."""
+    if layout.format == "jsonl":
+        record = dict(row.fields)
+        if text_a is not None:
+            record[layout.text_column] = text_a
+        if text_b is not None:
+            record[layout.pair_column] = text_b
+        return json.dumps(record, ensure_ascii=False) + "\n"
+    fields = list(row.fields)
+    if layout.format == "fork":
+        positions = (0, 1)
+    else:
+        positions = (layout.header.index(layout.text_column),
+                     layout.header.index(layout.pair_column) if layout.pair_column else None)
+    for position, text in zip(positions, (text_a, text_b)):
+        if text is not None:
+            fields[position] = text
+    if layout.format == "csv":
+        return _csv_line(fields)
+    return "\t".join(fields) + "\n"
+
+
+def _csv_line(fields: list[str]) -> str:
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="\n").writerow(fields)
+    return buffer.getvalue()
 
 
 @dataclass

