@@ -101,6 +101,31 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_options(distill)
     distill.set_defaults(run=_run_distill)
 
+    general = commands.add_parser(
+        "general", help="general distillation on plain text",
+        description="Distil a pretrained encoder (no task head needed) into a general student with "
+                    "attention + hidden (+ embedding) losses on a streamed plain-text corpus.")
+    general.add_argument("--teacher", required=True, help="pretrained encoder directory")
+    general.add_argument("--corpus", required=True, nargs="+", help="plain-text files, one sentence or paragraph per line")
+    general.add_argument("--student", default="tinybert-4l-312",
+                         help="preset (tinybert-4l-312, tinybert-6l-768), JSON file of sizes, or directory")
+    general.add_argument("--output", required=True, help="output directory of the general student")
+    general.add_argument("--max-length", type=int, default=128)
+    general.add_argument("--batch-size", type=int, default=256, help="per process")
+    general.add_argument("--epochs", type=float, default=3)
+    general.add_argument("--max-steps", type=int, help="stop after this many optimizer steps")
+    general.add_argument("--lr", type=float, default=1e-4)
+    general.add_argument("--layers", type=int, help="student layer count (with a preset)")
+    general.add_argument("--layer-map", help="teacher layer for each student layer, 1-based")
+    general.add_argument("--embedding-weight", type=float, default=1.0, help="0 leaves the embedding loss out")
+    general.add_argument("--seed", type=int, default=42)
+    general.add_argument("--mixed-precision", choices=("no", "bf16", "fp16"), default="no")
+    general.add_argument("--gradient-accumulation", type=int, default=1)
+    general.add_argument("--checkpoint-every", type=int, default=500, help="optimizer steps between checkpoints")
+    general.add_argument("--resume", action="store_true",
+                         help="continue from the last checkpoint (re-running the same command does too)")
+    general.set_defaults(run=_run_general)
+
     augment = commands.add_parser(
         "augment", help="TinyBERT data augmentation (masked-LM and word-vector replacements)",
         description="Write every row of a task file followed by up to N variants in which eligible "
@@ -181,6 +206,22 @@ def _run_distill(args) -> None:
     summary = distill(args.teacher, args.student, args.train, args.output, eval_path=args.eval,
                       config=config, data_options=options)
     _print_summary(summary, args.output)
+
+
+def _run_general(args) -> None:
+    from .distill import LossWeights
+    from .general import GeneralConfig, general_distill
+    from .training import TrainingConfig
+    training = TrainingConfig(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr,
+                              schedule="linear", warmup_ratio=0.1, seed=args.seed,
+                              mixed_precision=args.mixed_precision,
+                              gradient_accumulation_steps=args.gradient_accumulation,
+                              checkpoint_every=args.checkpoint_every)
+    config = GeneralConfig(training=training, max_length=args.max_length, max_steps=args.max_steps,
+                           weights=LossWeights(embedding=args.embedding_weight, prediction=0.0),
+                           layers=args.layers, layer_map=args.layer_map)
+    summary = general_distill(args.teacher, args.corpus, args.output, student=args.student, config=config)
+    print(f"general student written to {args.output} after {summary['steps']} steps")
 
 
 def _run_augment(args) -> None:

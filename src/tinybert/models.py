@@ -8,7 +8,7 @@ import shutil
 from pathlib import Path
 
 import torch
-from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification, AutoTokenizer
 
 from .data import LabelSpace
 from .errors import InputError
@@ -90,9 +90,10 @@ STUDENT_PRESETS = {
                         "num_attention_heads": 12},
 }
 _SHAPE_FIELDS = ("num_hidden_layers", "hidden_size", "intermediate_size", "num_attention_heads")
-# Shape of the input, not of the network: these stay the teacher's.
+# The input's shape and the training regime, not the network's size: these stay the teacher's.
 _INHERITED_FIELDS = ("vocab_size", "max_position_embeddings", "type_vocab_size", "pad_token_id",
-                     "hidden_act", "layer_norm_eps", "model_type")
+                     "hidden_act", "layer_norm_eps", "model_type", "hidden_dropout_prob",
+                     "attention_probs_dropout_prob")
 
 
 def uniform_layer_map(student_layers: int, teacher_layers: int) -> list[int]:
@@ -117,23 +118,30 @@ def parse_layer_map(text: str | list[int], student_layers: int, teacher_layers: 
     return mapping
 
 
-def student_config(teacher_config, shape: dict, label_space: LabelSpace):
+def student_config(teacher_config, shape: dict, label_space: LabelSpace | None):
     values = {name: getattr(teacher_config, name) for name in _INHERITED_FIELDS if hasattr(teacher_config, name)}
     values.update(shape)
-    values.update(label_space.config_fields())
+    if label_space is not None:
+        values.update(label_space.config_fields())
     return AutoConfig.for_model(values.pop("model_type"), **values)
 
 
-def build_student(student: str, teacher, label_space: LabelSpace, *, layers: int | None = None,
+def _new_model(config, label_space: LabelSpace | None):
+    """A classifier for a task, a bare encoder for general distillation."""
+    factory = AutoModel if label_space is None else AutoModelForSequenceClassification
+    return factory.from_config(config)
+
+
+def build_student(student: str, teacher, label_space: LabelSpace | None, *, layers: int | None = None,
                   init_from_teacher: bool = False, layer_map: list[int] | None = None):
-    """A student classifier: a preset name, a JSON file of sizes, an existing directory, or
+    """A student classifier (a bare encoder when ``label_space`` is None): a preset name, a JSON file of sizes, an existing directory, or
     (``init_from_teacher``) the teacher's embeddings and mapped layers. ``layers`` overrides the
     layer count of a preset or of the teacher copy."""
     teacher_config = teacher.config
     if init_from_teacher:
         shape = {name: getattr(teacher_config, name) for name in _SHAPE_FIELDS}
         shape["num_hidden_layers"] = layers or teacher_config.num_hidden_layers
-        model = AutoModelForSequenceClassification.from_config(student_config(teacher_config, shape, label_space))
+        model = _new_model(student_config(teacher_config, shape, label_space), label_space)
         mapping = layer_map or uniform_layer_map(shape["num_hidden_layers"], teacher_config.num_hidden_layers)
         _copy_teacher_layers(teacher, model, mapping)
         return model
@@ -141,12 +149,12 @@ def build_student(student: str, teacher, label_space: LabelSpace, *, layers: int
         shape = dict(STUDENT_PRESETS[student]) if student in STUDENT_PRESETS else _read_shape(student)
         if layers:
             shape["num_hidden_layers"] = layers
-        return AutoModelForSequenceClassification.from_config(student_config(teacher_config, shape, label_space))
+        return _new_model(student_config(teacher_config, shape, label_space), label_space)
     path = check_model_dir(student, "--student")
     if layers:
         raise InputError("--layers applies to a preset or --init-from-teacher, not to an existing student",
                          path=path, fix="drop --layers, or use a preset name")
-    model = load_classifier(path, label_space)
+    model = load_classifier(path, label_space) if label_space is not None else AutoModel.from_pretrained(path)
     if model.config.vocab_size != teacher_config.vocab_size:
         raise InputError(f"the student's vocabulary has {model.config.vocab_size} entries, the teacher's "
                          f"{teacher_config.vocab_size}", path=path,

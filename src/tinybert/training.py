@@ -19,7 +19,7 @@ from typing import Callable
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import DistributedDataParallelKwargs, set_seed
 from tqdm.auto import tqdm
 from transformers import get_constant_schedule_with_warmup, get_linear_schedule_with_warmup
 
@@ -47,8 +47,14 @@ class TrainingConfig:
 
 
 def make_accelerator(config: TrainingConfig) -> Accelerator:
-    return Accelerator(mixed_precision=config.mixed_precision,
-                       gradient_accumulation_steps=config.gradient_accumulation_steps)
+    # Distillation leaves the student's pooler and task head out of the loss: DDP must allow that.
+    # Under torchrun without GPUs accelerate only goes distributed (gloo) when told it is on CPU.
+    multi_cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
+    # The schedule counts optimizer steps of the whole run: we step it ourselves, once per step
+    # (accelerate would otherwise step it once per process).
+    return Accelerator(cpu=multi_cpu, mixed_precision=config.mixed_precision, step_scheduler_with_optimizer=False,
+                       gradient_accumulation_steps=config.gradient_accumulation_steps,
+                       kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
 
 
 def optimizer_groups(module: torch.nn.Module, weight_decay: float) -> list[dict]:
@@ -85,7 +91,8 @@ def run_training(*, output_dir: str | os.PathLike, config: TrainingConfig, modul
     checkpoint = output_dir / CHECKPOINT_DIR
 
     optimizer = torch.optim.AdamW(optimizer_groups(module, config.weight_decay), lr=config.learning_rate)
-    batches_per_epoch = len(train_loader)
+    # each process sees its shard of the batches
+    batches_per_epoch = math.ceil(len(train_loader) / accelerator.num_processes)
     steps_per_epoch = math.ceil(batches_per_epoch / config.gradient_accumulation_steps)
     total_steps = max(1, math.ceil(steps_per_epoch * config.epochs))
     warmup_steps = int(config.warmup_ratio * total_steps)
@@ -143,7 +150,8 @@ def run_training(*, output_dir: str | os.PathLike, config: TrainingConfig, modul
                 if accelerator.sync_gradients and config.max_grad_norm:
                     accelerator.clip_grad_norm_(module.parameters(), config.max_grad_norm)
                 optimizer.step()
-                scheduler.step()
+                if accelerator.sync_gradients:
+                    scheduler.step()
                 optimizer.zero_grad()
             state["batch_in_epoch"] += 1
             for name, value in losses.items():

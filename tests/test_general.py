@@ -1,0 +1,155 @@
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModel, AutoTokenizer, BertForSequenceClassification, BertModel
+
+from tinybert.distill import DistillConfig, distill
+
+import tinybert.general as general_module
+from conftest import tiny_bert_config, write
+from tinybert.general import GeneralConfig, build_corpus_cache, general_distill
+from tinybert.training import TrainingConfig, is_complete
+
+TEXT = """The cat sat on the mat .
+It was a sunny day and the children played in the park until dinner .
+
+A new document starts here .
+""" + " ".join(["word"] * 40) + "\n"
+
+
+@pytest.fixture
+def encoder_dir(tmp_path, real_tokenizer):
+    """A bare 4-layer encoder without dropout (so runs can be compared weight for weight)."""
+    torch.manual_seed(3)
+    path = tmp_path / "encoder"
+    BertModel(tiny_bert_config(num_hidden_layers=4, hidden_size=64, intermediate_size=128,
+                               hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)).save_pretrained(path)
+    real_tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture
+def student_shape(tmp_path):
+    return write(tmp_path / "student.json", json.dumps(
+        {"num_hidden_layers": 2, "hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 4}))
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    lines = [f"sentence number {i} talks about {'films' if i % 2 else 'music'} and {'cats ' * (i % 9)}."
+             for i in range(300)]
+    return write(tmp_path / "corpus.txt", "\n".join(lines) + "\n")
+
+
+def test_corpus_cache_packs_lines_splits_long_ones_and_respects_documents(tmp_path, real_tokenizer):
+    corpus = write(tmp_path / "c.txt", TEXT)
+    cache = build_corpus_cache([corpus], real_tokenizer, 16, tmp_path / "cache", show_progress=False)
+    examples = [" ".join(real_tokenizer.convert_ids_to_tokens(cache[i]["input_ids"])) for i in range(len(cache))]
+    assert all(len(cache[i]["input_ids"]) <= 16 for i in range(len(cache)))
+    assert examples[0] == "[CLS] the cat sat on the mat . [SEP]"  # the next line does not fit: new example
+    # a line longer than the window is cut; its tail ends where the document ends (blank line)
+    assert examples[1:3] == ["[CLS] it was a sunny day and the children played in the park until dinner [SEP]",
+                             "[CLS] . [SEP]"]
+    assert examples[3] == "[CLS] a new document starts here . [SEP]"
+    words = sum(example.count("word") for example in examples)
+    assert words == 40  # the long line is cut into windows, nothing lost
+    again = build_corpus_cache([corpus], real_tokenizer, 16, tmp_path / "cache", show_progress=False)
+    assert len(again) == len(cache)
+
+
+def test_general_distillation_trains_and_feeds_task_distillation(tmp_path, encoder_dir, student_shape, corpus):
+    config = GeneralConfig(training=TrainingConfig(epochs=2, batch_size=16, learning_rate=1e-3, log_every=1,
+                                                   checkpoint_every=1000), max_length=32)
+    summary = general_distill(encoder_dir, [corpus], tmp_path / "general", student=str(student_shape),
+                              config=config, show_progress=False)
+    records = [json.loads(line) for line in (tmp_path / "general" / "train_log.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in records]
+    assert sum(losses[-3:]) < 0.8 * sum(losses[:3])
+    assert {"att", "hid", "emb"} <= records[0].keys()
+    model = AutoModel.from_pretrained(tmp_path / "general")
+    assert type(model).__name__ == "BertModel" and model.config.num_hidden_layers == 2
+    assert (tmp_path / "general" / "distill_projections.safetensors").is_file()
+    assert summary["steps"] > 0
+
+    # the general student is where task distillation starts
+    teacher = tmp_path / "teacher"
+    BertForSequenceClassification.from_pretrained(encoder_dir, num_labels=2, id2label={0: "0", 1: "1"},
+                                                  label2id={"0": 0, "1": 1}).save_pretrained(teacher)
+    AutoTokenizer.from_pretrained(encoder_dir).save_pretrained(teacher)
+    train = write(tmp_path / "train.txt", "a fine film\t1\na poor film\t0\n" * 8)
+    distill(teacher, str(tmp_path / "general"), train, tmp_path / "stage1",
+            config=DistillConfig(training=TrainingConfig(epochs=1, batch_size=8), max_length=16),
+            show_progress=False)
+    stage1 = json.loads((tmp_path / "stage1" / "config.json").read_text())
+    assert stage1["hidden_size"] == 32 and stage1["architectures"] == ["BertForSequenceClassification"]
+
+
+def test_killed_general_run_resumes_to_the_same_weights(tmp_path, encoder_dir, student_shape, corpus, monkeypatch):
+    def config():
+        return GeneralConfig(training=TrainingConfig(epochs=1, batch_size=8, learning_rate=1e-3, checkpoint_every=3),
+                             max_length=32)
+    general_distill(encoder_dir, [corpus], tmp_path / "straight", student=str(student_shape), config=config(),
+                    show_progress=False)
+    real = general_module.run_training
+
+    def dies_after_seven_batches(**kwargs):
+        count = {"n": 0}
+        compute = kwargs["compute_losses"]
+
+        def compute_or_die(module, batch):
+            count["n"] += 1
+            if count["n"] > 7:
+                raise KeyboardInterrupt
+            return compute(module, batch)
+        return real(**{**kwargs, "compute_losses": compute_or_die})
+
+    monkeypatch.setattr(general_module, "run_training", dies_after_seven_batches)
+    with pytest.raises(KeyboardInterrupt):
+        general_distill(encoder_dir, [corpus], tmp_path / "resumed", student=str(student_shape), config=config(),
+                        show_progress=False)
+    assert not is_complete(tmp_path / "resumed")
+    monkeypatch.setattr(general_module, "run_training", real)
+    general_distill(encoder_dir, [corpus], tmp_path / "resumed", student=str(student_shape), config=config(),
+                    show_progress=False)
+    straight = load_file(tmp_path / "straight" / "model.safetensors")
+    resumed = load_file(tmp_path / "resumed" / "model.safetensors")
+    for name, tensor in straight.items():
+        torch.testing.assert_close(resumed[name], tensor, rtol=1e-5, atol=1e-6)
+
+
+def _general_command(encoder_dir, corpus, student_shape, output, batch_size):
+    return ["general", "--teacher", str(encoder_dir), "--corpus", str(corpus), "--student", str(student_shape),
+            "--output", str(output), "--max-length", "32", "--batch-size", str(batch_size), "--epochs", "1",
+            "--max-steps", "4", "--lr", "1e-3", "--seed", "5"]
+
+
+def test_two_gloo_processes_match_one_process_with_the_same_global_batch(tmp_path, encoder_dir, student_shape):
+    # every line is 30 single-piece words, so every example has 30 tokens and the mean loss of
+    # the global batch equals the mean of the two processes' means
+    words = "the cat dog film music good bad day night house car tree book water fire".split()
+    corpus = write(tmp_path / "even.txt", "".join(" ".join(words[(i + j) % len(words)] for j in range(30)) + "\n"
+                                                 for i in range(64)))
+    environment = {**os.environ, "OMP_NUM_THREADS": "1"}
+    single = subprocess.run([sys.executable, "-m", "tinybert.cli",
+                             *_general_command(encoder_dir, corpus, student_shape, tmp_path / "one", 8)],
+                            capture_output=True, text=True, env=environment)
+    assert single.returncode == 0, single.stderr[-3000:]
+    double = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                             "--master_port", "29517", "-m", "tinybert.cli",
+                             *_general_command(encoder_dir, corpus, student_shape, tmp_path / "two", 4)],
+                            capture_output=True, text=True, env=environment)
+    assert double.returncode == 0, double.stderr[-3000:]
+    one = load_file(tmp_path / "one" / "model.safetensors")
+    two = load_file(tmp_path / "two" / "model.safetensors")
+    for name, tensor in one.items():
+        if name.endswith("key.bias"):
+            continue  # its exact gradient is zero (softmax ignores it): Adam follows rounding noise
+        # the same up to float rounding in the summation order (gloo all-reduce vs one batch)
+        difference = (two[name] - tensor).norm() / tensor.norm().clamp_min(1e-12)
+        assert difference < 1e-4, (name, float(difference))
+    assert json.loads((tmp_path / "two" / "training_state.json").read_text())["steps"] == 4
