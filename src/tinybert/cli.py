@@ -10,6 +10,43 @@ from . import __version__
 from .errors import InputError
 
 
+def _add_reference_flags(parser: argparse.ArgumentParser) -> None:
+    """The reference code's flags that tinybert reads from the data or the model instead."""
+    group = parser.add_argument_group("reference-code flags (accepted for old scripts)")
+    group.add_argument("--data_dir", help="folder with train.* and dev.*/eval.* files (instead of --train/--eval)")
+    group.add_argument("--num_labels", type=int, help="checked against the labels found in the data")
+    group.add_argument("--task_mode", help=argparse.SUPPRESS)
+    group.add_argument("--do_lower_case", action="store_true", help=argparse.SUPPRESS)
+
+
+def _resolve_data_dir(args) -> None:
+    """--data_dir DIR means DIR/train.* for training and DIR/dev.* or DIR/eval.* for evaluation."""
+    from pathlib import Path
+    if getattr(args, "data_dir", None):
+        folder = Path(args.data_dir)
+        suffixes = (".tsv", ".txt", ".csv", ".jsonl")
+        def find(*stems):
+            return next((str(folder / f"{stem}{suffix}") for stem in stems for suffix in suffixes
+                         if (folder / f"{stem}{suffix}").is_file()), None)
+        args.train = args.train or find("train")
+        args.eval = args.eval or find("dev", "eval")
+        if args.train is None:
+            raise InputError("no train.tsv/train.txt/train.csv/train.jsonl in the data folder", path=folder,
+                             fix="pass --train FILE, or put the training file in that folder")
+    if not args.train:
+        raise InputError("no training data given", fix="pass --train FILE (or --data_dir DIR)")
+
+
+def _check_num_labels(args, data_path) -> None:
+    if getattr(args, "num_labels", None):
+        from .data import LabelSpace
+        space = LabelSpace.infer(_data_options(args).read(data_path))
+        if space.num_labels != args.num_labels:
+            raise InputError(f"--num_labels {args.num_labels}, but the data has {space.num_labels} label(s): "
+                             f"{', '.join(space.names) or 'scores'}", path=data_path,
+                             fix="drop --num_labels: tinybert reads the labels from the data")
+
+
 def _add_data_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("reading data")
     group.add_argument("--text-column", help="column holding the text (files with a header)")
@@ -36,14 +73,15 @@ def build_parser() -> argparse.ArgumentParser:
     finetune = commands.add_parser("finetune", help="fine-tune an encoder as a task teacher",
                                    description="Fine-tune any local encoder directory as a sequence "
                                                "classifier (or regressor) on labelled data.")
-    finetune.add_argument("--model", required=True, help="local model directory (save_pretrained)")
-    finetune.add_argument("--train", required=True, help="training data file")
+    finetune.add_argument("--model", "--bert_model", dest="model", required=True,
+                          help="local model directory (save_pretrained, or a reference-code checkpoint)")
+    finetune.add_argument("--train", "--train_file_path", dest="train", help="training data file")
     finetune.add_argument("--eval", help="dev data file: evaluated each epoch, the best epoch is kept")
-    finetune.add_argument("--output", required=True, help="output model directory")
-    finetune.add_argument("--epochs", type=float, default=3)
-    finetune.add_argument("--max-length", type=int, default=128)
-    finetune.add_argument("--batch-size", type=int, default=32)
-    finetune.add_argument("--lr", type=float, default=2e-5)
+    finetune.add_argument("--output", "--output_dir", dest="output", required=True, help="output model directory")
+    finetune.add_argument("--epochs", "--num_train_epochs", dest="epochs", type=float, default=3)
+    finetune.add_argument("--max-length", "--max_seq_length", "--max_seq_len", dest="max_length", type=int, default=128)
+    finetune.add_argument("--batch-size", "--train_batch_size", dest="batch_size", type=int, default=32)
+    finetune.add_argument("--lr", "--learning_rate", dest="lr", type=float, default=2e-5)
     finetune.add_argument("--warmup", type=float, default=0.1, help="warm-up fraction of the steps")
     finetune.add_argument("--metric", help="dev metric that picks the best epoch "
                                            "(default accuracy; pearson for regression)")
@@ -52,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     finetune.add_argument("--gradient-accumulation", type=int, default=1)
     finetune.add_argument("--checkpoint-every", type=int, default=200, help="optimizer steps between checkpoints")
     _add_data_options(finetune)
+    _add_reference_flags(finetune)
     finetune.set_defaults(run=_run_finetune)
 
     evaluate = commands.add_parser("evaluate", help="metrics, size and CPU latency of a classifier")
@@ -68,18 +107,23 @@ def build_parser() -> argparse.ArgumentParser:
                                   description="Distil a fine-tuned teacher into a student: "
                                               "--stage intermediate (embeddings, hidden states, attention "
                                               "scores), then --stage prediction (logits) from its output.")
-    distill.add_argument("--stage", choices=("intermediate", "prediction"), required=True)
-    distill.add_argument("--teacher", required=True, help="fine-tuned teacher directory")
-    distill.add_argument("--student", default="tinybert-4l-312",
+    distill.add_argument("--stage", choices=("intermediate", "prediction"),
+                         help="intermediate (stage 1, the default) or prediction (stage 2)")
+    distill.add_argument("--pred_distill", action="store_true", help=argparse.SUPPRESS)
+    distill.add_argument("--teacher", "--teacher_model", dest="teacher", required=True, help="fine-tuned teacher directory")
+    distill.add_argument("--student", "--student_model", dest="student", default="tinybert-4l-312",
                          help="preset (tinybert-4l-312, tinybert-6l-768) or student directory "
                               "(a general student, or the stage-1 output for stage 2)")
-    distill.add_argument("--train", required=True, help="training data (original or augmented)")
+    distill.add_argument("--train", "--train_file_path", dest="train", help="training data (original or augmented)")
     distill.add_argument("--eval", help="dev data: evaluated each epoch of stage 2, the best epoch is kept")
-    distill.add_argument("--output", required=True, help="output student directory")
-    distill.add_argument("--epochs", type=float, help="default 20 (stage 1), 3 (stage 2)")
-    distill.add_argument("--max-length", type=int, help="default 64 single texts, 128 pairs")
-    distill.add_argument("--batch-size", type=int, default=32)
-    distill.add_argument("--lr", type=float, help="default 5e-5 constant (stage 1), 3e-5 linear (stage 2)")
+    distill.add_argument("--output", "--output_dir", dest="output", required=True, help="output student directory")
+    distill.add_argument("--epochs", "--num_train_epochs", dest="epochs", type=float,
+                         help="default 20 (stage 1), 3 (stage 2)")
+    distill.add_argument("--max-length", "--max_seq_length", "--max_seq_len", dest="max_length", type=int,
+                         help="default 64 single texts, 128 pairs")
+    distill.add_argument("--batch-size", "--train_batch_size", dest="batch_size", type=int, default=32)
+    distill.add_argument("--lr", "--learning_rate", dest="lr", type=float,
+                         help="default 5e-5 constant (stage 1), 3e-5 linear (stage 2)")
     distill.add_argument("--init-from-teacher", action="store_true",
                          help="start from the teacher's embeddings and mapped layers (same width)")
     distill.add_argument("--layers", type=int, help="student layer count (with a preset or --init-from-teacher)")
@@ -99,22 +143,24 @@ def build_parser() -> argparse.ArgumentParser:
     distill.add_argument("--plan", action="store_true",
                          help="print the layer mapping, projections, sizes and expected speed-up, then stop")
     _add_data_options(distill)
+    _add_reference_flags(distill)
     distill.set_defaults(run=_run_distill)
 
     general = commands.add_parser(
         "general", help="general distillation on plain text",
         description="Distil a pretrained encoder (no task head needed) into a general student with "
                     "attention + hidden (+ embedding) losses on a streamed plain-text corpus.")
-    general.add_argument("--teacher", required=True, help="pretrained encoder directory")
-    general.add_argument("--corpus", required=True, nargs="+", help="plain-text files, one sentence or paragraph per line")
-    general.add_argument("--student", default="tinybert-4l-312",
+    general.add_argument("--teacher", "--teacher_model", dest="teacher", required=True, help="pretrained encoder directory")
+    general.add_argument("--corpus", "--train_file_path", dest="corpus", required=True, nargs="+",
+                         help="plain-text files, one sentence or paragraph per line")
+    general.add_argument("--student", "--student_model", dest="student", default="tinybert-4l-312",
                          help="preset (tinybert-4l-312, tinybert-6l-768), JSON file of sizes, or directory")
-    general.add_argument("--output", required=True, help="output directory of the general student")
-    general.add_argument("--max-length", type=int, default=128)
-    general.add_argument("--batch-size", type=int, default=256, help="per process")
-    general.add_argument("--epochs", type=float, default=3)
+    general.add_argument("--output", "--output_dir", dest="output", required=True, help="output directory of the general student")
+    general.add_argument("--max-length", "--max_seq_length", "--max_seq_len", dest="max_length", type=int, default=128)
+    general.add_argument("--batch-size", "--train_batch_size", dest="batch_size", type=int, default=256, help="per process")
+    general.add_argument("--epochs", "--num_train_epochs", dest="epochs", type=float, default=3)
     general.add_argument("--max-steps", type=int, help="stop after this many optimizer steps")
-    general.add_argument("--lr", type=float, default=1e-4)
+    general.add_argument("--lr", "--learning_rate", dest="lr", type=float, default=1e-4)
     general.add_argument("--layers", type=int, help="student layer count (with a preset)")
     general.add_argument("--layer-map", help="teacher layer for each student layer, 1-based")
     general.add_argument("--embedding-weight", type=float, default=1.0, help="0 leaves the embedding loss out")
@@ -151,6 +197,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_options(augment)
     augment.set_defaults(run=_run_augment)
 
+    convert = commands.add_parser("convert", help="rewrite a reference-code checkpoint as a plain "
+                                                  "save_pretrained directory")
+    convert.add_argument("--input", required=True, help="directory in the TinyBERT reference code's layout")
+    convert.add_argument("--output", required=True, help="output directory (safetensors, config, tokenizer)")
+    convert.add_argument("--tokenizer-from", help="take the tokenizer from this model directory when the "
+                                                  "input has no vocab.txt (e.g. the teacher)")
+    convert.set_defaults(run=_run_convert)
+
     demo = commands.add_parser("demo", help="fine-tune and evaluate the bundled teacher on bundled data")
     demo.add_argument("--quick", action="store_true", help="a small run that ends in a few minutes")
     demo.add_argument("--data", help="directory with train.tsv, dev.tsv (and test.tsv) to use instead "
@@ -169,6 +223,8 @@ def _print_summary(summary: dict, output: str) -> None:
 
 
 def _run_finetune(args) -> None:
+    _resolve_data_dir(args)
+    _check_num_labels(args, args.train)
     from .finetune import FinetuneConfig, finetune
     from .training import TrainingConfig
     training = TrainingConfig(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr,
@@ -184,6 +240,13 @@ def _run_finetune(args) -> None:
 def _run_distill(args) -> None:
     from dataclasses import replace
     from .distill import DistillConfig, LossWeights, distill, plan, stage_defaults
+    _resolve_data_dir(args)
+    _check_num_labels(args, args.train)
+    if args.stage is None:
+        args.stage = "prediction" if args.pred_distill else "intermediate"
+    elif args.pred_distill and args.stage != "prediction":
+        raise InputError("--pred_distill asks for stage 2 but --stage says intermediate",
+                         fix="give one of them")
     options = _data_options(args)
     config = DistillConfig(stage=args.stage, max_length=args.max_length, temperature=args.temperature,
                            weights=LossWeights(attention=args.attention_weight, hidden=args.hidden_weight,
@@ -250,6 +313,11 @@ def _run_evaluate(args) -> None:
         write_json(results, args.json)
 
 
+def _run_convert(args) -> None:
+    from .legacy import convert
+    print(f"converted model written to {convert(args.input, args.output, tokenizer_from=args.tokenizer_from)}")
+
+
 def _run_demo(args) -> None:
     from .demo import run_demo
     from .evaluation import format_table
@@ -260,7 +328,15 @@ def _run_demo(args) -> None:
 
 # Flag names of the original TinyBERT code and its simplified fork, and tinybert's spelling.
 LEGACY_FLAGS = {"--data_path": "--input", "--pretrained_bert_model": "--mlm", "--glove_embs": "--word-vectors",
-                "--M": "--candidates", "--N": "--variants"}
+                "--M": "--candidates", "--N": "--variants", "--teacher_model": "--teacher",
+                "--student_model": "--student", "--train_file_path": "--train (--corpus for general)",
+                "--output_dir": "--output", "--max_seq_len": "--max-length", "--max_seq_length": "--max-length",
+                "--train_batch_size": "--batch-size", "--learning_rate": "--lr", "--num_train_epochs": "--epochs",
+                "--pred_distill": "--stage prediction", "--bert_model": "--model",
+                "--data_dir": "--train DIR/train.* --eval DIR/dev.*",
+                "--num_labels": "nothing (labels are read from the data)",
+                "--task_mode": "nothing (classification or regression is read from the labels)",
+                "--do_lower_case": "nothing (the tokenizer's own setting applies)"}
 
 
 def _note_legacy_flags(argv: list[str]) -> None:

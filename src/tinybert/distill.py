@@ -21,14 +21,14 @@ from . import evaluation
 from .attention import enable_score_capture, recording_scores
 from .data import DataOptions, LabelSpace, encode, train_loader
 from .errors import InputError
+from .legacy import PROJECTIONS_FILE
 from .losses import attention_loss, hidden_loss, prediction_loss
-from .models import (build_student, count_parameters, label_space_of, load_classifier, load_tokenizer,
+from .models import (build_student, check_model_dir, count_parameters, label_space_of, load_classifier, load_tokenizer,
                      non_embedding_parameters, parse_layer_map, save_model_dir, uniform_layer_map)
 from .training import STATE_FILE, TrainingConfig, is_complete, make_accelerator, run_training
 
 logger = logging.getLogger(__name__)
 
-PROJECTIONS_FILE = "distill_projections.safetensors"
 STAGES = ("intermediate", "prediction")
 
 
@@ -235,9 +235,10 @@ def distill(teacher_dir: str | os.PathLike, student: str, train_path: str | os.P
     label_space, teacher, student_model, layer_map = _prepare(teacher_dir, student, train_data, config)
     distiller = Distiller(student_model, teacher.to(accelerator.device), config.stage, layer_map, config.weights,
                           config.temperature, label_space.is_regression, config.shared_projection)
-    student_projections = Path(student) / PROJECTIONS_FILE
-    if config.stage == "intermediate" and student_projections.is_file():
-        distiller.load_projection_state(student_projections)
+    if config.stage == "intermediate" and Path(student).is_dir():
+        student_projections = check_model_dir(student, "--student") / PROJECTIONS_FILE
+        if student_projections.is_file():
+            distiller.load_projection_state(student_projections)
     logger.info("distilling (%s) %s → %s student, layer map %s", config.stage, teacher_dir,
                 f"{student_model.config.num_hidden_layers}-layer", layer_map)
 

@@ -12,22 +12,34 @@ from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassificati
 
 from .data import LabelSpace
 from .errors import InputError
+from .legacy import resolve_model_dir
 
 
 def check_model_dir(path: str | os.PathLike, option: str = "--model") -> Path:
+    """The directory to load: ``path``, or the converted copy of a reference-code checkpoint."""
     path = Path(path)
     if not path.is_dir():
         raise InputError("model directory not found", path=path,
                          fix=f"pass {option} a local directory written by save_pretrained "
                              "(models are never downloaded)")
+    path = resolve_model_dir(path)
     if not (path / "config.json").is_file():
         raise InputError("no config.json in the model directory", path=path,
                          fix=f"pass {option} a directory written by save_pretrained")
     return path
 
 
+_TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model", "sentencepiece.bpe.model",
+                    "tokenizer.model")
+
+
 def load_tokenizer(model_dir: str | os.PathLike):
     path = check_model_dir(model_dir)
+    if not any((path / name).is_file() for name in _TOKENIZER_FILES):
+        # transformers would build an empty tokenizer here, silently
+        raise InputError("cannot load a tokenizer: no tokenizer files (tokenizer.json or vocab.txt)",
+                         path=model_dir, fix="copy the tokenizer files of the teacher beside the model, or "
+                                             "`tinybert convert --tokenizer-from TEACHER`")
     try:
         return AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError) as error:
@@ -151,6 +163,12 @@ def build_student(student: str, teacher, label_space: LabelSpace | None, *, laye
             shape["num_hidden_layers"] = layers
         return _new_model(student_config(teacher_config, shape, label_space), label_space)
     path = check_model_dir(student, "--student")
+    if not any(path.glob("*.safetensors")) and not any(path.glob("*.bin")):
+        # a configuration without weights (how the reference code names a student's size)
+        config = AutoConfig.from_pretrained(path)
+        shape = {name: getattr(config, name) for name in _SHAPE_FIELDS}
+        shape["num_hidden_layers"] = layers or shape["num_hidden_layers"]
+        return _new_model(student_config(teacher_config, shape, label_space), label_space)
     if layers:
         raise InputError("--layers applies to a preset or --init-from-teacher, not to an existing student",
                          path=path, fix="drop --layers, or use a preset name")
