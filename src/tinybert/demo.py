@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import replace
 from pathlib import Path
 
 from . import evaluation, resources
@@ -15,7 +14,7 @@ from .training import TrainingConfig
 logger = logging.getLogger(__name__)
 
 DEMO_MAX_LENGTH = 64
-QUICK_TRAIN_EXAMPLES = 800
+QUICK_TRAIN_EXAMPLES = 1000
 
 
 def run_demo(output_dir: str | os.PathLike = "runs/demo", data_dir: str | os.PathLike | None = None,
@@ -33,7 +32,9 @@ def run_demo(output_dir: str | os.PathLike = "runs/demo", data_dir: str | os.Pat
         splits = {name: data_dir / f"{name}.tsv" for name in ("train", "dev", "test")}
         if not splits["test"].is_file():
             splits["test"] = splits["dev"]
-    training = TrainingConfig(learning_rate=5e-5, epochs=1 if quick else 3, batch_size=32)
+    # a small run needs a larger step size to move the new head within its few hundred steps
+    training = (TrainingConfig(learning_rate=1e-4, epochs=2, batch_size=16) if quick
+                else TrainingConfig(learning_rate=5e-5, epochs=3, batch_size=32))
     config = FinetuneConfig(training=training, max_length=DEMO_MAX_LENGTH)
     options = DataOptions(max_examples=QUICK_TRAIN_EXAMPLES if quick else None)
     teacher_dir = output_dir / "teacher"

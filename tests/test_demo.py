@@ -1,0 +1,41 @@
+import bz2
+import csv
+import json
+
+import pytest
+
+from tinybert.data import read_task_file
+from tinybert.demo import run_demo
+from tinybert.resources import rotten_tomatoes_file, write_rotten_tomatoes_splits
+
+
+def test_demo_split_is_by_movie_deterministic_and_complete(tmp_path):
+    first = write_rotten_tomatoes_splits(tmp_path / "a")
+    second = write_rotten_tomatoes_splits(tmp_path / "b")
+    assert all(first[name].read_bytes() == second[name].read_bytes() for name in first)
+    movies_of = {}
+    with bz2.open(rotten_tomatoes_file(), "rt", encoding="utf-8", newline="") as handle:
+        for record in csv.DictReader(handle):
+            if record["category"] in ("fresh", "rotten"):
+                movies_of.setdefault(" ".join(record["text"].split()), set()).add(record["movie_name"])
+    splits_of_movie = {}
+    total = 0
+    for name, path in first.items():
+        data = read_task_file(path)
+        total += len(data)
+        assert {e.label for e in data.examples} == {"fresh", "rotten"}
+        for example in data.examples:
+            if len(movies_of[example.text_a]) == 1:  # a few snippets are shared by several films
+                splits_of_movie.setdefault(next(iter(movies_of[example.text_a])), set()).add(name)
+    assert total == 12808  # every snippet, plot summaries left out
+    assert all(len(splits) == 1 for splits in splits_of_movie.values())  # no film in two splits
+    assert len(splits_of_movie) > 500
+
+
+@pytest.mark.slow
+def test_quick_demo_end_to_end(tmp_path):
+    results = run_demo(tmp_path / "demo", quick=True, show_progress=False)
+    assert results["accuracy"] > 0.6  # fresh is ~58% of the test split
+    saved = json.loads((tmp_path / "demo" / "results.json").read_text())
+    assert saved["accuracy"] == results["accuracy"] and saved["params"] > 20_000_000
+    assert (tmp_path / "demo" / "teacher" / "model.safetensors").is_file()
