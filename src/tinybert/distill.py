@@ -178,21 +178,21 @@ def _prepare(teacher_dir, student, train_data, config: DistillConfig):
         raise InputError(f"the data's labels ({', '.join(data_labels.names) or 'scores'}) do not fit the "
                          f"teacher's ({', '.join(label_space.names) or 'scores'})", path=train_data.path,
                          fix="distil on data of the task the teacher was fine-tuned for")
-    student_model = build_student(student, teacher, label_space, layers=config.layers,
-                                  init_from_teacher=config.init_from_teacher,
-                                  layer_map=_explicit_map(config, teacher, student))
-    student_layers = student_model.config.num_hidden_layers
     teacher_layers = teacher.config.num_hidden_layers
-    layer_map = (parse_layer_map(config.layer_map, student_layers, teacher_layers) if config.layer_map
-                 else uniform_layer_map(student_layers, teacher_layers))
+
+    def mapping(student_layers: int) -> list[int]:
+        if config.layer_map:
+            return parse_layer_map(config.layer_map, student_layers, teacher_layers)
+        return uniform_layer_map(student_layers, teacher_layers)
+
+    if config.init_from_teacher:  # the mapping also picks which teacher layers are copied
+        layer_map = mapping(config.layers or teacher_layers)
+        student_model = build_student(student, teacher, label_space, layers=len(layer_map),
+                                      init_from_teacher=True, layer_map=layer_map)
+    else:
+        student_model = build_student(student, teacher, label_space, layers=config.layers)
+        layer_map = mapping(student_model.config.num_hidden_layers)
     return label_space, teacher, student_model, layer_map
-
-
-def _explicit_map(config: DistillConfig, teacher, student) -> list[int] | None:
-    if not (config.layer_map and config.init_from_teacher):
-        return None
-    layers = config.layers or teacher.config.num_hidden_layers
-    return parse_layer_map(config.layer_map, layers, teacher.config.num_hidden_layers)
 
 
 def plan(teacher_dir, student, train_data, config: DistillConfig) -> Plan:
