@@ -47,6 +47,21 @@ def _check_num_labels(args, data_path) -> None:
                              fix="drop --num_labels: tinybert reads the labels from the data")
 
 
+def _add_training_options(parser: argparse.ArgumentParser, checkpoint_every: int) -> None:
+    group = parser.add_argument_group("training")
+    group.add_argument("--seed", type=int, default=42)
+    group.add_argument("--mixed-precision", choices=("no", "bf16", "fp16"), default="no",
+                       help="bf16/fp16 autocast where the hardware gains from it")
+    group.add_argument("--gradient-accumulation", type=int, default=1)
+    group.add_argument("--checkpoint-every", type=int, default=checkpoint_every,
+                       help=f"optimizer steps between checkpoints (default {checkpoint_every})")
+
+
+def _training_options(args) -> dict:
+    return {"seed": args.seed, "mixed_precision": args.mixed_precision,
+            "gradient_accumulation_steps": args.gradient_accumulation, "checkpoint_every": args.checkpoint_every}
+
+
 def _add_data_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("reading data")
     group.add_argument("--text-column", help="column holding the text (files with a header)")
@@ -85,10 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     finetune.add_argument("--warmup", type=float, default=0.1, help="warm-up fraction of the steps")
     finetune.add_argument("--metric", help="dev metric that picks the best epoch "
                                            "(default accuracy; pearson for regression)")
-    finetune.add_argument("--seed", type=int, default=42)
-    finetune.add_argument("--mixed-precision", choices=("no", "bf16", "fp16"), default="no")
-    finetune.add_argument("--gradient-accumulation", type=int, default=1)
-    finetune.add_argument("--checkpoint-every", type=int, default=200, help="optimizer steps between checkpoints")
+    _add_training_options(finetune, checkpoint_every=200)
     _add_data_options(finetune)
     _add_reference_flags(finetune)
     finetune.set_defaults(run=_run_finetune)
@@ -136,10 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     distill.add_argument("--shared-projection", action="store_true",
                          help="one projection for embeddings and hidden states (the reference code's way)")
     distill.add_argument("--metric", help="dev metric that picks the best epoch of stage 2")
-    distill.add_argument("--seed", type=int, default=42)
-    distill.add_argument("--mixed-precision", choices=("no", "bf16", "fp16"), default="no")
-    distill.add_argument("--gradient-accumulation", type=int, default=1)
-    distill.add_argument("--checkpoint-every", type=int, default=200, help="optimizer steps between checkpoints")
+    _add_training_options(distill, checkpoint_every=200)
     distill.add_argument("--plan", action="store_true",
                          help="print the layer mapping, projections, sizes and expected speed-up, then stop")
     _add_data_options(distill)
@@ -164,10 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     general.add_argument("--layers", type=int, help="student layer count (with a preset)")
     general.add_argument("--layer-map", help="teacher layer for each student layer, 1-based")
     general.add_argument("--embedding-weight", type=float, default=1.0, help="0 leaves the embedding loss out")
-    general.add_argument("--seed", type=int, default=42)
-    general.add_argument("--mixed-precision", choices=("no", "bf16", "fp16"), default="no")
-    general.add_argument("--gradient-accumulation", type=int, default=1)
-    general.add_argument("--checkpoint-every", type=int, default=500, help="optimizer steps between checkpoints")
+    _add_training_options(general, checkpoint_every=500)
     general.add_argument("--resume", action="store_true",
                          help="continue from the last checkpoint (re-running the same command does too)")
     general.set_defaults(run=_run_general)
@@ -228,9 +234,7 @@ def _run_finetune(args) -> None:
     from .finetune import FinetuneConfig, finetune
     from .training import TrainingConfig
     training = TrainingConfig(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr,
-                              warmup_ratio=args.warmup, seed=args.seed, mixed_precision=args.mixed_precision,
-                              gradient_accumulation_steps=args.gradient_accumulation,
-                              checkpoint_every=args.checkpoint_every)
+                              warmup_ratio=args.warmup, **_training_options(args))
     config = FinetuneConfig(training=training, max_length=args.max_length, metric=args.metric)
     summary = finetune(args.model, args.train, args.output, eval_path=args.eval, config=config,
                        data_options=_data_options(args))
@@ -258,9 +262,7 @@ def _run_distill(args) -> None:
         print(plan(args.teacher, args.student, options.read(args.train), config).describe())
         return
     training, _ = stage_defaults(args.stage, pairs=False)
-    overrides = {"batch_size": args.batch_size, "seed": args.seed, "mixed_precision": args.mixed_precision,
-                 "gradient_accumulation_steps": args.gradient_accumulation,
-                 "checkpoint_every": args.checkpoint_every}
+    overrides = {"batch_size": args.batch_size, **_training_options(args)}
     if args.epochs is not None:
         overrides["epochs"] = args.epochs
     if args.lr is not None:
@@ -276,10 +278,7 @@ def _run_general(args) -> None:
     from .general import GeneralConfig, general_distill
     from .training import TrainingConfig
     training = TrainingConfig(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr,
-                              schedule="linear", warmup_ratio=0.1, seed=args.seed,
-                              mixed_precision=args.mixed_precision,
-                              gradient_accumulation_steps=args.gradient_accumulation,
-                              checkpoint_every=args.checkpoint_every)
+                              schedule="linear", warmup_ratio=0.1, **_training_options(args))
     config = GeneralConfig(training=training, max_length=args.max_length, max_steps=args.max_steps,
                            weights=LossWeights(embedding=args.embedding_weight, prediction=0.0),
                            layers=args.layers, layer_map=args.layer_map)
