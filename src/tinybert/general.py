@@ -127,7 +127,9 @@ def build_corpus_cache(files: list[str | os.PathLike], tokenizer, max_length: in
 
         for path in paths:
             for lines in _line_batches(path, bar):
-                encoded = tokenizer([line or "" for line in lines], add_special_tokens=False)["input_ids"]
+                # long lines are windowed below: the tokenizer's length warning does not apply
+                encoded = tokenizer([line or "" for line in lines], add_special_tokens=False,
+                                    verbose=False)["input_ids"]
                 for line, ids in zip(lines, encoded):
                     if line is None:  # a blank line: the document ends
                         if pending:
