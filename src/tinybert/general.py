@@ -34,7 +34,10 @@ from .training import STATE_FILE, TrainingConfig, is_complete, make_accelerator,
 logger = logging.getLogger(__name__)
 
 CACHE_DIR = "corpus_cache"
+# Lines go to the tokenizer in batches bounded by count and by characters, so the memory a
+# batch takes does not depend on how long the corpus's lines happen to be.
 _LINES_PER_BATCH = 2000
+_CHARACTERS_PER_BATCH = 200_000
 
 
 @dataclass
@@ -156,7 +159,7 @@ def build_corpus_cache(files: list[str | os.PathLike], tokenizer, max_length: in
 
 def _line_batches(path: Path, bar):
     """Batches of stripped lines, None for a blank line; never the whole file in memory."""
-    batch = []
+    batch, characters = [], 0
     with open(path, "rb") as handle:
         for number, raw in enumerate(handle, start=1):
             bar.update(len(raw))
@@ -166,9 +169,10 @@ def _line_batches(path: Path, bar):
                 raise InputError(f"not valid UTF-8 (byte {raw[error.start]:#04x})", path=path, line=number,
                                  fix="convert the corpus to UTF-8") from None
             batch.append(text or None)
-            if len(batch) == _LINES_PER_BATCH:
+            characters += len(text)
+            if len(batch) == _LINES_PER_BATCH or characters >= _CHARACTERS_PER_BATCH:
                 yield batch
-                batch = []
+                batch, characters = [], 0
     if batch:
         yield batch
 
