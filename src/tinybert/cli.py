@@ -69,7 +69,8 @@ def _add_data_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--label-column", help="column holding the label or score")
     group.add_argument("--skip-bad-lines", action="store_true",
                        help="leave out malformed lines (reported) instead of stopping")
-    group.add_argument("--max-examples", type=int, help="use only the first N examples")
+    group.add_argument("--max-examples", type=int,
+                       help="use only the first N examples (of the training data; a dev set is read whole)")
 
 
 def _data_options(args):

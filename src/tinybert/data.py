@@ -431,10 +431,12 @@ class DataOptions:
     skip_bad_lines: bool = False
     max_examples: int | None = None
 
-    def read(self, path):
+    def read(self, path, *, limit: bool = True):
+        """The file's examples; ``max_examples`` applies unless ``limit`` is False (a dev set is
+        always read whole, only the training data is cut)."""
         data = read_task_file(path, text_column=self.text_column, pair_column=self.pair_column,
                               label_column=self.label_column, skip_bad_lines=self.skip_bad_lines)
-        if self.max_examples:
+        if self.max_examples and limit:
             data.examples = data.examples[: self.max_examples]
         return data
 

@@ -247,7 +247,7 @@ def distill(teacher_dir: str | os.PathLike, student: str, train_path: str | os.P
     metric = config.metric or evaluation.default_metric(label_space)
     evaluate = None
     if eval_path is not None and config.stage == "prediction":
-        eval_encoded = encode(data_options.read(eval_path), tokenizer, max_length, label_space,
+        eval_encoded = encode(data_options.read(eval_path, limit=False), tokenizer, max_length, label_space,
                               show_progress=show_progress)
         eval_labels = evaluation.labels_of(eval_encoded)
 

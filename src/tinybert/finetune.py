@@ -58,7 +58,7 @@ def finetune(model_dir: str | os.PathLike, train_path: str | os.PathLike, output
 
     evaluate = None
     if eval_path is not None:
-        eval_data = data_options.read(eval_path)
+        eval_data = data_options.read(eval_path, limit=False)
         eval_encoded = encode(eval_data, tokenizer, config.max_length, label_space,
                               show_progress=show_progress)
         eval_labels = evaluation.labels_of(eval_encoded)
