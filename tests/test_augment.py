@@ -1,5 +1,3 @@
-import json
-import random
 import struct
 import subprocess
 import sys
@@ -10,8 +8,8 @@ import torch
 from transformers import AutoTokenizer, BertConfig, BertForMaskedLM, BertTokenizer
 
 import tinybert.augment as augment_module
-from conftest import shared_dataset, tiny_bert_config, write
-from tinybert.augment import (STOP_WORDS, AugmentConfig, MaskedLMCandidates, WordVectors, augment_file,
+from conftest import tiny_bert_config, write
+from tinybert.augment import (STOP_WORDS, AugmentConfig, WordVectors, augment_file,
                               build_augmenter, is_cjk, is_eligible)
 from tinybert.data import read_task_file
 from tinybert.errors import InputError

@@ -6,7 +6,7 @@ import sys
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import AutoModel, AutoModelForSequenceClassification, BertForSequenceClassification, BertModel
+from transformers import AutoModel, BertForSequenceClassification, BertModel
 
 from conftest import shared_dataset, tiny_bert_config, write
 from tinybert.data import LabelSpace

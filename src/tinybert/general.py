@@ -18,7 +18,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 from accelerate.utils import set_seed
 from safetensors.torch import save_file
 from torch.utils.data import DataLoader, Dataset
