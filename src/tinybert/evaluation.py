@@ -98,7 +98,8 @@ def measure_latency(model, encoded: EncodedData, tokenizer) -> dict:
 
 
 def model_size_mb(model_dir: str | os.PathLike) -> float:
-    weights = list(Path(model_dir).glob("*.safetensors")) or list(Path(model_dir).glob("*.bin"))
+    """Size of the model's weight files (not of files saved beside them, such as projections)."""
+    weights = list(Path(model_dir).glob("model*.safetensors")) or list(Path(model_dir).glob("pytorch_model*.bin"))
     return sum(path.stat().st_size for path in weights) / 1e6
 
 

@@ -1,0 +1,162 @@
+"""ONNX export with dynamic batch and sequence axes, onnxruntime int8 quantisation, and the
+parity checks that say whether the exported files can replace the PyTorch model."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import warnings
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+
+from . import evaluation
+from .data import DataOptions, EncodedData, encode
+from .errors import InputError
+from .models import check_model_dir, count_parameters, label_space_of, load_classifier, load_tokenizer
+
+logger = logging.getLogger(__name__)
+
+ONNX_FILE = "model.onnx"
+INT8_FILE = "model.int8.onnx"
+REPORT_FILE = "export.json"
+FP32_TOLERANCE = 1e-3  # max |Δlogit| between PyTorch and ONNX fp32
+INT8_TOLERANCE = 1.0  # metric points (×100) the int8 model may lose on the dev set
+PARITY_EXAMPLES = 256  # examples compared in fp32 (the int8 check uses the whole data file)
+SAMPLE_TEXTS = ["a short example", "a second, rather longer example sentence for the check ."]
+
+
+class OnnxClassifier:
+    """An onnxruntime session that answers like a transformers classifier (``model(**batch).logits``),
+    so evaluation and prediction code runs unchanged on either."""
+
+    training = False
+
+    def __init__(self, path: str | os.PathLike, threads: int | None = None):
+        import onnxruntime
+        options = onnxruntime.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        self.path = Path(path)
+        self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.input_names = [node.name for node in self.session.get_inputs()]
+
+    def eval(self):
+        return self
+
+    def train(self, mode: bool = True):
+        return self
+
+    def __call__(self, **inputs):
+        feeds = {name: np.asarray(inputs[name], dtype=np.int64) for name in self.input_names if name in inputs}
+        if "token_type_ids" in self.input_names and "token_type_ids" not in feeds:
+            feeds["token_type_ids"] = np.zeros_like(feeds["input_ids"])
+        (logits,) = self.session.run(["logits"], feeds)
+        return SimpleNamespace(logits=torch.from_numpy(logits))
+
+
+def export_onnx(model_dir: str | os.PathLike, output_dir: str | os.PathLike, *, int8: bool = False,
+                data: str | os.PathLike | None = None, max_length: int = 128,
+                data_options: DataOptions | None = None, show_progress: bool = True) -> dict:
+    """Write ``model.onnx`` (and ``model.int8.onnx``) with the tokenizer and config beside them,
+    check them against the PyTorch model and return the figures (also in ``export.json``).
+
+    ``data``: a labelled file (the dev set) for the parity checks; without it fp32 parity is
+    checked on built-in sentences and the int8 metric check is skipped.
+    """
+    model_dir = check_model_dir(model_dir)
+    label_space = label_space_of(model_dir)
+    if label_space is None:
+        raise InputError("this is a bare encoder with no task head", path=model_dir,
+                         fix="export a model written by `tinybert finetune` or `tinybert distill`")
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    tokenizer = load_tokenizer(model_dir)
+    model = load_classifier(model_dir).eval()
+    onnx_path = output_dir / ONNX_FILE
+    _write_onnx(model, tokenizer, onnx_path)
+    tokenizer.save_pretrained(output_dir)
+    model.config.save_pretrained(output_dir)
+
+    if data is not None:
+        encoded = encode((data_options or DataOptions()).read(data, limit=False), tokenizer, max_length,
+                         label_space, show_progress=show_progress)
+    else:
+        features = [dict(tokenizer(text)) for text in SAMPLE_TEXTS]
+        encoded = EncodedData(features, [len(feature["input_ids"]) for feature in features])
+    results = {"model": str(model_dir), "onnx": str(onnx_path), "params": count_parameters(model),
+               "pytorch_size_mb": evaluation.model_size_mb(model_dir),
+               "onnx_size_mb": onnx_path.stat().st_size / 1e6}
+    sample = EncodedData(encoded.features[:PARITY_EXAMPLES], encoded.lengths[:PARITY_EXAMPLES])
+    reference = evaluation.predict_logits(model, sample, tokenizer, show_progress=False)
+    exported = OnnxClassifier(onnx_path)
+    difference = float(np.abs(evaluation.predict_logits(exported, sample, tokenizer, show_progress=False)
+                              - reference).max())
+    results["fp32_max_abs_logit_diff"] = difference
+    results["fp32_parity_examples"] = len(sample.features)
+    results["fp32_parity_passed"] = difference <= FP32_TOLERANCE
+    results["latency_ms_batch1"] = {"pytorch": evaluation.measure_latency(model, encoded, tokenizer)["latency_ms_batch1"],
+                                    "onnx": evaluation.measure_latency(exported, encoded, tokenizer)["latency_ms_batch1"]}
+
+    if int8:
+        int8_path = output_dir / INT8_FILE
+        _quantize(onnx_path, int8_path)
+        quantized = OnnxClassifier(int8_path)
+        results["int8_onnx"] = str(int8_path)
+        results["int8_size_mb"] = int8_path.stat().st_size / 1e6
+        results["latency_ms_batch1"]["onnx_int8"] = evaluation.measure_latency(quantized, encoded, tokenizer)[
+            "latency_ms_batch1"]
+        if data is not None:
+            labels = evaluation.labels_of(encoded)
+            metric = evaluation.default_metric(label_space)
+            full_reference = evaluation.predict_logits(model, encoded, tokenizer, show_progress=show_progress)
+            before = evaluation.compute_metrics(full_reference, labels, label_space)[metric]
+            after = evaluation.compute_metrics(
+                evaluation.predict_logits(quantized, encoded, tokenizer, show_progress=show_progress),
+                labels, label_space)[metric]
+            results.update({"int8_metric": metric, "int8_data": str(data), "pytorch_metric_value": before,
+                            "int8_metric_value": after, "int8_metric_drop_points": 100 * (before - after),
+                            "int8_parity_passed": 100 * (before - after) <= INT8_TOLERANCE})
+    evaluation.write_json(results, output_dir / REPORT_FILE)
+    return results
+
+
+def parity_failures(results: dict) -> list[str]:
+    """Human-readable reasons an export failed its checks (empty when it passed)."""
+    failures = []
+    if not results.get("fp32_parity_passed", True):
+        failures.append(f"ONNX fp32 logits differ from PyTorch by up to {results['fp32_max_abs_logit_diff']:.2e} "
+                        f"(allowed {FP32_TOLERANCE:g})")
+    if not results.get("int8_parity_passed", True):
+        failures.append(f"int8 {results['int8_metric']} is {results['int8_metric_drop_points']:.2f} points below "
+                        f"PyTorch on {results['int8_data']} (allowed {INT8_TOLERANCE:g})")
+    return failures
+
+
+def _write_onnx(model, tokenizer, path: Path) -> None:
+    sample = tokenizer(SAMPLE_TEXTS, padding=True, return_tensors="pt")
+    input_names = [name for name in ("input_ids", "attention_mask", "token_type_ids") if name in sample]
+    axes = {name: {0: "batch", 1: "sequence"} for name in input_names}
+    temporary = path.with_name(path.name + ".tmp")
+    with warnings.catch_warnings(), torch.inference_mode():
+        # The TorchScript exporter handles transformers' mask code with dynamic axes and needs
+        # no extra packages; its deprecation and tracer warnings are about internals, not the result.
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (), str(temporary), kwargs={name: sample[name] for name in input_names},
+                          input_names=input_names, output_names=["logits"],
+                          dynamic_axes={**axes, "logits": {0: "batch"}}, opset_version=17, dynamo=False)
+    os.replace(temporary, path)
+
+
+def _quantize(source: Path, target: Path) -> None:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+    prepared = target.with_name(target.stem + ".prepared.onnx")
+    quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
+    temporary = target.with_name(target.name + ".tmp")
+    quantize_dynamic(str(prepared), str(temporary), weight_type=QuantType.QInt8)
+    prepared.unlink()
+    os.replace(temporary, target)

@@ -1,0 +1,98 @@
+"""Labels and probabilities for new text from a model directory or an exported ONNX file,
+read, predicted and written a chunk at a time (constant memory on any file size)."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from . import evaluation
+from .data import Example, TaskData, encode, open_task_file, report_bad_lines
+from .errors import InputError
+from .export import OnnxClassifier
+from .models import check_model_dir, label_space_of, load_classifier, load_tokenizer
+
+logger = logging.getLogger(__name__)
+
+CHUNK_ROWS = 1024
+
+
+def load_predictor(model: str | os.PathLike):
+    """(model, tokenizer, label space) for a save_pretrained directory, an export directory or a
+    ``.onnx`` file (whose tokenizer and config lie beside it, as `tinybert export` writes them)."""
+    path = Path(model)
+    if path.suffix == ".onnx":
+        if not path.is_file():
+            raise InputError("ONNX file not found", path=path, fix="pass the model.onnx written by `tinybert export`")
+        folder = path.parent
+        predictor = OnnxClassifier(path)
+    else:
+        folder = check_model_dir(path)
+        predictor = load_classifier(folder).eval()
+    label_space = label_space_of(folder)
+    if label_space is None:
+        raise InputError("no task labels in config.json", path=folder / "config.json",
+                         fix="predict with a model written by `tinybert finetune`, `distill` or `export`")
+    return predictor, load_tokenizer(folder), label_space
+
+
+def predict_file(model: str | os.PathLike, input_path: str | os.PathLike, output_path: str | os.PathLike | None = None,
+                 *, batch_size: int = 64, max_length: int = 128, text_column: str | None = None,
+                 pair_column: str | None = None, skip_bad_lines: bool = False, show_progress: bool = True) -> int:
+    """Writes one prediction per input row (TSV, or JSONL when ``output_path`` ends in .jsonl;
+    standard output when it is None) and returns the number of rows predicted."""
+    predictor, tokenizer, label_space = load_predictor(model)
+    layout, rows = open_task_file(input_path, text_column=text_column, pair_column=pair_column,
+                                  require_labels=False)
+    as_jsonl = output_path is not None and str(output_path).endswith(".jsonl")
+    handle = open(output_path, "w", encoding="utf-8") if output_path else sys.stdout
+    names = label_space.names
+    if not as_jsonl:
+        columns = ["text", "text_b"] if layout.pair_column or (layout.format == "fork" and layout.width == 3) \
+            else ["text"]
+        columns += ["score"] if label_space.is_regression else ["label"] + [f"p_{name}" for name in names]
+        handle.write("\t".join(columns) + "\n")
+    bar = tqdm(desc="predicting", unit="ex", disable=not show_progress, dynamic_ncols=True)
+    count = 0
+    try:
+        while chunk := list(itertools.islice(rows, CHUNK_ROWS)):
+            bad = [(row.line, row.problem) for row in chunk if row.example is None]
+            if bad:
+                report_bad_lines(str(input_path), bad, skip_bad_lines)
+            examples = [Example(row.example.text_a, row.example.text_b, None, row.line) for row in chunk if row.example]
+            data = TaskData(str(input_path), examples, layout.format)
+            logits = evaluation.predict_logits(predictor, encode(data, tokenizer, max_length, show_progress=False),
+                                               tokenizer, batch_size, show_progress=False)
+            handle.write("".join(_format(example, row_logits, names, label_space.is_regression, as_jsonl)
+                                 for example, row_logits in zip(examples, logits)))
+            count += len(examples)
+            bar.update(len(examples))
+    finally:
+        bar.close()
+        if handle is not sys.stdout:
+            handle.close()
+    return count
+
+
+def _format(example: Example, logits: np.ndarray, names: list[str], regression: bool, as_jsonl: bool) -> str:
+    texts = [example.text_a] + ([example.text_b] if example.text_b is not None else [])
+    if regression:
+        if as_jsonl:
+            return json.dumps({"text": texts[0], **({"text_b": texts[1]} if len(texts) > 1 else {}),
+                               "score": float(logits[0])}, ensure_ascii=False) + "\n"
+        return "\t".join(texts + [f"{float(logits[0]):.6g}"]) + "\n"
+    shifted = np.exp(logits - logits.max())
+    probabilities = shifted / shifted.sum()
+    label = names[int(probabilities.argmax())]
+    if as_jsonl:
+        return json.dumps({"text": texts[0], **({"text_b": texts[1]} if len(texts) > 1 else {}), "label": label,
+                           "probabilities": {n: round(float(p), 6) for n, p in zip(names, probabilities)}},
+                          ensure_ascii=False) + "\n"
+    return "\t".join(texts + [label] + [f"{p:.6f}" for p in probabilities]) + "\n"
