@@ -63,6 +63,7 @@ class AugmentConfig:
     batch_size: int = 64  # masked copies per forward pass
     chunk_rows: int = 256  # rows read, augmented and written (and checkpointed) together
     field: str = "first"  # which text of a pair to vary: "first" or "second"
+    augment_first: int | None = None  # only the first N rows get variants; later rows are copied
 
 
 def is_cjk(text: str) -> bool:
@@ -455,15 +456,20 @@ def augment_file(input_path: str | os.PathLike, output_path: str | os.PathLike, 
                     report_bad_lines(input_path, [(row.line, row.problem)], False)
                 state["skipped"].append(row.line)
         second = config.field == "second"
-        texts = [row.example.text_b if second else row.example.text_a for row in good]
+        first_copied = len(good)
+        if config.augment_first is not None:
+            first_copied = max(0, min(len(good), config.augment_first - state["rows"]))
+        to_vary, to_copy = good[:first_copied], good[first_copied:]
+        texts = [row.example.text_b if second else row.example.text_a for row in to_vary]
         lines = []
-        for row, (words, candidates) in zip(good, augmenter.word_candidates(texts)):
+        for row, (words, candidates) in zip(to_vary, augmenter.word_candidates(texts)):
             lines.append(format_row(layout, row))
             rng = random.Random(f"{config.seed}:{row.line}")
             for variant in augmenter.variants(words, candidates, rng):
                 lines.append(format_row(layout, row, text_b=variant) if second else
                              format_row(layout, row, text_a=variant))
                 state["written"] += 1
+        lines.extend(format_row(layout, row) for row in to_copy)
         handle.write("".join(lines).encode("utf-8"))
         handle.flush()
         os.fsync(handle.fileno())
