@@ -89,6 +89,7 @@ def test_init_from_teacher_copies_mapped_layers(tmp_path, teacher_dir, train_fil
                                teacher.bert.encoder.layer[3].output.dense.weight)
     torch.testing.assert_close(student.bert.embeddings.word_embeddings.weight,
                                teacher.bert.embeddings.word_embeddings.weight)
+    torch.testing.assert_close(student.classifier.weight, teacher.classifier.weight)
 
 
 def test_stage1_loss_is_zero_when_the_student_is_the_teacher(tmp_path, teacher_dir, train_file):

@@ -207,6 +207,11 @@ def _copy_teacher_layers(teacher, student, mapping: list[int]) -> None:
             teacher_base.encoder.layer[teacher_layer - 1].state_dict())
     if getattr(teacher_base, "pooler", None) is not None and getattr(student_base, "pooler", None) is not None:
         student_base.pooler.load_state_dict(teacher_base.pooler.state_dict())
+    # a task head of the same shape starts where the teacher's is, not from random weights
+    teacher_head, student_head = getattr(teacher, "classifier", None), getattr(student, "classifier", None)
+    if teacher_head is not None and student_head is not None and all(
+            a.shape == b.shape for a, b in zip(teacher_head.state_dict().values(), student_head.state_dict().values())):
+        student_head.load_state_dict(teacher_head.state_dict())
 
 
 def non_embedding_parameters(model: torch.nn.Module) -> int:
