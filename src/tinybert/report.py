@@ -1,0 +1,231 @@
+"""The run's report: report.md and report.html with PNG plots (matplotlib), written from the
+pipeline's results and each stage's training log."""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only: no display needed, none opened
+import matplotlib.pyplot as plt  # noqa: E402
+
+MODEL_NAMES = {"teacher": "teacher", "student": "distilled student",
+               "student_original_data": "distilled student, no augmentation",
+               "baseline": "same student fine-tuned without distillation"}
+LOSS_STAGES = {"teacher": "teacher fine-tuning", "intermediate": "distillation stage 1 (intermediate)",
+               "student": "distillation stage 2 (prediction)",
+               "intermediate_original_data": "stage 1, no augmentation",
+               "student_original_data": "stage 2, no augmentation", "baseline": "baseline fine-tuning",
+               "general": "general distillation"}
+
+LOSS_PARTS = {"loss": "total", "att": "attention", "hid": "hidden states", "emb": "embeddings", "pred": "logits"}
+
+
+def model_rows(results: dict) -> tuple[str, list[dict]]:
+    """The metric name and one row per evaluated model: dev and test metric, retention, size, latency."""
+    evaluated = results.get("evaluation", {})
+    teacher = evaluated.get("teacher", {})
+    metric = next((m for m in ("accuracy", "pearson") if m in teacher), None) or "accuracy"
+    rows = []
+    for key, name in MODEL_NAMES.items():
+        figures = evaluated.get(key)
+        if not figures:
+            continue
+        dev = (figures.get("dev") or {}).get(metric)
+        row = {"key": key, "model": name, "dev": dev, "test": figures.get(metric), "params": figures.get("params"),
+               "size_mb": figures.get("size_mb"), "latency_ms": figures.get("latency_ms_batch1")}
+        if teacher.get(metric):
+            row["retention"] = figures.get(metric) / teacher[metric]
+        rows.append(row)
+    export = results.get("export")
+    if export and export.get("int8_size_mb"):
+        student = next((row for row in rows if row["key"] == "student"), {})
+        rows.append({"key": "student_onnx_int8", "model": "distilled student, ONNX int8",
+                     "dev": export.get("int8_metric_value"), "test": None, "params": student.get("params"),
+                     "size_mb": export["int8_size_mb"],
+                     "latency_ms": export["latency_ms_batch1"].get("onnx_int8"),
+                     "retention": None})
+    return metric, rows
+
+
+def _cell(value, kind: str = "") -> str:
+    if value is None:
+        return "–"
+    if kind == "percent":
+        return f"{100 * value:.1f} %"
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        return f"{value:.4f}" if kind == "metric" else f"{value:,.1f}"
+    return str(value)
+
+
+def _table(results: dict) -> tuple[list[str], list[list[str]]]:
+    metric, rows = model_rows(results)
+    teacher = next((row for row in rows if row["key"] == "teacher"), None)
+    header = ["model", f"dev {metric}", f"test {metric}", "retention (test)", "parameters", "size MB",
+              "latency ms (batch 1, CPU)", "smaller / faster than teacher"]
+    body = []
+    for row in rows:
+        ratio = "–"
+        if teacher and row["key"] != "teacher":
+            ratio = " / ".join(f"{teacher[field] / row[field]:.1f}×" if teacher.get(field) and row.get(field) else "–"
+                               for field in ("size_mb", "latency_ms"))
+        body.append([row["model"], _cell(row["dev"], "metric"), _cell(row["test"], "metric"),
+                     _cell(row.get("retention"), "percent"), _cell(row["params"]), _cell(row["size_mb"]),
+                     _cell(row["latency_ms"]), ratio])
+    return header, body
+
+
+def summary_table(results: dict) -> str:
+    """The model table as aligned plain text, for the terminal."""
+    header, body = _table(results)
+    widths = [max(len(line[i]) for line in [header] + body) for i in range(len(header))]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(line, widths)) for line in [header] + body]
+    return "\n".join(lines)
+
+
+def _read_log(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _plot_losses(run_dir: Path, plots: Path) -> Path | None:
+    logs = {stage: [r for r in _read_log(run_dir / stage / "train_log.jsonl") if "loss" in r]
+            for stage in LOSS_STAGES}
+    logs = {stage: records for stage, records in logs.items() if records}
+    if not logs:
+        return None
+    figure, axes = plt.subplots(1, len(logs), figsize=(4.2 * len(logs), 3.4), squeeze=False)
+    for axis, (stage, records) in zip(axes[0], logs.items()):
+        steps = [r["step"] for r in records]
+        parts = [k for k in records[0] if k not in ("step", "epoch", "lr")]
+        for part in parts:
+            axis.plot(steps, [r.get(part) for r in records], label=LOSS_PARTS.get(part, part), linewidth=1.2)
+        axis.set_title(LOSS_STAGES[stage], fontsize=9)
+        axis.set_xlabel("optimizer step")
+        axis.grid(alpha=0.3)
+        if len(parts) > 1:
+            axis.legend(fontsize=7)
+    axes[0][0].set_ylabel("loss")
+    figure.tight_layout()
+    path = plots / "losses.png"
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
+def _plot_bars(rows: list[dict], field: str, title: str, path: Path, fmt: str = "{:.1f}") -> Path | None:
+    rows = [row for row in rows if row.get(field) is not None]
+    if not rows:
+        return None
+    figure, axis = plt.subplots(figsize=(7, 0.55 * len(rows) + 1.2))
+    values = [row[field] for row in rows]
+    bars = axis.barh([row["model"] for row in rows], values, color="#4c72b0")
+    axis.bar_label(bars, labels=[fmt.format(v) for v in values], fontsize=8, padding=3)
+    axis.invert_yaxis()
+    axis.set_title(title, fontsize=10)
+    axis.set_xlim(0, max(values) * 1.2)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
+def write_report(run_dir: str | os.PathLike, results: dict, title: str = "TinyBERT distillation report") -> Path:
+    """Writes RUN/report.md and RUN/report.html (plots in RUN/plots) and returns the .md path."""
+    run_dir = Path(run_dir)
+    plots = run_dir / "plots"
+    plots.mkdir(parents=True, exist_ok=True)
+    metric, rows = model_rows(results)
+    blocks: list[tuple] = [("h1", title), ("p", f"Run directory: {run_dir}. Data: "
+                                                + ", ".join(f"{k} {v}" for k, v in results.get("data", {}).items()))]
+    header, body = _table(results)
+    blocks += [("h2", "Models"), ("table", header, body),
+               ("p", "Retention is the student's test metric as a share of the teacher's. Latency: median "
+                     "milliseconds per example at batch 1 on this machine's CPU.")]
+    for name, field, label, fmt in (("metric", "test", f"test {metric}", "{:.4f}"),
+                                    ("size", "size_mb", "size (MB)", "{:.1f}"),
+                                    ("latency", "latency_ms", "latency, ms per example (batch 1)", "{:.1f}"),
+                                    ("params", "params", "parameters (millions)", "{:.1f}")):
+        shown = [dict(row, params=row["params"] / 1e6) if field == "params" and row["params"] else row for row in rows]
+        plot = _plot_bars(shown, field, label, plots / f"{name}.png", fmt)
+        if plot:
+            blocks.append(("img", plot.relative_to(run_dir).as_posix(), label))
+    losses = _plot_losses(run_dir, plots)
+    if losses:
+        blocks += [("h2", "Training losses"), ("img", losses.relative_to(run_dir).as_posix(), "loss curves")]
+    export = results.get("export")
+    if export:
+        lines = [["fp32 max |Δlogit| vs PyTorch", f"{export['fp32_max_abs_logit_diff']:.2e} on "
+                  f"{export['fp32_parity_examples']} dev examples",
+                  "passed" if export["fp32_parity_passed"] else "FAILED (allowed 1e-3)"]]
+        if "int8_metric_drop_points" in export:
+            lines.append([f"int8 dev {export['int8_metric']}", f"{export['int8_metric_value']:.4f} vs PyTorch "
+                          f"{export['pytorch_metric_value']:.4f} ({export['int8_metric_drop_points']:+.2f} points lost)",
+                          "passed" if export["int8_parity_passed"] else "FAILED (allowed 1 point)"])
+        sizes = f"ONNX fp32 {export['onnx_size_mb']:.1f} MB"
+        if "int8_size_mb" in export:
+            sizes += f", int8 {export['int8_size_mb']:.1f} MB"
+        latency = ", ".join(f"{k} {v:.1f} ms" for k, v in export["latency_ms_batch1"].items())
+        blocks += [("h2", "ONNX export of the student"), ("table", ["check", "result", "verdict"], lines),
+                   ("p", f"{sizes}; latency at batch 1: {latency}.")]
+    seconds = results.get("stage_seconds")
+    if seconds:
+        blocks += [("h2", "Stage wall times"),
+                   ("table", ["stage", "seconds"], [[k, f"{v:,.0f}"] for k, v in seconds.items()]),
+                   ("p", f"Total {sum(seconds.values()) / 60:.1f} minutes (stages skipped on a re-run keep the time "
+                         "of the run that did them).")]
+    markdown = run_dir / "report.md"
+    _write(markdown, _markdown(blocks))
+    _write(run_dir / "report.html", _html(blocks, title))
+    return markdown
+
+
+def _write(path: Path, text: str) -> None:
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(text, encoding="utf-8")
+    os.replace(temporary, path)
+
+
+def _markdown(blocks) -> str:
+    out = []
+    for block in blocks:
+        kind = block[0]
+        if kind == "h1":
+            out.append(f"# {block[1]}\n")
+        elif kind == "h2":
+            out.append(f"## {block[1]}\n")
+        elif kind == "p":
+            out.append(f"{block[1]}\n")
+        elif kind == "img":
+            out.append(f"![{block[2]}]({block[1]})\n")
+        elif kind == "table":
+            header, body = block[1], block[2]
+            lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+            lines += ["| " + " | ".join(row) + " |" for row in body]
+            out.append("\n".join(lines) + "\n")
+    return "\n".join(out)
+
+
+def _html(blocks, title: str) -> str:
+    out = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
+           "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse}"
+           "td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}img{max-width:100%}</style></head><body>"]
+    for block in blocks:
+        kind = block[0]
+        if kind in ("h1", "h2", "p"):
+            out.append(f"<{kind}>{html.escape(block[1])}</{kind}>")
+        elif kind == "img":
+            out.append(f"<p><img src='{html.escape(block[1])}' alt='{html.escape(block[2])}'></p>")
+        elif kind == "table":
+            rows = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in block[2])
+            head = "".join(f"<th>{html.escape(c)}</th>" for c in block[1])
+            out.append(f"<table><tr>{head}</tr>{rows}</table>")
+    out.append("</body></html>")
+    return "\n".join(out)
