@@ -132,6 +132,16 @@ def test_same_seed_same_bytes_whatever_the_batch_size(tmp_path, tiny_mlm, senten
     assert first.read_bytes() != other_seed.read_bytes()
 
 
+def test_augment_first_varies_only_the_first_rows_and_copies_the_rest(tmp_path, tiny_mlm, sentences_file):
+    vectors = demo_word_vectors()
+    whole = _rows(_augment(tmp_path, sentences_file, "all.tsv", tiny_mlm, vectors, chunk_rows=2))
+    first_two = _rows(_augment(tmp_path, sentences_file, "two.tsv", tiny_mlm, vectors, chunk_rows=2, augment_first=2))
+    rows_of_first_two = whole.index(f"{SENTENCES[2]}\t0")  # header, two rows and their variants
+    # the first two rows come out as in the full run (same variants), every later row once, unvaried
+    assert first_two[:rows_of_first_two] == whole[:rows_of_first_two]
+    assert first_two[rows_of_first_two:] == [f"{s}\t{i % 2}" for i, s in enumerate(SENTENCES) if i >= 2]
+
+
 def test_pairs_vary_one_field_and_keep_the_other(tmp_path, tiny_mlm):
     source = write(tmp_path / "rte.tsv", "sentence1\tsentence2\tlabel\tidx\n"
                    "the quick brown fox jumps over the lazy dog\ta fox jumps\tentailment\t0\n"

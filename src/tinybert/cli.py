@@ -373,7 +373,7 @@ def _run_export(args) -> None:
     print(f"fp32: max |Δlogit| {results['fp32_max_abs_logit_diff']:.2e} on {results['fp32_parity_examples']} examples")
     if "int8_metric_drop_points" in results:
         print(f"int8: {results['int8_metric']} {results['int8_metric_value']:.4f} vs PyTorch "
-              f"{results['pytorch_metric_value']:.4f} ({results['int8_metric_drop_points']:+.2f} points lost)")
+              f"{results['pytorch_metric_value']:.4f} ({-results['int8_metric_drop_points']:+.2f} points)")
     print(f"written to {args.output} (model.onnx{', model.int8.onnx' if args.int8 else ''}, export.json)")
     failures = parity_failures(results)
     if failures:

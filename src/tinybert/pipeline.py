@@ -54,7 +54,7 @@ _STUDENT_SHAPE = {"student", "layers", "layer_map", "init_from_teacher"}
 SECTIONS = {
     "data": (None, {"dir": None, "train": None, "dev": None, "test": None, "text_column": None,
                     "pair_column": None, "label_column": None, "skip_bad_lines": False, "max_examples": None}),
-    "general": ("general", {"run": False, "student_dir": None, "teacher": None}),
+    "general": ("general", {"run": False, "student_dir": None}),
     "finetune": ("finetune", {"teacher_dir": None}),
     "augment": ("augment", {"run": True, "compare_without": False}),
     "intermediate": ("distill", {}),
@@ -67,18 +67,18 @@ SECTIONS = {
 TOP_LEVEL = {"run_dir": "runs/pipeline", "quick": {}}
 
 
-def _command_options() -> dict[str, dict[str, argparse.Action]]:
+def _subcommands() -> dict[str, argparse.ArgumentParser]:
     from .cli import build_parser
-    parser = build_parser()
-    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    return {name: {a.dest: a for a in sub._actions if a.dest != "help"} for name, sub in subparsers.choices.items()}
+    return next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices
+
+
+def _command_options() -> dict[str, dict[str, argparse.Action]]:
+    return {name: {a.dest: a for a in sub._actions if a.dest != "help"} for name, sub in _subcommands().items()}
 
 
 def _command_function(command: str):
     """The function the command line runs for ``command`` (its parsed options in, nothing out)."""
-    from .cli import build_parser
-    subparsers = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
-    return subparsers.choices[command].get_default("run")
+    return _subcommands()[command].get_default("run")
 
 
 def section_keys(section: str, options=None) -> dict[str, object]:
@@ -87,14 +87,13 @@ def section_keys(section: str, options=None) -> dict[str, object]:
     command, extra = SECTIONS[section]
     keys = {}
     if command:
-        excluded = _WIRED.get(command, set()) | (_DATA_OPTIONS if command != "augment" else set())
+        # data-reading options live in the data section; augment alone keeps max_examples (rows to read)
+        excluded = _WIRED.get(command, set()) | (_DATA_OPTIONS - ({"max_examples"} if command == "augment" else set()))
         if section == "prediction":
             excluded |= _STUDENT_SHAPE
         if section == "baseline":
             excluded |= {"model"}
         keys = {dest: action.default for dest, action in options[command].items() if dest not in excluded}
-    if command == "augment":
-        keys = {k: v for k, v in keys.items() if k not in _DATA_OPTIONS - {"max_examples"}}
     keys.update(extra)
     return keys
 
@@ -348,6 +347,9 @@ def run_pipeline(config: Config) -> dict:
     finetune, general, intermediate = run.section("finetune"), run.section("general"), run.section("intermediate")
     student_start = general["student_dir"] or intermediate["student"]
     if general["run"] and not general["student_dir"]:
+        if not general["corpus"]:
+            raise InputError("general.run is true but general.corpus names no text files", path=config.path,
+                             fix="set general.corpus (plain-text files), or general.student_dir, or general.run: false")
         teacher_base = general["teacher"] or finetune["model"]
         student_start = str(run.stage("general", {"settings": general, "teacher": teacher_base},
                                       lambda d: run.command("general", general, teacher=teacher_base, output=str(d))))

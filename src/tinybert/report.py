@@ -101,18 +101,23 @@ def _plot_losses(run_dir: Path, plots: Path) -> Path | None:
     logs = {stage: records for stage, records in logs.items() if records}
     if not logs:
         return None
-    figure, axes = plt.subplots(1, len(logs), figsize=(4.2 * len(logs), 3.4), squeeze=False)
-    for axis, (stage, records) in zip(axes[0], logs.items()):
+    columns = min(3, len(logs))
+    rows = -(-len(logs) // columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(4.4 * columns, 3.3 * rows), squeeze=False)
+    for axis, (stage, records) in zip(axes.flat, logs.items()):
         steps = [r["step"] for r in records]
         parts = [k for k in records[0] if k not in ("step", "epoch", "lr")]
         for part in parts:
-            axis.plot(steps, [r.get(part) for r in records], label=LOSS_PARTS.get(part, part), linewidth=1.2)
+            axis.plot(steps, [r.get(part) for r in records], label=LOSS_PARTS.get(part, part), linewidth=1.2,
+                      marker="o" if len(steps) < 20 else None, markersize=3)
         axis.set_title(LOSS_STAGES[stage], fontsize=9)
         axis.set_xlabel("optimizer step")
+        axis.set_ylabel("loss")
         axis.grid(alpha=0.3)
         if len(parts) > 1:
             axis.legend(fontsize=7)
-    axes[0][0].set_ylabel("loss")
+    for axis in list(axes.flat)[len(logs):]:
+        axis.set_visible(False)
     figure.tight_layout()
     path = plots / "losses.png"
     figure.savefig(path, dpi=110)
@@ -149,7 +154,8 @@ def write_report(run_dir: str | os.PathLike, results: dict, title: str = "TinyBE
     blocks += [("h2", "Models"), ("table", header, body),
                ("p", "Retention is the student's test metric as a share of the teacher's. Latency: median "
                      "milliseconds per example at batch 1 on this machine's CPU.")]
-    for name, field, label, fmt in (("metric", "test", f"test {metric}", "{:.4f}"),
+    for name, field, label, fmt in (("dev", "dev", f"dev {metric}", "{:.4f}"),
+                                    ("metric", "test", f"test {metric}", "{:.4f}"),
                                     ("size", "size_mb", "size (MB)", "{:.1f}"),
                                     ("latency", "latency_ms", "latency, ms per example (batch 1)", "{:.1f}"),
                                     ("params", "params", "parameters (millions)", "{:.1f}")):
@@ -162,12 +168,12 @@ def write_report(run_dir: str | os.PathLike, results: dict, title: str = "TinyBE
         blocks += [("h2", "Training losses"), ("img", losses.relative_to(run_dir).as_posix(), "loss curves")]
     export = results.get("export")
     if export:
-        lines = [["fp32 max |Δlogit| vs PyTorch", f"{export['fp32_max_abs_logit_diff']:.2e} on "
+        lines = [["fp32: largest logit difference from PyTorch", f"{export['fp32_max_abs_logit_diff']:.2e} on "
                   f"{export['fp32_parity_examples']} dev examples",
                   "passed" if export["fp32_parity_passed"] else "FAILED (allowed 1e-3)"]]
         if "int8_metric_drop_points" in export:
             lines.append([f"int8 dev {export['int8_metric']}", f"{export['int8_metric_value']:.4f} vs PyTorch "
-                          f"{export['pytorch_metric_value']:.4f} ({export['int8_metric_drop_points']:+.2f} points lost)",
+                          f"{export['pytorch_metric_value']:.4f} ({-export['int8_metric_drop_points']:+.2f} points)",
                           "passed" if export["int8_parity_passed"] else "FAILED (allowed 1 point)"])
         sizes = f"ONNX fp32 {export['onnx_size_mb']:.1f} MB"
         if "int8_size_mb" in export:

@@ -1,0 +1,133 @@
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+
+from conftest import write
+from tinybert.cli import build_parser
+from tinybert.errors import InputError
+from tinybert.pipeline import _DATA_OPTIONS, _WIRED, DONE_FILE, SECTIONS, load_config, section_keys
+
+
+def _data(tmp_path):
+    def rows(count, offset):
+        return "".join(f"{'a great and warm film' if i % 2 else 'a dull , tired mess'} {'really ' * (i % 5)}\t"
+                       f"{'pos' if i % 2 else 'neg'}\n" for i in range(offset, offset + count))
+    return write(tmp_path / "train.txt", rows(64, 0)), write(tmp_path / "dev.txt", rows(24, 64))
+
+
+@pytest.fixture
+def pipeline_config(tmp_path, tiny_model_dir):
+    train, dev = _data(tmp_path)
+    student = write(tmp_path / "student.json", json.dumps(
+        {"num_hidden_layers": 1, "hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 4}))
+    config = {
+        "run_dir": str(tmp_path / "run"),
+        "data": {"train": str(train), "dev": str(dev)},
+        "finetune": {"model": str(tiny_model_dir), "epochs": 2, "lr": 1e-3, "batch_size": 16, "max_length": 32},
+        "augment": {"run": False},
+        "intermediate": {"student": str(student), "epochs": 60, "batch_size": 8, "lr": 1e-3, "max_length": 32,
+                         "checkpoint_every": 5},
+        "prediction": {"epochs": 2, "lr": 1e-3},
+        "baseline": {"epochs": 1},
+        "evaluate": {"no_latency": True, "max_length": 32},
+        "export": {"int8": False, "max_length": 32},
+    }
+    return write(tmp_path / "pipeline.yaml", yaml.safe_dump(config))
+
+
+def _tinybert(*args, **kwargs):
+    return subprocess.run([sys.executable, "-m", "tinybert.cli", *map(str, args)], capture_output=True, text=True,
+                          **kwargs)
+
+
+def test_killed_pipeline_resumes_the_stage_and_skips_finished_ones(tmp_path, pipeline_config):
+    run = tmp_path / "run"
+    checkpoint = run / "intermediate" / "checkpoint" / "training_state.json"
+    with open(tmp_path / "first.log", "w") as log:
+        process = subprocess.Popen([sys.executable, "-m", "tinybert.cli", "pipeline", str(pipeline_config)],
+                                   stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.time() + 300
+        while not checkpoint.exists() and process.poll() is None and time.time() < deadline:
+            time.sleep(0.02)
+        process.kill()
+        process.wait()
+    assert checkpoint.exists(), (tmp_path / "first.log").read_text()[-3000:]
+    assert (run / "teacher" / DONE_FILE).is_file() and not (run / "intermediate" / DONE_FILE).exists()
+    teacher_weights = (run / "teacher" / "model.safetensors").stat().st_mtime_ns
+
+    second = _tinybert("pipeline", pipeline_config)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "stage teacher: already complete, skipped" in second.stderr
+    assert "stage intermediate: resuming the interrupted run" in second.stderr
+    assert (run / "teacher" / "model.safetensors").stat().st_mtime_ns == teacher_weights
+    steps = [json.loads(line)["step"] for line in (run / "intermediate" / "train_log.jsonl").read_text().splitlines()]
+    assert steps == list(range(10, 481, 10))  # 60 epochs × 8 batches, logged every 10: none lost, none twice
+    results = json.loads((run / "results.json").read_text())
+    assert set(results["evaluation"]) == {"teacher", "student", "baseline"}
+    assert results["export"]["fp32_parity_passed"]
+    report = (run / "report.md").read_text()
+    assert "distilled student" in report and "(plots/losses.png)" in report and (run / "plots" / "losses.png").is_file()
+    assert "<table>" in (run / "report.html").read_text()
+
+    # a changed setting re-runs its stage and the stages after it, not those before
+    third = _tinybert("pipeline", pipeline_config, "--set", "prediction.epochs=1")
+    assert third.returncode == 0, third.stderr[-3000:]
+    for stage in ("teacher", "intermediate", "baseline"):
+        assert f"stage {stage}: already complete, skipped" in third.stderr
+    for stage in ("student", "evaluate", "export"):
+        assert f"stage {stage}: settings or inputs changed since it ran; starting it again" in third.stderr
+
+
+def test_unknown_key_names_the_file_line_and_closest_key(tmp_path):
+    config = write(tmp_path / "bad.yaml", "run_dir: x\nfinetune:\n  model: m\n  epoch: 3\n")
+    result = _tinybert("pipeline", config)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"{config}, line 4: unknown key finetune.epoch" in result.stderr
+    assert "did you mean 'epochs'?" in result.stderr
+
+
+@pytest.mark.parametrize("text, overrides, message", [
+    ("finetune:\n  epochs: many\n", [], "line 2: finetune.epochs must be a number"),
+    ("fine_tune:\n  epochs: 1\n", [], "line 1: unknown section 'fine_tune'"),
+    ("intermediate:\n  stage: prediction\n", [], "line 2: unknown key intermediate.stage"),
+    ("prediction:\n  layers: 2\n", [], "unknown key prediction.layers"),
+    ("export:\n  int8: maybe\n", [], "export.int8 is a switch"),
+    ("", ["finetune.lrr=1"], "unknown key 'finetune.lrr' in --set finetune.lrr=1"),
+    ("", ["augment.field=third"], "augment.field is 'third'"),
+    ("finetune: [1, 2]\n", [], "section 'finetune' must be a mapping"),
+    ("finetune:\n  epochs: [\n", [], "not valid YAML"),
+])
+def test_bad_configs_are_clear_errors(tmp_path, text, overrides, message):
+    config = write(tmp_path / "c.yaml", text)
+    with pytest.raises(InputError) as error:
+        load_config(config, overrides)
+    assert message in str(error.value)
+
+
+def test_every_command_line_option_has_a_config_key():
+    subparsers = next(a for a in build_parser()._actions if hasattr(a, "choices") and isinstance(a.choices, dict))
+    covered = {command: set() for command in ("general", "finetune", "augment", "distill", "evaluate", "export")}
+    for section, (command, _) in SECTIONS.items():
+        if command:
+            covered[command] |= set(section_keys(section))
+    for command, keys in covered.items():
+        options = {a.dest for a in subparsers.choices[command]._actions if a.dest != "help"}
+        assert options - keys - _WIRED.get(command, set()) - _DATA_OPTIONS == set(), command
+
+
+def test_show_config_and_quick_overrides(tmp_path, pipeline_config):
+    config = write(tmp_path / "q.yaml", pipeline_config.read_text() + "quick:\n  finetune.epochs: 1\n  run_dir: elsewhere\n")
+    shown = yaml.safe_load(_tinybert("pipeline", config, "--quick", "--show-config", "--set", "finetune.lr=0.5").stdout)
+    assert shown["run_dir"] == "elsewhere" and shown["finetune"]["epochs"] == 1.0 and shown["finetune"]["lr"] == 0.5
+    assert shown["intermediate"]["temperature"] == 1.0  # defaults are shown too
+
+
+@pytest.mark.parametrize("name", ["demo", "sst2-bert-base", "rte-pairs", "stsb-regression", "chinese"])
+def test_shipped_configs_are_valid(name):
+    from conftest import REPO
+    config = load_config(REPO / "configs" / f"{name}.yaml", quick=True)
+    assert config.values["finetune"]["model"] and config.values["data"]["dir"]
