@@ -38,6 +38,8 @@ class OnnxClassifier:
     def __init__(self, path: str | os.PathLike, threads: int | None = None):
         import onnxruntime
         options = onnxruntime.SessionOptions()
+        # idle onnxruntime threads spin by default, taking CPU from PyTorch timed in the same process
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if threads:
             options.intra_op_num_threads = threads
         self.path = Path(path)
