@@ -38,7 +38,7 @@ def test_quick_demo_end_to_end(tmp_path):
     evaluated = results["evaluation"]
     assert evaluated["teacher"]["accuracy"] > 0.6  # fresh is ~58% of the test split
     assert evaluated["student"]["params"] < evaluated["teacher"]["params"]
-    assert evaluated["baseline"]["params"] == evaluated["student"]["params"]
+    assert set(evaluated) == {"teacher", "student"}  # --quick leaves the baseline out
     assert results["export"]["fp32_parity_passed"] and "int8_metric_drop_points" in results["export"]
     saved = json.loads((tmp_path / "demo" / "results.json").read_text())
     assert saved["evaluation"] == evaluated

@@ -93,7 +93,11 @@ def export_onnx(model_dir: str | os.PathLike, output_dir: str | os.PathLike, *, 
                "pytorch_size_mb": evaluation.model_size_mb(model_dir),
                "onnx_size_mb": onnx_path.stat().st_size / 1e6}
     sample = EncodedData(encoded.features[:PARITY_EXAMPLES], encoded.lengths[:PARITY_EXAMPLES])
-    reference = evaluation.predict_logits(model, sample, tokenizer, show_progress=False)
+    compare_int8 = int8 and data is not None
+    # logits in file order: with the int8 check they are needed for the whole file, else for the sample
+    full_reference = evaluation.predict_logits(model, encoded if compare_int8 else sample, tokenizer,
+                                               show_progress=show_progress)
+    reference = full_reference[:PARITY_EXAMPLES]
     exported = OnnxClassifier(onnx_path)
     difference = float(np.abs(evaluation.predict_logits(exported, sample, tokenizer, show_progress=False)
                               - reference).max())
@@ -111,10 +115,9 @@ def export_onnx(model_dir: str | os.PathLike, output_dir: str | os.PathLike, *, 
         results["int8_size_mb"] = int8_path.stat().st_size / 1e6
         results["latency_ms_batch1"]["onnx_int8"] = evaluation.measure_latency(quantized, encoded, tokenizer)[
             "latency_ms_batch1"]
-        if data is not None:
+        if compare_int8:
             labels = evaluation.labels_of(encoded)
             metric = evaluation.default_metric(label_space)
-            full_reference = evaluation.predict_logits(model, encoded, tokenizer, show_progress=show_progress)
             before = evaluation.compute_metrics(full_reference, labels, label_space)[metric]
             after = evaluation.compute_metrics(
                 evaluation.predict_logits(quantized, encoded, tokenizer, show_progress=show_progress),

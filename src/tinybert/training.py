@@ -172,7 +172,8 @@ def run_training(*, output_dir: str | os.PathLike, config: TrainingConfig, modul
         state["epoch"] += 1
         state["batch_in_epoch"] = 0
         _end_of_epoch(state, accelerator, module, evaluate, metric, on_improved, log)
-        save_checkpoint()
+        if state["epoch"] < total_epochs and state["global_step"] < total_steps:
+            save_checkpoint()  # after the last epoch the run completes at once: no checkpoint to resume from
     progress.close()
 
     if evaluate is None:
