@@ -65,7 +65,7 @@ def test_predict_gives_the_same_labels_from_pytorch_and_onnx(tmp_path, exported,
     output, _ = exported
     texts = write(tmp_path / "new.txt", "good warm film\na dull plot\nthe acting\n")
     predict_file(classifier_dir, texts, tmp_path / "torch.jsonl", show_progress=False)
-    predict_file(output / ONNX_FILE, texts, tmp_path / "onnx.jsonl", show_progress=False)
+    predict_file(output, texts, tmp_path / "onnx.jsonl", show_progress=False)
     from_torch = [json.loads(line) for line in (tmp_path / "torch.jsonl").read_text().splitlines()]
     from_onnx = [json.loads(line) for line in (tmp_path / "onnx.jsonl").read_text().splitlines()]
     assert [r["text"] for r in from_torch] == ["good warm film", "a dull plot", "the acting"]

@@ -22,14 +22,12 @@ def _data(tmp_path):
 @pytest.fixture
 def pipeline_config(tmp_path, tiny_model_dir):
     train, dev = _data(tmp_path)
-    student = write(tmp_path / "student.json", json.dumps(
-        {"num_hidden_layers": 1, "hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 4}))
     config = {
         "run_dir": str(tmp_path / "run"),
         "data": {"train": str(train), "dev": str(dev)},
         "finetune": {"model": str(tiny_model_dir), "epochs": 2, "lr": 1e-3, "batch_size": 16, "max_length": 32},
         "augment": {"run": False},
-        "intermediate": {"student": str(student), "epochs": 60, "batch_size": 8, "lr": 1e-3, "max_length": 32,
+        "intermediate": {"init_from_teacher": True, "layers": 1, "epochs": 60, "batch_size": 8, "lr": 1e-3, "max_length": 32,
                          "checkpoint_every": 5},
         "prediction": {"epochs": 2, "lr": 1e-3},
         "baseline": {"epochs": 1},
@@ -66,6 +64,8 @@ def test_killed_pipeline_resumes_the_stage_and_skips_finished_ones(tmp_path, pip
     assert (run / "teacher" / "model.safetensors").stat().st_mtime_ns == teacher_weights
     steps = [json.loads(line)["step"] for line in (run / "intermediate" / "train_log.jsonl").read_text().splitlines()]
     assert steps == list(range(10, 481, 10))  # 60 epochs × 8 batches, logged every 10: none lost, none twice
+    # stage 2 starts from stage 1's output, not from a fresh copy of the teacher
+    assert json.loads((run / "student" / "distill_config.json").read_text())["init_from_teacher"] is False
     results = json.loads((run / "results.json").read_text())
     assert set(results["evaluation"]) == {"teacher", "student", "baseline"}
     assert results["export"]["fp32_parity_passed"]
@@ -96,6 +96,8 @@ def test_unknown_key_names_the_file_line_and_closest_key(tmp_path):
     ("intermediate:\n  stage: prediction\n", [], "line 2: unknown key intermediate.stage"),
     ("prediction:\n  layers: 2\n", [], "unknown key prediction.layers"),
     ("export:\n  int8: maybe\n", [], "export.int8 is a switch"),
+    ("augment:\n  run: no thanks\n", [], "augment.run is a switch"),
+    ("data:\n  max_examples: 1.5\n", [], "data.max_examples must be a whole number"),
     ("", ["finetune.lrr=1"], "unknown key 'finetune.lrr' in --set finetune.lrr=1"),
     ("", ["augment.field=third"], "augment.field is 'third'"),
     ("finetune: [1, 2]\n", [], "section 'finetune' must be a mapping"),

@@ -232,7 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
                                   description="Predict every row of a text file (one text, or a TSV/CSV/JSONL "
                                               "with a text column; labels not needed) with a model directory "
                                               "or an exported .onnx file.")
-    predict.add_argument("--model", required=True, help="model directory, or model.onnx / model.int8.onnx")
+    predict.add_argument("--model", required=True, help="model directory, export directory (its model.onnx), or model.onnx / model.int8.onnx")
     predict.add_argument("--input", required=True, help="file of texts")
     predict.add_argument("--output", help="TSV, or JSONL when it ends in .jsonl (default: standard output)")
     predict.add_argument("--batch-size", type=int, default=64)
@@ -366,6 +366,15 @@ def _run_convert(args) -> None:
     print(f"converted model written to {convert(args.input, args.output, tokenizer_from=args.tokenizer_from)}")
 
 
+class ParityError(InputError):
+    """An export whose outputs differ from the PyTorch model beyond the tolerance."""
+
+    exit_code = 1
+
+    def __init__(self, problem: str):
+        super().__init__(problem, fix="keep using the PyTorch model, and report this with the model's config.json")
+
+
 def _run_export(args) -> None:
     from .export import export_onnx, parity_failures
     results = export_onnx(args.model, args.output, int8=args.int8, data=args.data, max_length=args.max_length,
@@ -378,15 +387,6 @@ def _run_export(args) -> None:
     failures = parity_failures(results)
     if failures:
         raise ParityError("; ".join(failures))
-
-
-class ParityError(InputError):
-    """An export whose outputs differ from the PyTorch model beyond the tolerance."""
-
-    exit_code = 1
-
-    def __init__(self, problem: str):
-        super().__init__(problem, fix="keep using the PyTorch model, and report this with the model's config.json")
 
 
 def _run_predict(args) -> None:

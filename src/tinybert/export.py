@@ -35,13 +35,11 @@ class OnnxClassifier:
 
     training = False
 
-    def __init__(self, path: str | os.PathLike, threads: int | None = None):
+    def __init__(self, path: str | os.PathLike):
         import onnxruntime
         options = onnxruntime.SessionOptions()
         # idle onnxruntime threads spin by default, taking CPU from PyTorch timed in the same process
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        if threads:
-            options.intra_op_num_threads = threads
         self.path = Path(path)
         self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self.input_names = [node.name for node in self.session.get_inputs()]
@@ -79,6 +77,7 @@ def export_onnx(model_dir: str | os.PathLike, output_dir: str | os.PathLike, *, 
     tokenizer = load_tokenizer(model_dir)
     model = load_classifier(model_dir).eval()
     onnx_path = output_dir / ONNX_FILE
+    logger.info("writing %s", onnx_path)
     _write_onnx(model, tokenizer, onnx_path)
     tokenizer.save_pretrained(output_dir)
     model.config.save_pretrained(output_dir)
@@ -109,6 +108,7 @@ def export_onnx(model_dir: str | os.PathLike, output_dir: str | os.PathLike, *, 
 
     if int8:
         int8_path = output_dir / INT8_FILE
+        logger.info("quantising to int8: %s", int8_path)
         _quantize(onnx_path, int8_path)
         quantized = OnnxClassifier(int8_path)
         results["int8_onnx"] = str(int8_path)

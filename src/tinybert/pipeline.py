@@ -125,8 +125,7 @@ def load_config(path: str | os.PathLike, overrides=(), quick: bool = False) -> C
         raise InputError(f"not valid YAML ({getattr(error, 'problem', error)})", path=path,
                          line=mark.line + 1 if mark else None, fix="correct the YAML syntax") from None
     options = _command_options()
-    defaults = {section: section_keys(section, options) for section in SECTIONS}
-    values = {section: dict(keys) for section, keys in defaults.items()}
+    values = {section: section_keys(section, options) for section in SECTIONS}
     values[""] = {key: copy.deepcopy(value) for key, value in TOP_LEVEL.items()}
     origins = {}
     if root is not None:
@@ -200,30 +199,33 @@ def _apply_override(values: dict, origins: dict, override: str | tuple[str, obje
 
 
 def _check_types(config: Config, options) -> None:
-    """Turns values into what the command line would have made of them (int, float, choice)."""
-    for section, (command, _) in SECTIONS.items():
-        if command is None:
-            continue
+    """Turns values into what the command line would have made of them (int, float, choice);
+    the pipeline's own switches (``run``, ``compare_without``, ...) must be true or false."""
+    for section, (command, extra) in SECTIONS.items():
         for key, value in config.values[section].items():
-            action = options[command].get(key)
-            if action is None or value is None or (section, key) not in config.origins:
+            action = options[command].get(key) if command else None
+            if value is None or (section, key) not in config.origins:
                 continue
             where = config.origins[(section, key)]
-            if action.nargs == 0 and not isinstance(value, bool):
-                raise InputError(f"{section}.{key} is a switch: true or false, not {value!r}", path=where)
-            if action.type in (int, float):
+            is_switch = action.nargs == 0 if action else isinstance(extra.get(key), bool)
+            if is_switch and not isinstance(value, bool):
+                raise InputError(f"{section}.{key} is a switch, not {value!r}", path=where,
+                                 fix=f"write {section}.{key}: true or {section}.{key}: false")
+            number_type = action.type if action else (int if (section, key) == ("data", "max_examples") else None)
+            if number_type in (int, float):
                 try:
-                    converted = action.type(value)
+                    converted = number_type(value)
                 except (TypeError, ValueError):
                     raise InputError(f"{section}.{key} must be a number, not {value!r}", path=where,
                                      fix=f"give {section}.{key} a number") from None
-                if action.type is int and converted != value:
-                    raise InputError(f"{section}.{key} must be a whole number, not {value!r}", path=where)
+                if number_type is int and converted != value:
+                    raise InputError(f"{section}.{key} must be a whole number, not {value!r}", path=where,
+                                     fix=f"give {section}.{key} a whole number")
                 config.values[section][key] = converted
-            if action.choices and value not in action.choices:
+            if action and action.choices and value not in action.choices:
                 raise InputError(f"{section}.{key} is {value!r}", path=where,
                                  fix=f"use one of {', '.join(map(str, action.choices))}")
-            if action.nargs == "+" and isinstance(value, str):
+            if action and action.nargs == "+" and isinstance(value, str):
                 config.values[section][key] = [value]
 
 
@@ -270,12 +272,13 @@ class _Run:
         fingerprint = hashlib.sha1(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()
         self.fingerprints[name] = fingerprint
         done, started = directory / DONE_FILE, directory / STARTED_FILE
-        if done.is_file() and json.loads(done.read_text())["fingerprint"] == fingerprint:
+        finished = json.loads(done.read_text()) if done.is_file() else None
+        if finished and finished["fingerprint"] == fingerprint:
             logger.info("stage %s: already complete, skipped", name)
-            self.timings[name] = json.loads(done.read_text())["seconds"]
+            self.timings[name] = finished["seconds"]
             return directory
         if directory.exists():
-            if started.is_file() and not done.is_file() \
+            if started.is_file() and not finished \
                     and json.loads(started.read_text())["fingerprint"] == fingerprint:
                 logger.info("stage %s: resuming the interrupted run", name)
             else:
@@ -381,9 +384,10 @@ def run_pipeline(config: Config) -> dict:
         if augment["compare_without"]:
             trainings.append(("_original_data", files["train"], data_identity["train"]))
 
-    # task distillation, stage 1 then stage 2; stage 2 shares stage 1's settings that it does not set
-    stage_specific = {"epochs", "lr", "metric"}
-    prediction = {**{k: v for k, v in run.explicit("intermediate").items() if k not in stage_specific},
+    # task distillation, stage 1 then stage 2. Stage 2 shares stage 1's settings that it does not
+    # set, except the per-stage ones and the student's shape: it starts from stage 1's output.
+    not_shared = {"epochs", "lr", "metric"} | _STUDENT_SHAPE
+    prediction = {**{k: v for k, v in run.explicit("intermediate").items() if k not in not_shared},
                   **run.explicit("prediction")}
     for suffix, train_file, train_identity in trainings:
         inputs = {"settings": intermediate, "student": student_start, "teacher": teacher_identity,
@@ -434,23 +438,22 @@ def run_pipeline(config: Config) -> dict:
     return results
 
 
-def _read_options(data_settings: dict):
-    """How to read the dev and test files: the data section's columns, all of the rows."""
+def _read_options(data_settings: dict, training: bool = False):
+    """How to read data files: the data section's columns; ``max_examples`` cuts training data only."""
     from .data import DataOptions
-    return DataOptions(**{key: data_settings[key] for key in _DATA_OPTIONS - {"max_examples"}})
+    return DataOptions(**{key: data_settings[key] for key in _DATA_OPTIONS if training or key != "max_examples"})
 
 
 def _baseline(run: _Run, recipe: dict, intermediate: dict, teacher_dir: str, student_start: str, files: dict,
               directory: Path) -> None:
     """The distilled student's starting point, fine-tuned on the labels alone."""
-    from .data import DataOptions
     from .distill import DistillConfig, build_initial_student
     from .models import load_tokenizer, save_model_dir
     from accelerate.utils import set_seed
     initial = directory / "initial"
     if not (initial / "config.json").is_file():
         set_seed(recipe["seed"])  # the new task head's initialisation
-        data = DataOptions(**{key: run.section("data")[key] for key in _DATA_OPTIONS}).read(files["train"])
+        data = _read_options(run.section("data"), training=True).read(files["train"])
         config = DistillConfig(layers=intermediate["layers"], init_from_teacher=intermediate["init_from_teacher"],
                                layer_map=intermediate["layer_map"])
         save_model_dir(build_initial_student(teacher_dir, student_start, data, config), load_tokenizer(teacher_dir),

@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 from . import evaluation
 from .data import Example, TaskData, encode, open_task_file, report_bad_lines
 from .errors import InputError
-from .export import OnnxClassifier
+from .export import ONNX_FILE, OnnxClassifier
 from .models import check_model_dir, label_space_of, load_classifier, load_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -28,6 +28,9 @@ def load_predictor(model: str | os.PathLike):
     """(model, tokenizer, label space) for a save_pretrained directory, an export directory or a
     ``.onnx`` file (whose tokenizer and config lie beside it, as `tinybert export` writes them)."""
     path = Path(model)
+    has_weights = path.is_dir() and (any(path.glob("*.safetensors")) or any(path.glob("*.bin")))
+    if path.is_dir() and not has_weights and (path / ONNX_FILE).is_file():
+        path = path / ONNX_FILE  # an export directory
     if path.suffix == ".onnx":
         if not path.is_file():
             raise InputError("ONNX file not found", path=path, fix="pass the model.onnx written by `tinybert export`")
