@@ -67,13 +67,35 @@ def per_word_reference(mlm_dir, sentences, k):
     return result
 
 
+@pytest.mark.parametrize("runtime", ["torch", "onnxruntime"])
 @pytest.mark.parametrize("batch_size", [1, 3, 64])
-def test_batched_candidates_equal_the_per_word_reference(tiny_mlm, batch_size):
-    augmenter = build_augmenter(AugmentConfig(candidates=5, batch_size=batch_size), tiny_mlm, None)
+def test_batched_candidates_equal_the_per_word_reference(tiny_mlm, batch_size, runtime):
+    augmenter = build_augmenter(AugmentConfig(candidates=5, batch_size=batch_size, mlm_runtime=runtime),
+                                tiny_mlm, None)
+    assert (augmenter.mlm.session is not None) == (runtime == "onnxruntime")
     ours = [candidates for _, candidates in augmenter.word_candidates(SENTENCES)]
     reference = per_word_reference(tiny_mlm, SENTENCES, 5)
     assert ours == reference
     assert sum(len(found) for found in ours) > 20
+
+
+def test_masked_lm_runs_in_onnxruntime_on_cpu_and_falls_back_to_pytorch(tiny_mlm, monkeypatch, caplog):
+    assert build_augmenter(AugmentConfig(), tiny_mlm, None).mlm.session is not None  # auto, on this CPU
+
+    def broken_export(*args, **kwargs):
+        raise RuntimeError("unsupported operator")
+
+    monkeypatch.setattr(torch.onnx, "export", broken_export)
+    with caplog.at_level("WARNING", logger="tinybert.augment"):
+        augmenter = build_augmenter(AugmentConfig(candidates=5), tiny_mlm, None)
+    assert augmenter.mlm.session is None
+    assert "masked LM stays in PyTorch (export failed: RuntimeError: unsupported operator)" in caplog.text
+    ours = [candidates for _, candidates in augmenter.word_candidates(SENTENCES[:2])]
+    assert ours == per_word_reference(tiny_mlm, SENTENCES[:2], 5)
+    with pytest.raises(InputError, match="--mlm-runtime torch"):
+        build_augmenter(AugmentConfig(mlm_runtime="onnxruntime"), tiny_mlm, None)
+    with pytest.raises(InputError, match="use one of auto, torch, onnxruntime"):
+        build_augmenter(AugmentConfig(mlm_runtime="tensorflow"), tiny_mlm, None)
 
 
 def test_eligibility():

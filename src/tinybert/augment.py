@@ -7,14 +7,19 @@ word gets its K nearest neighbours by cosine in a word-vector file.
 
 What differs from the reference code: the masked copies of many sentences go through the
 model together (grouped by length, so no copy is padded and its logits do not depend on the
-batch); word-vector neighbours are computed once per distinct word with one matrix product;
+batch), the vocabulary head runs at the masked position only, and on CPU the masked LM runs in
+onnxruntime, whose matrix products are faster than PyTorch's there (its candidates are checked
+equal); word-vector neighbours are computed once per distinct word with one matrix product;
 every row draws from its own generator seeded by (seed, line), so the output is the same
 whatever the batch size and a resumed run continues exactly; Chinese characters are replaced
-by Chinese candidates; the whole vector file is used.
+by Chinese candidates; the whole vector file is used. As in the paper's Algorithm 1, the masked
+LM sees the masked sentence alone: the reference code also appends the unmasked sentence as a
+second segment, which doubles the work of every forward pass.
 """
 
 from __future__ import annotations
 
+import io
 import itertools
 import json
 import logging
@@ -23,6 +28,7 @@ import random
 import re
 import time
 import unicodedata
+import warnings
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +58,7 @@ shan shan't shouldn shouldn't wasn wasn't weren weren't won won't wouldn wouldn'
 """.split())
 _NUMBER = re.compile(r"^[+-]?[\d.,:/%-]*\d[\d.,:/%-]*$")
 _BRACKETED = re.compile(r"^\[.*\]$")
+MLM_RUNTIMES = ("auto", "torch", "onnxruntime")
 
 
 @dataclass
@@ -64,6 +71,7 @@ class AugmentConfig:
     chunk_rows: int = 256  # rows read, augmented and written (and checkpointed) together
     field: str = "first"  # which text of a pair to vary: "first" or "second"
     augment_first: int | None = None  # only the first N rows get variants; later rows are copied
+    mlm_runtime: str = "auto"  # "torch", "onnxruntime" (CPU), or "auto": onnxruntime on CPU, torch on GPU
 
 
 def is_cjk(text: str) -> bool:
@@ -116,7 +124,8 @@ class WordSplitter:
 class MaskedLMCandidates:
     """Top-K whole-word predictions of a masked LM for single-piece words, batched."""
 
-    def __init__(self, model_dir: str | os.PathLike, k: int, batch_size: int = 64, device: str | None = None):
+    def __init__(self, model_dir: str | os.PathLike, k: int, batch_size: int = 64, device: str | None = None,
+                 runtime: str = "auto"):
         path = Path(model_dir)
         if not (path / "config.json").is_file():
             raise InputError("no masked LM here (config.json missing)", path=path,
@@ -141,7 +150,13 @@ class MaskedLMCandidates:
         self.allowed = torch.stack([plain & ~cjk, plain & cjk])[:, :logits_width].to(self.device)
         self.special_tokens = frozenset(self.tokenizer.all_special_tokens)
         self.vocabulary = vocabulary
-        self._head = getattr(self.model, "cls", None) or getattr(self.model, "lm_head", None)
+        head = getattr(self.model, "cls", None) or getattr(self.model, "lm_head", None)
+        self._at_mask = _LogitsAtMask(self.model.base_model, head).eval() if head is not None else None
+        if runtime not in MLM_RUNTIMES:
+            raise InputError(f"unknown masked-LM runtime {runtime!r}", fix=f"use one of {', '.join(MLM_RUNTIMES)}")
+        self.session = None
+        if runtime == "onnxruntime" or (runtime == "auto" and self.device.type == "cpu"):
+            self.session = self._onnx_session(path, required=runtime == "onnxruntime")
 
     def piece_counts(self, sentences: list[list[str]]):
         """Tokenises the word lists once: ids per sentence and, per word, its piece positions."""
@@ -179,11 +194,69 @@ class MaskedLMCandidates:
         return results
 
     def _logits_at(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        rows = torch.arange(len(input_ids), device=self.device)
-        if self._head is None:  # an architecture whose head we do not know: all positions
+        if self.session is not None:
+            feeds = {"input_ids": input_ids.cpu().numpy(), "positions": positions.cpu().numpy()}
+            return torch.from_numpy(self.session.run(["logits"], feeds)[0]).to(self.device)
+        if self._at_mask is None:  # an architecture whose head we do not know: all positions
+            rows = torch.arange(len(input_ids), device=self.device)
             return self.model(input_ids=input_ids).logits[rows, positions].float()
-        hidden = self.model.base_model(input_ids=input_ids).last_hidden_state
-        return self._head(hidden[rows, positions]).float()
+        return self._at_mask(input_ids, positions).float()
+
+    def _onnx_session(self, path: Path, required: bool):
+        """The masked LM in onnxruntime, whose CPU matrix products are faster than PyTorch's, or
+        None (with a warning) where it cannot export or its logits differ from PyTorch's."""
+        from .export import FP32_TOLERANCE, cpu_session
+
+        def unavailable(reason: str):
+            if required:
+                raise InputError(f"this masked LM cannot run in onnxruntime: {reason}", path=path,
+                                 fix="use --mlm-runtime torch")
+            logger.warning("%s: masked LM stays in PyTorch (%s)", path, reason)
+            return None
+
+        if self._at_mask is None:
+            return unavailable("its masked-LM head is not one tinybert knows")
+        sample = self.tokenizer(["a short example", "one more , rather longer , example sentence ."],
+                                padding=True, return_tensors="pt")["input_ids"]
+        positions = torch.tensor([2, 3])
+        started = time.perf_counter()
+        serialised = io.BytesIO()
+        try:
+            with warnings.catch_warnings(), torch.inference_mode():
+                # the TorchScript exporter's deprecation and tracer warnings are about internals
+                warnings.simplefilter("ignore")
+                torch.onnx.export(self._at_mask.cpu(), (sample, positions), serialised,
+                                  input_names=["input_ids", "positions"], output_names=["logits"],
+                                  dynamic_axes={"input_ids": {0: "batch", 1: "sequence"},
+                                                "positions": {0: "batch"}, "logits": {0: "batch"}},
+                                  opset_version=17, dynamo=False)
+            session = cpu_session(serialised.getvalue())
+        except Exception as error:  # any exporter or runtime failure leaves the PyTorch path, which works
+            return unavailable(f"export failed: {type(error).__name__}: {error}")
+        finally:
+            self._at_mask.to(self.device)
+        with torch.inference_mode():
+            expected = self._at_mask(sample.to(self.device), positions.to(self.device)).float().cpu()
+        got = session.run(["logits"], {"input_ids": sample.numpy(), "positions": positions.numpy()})[0]
+        difference = float(np.abs(got - expected.numpy()).max())
+        if difference > FP32_TOLERANCE:
+            return unavailable(f"its onnxruntime logits differ from PyTorch's by {difference:.2g}")
+        logger.info("masked LM running in onnxruntime (exported in %.1f s)", time.perf_counter() - started)
+        return session
+
+
+class _LogitsAtMask(torch.nn.Module):
+    """A masked LM's logits at one position per sequence: the encoder at every position, the
+    vocabulary head only where the mask is (half the work of a short sentence is that head)."""
+
+    def __init__(self, encoder: torch.nn.Module, head: torch.nn.Module):
+        super().__init__()
+        self.encoder = encoder
+        self.head = head
+
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        hidden = self.encoder(input_ids=input_ids).last_hidden_state
+        return self.head(hidden[torch.arange(hidden.shape[0], device=hidden.device), positions])
 
 
 # --------------------------------------------------------------------------------------------
@@ -326,30 +399,36 @@ class Augmenter:
         self.splitter = WordSplitter(mlm.tokenizer if mlm else None)
         self.special_tokens = mlm.special_tokens if mlm else frozenset()
 
+    def masked_copies(self, sentences: list[list[str]]):
+        """The masked LM's work for these word lists: one copy per eligible single-piece word
+        (token ids with that word masked, its position, whether it is CJK), the (sentence, word)
+        that owns each copy, and the (sentence, word) pairs of several pieces, left to word vectors."""
+        eligible = [[i for i, w in enumerate(words) if is_eligible(w, self.special_tokens)] for words in sentences]
+        if self.mlm is None:
+            return [], [], [(s, w) for s in range(len(sentences)) for w in eligible[s]]
+        ids, positions = self.mlm.piece_counts(sentences)
+        copies, owners, multi_piece = [], [], []
+        mask_id = self.mlm.tokenizer.mask_token_id
+        for s, words in enumerate(sentences):
+            for w in eligible[s]:
+                pieces = positions[s].get(w, [])
+                if len(pieces) == 1:
+                    masked = list(ids[s])
+                    masked[pieces[0]] = mask_id
+                    copies.append((masked, pieces[0], is_cjk(words[w])))
+                    owners.append((s, w))
+                elif len(pieces) > 1:
+                    multi_piece.append((s, w))
+        return copies, owners, multi_piece
+
     def word_candidates(self, texts: list[str]) -> list[tuple[list[str], dict[int, list[str]]]]:
         """Words of each text and, for each eligible word with candidates, its K candidates."""
         sentences = [self.splitter.split(text) for text in texts]
-        eligible = [[i for i, w in enumerate(words) if is_eligible(w, self.special_tokens)] for words in sentences]
         found: list[dict[int, list[str]]] = [{} for _ in sentences]
-        for_vectors: list[tuple[int, int]] = []
-        if self.mlm is not None:
-            ids, positions = self.mlm.piece_counts(sentences)
-            copies, owners = [], []
-            mask_id = self.mlm.tokenizer.mask_token_id
-            for s, words in enumerate(sentences):
-                for w in eligible[s]:
-                    pieces = positions[s].get(w, [])
-                    if len(pieces) == 1:
-                        masked = list(ids[s])
-                        masked[pieces[0]] = mask_id
-                        copies.append((masked, pieces[0], is_cjk(words[w])))
-                        owners.append((s, w))
-                    elif len(pieces) > 1:
-                        for_vectors.append((s, w))
+        copies, owners, for_vectors = self.masked_copies(sentences)
+        if copies:
             for (s, w), candidates in zip(owners, self.mlm.candidates(copies)):
                 found[s][w] = candidates
-        else:
-            for_vectors = [(s, w) for s in range(len(sentences)) for w in eligible[s]]
         if self.vectors is not None and for_vectors:
             neighbours = self.vectors.neighbours([sentences[s][w] for s, w in for_vectors], self.config.candidates)
             for s, w in for_vectors:
@@ -379,7 +458,8 @@ def build_augmenter(config: AugmentConfig, mlm_dir: str | os.PathLike | None,
     if mlm_dir is None and word_vectors is None:
         raise InputError("augmentation needs candidates: neither a masked LM nor word vectors given",
                          fix="pass --mlm DIR (a masked LM) and/or --word-vectors FILE")
-    mlm = MaskedLMCandidates(mlm_dir, config.candidates, config.batch_size) if mlm_dir else None
+    mlm = (MaskedLMCandidates(mlm_dir, config.candidates, config.batch_size, runtime=config.mlm_runtime)
+           if mlm_dir else None)
     if mlm is None:
         logger.warning("no masked LM given: every word takes word-vector candidates (pass --mlm for the "
                        "paper's masked-LM candidates)")
@@ -421,7 +501,8 @@ def augment_file(input_path: str | os.PathLike, output_path: str | os.PathLike, 
     augmenter = augmenter or build_augmenter(config, mlm_dir, word_vectors)
 
     fingerprint = {"input": os.path.abspath(input_path), "size": os.path.getsize(input_path),
-                   "config": {k: v for k, v in vars(config).items() if k not in ("batch_size", "chunk_rows")}}
+                   "config": {k: v for k, v in vars(config).items()
+                              if k not in ("batch_size", "chunk_rows", "mlm_runtime")}}
     state = {"rows": 0, "bytes": 0, "written": 0, "skipped": []}
     if partial.exists() and progress_file.exists():
         saved = json.loads(progress_file.read_text())

@@ -199,6 +199,9 @@ def build_parser() -> argparse.ArgumentParser:
                          help="probability that an eligible word is replaced (default 0.4)")
     augment.add_argument("--seed", type=int, default=42)
     augment.add_argument("--batch-size", type=int, default=64, help="masked copies per forward pass")
+    augment.add_argument("--mlm-runtime", choices=("auto", "torch", "onnxruntime"), default="auto",
+                         help="where the masked LM runs: auto = onnxruntime on CPU (faster matrix products, "
+                              "the same candidates), PyTorch on GPU")
     augment.add_argument("--field", choices=("first", "second"), default="first",
                          help="which text of a pair to vary; the other stays as it is")
     augment.add_argument("--augment-first", type=int,
@@ -343,7 +346,7 @@ def _run_augment(args) -> None:
         output = source.with_name(f"{source.stem}_aug{source.suffix}")
     config = AugmentConfig(candidates=args.candidates, variants=args.variants, probability=args.probability,
                            seed=args.seed, batch_size=args.batch_size, field=args.field,
-                           augment_first=args.augment_first)
+                           augment_first=args.augment_first, mlm_runtime=args.mlm_runtime)
     result = augment_file(args.input, output, mlm_dir=args.mlm, word_vectors=args.word_vectors,
                           config=config, data_options=_data_options(args))
     if result["rows"] is not None:

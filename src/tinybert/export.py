@@ -3,7 +3,6 @@ parity checks that say whether the exported files can replace the PyTorch model.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import warnings
@@ -29,6 +28,15 @@ PARITY_EXAMPLES = 256  # examples compared in fp32 (the int8 check uses the whol
 SAMPLE_TEXTS = ["a short example", "a second, rather longer example sentence for the check ."]
 
 
+def cpu_session(model: str | bytes):
+    """An onnxruntime CPU session for a model file or serialised model."""
+    import onnxruntime
+    options = onnxruntime.SessionOptions()
+    # idle onnxruntime threads spin by default, taking CPU from PyTorch running in the same process
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return onnxruntime.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+
+
 class OnnxClassifier:
     """An onnxruntime session that answers like a transformers classifier (``model(**batch).logits``),
     so evaluation and prediction code runs unchanged on either."""
@@ -36,12 +44,8 @@ class OnnxClassifier:
     training = False
 
     def __init__(self, path: str | os.PathLike):
-        import onnxruntime
-        options = onnxruntime.SessionOptions()
-        # idle onnxruntime threads spin by default, taking CPU from PyTorch timed in the same process
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.path = Path(path)
-        self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.session = cpu_session(str(path))
         self.input_names = [node.name for node in self.session.get_inputs()]
 
     def eval(self):
