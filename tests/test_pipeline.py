@@ -133,3 +133,26 @@ def test_shipped_configs_are_valid(name):
     from conftest import REPO
     config = load_config(REPO / "configs" / f"{name}.yaml", quick=True)
     assert config.values["finetune"]["model"] and config.values["data"]["dir"]
+
+
+def test_augment_reruns_for_a_new_seed_but_not_for_batch_size_or_runtime(tmp_path, pipeline_config):
+    from tinybert.resources import demo_word_vectors
+    config = yaml.safe_load(pipeline_config.read_text())
+    config["augment"] = {"run": True, "word_vectors": str(demo_word_vectors()), "variants": 2}
+    config["intermediate"]["epochs"] = 1
+    config["baseline"]["epochs"] = 0.1
+    path = write(tmp_path / "augmented.yaml", yaml.safe_dump(config))
+    first = _tinybert("pipeline", path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    augmented = (tmp_path / "run" / "augment" / "train_aug.txt").read_bytes()
+
+    same_output = _tinybert("pipeline", path, "--set", "augment.batch_size=8", "--set", "augment.mlm_runtime=torch")
+    assert same_output.returncode == 0, same_output.stderr[-3000:]
+    for stage in ("augment", "intermediate", "student"):
+        assert f"stage {stage}: already complete, skipped" in same_output.stderr
+
+    new_seed = _tinybert("pipeline", path, "--set", "augment.seed=1")
+    assert new_seed.returncode == 0, new_seed.stderr[-3000:]
+    for stage in ("augment", "intermediate", "student"):
+        assert f"stage {stage}: settings or inputs changed since it ran; starting it again" in new_seed.stderr
+    assert (tmp_path / "run" / "augment" / "train_aug.txt").read_bytes() != augmented
