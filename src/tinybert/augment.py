@@ -59,6 +59,8 @@ shan shan't shouldn shouldn't wasn wasn't weren weren't won won't wouldn wouldn'
 _NUMBER = re.compile(r"^[+-]?[\d.,:/%-]*\d[\d.,:/%-]*$")
 _BRACKETED = re.compile(r"^\[.*\]$")
 MLM_RUNTIMES = ("auto", "torch", "onnxruntime")
+# settings that change how the rows are computed, not what they are (the output is byte-identical)
+OUTPUT_NEUTRAL_SETTINGS = frozenset({"batch_size", "chunk_rows", "mlm_runtime"})
 
 
 @dataclass
@@ -501,8 +503,7 @@ def augment_file(input_path: str | os.PathLike, output_path: str | os.PathLike, 
     augmenter = augmenter or build_augmenter(config, mlm_dir, word_vectors)
 
     fingerprint = {"input": os.path.abspath(input_path), "size": os.path.getsize(input_path),
-                   "config": {k: v for k, v in vars(config).items()
-                              if k not in ("batch_size", "chunk_rows", "mlm_runtime")}}
+                   "config": {k: v for k, v in vars(config).items() if k not in OUTPUT_NEUTRAL_SETTINGS}}
     state = {"rows": 0, "bytes": 0, "written": 0, "skipped": []}
     if partial.exists() and progress_file.exists():
         saved = json.loads(progress_file.read_text())

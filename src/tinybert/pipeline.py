@@ -25,6 +25,7 @@ from pathlib import Path
 import yaml
 
 from . import evaluation, resources
+from .augment import OUTPUT_NEUTRAL_SETTINGS
 from .errors import InputError
 
 logger = logging.getLogger(__name__)
@@ -376,9 +377,8 @@ def run_pipeline(config: Config) -> dict:
     trainings = [("", files["train"], data_identity["train"])]
     if augment["run"]:
         augmented = "train_aug" + Path(files["train"]).suffix
-        # how the rows are computed, not what they are (the output is byte-identical): not part of the fingerprint
-        output_neutral = {"run", "compare_without", "batch_size", "mlm_runtime"}
-        settings = {key: value for key, value in augment.items() if key not in output_neutral}
+        not_fingerprinted = {"run", "compare_without"} | OUTPUT_NEUTRAL_SETTINGS
+        settings = {key: value for key, value in augment.items() if key not in not_fingerprinted}
         inputs = {"settings": settings, "data": data_identity["train"], "data_options": data_settings}
         augment_dir = run.stage("augment", inputs, lambda d: run.command(
             "augment", augment, input=files["train"], output=str(d / augmented)))
