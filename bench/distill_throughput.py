@@ -34,8 +34,9 @@ def run_variant(variant: str, teacher_dir: str, data_path: str, steps: int, batc
     from transformers.utils import logging as transformers_logging
 
     from tinybert.data import LabelSpace, encode, read_task_file, train_loader
-    from tinybert.distill import Distiller, LossWeights
-    from tinybert.models import build_student, load_classifier, load_tokenizer, uniform_layer_map
+    from tinybert.distillers import IntermediateDistiller, LossWeights
+    from tinybert.models import load_classifier, load_tokenizer
+    from tinybert.students import build_student, uniform_layer_map
 
     transformers_logging.set_verbosity_error()
     torch.manual_seed(0)
@@ -46,7 +47,7 @@ def run_variant(variant: str, teacher_dir: str, data_path: str, steps: int, batc
     teacher = load_classifier(teacher_dir, label_space).eval()
     student = build_student("tinybert-4l-312", teacher, label_space)
     layer_map = uniform_layer_map(student.config.num_hidden_layers, teacher.config.num_hidden_layers)
-    distiller = Distiller(student, teacher, "intermediate", layer_map, LossWeights(), 1.0, False, False).train()
+    distiller = IntermediateDistiller(student, teacher, layer_map, LossWeights()).train()
 
     if variant == "ours":
         encoded = encode(data, tokenizer, 64, label_space, show_progress=False)

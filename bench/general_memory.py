@@ -30,7 +30,7 @@ def stream(files: list[str], work: str, queue) -> None:
     from torch.utils.data import DataLoader
     from transformers import DataCollatorWithPadding
 
-    from tinybert.general import build_corpus_cache
+    from tinybert.data.corpus import build_corpus_cache
     from tinybert.models import load_tokenizer
     from tinybert.resources import demo_teacher_dir
     tokenizer = load_tokenizer(demo_teacher_dir())

@@ -36,9 +36,10 @@ def main() -> None:
     from transformers import AutoModel, DataCollatorWithPadding
     from transformers.utils import logging as transformers_logging
 
-    from tinybert.distill import Distiller, LossWeights
-    from tinybert.general import build_corpus_cache
-    from tinybert.models import build_student, load_tokenizer, uniform_layer_map
+    from tinybert.data.corpus import build_corpus_cache
+    from tinybert.distillers import IntermediateDistiller, LossWeights
+    from tinybert.models import load_tokenizer
+    from tinybert.students import build_student, uniform_layer_map
     from tinybert.resources import demo_teacher_dir
     transformers_logging.set_verbosity_error()
 
@@ -51,8 +52,7 @@ def main() -> None:
         torch.manual_seed(0)
         teacher = AutoModel.from_pretrained(demo_teacher_dir()).eval()
         student = build_student("tinybert-4l-312", teacher, None)
-        distiller = Distiller(student, teacher, "intermediate", uniform_layer_map(4, 6), LossWeights(), 1.0,
-                              False, False).train()
+        distiller = IntermediateDistiller(student, teacher, uniform_layer_map(4, 6), LossWeights()).train()
         optimizer = torch.optim.AdamW(distiller.parameters(), lr=1e-4)
         autocast = (torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16"
                     else contextlib.nullcontext())

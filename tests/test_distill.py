@@ -8,7 +8,8 @@ from safetensors.torch import load_file
 from transformers import AutoModelForSequenceClassification, BertForSequenceClassification
 
 from conftest import tiny_bert_config, write
-from tinybert.distill import PROJECTIONS_FILE, DistillConfig, LossWeights, distill, plan
+from tinybert.distill import DistillConfig, distill, plan
+from tinybert.distillers import PROJECTIONS_FILE, LossWeights
 from tinybert.data import read_task_file
 from tinybert.errors import InputError
 from tinybert.training import TrainingConfig
@@ -93,10 +94,11 @@ def test_init_from_teacher_copies_mapped_layers(tmp_path, teacher_dir, train_fil
 
 
 def test_stage1_loss_is_zero_when_the_student_is_the_teacher(tmp_path, teacher_dir, train_file):
-    from tinybert.distill import Distiller, _prepare
+    from tinybert.distill import _prepare
+    from tinybert.distillers import IntermediateDistiller
     config = DistillConfig(init_from_teacher=True)  # all 4 layers, mapped 1:1
     _, teacher, student, layer_map = _prepare(teacher_dir, "x", read_task_file(train_file), config)
-    distiller = Distiller(student, teacher, "intermediate", layer_map, LossWeights(), 1.0, False, False)
+    distiller = IntermediateDistiller(student, teacher, layer_map, LossWeights())
     with torch.no_grad():
         for projection in (distiller.hidden_projection, distiller.embedding_projection):
             projection.weight.copy_(torch.eye(64))

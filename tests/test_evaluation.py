@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from tinybert.data import LabelSpace
-from tinybert.evaluation import compute_metrics, format_table
+from tinybert.evaluation import format_table
+from tinybert.metrics import compute_metrics
 
 
 def test_binary_classification_metrics_by_hand():

@@ -11,8 +11,10 @@ from transformers import AutoModel, BertForSequenceClassification, BertModel
 from conftest import shared_dataset, tiny_bert_config, write
 from tinybert.data import LabelSpace
 from tinybert.errors import InputError
-from tinybert.legacy import PROJECTIONS_FILE, convert
-from tinybert.models import build_student, check_model_dir, label_space_of, load_classifier, load_tokenizer
+from tinybert.distillers import PROJECTIONS_FILE
+from tinybert.legacy import convert
+from tinybert.models import check_model_dir, label_space_of, load_classifier, load_tokenizer
+from tinybert.students import build_student
 
 
 @pytest.fixture(autouse=True)

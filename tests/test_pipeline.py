@@ -7,9 +7,8 @@ import pytest
 import yaml
 
 from conftest import write
-from tinybert.cli import build_parser
 from tinybert.errors import InputError
-from tinybert.pipeline import _DATA_OPTIONS, _WIRED, DONE_FILE, SECTIONS, load_config, section_keys
+from tinybert.pipeline import DONE_FILE, load_config
 
 
 def _data(tmp_path):
@@ -108,17 +107,6 @@ def test_bad_configs_are_clear_errors(tmp_path, text, overrides, message):
     with pytest.raises(InputError) as error:
         load_config(config, overrides)
     assert message in str(error.value)
-
-
-def test_every_command_line_option_has_a_config_key():
-    subparsers = next(a for a in build_parser()._actions if hasattr(a, "choices") and isinstance(a.choices, dict))
-    covered = {command: set() for command in ("general", "finetune", "augment", "distill", "evaluate", "export")}
-    for section, (command, _) in SECTIONS.items():
-        if command:
-            covered[command] |= set(section_keys(section))
-    for command, keys in covered.items():
-        options = {a.dest for a in subparsers.choices[command]._actions if a.dest != "help"}
-        assert options - keys - _WIRED.get(command, set()) - _DATA_OPTIONS == set(), command
 
 
 def test_show_config_and_quick_overrides(tmp_path, pipeline_config):

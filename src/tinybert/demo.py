@@ -3,11 +3,24 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 from .pipeline import load_config, run_pipeline
+from .settings import option
 
 DEMO_CONFIG = Path(__file__).with_name("demo.yaml")
+
+
+@dataclass
+class DemoArguments:
+    quick: bool = option(False, "a small run that ends in about three minutes")
+    data: str | None = option(None, "directory with train.tsv, dev.tsv (and test.tsv) to use instead of the "
+                                    "bundled Rotten Tomatoes snippets")
+    output: str | None = option(None, "run directory (default runs/demo, runs/demo-quick with --quick)")
+
+    def run(self) -> dict:
+        return run_demo(self.output, data_dir=self.data, quick=self.quick)
 
 
 def run_demo(output_dir: str | os.PathLike | None = None, data_dir: str | os.PathLike | None = None,

@@ -1,48 +1,27 @@
-"""Task metrics, model size and CPU latency."""
+"""`tinybert evaluate`: task metrics, model size and CPU latency of a fine-tuned model."""
 
 from __future__ import annotations
 
-import json
 import os
 import statistics
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from scipy.stats import pearsonr, spearmanr
-from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 from tqdm.auto import tqdm
 from transformers import DataCollatorWithPadding
 
-from .data import DataOptions, EncodedData, LabelSpace, encode, eval_loader
+from .artifacts import write_json
+from .data import DataOptions, EncodedData, encode, eval_loader
 from .errors import InputError
+from .metrics import compute_metrics
 from .models import count_parameters, label_space_of, load_classifier, load_tokenizer
+from .settings import group, option
 
 LATENCY_EXAMPLES = 32
 LATENCY_RUNS = 5
-
-
-def default_metric(label_space: LabelSpace) -> str:
-    return "pearson" if label_space.is_regression else "accuracy"
-
-
-def compute_metrics(logits: np.ndarray, labels: np.ndarray, label_space: LabelSpace) -> dict:
-    """accuracy, MCC (+ F1 of label index 1 when binary) for classes; Pearson, Spearman for scores."""
-    if label_space.is_regression:
-        predictions = logits.reshape(-1)
-        constant = np.ptp(predictions) == 0 or np.ptp(labels) == 0
-        return {
-            "pearson": 0.0 if constant else float(pearsonr(predictions, labels)[0]),
-            "spearman": 0.0 if constant else float(spearmanr(predictions, labels)[0]),
-            "mse": float(np.mean((predictions - labels) ** 2)),
-        }
-    predictions = logits.argmax(axis=-1)
-    metrics = {"accuracy": float(accuracy_score(labels, predictions)),
-               "mcc": float(matthews_corrcoef(labels, predictions))}
-    if label_space.num_labels == 2:
-        metrics["f1"] = float(f1_score(labels, predictions, pos_label=1, zero_division=0))
-    return metrics
 
 
 @torch.inference_mode()
@@ -137,9 +116,19 @@ def format_table(results: dict) -> str:
     return "\n".join(f"{key:<{width}}  {value}" for key, value in rows)
 
 
-def write_json(results: dict, path: str | os.PathLike) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(json.dumps(results, indent=2) + "\n")
-    os.replace(temporary, path)
+@dataclass
+class EvaluateArguments:
+    model: str | None = option(None, "fine-tuned model directory", required=True)
+    data: str | None = option(None, "labelled data file", required=True)
+    json: str | None = option(None, "also write the figures to this JSON file")
+    max_length: int = option(128, "tokens per example (longer ones are truncated)")
+    batch_size: int = option(64, "examples per forward pass")
+    no_latency: bool = option(False, "skip the latency measurement")
+    data_options: DataOptions = group("reading data", DataOptions)
+
+    def run(self, show_progress: bool = True) -> dict:
+        results = evaluate(self.model, self.data, max_length=self.max_length, batch_size=self.batch_size,
+                           latency=not self.no_latency, data_options=self.data_options, show_progress=show_progress)
+        if self.json:
+            write_json(self.json, results)
+        return results

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -13,9 +14,12 @@ import numpy as np
 import torch
 
 from . import evaluation
+from .artifacts import atomic_file, write_json
 from .data import DataOptions, EncodedData, encode
 from .errors import InputError
+from .metrics import compute_metrics, default_metric
 from .models import check_model_dir, count_parameters, label_space_of, load_classifier, load_tokenizer
+from .settings import group, option
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +64,21 @@ class OnnxClassifier:
             feeds["token_type_ids"] = np.zeros_like(feeds["input_ids"])
         (logits,) = self.session.run(["logits"], feeds)
         return SimpleNamespace(logits=torch.from_numpy(logits))
+
+
+@dataclass
+class ExportArguments:
+    model: str | None = option(None, "fine-tuned or distilled model directory", required=True)
+    output: str | None = option(None, "output directory", required=True)
+    int8: bool = option(False, "also write model.int8.onnx (dynamic int8 quantisation)")
+    data: str | None = option(None, "labelled dev file for the checks (int8: metric within 1 point); without it "
+                                    "fp32 parity is checked on built-in sentences")
+    max_length: int = option(128, "tokens per example of the check data")
+    data_options: DataOptions = group("reading data", DataOptions)
+
+    def run(self, show_progress: bool = True) -> dict:
+        return export_onnx(self.model, self.output, int8=self.int8, data=self.data, max_length=self.max_length,
+                           data_options=self.data_options, show_progress=show_progress)
 
 
 def export_onnx(model_dir: str | os.PathLike, output_dir: str | os.PathLike, *, int8: bool = False,
@@ -121,15 +140,15 @@ def export_onnx(model_dir: str | os.PathLike, output_dir: str | os.PathLike, *, 
             "latency_ms_batch1"]
         if compare_int8:
             labels = evaluation.labels_of(encoded)
-            metric = evaluation.default_metric(label_space)
-            before = evaluation.compute_metrics(full_reference, labels, label_space)[metric]
-            after = evaluation.compute_metrics(
+            metric = default_metric(label_space)
+            before = compute_metrics(full_reference, labels, label_space)[metric]
+            after = compute_metrics(
                 evaluation.predict_logits(quantized, encoded, tokenizer, show_progress=show_progress),
                 labels, label_space)[metric]
             results.update({"int8_metric": metric, "int8_data": str(data), "pytorch_metric_value": before,
                             "int8_metric_value": after, "int8_metric_drop_points": 100 * (before - after),
                             "int8_parity_passed": 100 * (before - after) <= INT8_TOLERANCE})
-    evaluation.write_json(results, output_dir / REPORT_FILE)
+    write_json(output_dir / REPORT_FILE, results)
     return results
 
 
@@ -145,19 +164,25 @@ def parity_failures(results: dict) -> list[str]:
     return failures
 
 
+def export_graph(module: torch.nn.Module, inputs: dict[str, torch.Tensor], target, dynamic_axes: dict,
+                 output_names: tuple[str, ...] = ("logits",)) -> None:
+    """Traces ``module`` called with ``inputs`` (keyword arguments) into an ONNX graph written to
+    ``target`` (a path or a binary buffer). The TorchScript exporter handles transformers' mask
+    code with dynamic axes and needs no extra packages; its deprecation and tracer warnings are
+    about internals, not the result."""
+    with warnings.catch_warnings(), torch.inference_mode():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, (), target, kwargs=inputs, input_names=list(inputs),
+                          output_names=list(output_names), dynamic_axes=dynamic_axes, opset_version=17,
+                          dynamo=False)
+
+
 def _write_onnx(model, tokenizer, path: Path) -> None:
     sample = tokenizer(SAMPLE_TEXTS, padding=True, return_tensors="pt")
-    input_names = [name for name in ("input_ids", "attention_mask", "token_type_ids") if name in sample]
-    axes = {name: {0: "batch", 1: "sequence"} for name in input_names}
-    temporary = path.with_name(path.name + ".tmp")
-    with warnings.catch_warnings(), torch.inference_mode():
-        # The TorchScript exporter handles transformers' mask code with dynamic axes and needs
-        # no extra packages; its deprecation and tracer warnings are about internals, not the result.
-        warnings.simplefilter("ignore")
-        torch.onnx.export(model, (), str(temporary), kwargs={name: sample[name] for name in input_names},
-                          input_names=input_names, output_names=["logits"],
-                          dynamic_axes={**axes, "logits": {0: "batch"}}, opset_version=17, dynamo=False)
-    os.replace(temporary, path)
+    inputs = {name: sample[name] for name in ("input_ids", "attention_mask", "token_type_ids") if name in sample}
+    axes = {name: {0: "batch", 1: "sequence"} for name in inputs}
+    with atomic_file(path) as temporary:
+        export_graph(model, inputs, str(temporary), {**axes, "logits": {0: "batch"}})
 
 
 def _quantize(source: Path, target: Path) -> None:
@@ -165,7 +190,6 @@ def _quantize(source: Path, target: Path) -> None:
     from onnxruntime.quantization.shape_inference import quant_pre_process
     prepared = target.with_name(target.stem + ".prepared.onnx")
     quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
-    temporary = target.with_name(target.name + ".tmp")
-    quantize_dynamic(str(prepared), str(temporary), weight_type=QuantType.QInt8)
+    with atomic_file(target) as temporary:
+        quantize_dynamic(str(prepared), str(temporary), weight_type=QuantType.QInt8)
     prepared.unlink()
-    os.replace(temporary, target)

@@ -5,26 +5,41 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from accelerate.utils import set_seed
 
 from . import evaluation
 from .data import DataOptions, LabelSpace, encode, train_loader
-from .errors import InputError
+from .metrics import compute_metrics, selection_metric
 from .models import load_classifier, load_tokenizer, save_model_dir
-from .training import STATE_FILE, TrainingConfig, is_complete, make_accelerator, run_training
+from .settings import group, option
+from .training import STATE_FILE, TaskFiles, TrainingConfig, is_complete, make_accelerator, run_training
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass
 class FinetuneConfig:
-    training: TrainingConfig = field(default_factory=lambda: TrainingConfig(learning_rate=2e-5, epochs=3))
-    max_length: int = 128
-    metric: str | None = None  # default: accuracy, or pearson for regression
-    eval_batch_size: int = 64
+    training: TrainingConfig = group("training", lambda: TrainingConfig(learning_rate=2e-5, epochs=3,
+                                                                        checkpoint_every=200))
+    max_length: int = option(128, "tokens per example (longer ones are truncated)",
+                             flags=("--max_seq_length", "--max_seq_len"))
+    metric: str | None = option(None, "dev metric that picks the best epoch (default accuracy; pearson for "
+                                      "regression)")
+    eval_batch_size: int = option(64, "examples per forward pass when evaluating")
+
+
+@dataclass
+class FinetuneArguments(TaskFiles):
+    model: str | None = option(None, "local model directory (save_pretrained, or a reference-code checkpoint)",
+                               flags=("--bert_model",), required=True)
+    config: FinetuneConfig = group("fine-tuning", FinetuneConfig)
+
+    def run(self, show_progress: bool = True) -> dict:
+        return finetune(self.model, self.train, self.output, eval_path=self.eval, config=self.config,
+                        data_options=self.data_options, show_progress=show_progress)
 
 
 def finetune(model_dir: str | os.PathLike, train_path: str | os.PathLike, output_dir: str | os.PathLike,
@@ -44,10 +59,7 @@ def finetune(model_dir: str | os.PathLike, train_path: str | os.PathLike, output
     tokenizer = load_tokenizer(model_dir)
     train_data = data_options.read(train_path)
     label_space = LabelSpace.infer(train_data)
-    metric = config.metric or evaluation.default_metric(label_space)
-    if metric not in _metric_names(label_space):
-        raise InputError(f"unknown metric {metric!r} for this task",
-                         fix=f"use one of {', '.join(_metric_names(label_space))}")
+    metric = selection_metric(config.metric, label_space)
     accelerator = make_accelerator(config.training)
     set_seed(config.training.seed)  # the new classifier head's initialisation depends on it
     with accelerator.main_process_first():
@@ -66,7 +78,7 @@ def finetune(model_dir: str | os.PathLike, train_path: str | os.PathLike, output
         def evaluate(unwrapped):
             logits = evaluation.predict_logits(unwrapped, eval_encoded, tokenizer, config.eval_batch_size,
                                                device=accelerator.device, show_progress=show_progress)
-            return evaluation.compute_metrics(logits, eval_labels, label_space)
+            return compute_metrics(logits, eval_labels, label_space)
 
     def save(unwrapped, _metrics):
         save_model_dir(unwrapped, tokenizer, output_dir)
@@ -77,9 +89,3 @@ def finetune(model_dir: str | os.PathLike, train_path: str | os.PathLike, output
                         compute_losses=lambda module, batch: {"loss": module(**batch).loss},
                         evaluate=evaluate, metric=metric, on_improved=save, accelerator=accelerator,
                         description="fine-tuning")
-
-
-def _metric_names(label_space: LabelSpace) -> tuple[str, ...]:
-    if label_space.is_regression:
-        return ("pearson", "spearman")
-    return ("accuracy", "mcc", "f1") if label_space.num_labels == 2 else ("accuracy", "mcc")

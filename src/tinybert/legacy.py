@@ -10,27 +10,29 @@ directory into a plain save_pretrained one; every loader of ours goes through
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
 import pickle
 import re
-import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
 from transformers import BertConfig, BertModel, BertForSequenceClassification, BertTokenizer
 
+from .artifacts import Stamp, cache_root, digest, digest_files, staged_directory
+from .distillers import PROJECTIONS_FILE
 from .errors import InputError
+from .settings import option
+from .tokenizer import load_tokenizer_files
 
 logger = logging.getLogger(__name__)
 
 _WEIGHT_NAME = re.compile(r"^(?:(?:step|epoch)_)?(\d+)_pytorch_model\.bin$")
 _CONFIG_NAMES = ("config.json", "bert_config.json")
 _STANDARD_WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
-PROJECTIONS_FILE = "distill_projections.safetensors"
 
 
 def legacy_weights(path: Path) -> Path | None:
@@ -83,6 +85,17 @@ def _rename(key: str) -> str:
     return key
 
 
+@dataclass
+class ConvertArguments:
+    input: str | None = option(None, "directory in the TinyBERT reference code's layout", required=True)
+    output: str | None = option(None, "output directory (safetensors, config, tokenizer)", required=True)
+    tokenizer_from: str | None = option(None, "take the tokenizer from this model directory when the input has "
+                                              "no vocab.txt (e.g. the teacher)")
+
+    def run(self) -> Path:
+        return convert(self.input, self.output, tokenizer_from=self.tokenizer_from)
+
+
 def convert(input_dir: str | os.PathLike, output_dir: str | os.PathLike,
             tokenizer_from: str | os.PathLike | None = None) -> Path:
     """Writes a plain save_pretrained directory (safetensors, complete config, tokenizer files;
@@ -122,16 +135,12 @@ def convert(input_dir: str | os.PathLike, output_dir: str | os.PathLike,
     else:
         logger.info("%s has no weights (a configuration only): the model is newly initialised", source)
 
-    staging = output.with_name(output.name + ".converting")
-    shutil.rmtree(staging, ignore_errors=True)
-    model.save_pretrained(staging)
-    _save_tokenizer(source, staging, tokenizer_from)
-    if "fit_dense.weight" in state:
-        save_file({"hidden.weight": state["fit_dense.weight"].contiguous(),
-                   "hidden.bias": state["fit_dense.bias"].contiguous()}, str(staging / PROJECTIONS_FILE))
-    shutil.rmtree(output, ignore_errors=True)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(staging, output)
+    with staged_directory(output) as staging:
+        model.save_pretrained(staging)
+        _save_tokenizer(source, staging, tokenizer_from)
+        if "fit_dense.weight" in state:
+            save_file({"hidden.weight": state["fit_dense.weight"].contiguous(),
+                       "hidden.bias": state["fit_dense.bias"].contiguous()}, str(staging / PROJECTIONS_FILE))
     return output
 
 
@@ -139,29 +148,24 @@ def _save_tokenizer(source: Path, output: Path, tokenizer_from) -> None:
     if (source / "vocab.txt").is_file():
         BertTokenizer.from_pretrained(source).save_pretrained(output)
     elif tokenizer_from is not None:
-        from .models import load_tokenizer
         logger.warning("%s has no vocab.txt: taking the tokenizer from %s", source, tokenizer_from)
-        load_tokenizer(tokenizer_from).save_pretrained(output)
+        load_tokenizer_files(resolve_model_dir(tokenizer_from), shown=tokenizer_from).save_pretrained(output)
     else:
         logger.info("%s has no vocab.txt: it will use its teacher's tokenizer", source)
 
 
-def _cache_root() -> Path:
-    base = os.environ.get("TINYBERT_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "tinybert")
-    return Path(base) / "converted"
-
-
 def resolve_model_dir(path: str | os.PathLike) -> Path:
-    """``path`` itself, or for a reference-code directory its converted copy (made once, cached)."""
+    """``path`` itself, or for a reference-code directory its converted copy (made once per
+    content of the directory's files, kept in the cache)."""
     path = Path(path)
     if not path.is_dir() or not is_legacy_dir(path):
         return path
-    stamp = [str(path.resolve())] + [f"{item.name}:{item.stat().st_size}:{item.stat().st_mtime_ns}"
-                                     for item in sorted(path.iterdir()) if item.is_file()]
-    target = _cache_root() / hashlib.sha1("\n".join(stamp).encode()).hexdigest()[:16]
-    if not (target / "config.json").is_file():
+    target = cache_root() / "converted" / digest(str(path.resolve()))[:16]
+    stamp = Stamp(target / "tinybert_converted_from.json")
+    source = {"files": digest_files((item for item in path.iterdir() if item.is_file()), root=path)}
+    if not stamp.matches(source):
         logger.warning("%s is in the TinyBERT reference code's layout: converting it once into %s "
                        "(`tinybert convert` writes such a copy where you choose)", path, target)
         convert(path, target)
+        stamp.write(source, source_dir=str(path))
     return target

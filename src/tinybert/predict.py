@@ -8,20 +8,37 @@ import json
 import logging
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from . import evaluation
-from .data import Example, TaskData, encode, open_task_file, report_bad_lines
+from .data import DataOptions, Example, TaskData, encode, open_task_file, report_bad_lines
 from .errors import InputError
 from .export import ONNX_FILE, OnnxClassifier
 from .models import check_model_dir, label_space_of, load_classifier, load_tokenizer
+from .settings import group, option
 
 logger = logging.getLogger(__name__)
 
 CHUNK_ROWS = 1024
+
+
+@dataclass
+class PredictArguments:
+    model: str | None = option(None, "model directory, export directory (its model.onnx), or model.onnx / "
+                                     "model.int8.onnx", required=True)
+    input: str | None = option(None, "file of texts", required=True)
+    output: str | None = option(None, "TSV, or JSONL when it ends in .jsonl (default: standard output)")
+    batch_size: int = option(64, "examples per forward pass")
+    max_length: int = option(128, "tokens per example (longer ones are truncated)")
+    data_options: DataOptions = group("reading data", DataOptions)
+
+    def run(self, show_progress: bool = True) -> int:
+        return predict_file(self.model, self.input, self.output, batch_size=self.batch_size,
+                            max_length=self.max_length, data_options=self.data_options, show_progress=show_progress)
 
 
 def load_predictor(model: str | os.PathLike):
@@ -47,13 +64,16 @@ def load_predictor(model: str | os.PathLike):
 
 
 def predict_file(model: str | os.PathLike, input_path: str | os.PathLike, output_path: str | os.PathLike | None = None,
-                 *, batch_size: int = 64, max_length: int = 128, text_column: str | None = None,
-                 pair_column: str | None = None, skip_bad_lines: bool = False, show_progress: bool = True) -> int:
+                 *, batch_size: int = 64, max_length: int = 128, data_options: DataOptions | None = None,
+                 show_progress: bool = True) -> int:
     """Writes one prediction per input row (TSV, or JSONL when ``output_path`` ends in .jsonl;
     standard output when it is None) and returns the number of rows predicted."""
     predictor, tokenizer, label_space = load_predictor(model)
-    layout, rows = open_task_file(input_path, text_column=text_column, pair_column=pair_column,
-                                  require_labels=False)
+    options = data_options or DataOptions()
+    layout, rows = open_task_file(input_path, text_column=options.text_column, pair_column=options.pair_column,
+                                  label_column=options.label_column, require_labels=False)
+    if options.max_examples:
+        rows = itertools.islice(rows, options.max_examples)
     as_jsonl = output_path is not None and str(output_path).endswith(".jsonl")
     handle = open(output_path, "w", encoding="utf-8") if output_path else sys.stdout
     names = label_space.names
@@ -68,7 +88,7 @@ def predict_file(model: str | os.PathLike, input_path: str | os.PathLike, output
         while chunk := list(itertools.islice(rows, CHUNK_ROWS)):
             bad = [(row.line, row.problem) for row in chunk if row.example is None]
             if bad:
-                report_bad_lines(str(input_path), bad, skip_bad_lines)
+                report_bad_lines(str(input_path), bad, options.skip_bad_lines)
             examples = [Example(row.example.text_a, row.example.text_b, None, row.line) for row in chunk if row.example]
             data = TaskData(str(input_path), examples, layout.format)
             logits = evaluation.predict_logits(predictor, encode(data, tokenizer, max_length, show_progress=False),

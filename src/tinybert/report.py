@@ -13,6 +13,8 @@ import matplotlib
 matplotlib.use("Agg")  # files only: no display needed, none opened
 import matplotlib.pyplot as plt  # noqa: E402
 
+from .artifacts import atomic_write  # noqa: E402
+
 MODEL_NAMES = {"teacher": "teacher", "student": "distilled student",
                "student_original_data": "distilled student, no augmentation",
                "baseline": "same student fine-tuned without distillation"}
@@ -188,15 +190,9 @@ def write_report(run_dir: str | os.PathLike, results: dict, title: str = "TinyBE
                    ("p", f"Total {sum(seconds.values()) / 60:.1f} minutes (stages skipped on a re-run keep the time "
                          "of the run that did them).")]
     markdown = run_dir / "report.md"
-    _write(markdown, _markdown(blocks))
-    _write(run_dir / "report.html", _html(blocks, title))
+    atomic_write(markdown, _markdown(blocks))
+    atomic_write(run_dir / "report.html", _html(blocks, title))
     return markdown
-
-
-def _write(path: Path, text: str) -> None:
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(text, encoding="utf-8")
-    os.replace(temporary, path)
 
 
 def _markdown(blocks) -> str:

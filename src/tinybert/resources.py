@@ -14,6 +14,7 @@ import importlib.util
 import os
 from pathlib import Path
 
+from .artifacts import atomic_write
 from .errors import InputError
 
 DEMO_SPLIT_FRACTIONS = {"train": 0.8, "dev": 0.1, "test": 0.1}
@@ -82,10 +83,6 @@ def write_rotten_tomatoes_splits(output_dir: str | os.PathLike) -> dict[str, Pat
     paths = {}
     for name, split_rows in rows.items():
         path = output_dir / f"{name}.tsv"
-        temporary = path.with_suffix(".tsv.tmp")
-        with open(temporary, "w", encoding="utf-8") as handle:
-            handle.write("sentence\tlabel\n")
-            handle.writelines(f"{text}\t{label}\n" for text, label in split_rows)
-        os.replace(temporary, path)
+        atomic_write(path, "sentence\tlabel\n" + "".join(f"{text}\t{label}\n" for text, label in split_rows))
         paths[name] = path
     return paths

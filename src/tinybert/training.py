@@ -15,13 +15,17 @@ import os
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Literal
 
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs, set_seed
 from tqdm.auto import tqdm
 from transformers import get_constant_schedule_with_warmup, get_linear_schedule_with_warmup
+
+from .artifacts import atomic_write, write_json
+from .data import DataOptions
+from .settings import group, option
 
 logger = logging.getLogger(__name__)
 
@@ -31,19 +35,30 @@ CHECKPOINT_DIR = "checkpoint"
 
 
 @dataclass
+class TaskFiles:
+    """The files a training command on task data reads and writes (fine-tuning, distillation)."""
+
+    train: str | None = option(None, "training data file", flags=("--train_file_path",))
+    eval: str | None = option(None, "dev data file: evaluated each epoch, the best epoch is kept")
+    output: str | None = option(None, "output model directory", flags=("--output_dir",), required=True)
+    data_options: DataOptions = group("reading data", DataOptions)
+
+
+@dataclass
 class TrainingConfig:
-    epochs: float = 3
-    batch_size: int = 32
-    learning_rate: float = 2e-5
-    schedule: str = "linear"  # "linear" (decay to 0) or "constant", both after warm-up
-    warmup_ratio: float = 0.1
-    weight_decay: float = 0.01
-    max_grad_norm: float = 1.0
-    gradient_accumulation_steps: int = 1
-    seed: int = 42
-    mixed_precision: str = "no"  # "no", "bf16" or "fp16" (accelerate's names)
-    checkpoint_every: int = 200  # optimizer steps
-    log_every: int = 10  # optimizer steps
+    epochs: float = option(3, "passes over the training data", flags=("--num_train_epochs",))
+    batch_size: int = option(32, "examples per optimizer step and process", flags=("--train_batch_size",))
+    learning_rate: float = option(2e-5, "peak learning rate", key="lr", flags=("--learning_rate",))
+    schedule: Literal["linear", "constant"] = option("linear", "after warm-up: linear decay to 0, or constant")
+    warmup_ratio: float = option(0.1, "warm-up fraction of the steps", key="warmup")
+    weight_decay: float = option(0.01, "AdamW weight decay (none on biases and LayerNorm)")
+    max_grad_norm: float = option(1.0, "gradient clipping (0: none)")
+    gradient_accumulation_steps: int = option(1, "batches per optimizer step", key="gradient_accumulation")
+    seed: int = option(42, "random seed (initialisation, data order, dropout)")
+    mixed_precision: Literal["no", "bf16", "fp16"] = option("no", "bf16/fp16 autocast where the hardware gains "
+                                                                  "from it")
+    checkpoint_every: int = option(200, "optimizer steps between checkpoints")
+    log_every: int = option(10, "optimizer steps between lines of train_log.jsonl")
 
 
 def make_accelerator(config: TrainingConfig) -> Accelerator:
@@ -184,7 +199,7 @@ def run_training(*, output_dir: str | os.PathLike, config: TrainingConfig, modul
     if accelerator.is_main_process:
         if log_file:
             log_file.close()
-        (output_dir / STATE_FILE).write_text(json.dumps(summary, indent=2))
+        write_json(output_dir / STATE_FILE, summary)
         shutil.rmtree(checkpoint, ignore_errors=True)
     accelerator.wait_for_everyone()
     return summary
@@ -217,4 +232,4 @@ def _truncate_log(path: Path, last_step: int) -> None:
     if not path.is_file():
         return
     kept = [line for line in path.read_text().splitlines() if json.loads(line).get("step", 0) <= last_step]
-    path.write_text("".join(line + "\n" for line in kept))
+    atomic_write(path, "".join(line + "\n" for line in kept))

