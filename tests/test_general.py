@@ -153,3 +153,79 @@ def test_two_gloo_processes_match_one_process_with_the_same_global_batch(tmp_pat
         difference = (two[name] - tensor).norm() / tensor.norm().clamp_min(1e-12)
         assert difference < 1e-4, (name, float(difference))
     assert json.loads((tmp_path / "two" / "training_state.json").read_text())["steps"] == 4
+
+
+DOCUMENT_WORDS = "apple river music winter garden silver forest castle engine yellow window summer".split()
+
+
+@pytest.fixture
+def documents(tmp_path):
+    """Twelve documents of eight lines, each line naming its document."""
+    text = "\n".join("\n".join(f"the {word} line {i} is here ." for i in range(8)) + "\n"
+                     for word in DOCUMENT_WORDS)
+    return write(tmp_path / "documents.txt", text)
+
+
+def _seen_examples(monkeypatch, tokenizer, run):
+    """The examples each step trained on, as (epoch, document words) in order; ``run`` is called
+    with the training function to use (it may stop the run)."""
+    real = general_module.run_training
+    seen = []
+
+    def recording(**kwargs):
+        compute = kwargs["compute_losses"]
+
+        def compute_and_record(module, batch):
+            for ids in batch["input_ids"].tolist():
+                words = tokenizer.decode(ids, skip_special_tokens=True).split()
+                seen.append(next(word for word in words if word in DOCUMENT_WORDS) + " " + words[3])
+            return compute(module, batch)
+        return real(**{**kwargs, "compute_losses": compute_and_record})
+
+    monkeypatch.setattr(general_module, "run_training", recording)
+    run()
+    monkeypatch.setattr(general_module, "run_training", real)
+    return seen
+
+
+def test_each_epoch_is_a_new_seeded_shuffle_across_documents_and_resumes_exactly(
+        tmp_path, encoder_dir, student_shape, documents, monkeypatch, real_tokenizer):
+    def config(seed=5, checkpoint_every=1000):
+        return GeneralConfig(training=TrainingConfig(epochs=2, batch_size=8, learning_rate=1e-3, seed=seed,
+                                                     checkpoint_every=checkpoint_every), max_length=12)
+
+    def train(output, **settings):
+        return lambda: general_distill(encoder_dir, [documents], tmp_path / output, student=str(student_shape),
+                                       config=config(**settings), show_progress=False)
+
+    first = _seen_examples(monkeypatch, real_tokenizer, train("a"))
+    per_epoch = len(first) // 2
+    epoch_one, epoch_two = first[:per_epoch], first[per_epoch:]
+    assert per_epoch == 96 and sorted(epoch_one) == sorted(epoch_two)  # every example once per epoch
+    assert len({example.split()[0] for example in epoch_one[:8]}) >= 5  # the first batch spans documents
+    assert epoch_one != epoch_two  # a new order every epoch
+    assert _seen_examples(monkeypatch, real_tokenizer, train("b")) == first  # the same seed, the same orders
+    assert _seen_examples(monkeypatch, real_tokenizer, train("c", seed=6)) != first
+
+    # killed in the second epoch, after a checkpoint at step 16 (batch 4 of epoch 2): it resumes there
+    def killed():
+        with pytest.raises(KeyboardInterrupt):
+            general_distill(encoder_dir, [documents], tmp_path / "d", student=str(student_shape),
+                            config=config(checkpoint_every=16), show_progress=False)
+    original = general_module.run_training
+
+    def dies_after_nineteen_batches(**kwargs):
+        count = {"n": 0}
+        compute = kwargs["compute_losses"]
+
+        def compute_or_die(module, batch):
+            count["n"] += 1
+            if count["n"] > 19:
+                raise KeyboardInterrupt
+            return compute(module, batch)
+        return original(**{**kwargs, "compute_losses": compute_or_die})
+    monkeypatch.setattr(general_module, "run_training", dies_after_nineteen_batches)
+    killed()
+    monkeypatch.setattr(general_module, "run_training", original)
+    resumed = _seen_examples(monkeypatch, real_tokenizer, train("d", checkpoint_every=16))
+    assert resumed == first[16 * 8:]

@@ -139,7 +139,7 @@ def _apply_reference_flags(arguments, flags: ReferenceFlags):
         raise InputError("no training data given", fix="pass --train FILE (or --data_dir DIR)")
     if flags.num_labels:
         from .data import LabelSpace
-        space = LabelSpace.infer(arguments.data_options.read(arguments.train))
+        space = LabelSpace.infer(arguments.data_options.labels(arguments.train))
         if space.num_labels != flags.num_labels:
             raise InputError(f"--num_labels {flags.num_labels}, but the data has {space.num_labels} label(s): "
                              f"{', '.join(space.names) or 'scores'}", path=arguments.train,
@@ -160,8 +160,8 @@ def run_command(command: str, arguments, flags: dict) -> None:
     if ReferenceFlags in flags:
         _apply_reference_flags(arguments, flags[ReferenceFlags])
     if command == "distill" and flags[PlanFlags].plan:
-        data = arguments.data_options.read(arguments.train)
-        print(plan(arguments.teacher, arguments.student, data, arguments.config).describe())
+        labels = arguments.data_options.labels(arguments.train)
+        print(plan(arguments.teacher, arguments.student, labels, arguments.config).describe())
     elif command in ("finetune", "distill"):
         _print_summary(arguments.run(), arguments.output)
     elif command == "general":

@@ -14,10 +14,11 @@ from accelerate.utils import set_seed
 from . import evaluation
 from .artifacts import write_json
 from .attention import enable_score_capture
-from .data import DataOptions, LabelSpace, encode, train_loader
+from .data import DataOptions, LabelSpace, task_cache, train_loader
+from .data.cache import CACHE_DIR
 from .distillers import IntermediateDistiller, LossWeights, PredictionDistiller
 from .errors import InputError
-from .metrics import compute_metrics, default_metric
+from .metrics import default_metric
 from .models import check_model_dir, count_parameters, label_space_of, load_classifier, load_tokenizer, save_model_dir
 from .settings import group, option
 from .students import build_student, choose_layer_map, non_embedding_parameters
@@ -154,15 +155,19 @@ def distill(teacher_dir: str | os.PathLike, student: str, train_path: str | os.P
         logger.info("%s is already complete; delete it to distil again", output_dir)
         return json.loads((output_dir / STATE_FILE).read_text())
     data_options = data_options or DataOptions()
-    train_data = data_options.read(train_path)
     training = config.training or DistillConfig.for_stage(config.stage).training
-    max_length = config.max_length or (128 if train_data.has_pairs else 64)
+    max_length = config.max_length or (128 if data_options.open(train_path)[0].has_pairs else 64)
     config = replace(config, training=training, max_length=max_length)
 
     accelerator = make_accelerator(training)
-    set_seed(training.seed)
     tokenizer = load_tokenizer(teacher_dir)
-    label_space, teacher, student_model, layer_map = _prepare(teacher_dir, student, train_data, config)
+    with accelerator.main_process_first():  # one process tokenises, the others then read its cache
+        train, dev = (task_cache(path, tokenizer, max_length, data_options, output_dir / CACHE_DIR,
+                                 show_progress=show_progress and accelerator.is_main_process) if path else None
+                      for path in (train_path, eval_path if config.stage == "prediction" else None))
+    train = train.first(data_options.max_examples)
+    set_seed(training.seed)
+    label_space, teacher, student_model, layer_map = _prepare(teacher_dir, student, train, config)
     teacher = teacher.to(accelerator.device)
     if config.stage == "intermediate":
         distiller = IntermediateDistiller(student_model, teacher, layer_map, config.weights, config.shared_projection)
@@ -173,20 +178,15 @@ def distill(teacher_dir: str | os.PathLike, student: str, train_path: str | os.P
     logger.info("distilling (%s) %s → %s student, layer map %s", config.stage, teacher_dir,
                 f"{student_model.config.num_hidden_layers}-layer", layer_map)
 
-    encoded = encode(train_data, tokenizer, max_length, label_space, show_progress=show_progress)
-    loader = train_loader(encoded, tokenizer, training.batch_size, training.seed)
+    loader = train_loader(train.labelled(label_space), tokenizer, training.batch_size, training.seed)
     metric = config.metric or default_metric(label_space)
     evaluate = None
-    if eval_path is not None and config.stage == "prediction":
-        eval_encoded = encode(data_options.read(eval_path, limit=False), tokenizer, max_length, label_space,
-                              show_progress=show_progress)
-        eval_labels = evaluation.labels_of(eval_encoded)
+    if dev is not None:
+        dev = dev.labelled(label_space)
 
         def evaluate(unwrapped):
-            logits = evaluation.predict_logits(unwrapped.student, eval_encoded, tokenizer,
-                                               config.eval_batch_size, device=accelerator.device,
-                                               show_progress=show_progress)
-            return compute_metrics(logits, eval_labels, label_space)
+            return evaluation.evaluate_dataset(unwrapped.student, dev, tokenizer, label_space, config.eval_batch_size,
+                                               device=accelerator.device, show_progress=show_progress)
 
     def save(unwrapped, _metrics):
         student_to_save = unwrapped.student

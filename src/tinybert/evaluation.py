@@ -14,9 +14,9 @@ from tqdm.auto import tqdm
 from transformers import DataCollatorWithPadding
 
 from .artifacts import write_json
-from .data import DataOptions, EncodedData, encode, eval_loader
+from .data import DataOptions, LabelSpace, eval_loader, task_cache
 from .errors import InputError
-from .metrics import compute_metrics
+from .metrics import MetricAccumulator
 from .models import count_parameters, label_space_of, load_classifier, load_tokenizer
 from .settings import group, option
 
@@ -24,36 +24,47 @@ LATENCY_EXAMPLES = 32
 LATENCY_RUNS = 5
 
 
-@torch.inference_mode()
-def predict_logits(model, encoded: EncodedData, tokenizer, batch_size: int = 64,
-                   device: torch.device | str = "cpu", show_progress: bool = True) -> np.ndarray:
-    """Logits for every example, in file order (batches run sorted by length)."""
+def _logits_of_batches(model, loader, device, show_progress: bool):
+    """(batch, logits) for each batch of ``loader``, the model in eval mode under inference mode."""
     was_training = model.training
     model.eval()
-    loader, order = eval_loader(encoded, tokenizer, batch_size)
-    outputs = []
-    for batch in tqdm(loader, desc="evaluating", unit="batch", disable=not show_progress, leave=False):
-        batch.pop("labels", None)
-        batch = {key: value.to(device) for key, value in batch.items()}
-        outputs.append(model(**batch).logits.float().cpu())
-    model.train(was_training)
-    logits = torch.cat(outputs).numpy()
-    in_file_order = np.empty_like(logits)
-    in_file_order[order] = logits
-    return in_file_order
+    try:
+        with torch.inference_mode():
+            for batch in tqdm(loader, desc="evaluating", unit="batch", disable=not show_progress, leave=False):
+                labels = batch.pop("labels", None)
+                inputs = {key: value.to(device) for key, value in batch.items()}
+                yield labels, model(**inputs).logits.float().cpu().numpy()
+    finally:
+        model.train(was_training)
 
 
-def labels_of(encoded: EncodedData) -> np.ndarray:
-    return np.array([feature["labels"] for feature in encoded.features])
+def predict_logits(model, dataset, tokenizer, batch_size: int = 64, device: torch.device | str = "cpu",
+                   show_progress: bool = True) -> np.ndarray:
+    """Logits for every example of a small dataset, in its order (batches run sorted by length)."""
+    loader, order = eval_loader(dataset, tokenizer, batch_size)
+    logits = np.concatenate([logits for _, logits in _logits_of_batches(model, loader, device, show_progress)])
+    in_order = np.empty_like(logits)
+    in_order[np.fromiter(order, dtype=np.int64, count=len(dataset))] = logits
+    return in_order
+
+
+def evaluate_dataset(model, dataset, tokenizer, label_space: LabelSpace, batch_size: int = 64,
+                     device: torch.device | str = "cpu", show_progress: bool = True) -> dict:
+    """The task metrics of ``model`` on a labelled dataset, gathered batch by batch (any size)."""
+    metrics = MetricAccumulator(label_space)
+    loader, _ = eval_loader(dataset, tokenizer, batch_size)
+    for labels, logits in _logits_of_batches(model, loader, device, show_progress):
+        metrics.add(logits, labels.numpy())
+    return metrics.result()
 
 
 @torch.inference_mode()
-def measure_latency(model, encoded: EncodedData, tokenizer) -> dict:
+def measure_latency(model, dataset, tokenizer) -> dict:
     """CPU latency at batch 1 (ms per example) and throughput at batch 32 (examples/s), after a
     warm-up, median over several runs, on the first examples of the data."""
     model.eval()
     collate = DataCollatorWithPadding(tokenizer)
-    sample = [{k: v for k, v in f.items() if k != "labels"} for f in encoded.features[:LATENCY_EXAMPLES]]
+    sample = [{k: v for k, v in dataset[i].items() if k != "labels"} for i in range(min(LATENCY_EXAMPLES, len(dataset)))]
     singles = [collate([feature]) for feature in sample]
     batch32 = collate(sample)
 
@@ -85,22 +96,23 @@ def model_size_mb(model_dir: str | os.PathLike) -> float:
 def evaluate(model_dir: str | os.PathLike, data_path: str | os.PathLike, *, max_length: int = 128,
              batch_size: int = 64, latency: bool = True, data_options: DataOptions | None = None,
              show_progress: bool = True) -> dict:
-    """Everything `tinybert evaluate` reports for a fine-tuned classifier on a labelled file."""
+    """Everything `tinybert evaluate` reports for a fine-tuned classifier on a labelled file,
+    read through its token cache (``data_options.cache_dir``, else ~/.cache/tinybert/tokens)."""
     label_space = label_space_of(model_dir)
     if label_space is None:
         raise InputError("this is a bare encoder with no task head", path=model_dir,
                          fix="evaluate a model written by `tinybert finetune` or `tinybert distill`")
     tokenizer = load_tokenizer(model_dir)
     model = load_classifier(model_dir)
-    data = (data_options or DataOptions()).read(data_path)
-    encoded = encode(data, tokenizer, max_length, label_space, show_progress=show_progress)
-    logits = predict_logits(model, encoded, tokenizer, batch_size, show_progress=show_progress)
-    results = {"model": str(model_dir), "data": str(data_path), "examples": len(encoded)}
-    results.update(compute_metrics(logits, labels_of(encoded), label_space))
+    options = data_options or DataOptions()
+    cache = task_cache(data_path, tokenizer, max_length, options, show_progress=show_progress)
+    dataset = cache.first(options.max_examples).labelled(label_space)
+    results = {"model": str(model_dir), "data": str(data_path), "examples": len(dataset)}
+    results.update(evaluate_dataset(model, dataset, tokenizer, label_space, batch_size, show_progress=show_progress))
     results["params"] = count_parameters(model)
     results["size_mb"] = model_size_mb(model_dir)
     if latency:
-        results.update(measure_latency(model, encoded, tokenizer))
+        results.update(measure_latency(model, dataset, tokenizer))
     return results
 
 

@@ -15,9 +15,9 @@ import torch
 
 from . import evaluation
 from .artifacts import atomic_file, write_json
-from .data import DataOptions, EncodedData, encode
+from .data import DataOptions, EncodedData, task_cache
 from .errors import InputError
-from .metrics import compute_metrics, default_metric
+from .metrics import default_metric
 from .models import check_model_dir, count_parameters, label_space_of, load_classifier, load_tokenizer
 from .settings import group, option
 
@@ -106,28 +106,23 @@ def export_onnx(model_dir: str | os.PathLike, output_dir: str | os.PathLike, *, 
     model.config.save_pretrained(output_dir)
 
     if data is not None:
-        encoded = encode((data_options or DataOptions()).read(data, limit=False), tokenizer, max_length,
-                         label_space, show_progress=show_progress)
+        options = data_options or DataOptions()
+        dataset = task_cache(data, tokenizer, max_length, options, show_progress=show_progress).labelled(label_space)
     else:
         features = [dict(tokenizer(text)) for text in SAMPLE_TEXTS]
-        encoded = EncodedData(features, [len(feature["input_ids"]) for feature in features])
+        dataset = EncodedData(features, [len(feature["input_ids"]) for feature in features])
     results = {"model": str(model_dir), "onnx": str(onnx_path), "params": count_parameters(model),
                "pytorch_size_mb": evaluation.model_size_mb(model_dir),
                "onnx_size_mb": onnx_path.stat().st_size / 1e6}
-    sample = EncodedData(encoded.features[:PARITY_EXAMPLES], encoded.lengths[:PARITY_EXAMPLES])
-    compare_int8 = int8 and data is not None
-    # logits in file order: with the int8 check they are needed for the whole file, else for the sample
-    full_reference = evaluation.predict_logits(model, encoded if compare_int8 else sample, tokenizer,
-                                               show_progress=show_progress)
-    reference = full_reference[:PARITY_EXAMPLES]
+    sample = dataset.first(PARITY_EXAMPLES)
     exported = OnnxClassifier(onnx_path)
     difference = float(np.abs(evaluation.predict_logits(exported, sample, tokenizer, show_progress=False)
-                              - reference).max())
+                              - evaluation.predict_logits(model, sample, tokenizer, show_progress=False)).max())
     results["fp32_max_abs_logit_diff"] = difference
-    results["fp32_parity_examples"] = len(sample.features)
+    results["fp32_parity_examples"] = len(sample)
     results["fp32_parity_passed"] = difference <= FP32_TOLERANCE
-    results["latency_ms_batch1"] = {"pytorch": evaluation.measure_latency(model, encoded, tokenizer)["latency_ms_batch1"],
-                                    "onnx": evaluation.measure_latency(exported, encoded, tokenizer)["latency_ms_batch1"]}
+    results["latency_ms_batch1"] = {name: evaluation.measure_latency(runner, dataset, tokenizer)["latency_ms_batch1"]
+                                    for name, runner in (("pytorch", model), ("onnx", exported))}
 
     if int8:
         int8_path = output_dir / INT8_FILE
@@ -136,15 +131,13 @@ def export_onnx(model_dir: str | os.PathLike, output_dir: str | os.PathLike, *, 
         quantized = OnnxClassifier(int8_path)
         results["int8_onnx"] = str(int8_path)
         results["int8_size_mb"] = int8_path.stat().st_size / 1e6
-        results["latency_ms_batch1"]["onnx_int8"] = evaluation.measure_latency(quantized, encoded, tokenizer)[
+        results["latency_ms_batch1"]["onnx_int8"] = evaluation.measure_latency(quantized, dataset, tokenizer)[
             "latency_ms_batch1"]
-        if compare_int8:
-            labels = evaluation.labels_of(encoded)
+        if data is not None:
             metric = default_metric(label_space)
-            before = compute_metrics(full_reference, labels, label_space)[metric]
-            after = compute_metrics(
-                evaluation.predict_logits(quantized, encoded, tokenizer, show_progress=show_progress),
-                labels, label_space)[metric]
+            before, after = (evaluation.evaluate_dataset(runner, dataset, tokenizer, label_space,
+                                                         show_progress=show_progress)[metric]
+                             for runner in (model, quantized))
             results.update({"int8_metric": metric, "int8_data": str(data), "pytorch_metric_value": before,
                             "int8_metric_value": after, "int8_metric_drop_points": 100 * (before - after),
                             "int8_parity_passed": 100 * (before - after) <= INT8_TOLERANCE})

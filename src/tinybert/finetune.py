@@ -11,8 +11,9 @@ from pathlib import Path
 from accelerate.utils import set_seed
 
 from . import evaluation
-from .data import DataOptions, LabelSpace, encode, train_loader
-from .metrics import compute_metrics, selection_metric
+from .data import DataOptions, LabelSpace, task_cache, train_loader
+from .data.cache import CACHE_DIR
+from .metrics import selection_metric
 from .models import load_classifier, load_tokenizer, save_model_dir
 from .settings import group, option
 from .training import STATE_FILE, TaskFiles, TrainingConfig, is_complete, make_accelerator, run_training
@@ -57,33 +58,32 @@ def finetune(model_dir: str | os.PathLike, train_path: str | os.PathLike, output
         logger.info("%s is already complete; delete it to train again", output_dir)
         return json.loads((output_dir / STATE_FILE).read_text())
     tokenizer = load_tokenizer(model_dir)
-    train_data = data_options.read(train_path)
-    label_space = LabelSpace.infer(train_data)
-    metric = selection_metric(config.metric, label_space)
     accelerator = make_accelerator(config.training)
+    with accelerator.main_process_first():  # one process tokenises, the others then read its cache
+        train, dev = (task_cache(path, tokenizer, config.max_length, data_options, output_dir / CACHE_DIR,
+                                 show_progress=show_progress and accelerator.is_main_process) if path else None
+                      for path in (train_path, eval_path))
+    train = train.first(data_options.max_examples)
+    label_space = LabelSpace.infer(train)
+    metric = selection_metric(config.metric, label_space)
     set_seed(config.training.seed)  # the new classifier head's initialisation depends on it
     with accelerator.main_process_first():
         model = load_classifier(model_dir, label_space)
-    train_encoded = encode(train_data, tokenizer, config.max_length, label_space,
-                           show_progress=show_progress)
-    loader = train_loader(train_encoded, tokenizer, config.training.batch_size, config.training.seed)
+    train = train.labelled(label_space)
+    loader = train_loader(train, tokenizer, config.training.batch_size, config.training.seed)
 
     evaluate = None
-    if eval_path is not None:
-        eval_data = data_options.read(eval_path, limit=False)
-        eval_encoded = encode(eval_data, tokenizer, config.max_length, label_space,
-                              show_progress=show_progress)
-        eval_labels = evaluation.labels_of(eval_encoded)
+    if dev is not None:
+        dev = dev.labelled(label_space)
 
         def evaluate(unwrapped):
-            logits = evaluation.predict_logits(unwrapped, eval_encoded, tokenizer, config.eval_batch_size,
+            return evaluation.evaluate_dataset(unwrapped, dev, tokenizer, label_space, config.eval_batch_size,
                                                device=accelerator.device, show_progress=show_progress)
-            return compute_metrics(logits, eval_labels, label_space)
 
     def save(unwrapped, _metrics):
         save_model_dir(unwrapped, tokenizer, output_dir)
 
-    logger.info("fine-tuning %s on %d examples (%s, labels %s)", model_dir, len(train_encoded),
+    logger.info("fine-tuning %s on %d examples (%s, labels %s)", model_dir, len(train),
                 label_space.kind, label_space.names or "score")
     return run_training(output_dir=output_dir, config=config.training, module=model, train_loader=loader,
                         compute_losses=lambda module, batch: {"loss": module(**batch).loss},

@@ -12,6 +12,7 @@ from accelerate.utils import set_seed
 from torch.utils.data import DataLoader
 from transformers import AutoModel, DataCollatorWithPadding
 
+from .data import EpochSampler
 from .data.corpus import build_corpus_cache
 from .distillers import IntermediateDistiller, LossWeights
 from .models import check_model_dir, load_tokenizer, save_model_dir
@@ -78,7 +79,9 @@ def general_distill(teacher_dir: str | os.PathLike, corpus: list[str | os.PathLi
     layer_map = choose_layer_map(config.layer_map, layers_s, layers_t)
     distiller = IntermediateDistiller(student_model, teacher.to(accelerator.device), layer_map, config.weights,
                                       config.shared_projection)
-    loader = DataLoader(dataset, batch_size=training.batch_size, shuffle=False,
+    # a new seeded order every epoch, as the reference code samples: batches from many documents
+    sampler = EpochSampler(len(dataset), training.batch_size, training.seed)
+    loader = DataLoader(dataset, batch_size=training.batch_size, sampler=sampler,
                         collate_fn=DataCollatorWithPadding(tokenizer))
     if config.max_steps:
         steps_per_epoch = len(loader) / training.gradient_accumulation_steps / accelerator.num_processes

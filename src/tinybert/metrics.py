@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 from scipy.stats import pearsonr, spearmanr
-from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
+from sklearn.metrics import confusion_matrix
 
 from .data import LabelSpace
 from .errors import InputError
@@ -30,19 +30,45 @@ def selection_metric(metric: str | None, label_space: LabelSpace) -> str:
     return metric
 
 
+class MetricAccumulator:
+    """Task metrics gathered batch by batch: a confusion matrix for classes (memory independent of
+    the number of examples), predictions and scores (float32) for regression."""
+
+    def __init__(self, label_space: LabelSpace):
+        self.label_space = label_space
+        self.confusion = np.zeros((label_space.num_labels, label_space.num_labels), dtype=np.int64)
+        self.scores: list[np.ndarray] = []
+
+    def add(self, logits: np.ndarray, labels: np.ndarray) -> None:
+        if self.label_space.is_regression:
+            self.scores.append(np.stack([logits.reshape(-1), labels.reshape(-1)]).astype(np.float32))
+        else:
+            size = self.label_space.num_labels
+            self.confusion += confusion_matrix(labels, logits.argmax(axis=-1), labels=range(size))
+
+    def result(self) -> dict:
+        """accuracy, MCC (+ F1 of label index 1 when binary) for classes; Pearson, Spearman (+ MSE) for scores."""
+        if self.label_space.is_regression:
+            predictions, labels = np.concatenate(self.scores, axis=1).astype(np.float64)
+            constant = np.ptp(predictions) == 0 or np.ptp(labels) == 0
+            return {"pearson": 0.0 if constant else float(pearsonr(predictions, labels)[0]),
+                    "spearman": 0.0 if constant else float(spearmanr(predictions, labels)[0]),
+                    "mse": float(np.mean((predictions - labels) ** 2))}
+        matrix = self.confusion.astype(np.float64)
+        total, correct = matrix.sum(), np.trace(matrix)
+        true, predicted = matrix.sum(axis=1), matrix.sum(axis=0)
+        # Matthews' correlation for K classes (Gorodkin 2004), as scikit-learn computes it
+        covariance = correct * total - true @ predicted
+        spread = np.sqrt((total ** 2 - predicted @ predicted) * (total ** 2 - true @ true))
+        metrics = {"accuracy": float(correct / total), "mcc": float(covariance / spread) if spread else 0.0}
+        if self.label_space.num_labels == 2:
+            hits, false_positives, misses = matrix[1, 1], matrix[0, 1], matrix[1, 0]
+            denominator = 2 * hits + false_positives + misses
+            metrics["f1"] = float(2 * hits / denominator) if denominator else 0.0
+        return metrics
+
+
 def compute_metrics(logits: np.ndarray, labels: np.ndarray, label_space: LabelSpace) -> dict:
-    """accuracy, MCC (+ F1 of label index 1 when binary) for classes; Pearson, Spearman for scores."""
-    if label_space.is_regression:
-        predictions = logits.reshape(-1)
-        constant = np.ptp(predictions) == 0 or np.ptp(labels) == 0
-        return {
-            "pearson": 0.0 if constant else float(pearsonr(predictions, labels)[0]),
-            "spearman": 0.0 if constant else float(spearmanr(predictions, labels)[0]),
-            "mse": float(np.mean((predictions - labels) ** 2)),
-        }
-    predictions = logits.argmax(axis=-1)
-    metrics = {"accuracy": float(accuracy_score(labels, predictions)),
-               "mcc": float(matthews_corrcoef(labels, predictions))}
-    if label_space.num_labels == 2:
-        metrics["f1"] = float(f1_score(labels, predictions, pos_label=1, zero_division=0))
-    return metrics
+    accumulator = MetricAccumulator(label_space)
+    accumulator.add(np.asarray(logits), np.asarray(labels))
+    return accumulator.result()

@@ -15,7 +15,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from . import evaluation
-from .data import DataOptions, Example, TaskData, encode, open_task_file, report_bad_lines
+from .data import DataOptions, Example, TaskData, encode, report_bad_lines
 from .errors import InputError
 from .export import ONNX_FILE, OnnxClassifier
 from .models import check_model_dir, label_space_of, load_classifier, load_tokenizer
@@ -70,16 +70,14 @@ def predict_file(model: str | os.PathLike, input_path: str | os.PathLike, output
     standard output when it is None) and returns the number of rows predicted."""
     predictor, tokenizer, label_space = load_predictor(model)
     options = data_options or DataOptions()
-    layout, rows = open_task_file(input_path, text_column=options.text_column, pair_column=options.pair_column,
-                                  label_column=options.label_column, require_labels=False)
+    layout, rows = options.open(input_path, require_labels=False)
     if options.max_examples:
         rows = itertools.islice(rows, options.max_examples)
     as_jsonl = output_path is not None and str(output_path).endswith(".jsonl")
     handle = open(output_path, "w", encoding="utf-8") if output_path else sys.stdout
     names = label_space.names
     if not as_jsonl:
-        columns = ["text", "text_b"] if layout.pair_column or (layout.format == "fork" and layout.width == 3) \
-            else ["text"]
+        columns = ["text", "text_b"] if layout.has_pairs else ["text"]
         columns += ["score"] if label_space.is_regression else ["label"] + [f"p_{name}" for name in names]
         handle.write("\t".join(columns) + "\n")
     bar = tqdm(desc="predicting", unit="ex", disable=not show_progress, dynamic_ncols=True)

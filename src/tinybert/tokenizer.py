@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -32,5 +33,11 @@ def load_tokenizer_files(path: Path, shown: str | os.PathLike | None = None):
 def tokenizer_digest(tokenizer) -> str:
     """A fingerprint of everything that decides token ids: vocabulary, normaliser, special tokens."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
-    described = backend.to_str() if backend is not None else sorted(tokenizer.get_vocab().items())
+    if backend is not None:
+        described = json.loads(backend.to_str())
+        # the last call's truncation and padding are kept in it, and decide nothing about the ids
+        described.pop("truncation", None)
+        described.pop("padding", None)
+    else:
+        described = sorted(tokenizer.get_vocab().items())
     return digest([described, tokenizer.all_special_tokens, type(tokenizer).__name__])

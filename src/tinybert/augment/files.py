@@ -15,17 +15,12 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from ..artifacts import write_json
-from ..data import DataOptions, format_row, header_line, open_task_file, report_bad_lines
+from ..data import DataOptions, count_lines, format_row, header_line, report_bad_lines
 from ..errors import InputError
 from ..settings import group, option
 from .algorithm import OUTPUT_NEUTRAL_SETTINGS, AugmentConfig, Augmenter, build_augmenter
 
 logger = logging.getLogger(__name__)
-
-
-def _count_lines(path: str) -> int:
-    with open(path, "rb") as handle:
-        return sum(block.count(b"\n") for block in iter(lambda: handle.read(1 << 20), b""))
 
 
 def augment_file(input_path: str | os.PathLike, output_path: str | os.PathLike, *,
@@ -45,9 +40,8 @@ def augment_file(input_path: str | os.PathLike, output_path: str | os.PathLike, 
     if output_path.exists() and not partial.exists():
         logger.info("%s already exists; delete it to augment again", output_path)
         return {"rows": None, "written": None, "complete": True}
-    layout, rows = open_task_file(input_path, text_column=options.text_column, pair_column=options.pair_column,
-                                  label_column=options.label_column, require_labels=False)
-    if config.field == "second" and not layout.pair_column and not (layout.format == "fork" and layout.width == 3):
+    layout, rows = options.open(input_path, require_labels=False)
+    if config.field == "second" and not layout.has_pairs:
         raise InputError("--field second needs sentence pairs", path=input_path,
                          fix="drop --field second, or give a file of pairs")
     augmenter = augmenter or build_augmenter(config, mlm_dir, word_vectors)
@@ -67,7 +61,7 @@ def augment_file(input_path: str | os.PathLike, output_path: str | os.PathLike, 
     if not state["bytes"] and header_line(layout):
         handle.write(header_line(layout).encode("utf-8"))
 
-    total = _count_lines(input_path)
+    total = count_lines(input_path)
     bar = tqdm(total=total, initial=state["rows"], desc="augmenting", unit="sent", disable=not show_progress,
                dynamic_ncols=True)
     started = time.perf_counter()

@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 from ..errors import InputError
-from ..settings import option
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +62,11 @@ class TaskData:
     def has_pairs(self) -> bool:
         return any(example.text_b is not None for example in self.examples)
 
+    @property
+    def raw_labels(self) -> set[str]:
+        """The distinct labels, as written in the file."""
+        return {example.label for example in self.examples if example.label is not None}
+
     def __len__(self) -> int:
         return len(self.examples)
 
@@ -91,6 +95,10 @@ class Layout:
     label_column: str | None = None
     width: int | None = None  # fields per line, for the fork's format
     numeric_labels: bool = False  # fork's format: nearly all labels are numbers
+
+    @property
+    def has_pairs(self) -> bool:
+        return bool(self.pair_column) or (self.format == "fork" and self.width == 3)
 
 
 @dataclass
@@ -151,11 +159,13 @@ def read_task_file(path: str | os.PathLike, *, text_column: str | None = None,
     return data
 
 
-def report_bad_lines(path: str, bad: list[tuple[int, str]], skip_bad_lines: bool) -> None:
-    """Fails on malformed lines (count, first line numbers, first problem) unless they are skipped."""
+def report_bad_lines(path: str, bad: list[tuple[int, str]], skip_bad_lines: bool, total: int | None = None) -> None:
+    """Fails on malformed lines (count, first line numbers, first problem) unless they are skipped.
+    ``total``: how many there are, when ``bad`` holds only the first ones."""
+    total = total or len(bad)
     shown = ", ".join(str(number) for number, _ in bad[:_BAD_LINES_SHOWN])
-    more = ", …" if len(bad) > _BAD_LINES_SHOWN else ""
-    summary = f"{len(bad)} malformed line(s) (lines {shown}{more}); line {bad[0][0]}: {bad[0][1]}"
+    more = ", …" if total > _BAD_LINES_SHOWN else ""
+    summary = f"{total} malformed line(s) (lines {shown}{more}); line {bad[0][0]}: {bad[0][1]}"
     if not skip_bad_lines:
         raise InputError(summary, path=path, fix="correct those lines, or pass --skip-bad-lines to leave them out")
     logger.warning("%s: skipping %s", path, summary)
@@ -227,11 +237,10 @@ def _row(number, fields, text_a, text_b, label, require_labels) -> Row:
 def _delimited_rows(path, lines, delimiter, text_column, pair_column, label_column, require_labels):
     if delimiter == "\t":
         # GLUE files contain unbalanced quotes: fields are split on tabs only.
-        records = ((number, line.rstrip("\r\n").split("\t")) for number, line in lines)
+        records = ((number, line.rstrip("\r\n").split("\t")) for number, line in lines if line.strip())
     else:
         reader = csv.reader(line for _, line in lines)
-        records = ((reader.line_num, record) for record in reader)
-    records = (record for record in records if any(field.strip() for field in record[1]))
+        records = ((reader.line_num, record) for record in reader if any(field.strip() for field in record))
     _, header = next(records)
     header = [name.strip() for name in header]
     text, pair, label = _pick_columns(path, header, text_column, pair_column, label_column, require_labels)
@@ -309,26 +318,3 @@ def _fork_rows(path, peeked, lines, require_labels):
                 continue
             yield _row(number, fields, texts[0], texts[1] if len(texts) > 1 else None, label, require_labels)
     return layout, rows()
-
-
-@dataclass
-class DataOptions:
-    """How to read the user's files (shared by every command that reads task data)."""
-
-    text_column: str | None = option(None, "column holding the text (files with a header)")
-    pair_column: str | None = option(None, "column holding the second text of a pair")
-    label_column: str | None = option(None, "column holding the label or score")
-    skip_bad_lines: bool = option(False, "leave out malformed lines (reported) instead of stopping")
-    max_examples: int | None = option(None, "use only the first N examples (of the training data; a dev set "
-                                            "is read whole)")
-
-    def read(self, path, *, limit: bool = True):
-        """The file's examples; ``max_examples`` applies unless ``limit`` is False (a dev set is
-        always read whole, only the training data is cut)."""
-        data = read_task_file(path, text_column=self.text_column, pair_column=self.pair_column,
-                              label_column=self.label_column, skip_bad_lines=self.skip_bad_lines)
-        if self.max_examples and limit:
-            data.examples = data.examples[: self.max_examples]
-        return data
-
-

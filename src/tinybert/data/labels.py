@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass, field
 
 from ..errors import InputError
-from .formats import Example, TaskData, is_float
+from .formats import Example, is_float
 
 INT_LABEL = re.compile(r"^[+-]?\d+$")
 
@@ -27,10 +27,11 @@ class LabelSpace:
         return 1 if self.is_regression else len(self.names)
 
     @classmethod
-    def infer(cls, data: TaskData) -> "LabelSpace":
+    def infer(cls, data) -> "LabelSpace":
         """Integers → classes in numeric order; other numbers → regression; anything else →
-        classes in sorted order."""
-        raw = [example.label for example in data.examples]
+        classes in sorted order. ``data``: a ``TaskData``, a ``TokenCache`` or ``TaskLabels``
+        (anything with the distinct ``raw_labels`` as written, and the ``path``)."""
+        raw = data.raw_labels
         if not raw:
             raise InputError("no labelled examples", path=data.path, fix="check the file is not empty")
         if all(INT_LABEL.match(value) for value in raw):
@@ -55,17 +56,20 @@ class LabelSpace:
                 "label2id": {name: i for i, name in enumerate(self.names)}}
 
     def encode(self, example: Example, path: str) -> int | float:
+        return self.encode_value(example.label, path, example.line)
+
+    def encode_value(self, label: str, path: str, line: int) -> int | float:
+        """The class index (or the score) of a label as written on ``line`` of ``path``."""
         if self.is_regression:
-            if not is_float(example.label):
-                raise InputError(f"label {example.label!r} is not a number, but this is a regression task",
-                                 path=path, line=example.line, fix="give a numeric score on every line")
-            return float(example.label)
-        key = str(int(example.label)) if INT_LABEL.match(example.label) else example.label
+            if not is_float(label):
+                raise InputError(f"label {label!r} is not a number, but this is a regression task",
+                                 path=path, line=line, fix="give a numeric score on every line")
+            return float(label)
+        key = str(int(label)) if INT_LABEL.match(label) else label
         try:
             return self.names.index(key)
         except ValueError:
             raise InputError(
-                f"unknown label {example.label!r}; the model knows {', '.join(self.names)}",
-                path=path, line=example.line,
+                f"unknown label {label!r}; the model knows {', '.join(self.names)}", path=path, line=line,
                 fix="use one of the model's labels, or fine-tune a model on data with this label",
             ) from None

@@ -14,6 +14,7 @@ from pathlib import Path
 from .. import resources
 from ..artifacts import Stamp, digest, digest_file, read_json, write_json
 from ..augment import OUTPUT_NEUTRAL_SETTINGS
+from ..data.cache import CACHE_DIR
 from ..distill import DistillConfig, build_initial_student
 from ..errors import InputError
 from ..evaluation import evaluate
@@ -118,8 +119,11 @@ def run_pipeline(config: Config) -> dict:
     run.directory.mkdir(parents=True, exist_ok=True)
     files = _data_files(run)
     data_identity = {name: {"sha1": digest_file(path)} for name, path in files.items()}
-    data_settings = run.settings("data")
+    # where the task files' token caches are does not change any result: not in the fingerprints
+    data_settings = {key: value for key, value in run.settings("data").items() if key != "cache_dir"}
     reading = config.sections["data"].options  # max_examples cuts training data only
+    # every stage reads the same files with the same tokenizer: one cache for the run
+    reading = replace(reading, cache_dir=reading.cache_dir or str(run.directory / CACHE_DIR))
     whole_files = replace(reading, max_examples=None)
     results: dict = {"run_dir": str(run.directory), "data": files}
 
@@ -233,7 +237,7 @@ def _baseline(arguments, stage1: DistillConfig, teacher_dir: str, student_start:
     initial = directory / "initial"
     if not (initial / "config.json").is_file():
         set_seed(arguments.config.training.seed)  # the new task head's initialisation
-        data = reading.read(files["train"])
+        data = reading.labels(files["train"])
         shape = DistillConfig(layers=stage1.layers, init_from_teacher=stage1.init_from_teacher,
                               layer_map=stage1.layer_map)
         save_model_dir(build_initial_student(teacher_dir, student_start, data, shape), load_tokenizer(teacher_dir),

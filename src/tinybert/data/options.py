@@ -1,0 +1,46 @@
+"""How to read the user's task files: the options every command that reads them shares."""
+
+from __future__ import annotations
+
+import itertools
+import os
+from dataclasses import dataclass
+from typing import Iterator
+
+from ..settings import option
+from .formats import Layout, Row, open_task_file
+
+
+@dataclass
+class DataOptions:
+    """How to read the user's files (shared by every command that reads task data)."""
+
+    text_column: str | None = option(None, "column holding the text (files with a header)")
+    pair_column: str | None = option(None, "column holding the second text of a pair")
+    label_column: str | None = option(None, "column holding the label or score")
+    skip_bad_lines: bool = option(False, "leave out malformed lines (reported) instead of stopping")
+    max_examples: int | None = option(None, "use only the first N examples (of the training data; a dev set "
+                                            "is read whole)")
+    cache_dir: str | None = option(None, "where the token caches of task files are kept (default: in the output "
+                                         "directory, or ~/.cache/tinybert/tokens)")
+
+    def open(self, path, require_labels: bool = True) -> tuple[Layout, Iterator[Row]]:
+        return open_task_file(path, text_column=self.text_column, pair_column=self.pair_column,
+                              label_column=self.label_column, require_labels=require_labels)
+
+    def labels(self, path) -> "TaskLabels":
+        """The distinct labels of a file (of its first ``max_examples`` rows), read streaming."""
+        _, rows = self.open(path)
+        examples = (row.example for row in rows if row.example is not None)
+        return TaskLabels(str(path), {example.label for example in itertools.islice(examples, self.max_examples)})
+
+
+@dataclass
+class TaskLabels:
+    path: str
+    raw_labels: set[str]
+
+
+def count_lines(path: str | os.PathLike) -> int:
+    with open(path, "rb") as handle:
+        return sum(block.count(b"\n") for block in iter(lambda: handle.read(1 << 20), b""))

@@ -1,0 +1,88 @@
+"""The on-disk token cache of task data, and the orders examples are read in."""
+
+import os
+
+import numpy as np
+import pytest
+import torch
+from transformers.trainer_pt_utils import get_length_grouped_indices
+
+from conftest import write
+from tinybert.data import DataOptions, EpochSampler, LabelSpace, encode, read_task_file, task_cache, train_loader
+from tinybert.errors import InputError
+
+ROWS = "".join(f"{'a fine film' if i % 3 else 'a dull , tired and overlong mess of a film'} {'really ' * (i % 7)}\t"
+               f"{'pos' if i % 3 else 'neg'}\n" for i in range(50))
+
+
+def _cache(path, tokenizer, tmp_path, **options):
+    return task_cache(path, tokenizer, 16, DataOptions(**options), tmp_path / "cache", show_progress=False)
+
+
+@pytest.mark.parametrize("text", [ROWS, "sentence1\tsentence2\tlabel\n" + "".join(
+    f"a man {'runs ' * (i % 12)}\ta person moves\t{'entailment' if i % 2 else 'not_entailment'}\n" for i in range(30))])
+def test_cached_examples_equal_the_in_memory_encoding(tmp_path, real_tokenizer, text):
+    path = write(tmp_path / "train.tsv", text)
+    data = read_task_file(path)
+    space = LabelSpace.infer(data)
+    expected = encode(data, real_tokenizer, 16, space, show_progress=False)
+    texts = [(e.text_a, e.text_b) if e.text_b else e.text_a for e in data.examples]
+    reference = real_tokenizer(texts, truncation=True, max_length=16)  # what transformers itself gives
+    assert [f["input_ids"] for f in expected.features] == reference["input_ids"]
+    assert [f["token_type_ids"] for f in expected.features] == reference["token_type_ids"]
+    cache = _cache(path, real_tokenizer, tmp_path)
+    assert LabelSpace.infer(cache) == space and cache.has_pairs == data.has_pairs
+    labelled = cache.labelled(space)
+    assert [labelled[i] for i in range(len(labelled))] == expected.features
+    assert cache.lengths.tolist() == expected.lengths
+    assert cache.meta["truncated"] == expected.truncated > 0  # long rows are cut to 16 tokens and counted
+    first = cache.first(5).labelled(space)
+    assert len(first) == 5 and [first[i] for i in range(5)] == expected.features[:5]
+
+
+def test_a_changed_file_of_the_same_size_rebuilds_the_cache(tmp_path, real_tokenizer):
+    path = write(tmp_path / "train.tsv", "sentence\tlabel\ngood film\tpos\nawful one\tneg\n")
+    before = _cache(path, real_tokenizer, tmp_path)
+    stat = os.stat(path)
+    write(path, "sentence\tlabel\nawful film\tneg\ngood one\tpos\n")  # same size, other content
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # and the same modification time
+    assert os.path.getsize(path) == stat.st_size
+    after = _cache(path, real_tokenizer, tmp_path)
+    space = LabelSpace("classification", ["neg", "pos"])
+    assert before.directory == after.directory  # rebuilt in place, not beside the old one
+    assert real_tokenizer.decode(after[0]["input_ids"], skip_special_tokens=True) == "awful film"
+    assert after.labelled(space)[0]["labels"] == 0
+    built = (after.directory / "ids.bin").stat().st_mtime_ns
+    assert _cache(path, real_tokenizer, tmp_path).directory == after.directory
+    assert (after.directory / "ids.bin").stat().st_mtime_ns == built  # unchanged inputs: reused as it is
+
+
+def test_bad_lines_and_unknown_labels_name_their_line(tmp_path, real_tokenizer):
+    path = write(tmp_path / "train.tsv", "sentence\tlabel\ngood film\tpos\nno label here\nbad film\tneg\n")
+    with pytest.raises(InputError, match="1 malformed line"):
+        _cache(path, real_tokenizer, tmp_path)
+    assert [p.name for p in (tmp_path / "cache").iterdir() if not p.name.endswith(".partial")] == []  # nothing half-built
+    cache = _cache(path, real_tokenizer, tmp_path, skip_bad_lines=True)
+    assert len(cache) == 2
+    with pytest.raises(InputError, match=r"train.tsv, line 4: unknown label 'neg'"):
+        cache.labelled(LabelSpace("classification", ["pos", "other"]))
+
+
+@pytest.mark.parametrize("size, batch_size", [(7, 2), (300, 8), (5000, 32)])
+def test_length_grouped_order_is_the_transformers_one(size, batch_size):
+    lengths = np.random.default_rng(size).integers(1, 40, size)
+    sampler = EpochSampler(size, batch_size, seed=3, lengths=lengths)
+    for epoch in (0, 1):
+        sampler.set_epoch(epoch)
+        expected = get_length_grouped_indices(lengths.tolist(), batch_size,
+                                              generator=torch.Generator().manual_seed(3 + epoch))
+        assert list(sampler) == expected
+
+
+def test_training_batches_from_the_cache_are_padded_per_batch(tmp_path, real_tokenizer):
+    path = write(tmp_path / "train.tsv", "".join(" ".join(["word"] * n) + f"\t{n % 2}\n" for n in list(range(1, 14)) * 6))
+    cache = _cache(path, real_tokenizer, tmp_path)
+    loader = train_loader(cache.labelled(LabelSpace.infer(cache)), real_tokenizer, batch_size=8, seed=1)
+    widths = [batch["input_ids"].shape[1] for batch in loader]
+    assert max(widths) == 15 and min(widths) < 8  # never padded to max length
+    assert sum(len(batch["labels"]) for batch in loader) == len(cache)
