@@ -1,8 +1,11 @@
 import os
+import tempfile
 from pathlib import Path
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# caches shared between runs (token caches of evaluate/export, converted checkpoints) never land in ~/.cache
+os.environ.setdefault("TINYBERT_CACHE", tempfile.mkdtemp(prefix="tinybert-tests-"))
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

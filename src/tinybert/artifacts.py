@@ -53,11 +53,16 @@ def cache_root() -> Path:
 @contextmanager
 def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
     """A temporary name beside ``path`` to write it under; renamed to ``path`` when the block ends
-    without an error, so a reader sees the old file or the whole new one, never a part."""
+    without an error (removed when it does not), so a reader sees the old file or the whole new
+    one, never a part."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(path.name + ".tmp")
-    yield temporary
+    try:
+        yield temporary
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
     os.replace(temporary, path)
 
 
@@ -79,12 +84,16 @@ def read_json(path: str | os.PathLike):
 @contextmanager
 def staged_directory(target: str | os.PathLike) -> Iterator[Path]:
     """A fresh directory to build ``target`` in; it replaces ``target`` only when the block ends
-    without an error, so ``target`` is never half-written."""
+    without an error (and is removed when it does not), so ``target`` is never half-written."""
     target = Path(target)
     staging = target.with_name(target.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
-    yield staging
+    try:
+        yield staging
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     shutil.rmtree(target, ignore_errors=True)
     os.replace(staging, target)
 
@@ -105,16 +114,3 @@ class Stamp:
 
     def write(self, inputs, **details) -> None:
         write_json(self.path, {"fingerprint": digest(inputs), "inputs": inputs, **details})
-
-    def changes(self, inputs) -> list[str]:
-        """The dotted names of the inputs that differ from the recorded ones."""
-        record = self.read() or {}
-        return changed_keys(json.loads(json.dumps(record.get("inputs"), default=str)),
-                            json.loads(json.dumps(inputs, default=str)))
-
-
-def changed_keys(old, new, prefix: str = "") -> list[str]:
-    if isinstance(old, dict) and isinstance(new, dict):
-        return [change for key in sorted(set(old) | set(new), key=str)
-                for change in changed_keys(old.get(key), new.get(key), f"{prefix}{key}.")]
-    return [] if old == new else [prefix.rstrip(".") or "inputs"]

@@ -15,14 +15,15 @@ from . import evaluation
 from .artifacts import write_json
 from .attention import enable_score_capture
 from .data import DataOptions, LabelSpace, task_cache, train_loader
-from .data.cache import CACHE_DIR
+from .data.cache import CACHE_DIR, data_fingerprints
 from .distillers import IntermediateDistiller, LossWeights, PredictionDistiller
 from .errors import InputError
-from .metrics import default_metric
+from .metrics import selection_metric
 from .models import check_model_dir, count_parameters, label_space_of, load_classifier, load_tokenizer, save_model_dir
 from .settings import group, option
 from .students import build_student, choose_layer_map, non_embedding_parameters
-from .training import STATE_FILE, TaskFiles, TrainingConfig, is_complete, make_accelerator, run_training
+from .training import (STATE_FILE, TaskFiles, TrainingConfig, is_complete, main_process_first, make_accelerator,
+                       run_training)
 
 logger = logging.getLogger(__name__)
 
@@ -161,10 +162,11 @@ def distill(teacher_dir: str | os.PathLike, student: str, train_path: str | os.P
 
     accelerator = make_accelerator(training)
     tokenizer = load_tokenizer(teacher_dir)
-    with accelerator.main_process_first():  # one process tokenises, the others then read its cache
-        train, dev = (task_cache(path, tokenizer, max_length, data_options, output_dir / CACHE_DIR,
-                                 show_progress=show_progress and accelerator.is_main_process) if path else None
-                      for path in (train_path, eval_path if config.stage == "prediction" else None))
+    # one process tokenises, the others then read its cache
+    train, dev = main_process_first(accelerator, lambda: [
+        task_cache(path, tokenizer, max_length, data_options, output_dir / CACHE_DIR,
+                   show_progress=show_progress and accelerator.is_main_process) if path else None
+        for path in (train_path, eval_path if config.stage == "prediction" else None)])
     train = train.first(data_options.max_examples)
     set_seed(training.seed)
     label_space, teacher, student_model, layer_map = _prepare(teacher_dir, student, train, config)
@@ -179,14 +181,15 @@ def distill(teacher_dir: str | os.PathLike, student: str, train_path: str | os.P
                 f"{student_model.config.num_hidden_layers}-layer", layer_map)
 
     loader = train_loader(train.labelled(label_space), tokenizer, training.batch_size, training.seed)
-    metric = config.metric or default_metric(label_space)
+    metric = selection_metric(config.metric, label_space)
     evaluate = None
     if dev is not None:
         dev = dev.labelled(label_space)
 
         def evaluate(unwrapped):
             return evaluation.evaluate_dataset(unwrapped.student, dev, tokenizer, label_space, config.eval_batch_size,
-                                               device=accelerator.device, show_progress=show_progress)
+                                               device=accelerator.device, show_progress=show_progress,
+                                               accelerator=accelerator)
 
     def save(unwrapped, _metrics):
         student_to_save = unwrapped.student
@@ -200,4 +203,5 @@ def distill(teacher_dir: str | os.PathLike, student: str, train_path: str | os.P
 
     return run_training(output_dir=output_dir, config=training, module=distiller, train_loader=loader,
                         compute_losses=lambda module, batch: module(batch), evaluate=evaluate, metric=metric,
-                        on_improved=save, accelerator=accelerator, description=f"distilling ({config.stage})")
+                        on_improved=save, accelerator=accelerator, description=f"distilling ({config.stage})",
+                        inputs={**data_fingerprints(train, dev), "stage": config.stage})

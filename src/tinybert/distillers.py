@@ -39,7 +39,7 @@ class _TeacherAndStudent(torch.nn.Module):
     def __init__(self, student, teacher):
         super().__init__()
         self.student = student
-        self._teacher = [teacher]  # a list keeps it out of parameters(), state_dict() and DDP
+        self._teacher = [teacher.eval().requires_grad_(False)]  # a list keeps it out of parameters() and DDP
 
     @property
     def teacher(self):

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 from transformers import DataCollatorWithPadding
 
@@ -49,13 +50,28 @@ def predict_logits(model, dataset, tokenizer, batch_size: int = 64, device: torc
 
 
 def evaluate_dataset(model, dataset, tokenizer, label_space: LabelSpace, batch_size: int = 64,
-                     device: torch.device | str = "cpu", show_progress: bool = True) -> dict:
-    """The task metrics of ``model`` on a labelled dataset, gathered batch by batch (any size)."""
+                     device: torch.device | str = "cpu", show_progress: bool = True, accelerator=None) -> dict:
+    """The task metrics of ``model`` on a labelled dataset, gathered batch by batch (any size).
+    With an ``accelerator`` of several processes each evaluates its share of the batches, and the
+    shares are added up."""
+    processes = accelerator.num_processes if accelerator is not None else 1
+    shard = (accelerator.process_index, processes) if processes > 1 else (0, 1)
+    metrics = metrics_of_shard(model, dataset, tokenizer, label_space, batch_size, device, show_progress, shard)
+    if processes > 1:
+        for other in gather_object([metrics]):
+            if other is not metrics:
+                metrics.merge(other)
+    return metrics.result()
+
+
+def metrics_of_shard(model, dataset, tokenizer, label_space: LabelSpace, batch_size: int = 64,
+                     device: torch.device | str = "cpu", show_progress: bool = True,
+                     shard: tuple[int, int] = (0, 1)) -> MetricAccumulator:
     metrics = MetricAccumulator(label_space)
-    loader, _ = eval_loader(dataset, tokenizer, batch_size)
+    loader, _ = eval_loader(dataset, tokenizer, batch_size, shard)
     for labels, logits in _logits_of_batches(model, loader, device, show_progress):
         metrics.add(logits, labels.numpy())
-    return metrics.result()
+    return metrics
 
 
 @torch.inference_mode()

@@ -96,21 +96,21 @@ def export_onnx(model_dir: str | os.PathLike, output_dir: str | os.PathLike, *, 
         raise InputError("this is a bare encoder with no task head", path=model_dir,
                          fix="export a model written by `tinybert finetune` or `tinybert distill`")
     output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
     tokenizer = load_tokenizer(model_dir)
     model = load_classifier(model_dir).eval()
-    onnx_path = output_dir / ONNX_FILE
-    logger.info("writing %s", onnx_path)
-    _write_onnx(model, tokenizer, onnx_path)
-    tokenizer.save_pretrained(output_dir)
-    model.config.save_pretrained(output_dir)
-
+    # the check data first: a bad file stops the export before anything is written
     if data is not None:
         options = data_options or DataOptions()
         dataset = task_cache(data, tokenizer, max_length, options, show_progress=show_progress).labelled(label_space)
     else:
         features = [dict(tokenizer(text)) for text in SAMPLE_TEXTS]
         dataset = EncodedData(features, [len(feature["input_ids"]) for feature in features])
+    output_dir.mkdir(parents=True, exist_ok=True)
+    onnx_path = output_dir / ONNX_FILE
+    logger.info("writing %s", onnx_path)
+    _write_onnx(model, tokenizer, onnx_path)
+    tokenizer.save_pretrained(output_dir)
+    model.config.save_pretrained(output_dir)
     results = {"model": str(model_dir), "onnx": str(onnx_path), "params": count_parameters(model),
                "pytorch_size_mb": evaluation.model_size_mb(model_dir),
                "onnx_size_mb": onnx_path.stat().st_size / 1e6}

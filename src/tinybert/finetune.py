@@ -12,11 +12,12 @@ from accelerate.utils import set_seed
 
 from . import evaluation
 from .data import DataOptions, LabelSpace, task_cache, train_loader
-from .data.cache import CACHE_DIR
+from .data.cache import CACHE_DIR, data_fingerprints
 from .metrics import selection_metric
 from .models import load_classifier, load_tokenizer, save_model_dir
 from .settings import group, option
-from .training import STATE_FILE, TaskFiles, TrainingConfig, is_complete, make_accelerator, run_training
+from .training import (STATE_FILE, TaskFiles, TrainingConfig, is_complete, main_process_first, make_accelerator,
+                       run_training)
 
 logger = logging.getLogger(__name__)
 
@@ -59,16 +60,16 @@ def finetune(model_dir: str | os.PathLike, train_path: str | os.PathLike, output
         return json.loads((output_dir / STATE_FILE).read_text())
     tokenizer = load_tokenizer(model_dir)
     accelerator = make_accelerator(config.training)
-    with accelerator.main_process_first():  # one process tokenises, the others then read its cache
-        train, dev = (task_cache(path, tokenizer, config.max_length, data_options, output_dir / CACHE_DIR,
-                                 show_progress=show_progress and accelerator.is_main_process) if path else None
-                      for path in (train_path, eval_path))
+    # one process tokenises, the others then read its cache
+    train, dev = main_process_first(accelerator, lambda: [
+        task_cache(path, tokenizer, config.max_length, data_options, output_dir / CACHE_DIR,
+                   show_progress=show_progress and accelerator.is_main_process) if path else None
+        for path in (train_path, eval_path)])
     train = train.first(data_options.max_examples)
     label_space = LabelSpace.infer(train)
     metric = selection_metric(config.metric, label_space)
     set_seed(config.training.seed)  # the new classifier head's initialisation depends on it
-    with accelerator.main_process_first():
-        model = load_classifier(model_dir, label_space)
+    model = main_process_first(accelerator, lambda: load_classifier(model_dir, label_space))
     train = train.labelled(label_space)
     loader = train_loader(train, tokenizer, config.training.batch_size, config.training.seed)
 
@@ -78,7 +79,8 @@ def finetune(model_dir: str | os.PathLike, train_path: str | os.PathLike, output
 
         def evaluate(unwrapped):
             return evaluation.evaluate_dataset(unwrapped, dev, tokenizer, label_space, config.eval_batch_size,
-                                               device=accelerator.device, show_progress=show_progress)
+                                               device=accelerator.device, show_progress=show_progress,
+                                               accelerator=accelerator)
 
     def save(unwrapped, _metrics):
         save_model_dir(unwrapped, tokenizer, output_dir)
@@ -88,4 +90,4 @@ def finetune(model_dir: str | os.PathLike, train_path: str | os.PathLike, output
     return run_training(output_dir=output_dir, config=config.training, module=model, train_loader=loader,
                         compute_losses=lambda module, batch: {"loss": module(**batch).loss},
                         evaluate=evaluate, metric=metric, on_improved=save, accelerator=accelerator,
-                        description="fine-tuning")
+                        description="fine-tuning", inputs=data_fingerprints(train, dev))

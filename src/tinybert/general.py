@@ -8,17 +8,17 @@ import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import torch
 from accelerate.utils import set_seed
-from torch.utils.data import DataLoader
-from transformers import AutoModel, DataCollatorWithPadding
+from transformers import AutoModel
 
-from .data import EpochSampler
+from .data import train_loader
 from .data.corpus import build_corpus_cache
 from .distillers import IntermediateDistiller, LossWeights
 from .models import check_model_dir, load_tokenizer, save_model_dir
 from .settings import group, option
 from .students import build_student, choose_layer_map
-from .training import STATE_FILE, TrainingConfig, is_complete, make_accelerator, run_training
+from .training import STATE_FILE, TrainingConfig, is_complete, main_process_first, make_accelerator, run_training
 
 logger = logging.getLogger(__name__)
 
@@ -70,19 +70,17 @@ def general_distill(teacher_dir: str | os.PathLike, corpus: list[str | os.PathLi
     accelerator = make_accelerator(training)
     set_seed(training.seed)
     tokenizer = load_tokenizer(teacher_dir)
-    with accelerator.main_process_first():
-        teacher = AutoModel.from_pretrained(check_model_dir(teacher_dir, "--teacher")).eval()
-        dataset = build_corpus_cache(corpus, tokenizer, config.max_length, output_dir / CACHE_DIR,
-                                     show_progress=show_progress and accelerator.is_main_process)
+    teacher, dataset = main_process_first(accelerator, lambda: (
+        AutoModel.from_pretrained(check_model_dir(teacher_dir, "--teacher"), dtype=torch.float32).eval(),
+        build_corpus_cache(corpus, tokenizer, config.max_length, output_dir / CACHE_DIR,
+                           show_progress=show_progress and accelerator.is_main_process)))
     student_model = build_student(student, teacher, None, layers=config.layers)
     layers_s, layers_t = student_model.config.num_hidden_layers, teacher.config.num_hidden_layers
     layer_map = choose_layer_map(config.layer_map, layers_s, layers_t)
     distiller = IntermediateDistiller(student_model, teacher.to(accelerator.device), layer_map, config.weights,
                                       config.shared_projection)
     # a new seeded order every epoch, as the reference code samples: batches from many documents
-    sampler = EpochSampler(len(dataset), training.batch_size, training.seed)
-    loader = DataLoader(dataset, batch_size=training.batch_size, sampler=sampler,
-                        collate_fn=DataCollatorWithPadding(tokenizer))
+    loader = train_loader(dataset, tokenizer, training.batch_size, training.seed, group_by_length=False)
     if config.max_steps:
         steps_per_epoch = len(loader) / training.gradient_accumulation_steps / accelerator.num_processes
         training = replace(training, epochs=min(training.epochs, config.max_steps / steps_per_epoch))
@@ -96,4 +94,5 @@ def general_distill(teacher_dir: str | os.PathLike, corpus: list[str | os.PathLi
                 layers_s, len(dataset), layer_map)
     return run_training(output_dir=output_dir, config=training, module=distiller, train_loader=loader,
                         compute_losses=lambda module, batch: module(batch), on_improved=save,
-                        accelerator=accelerator, description="general distillation")
+                        accelerator=accelerator, description="general distillation",
+                        inputs={"corpus": dataset.fingerprint})

@@ -19,9 +19,10 @@ def attention_loss(student_scores: torch.Tensor, teacher_scores: torch.Tensor,
     if student_scores.shape[1] != teacher_scores.shape[1]:
         raise ValueError(f"the attention loss needs equal head counts: student {student_scores.shape[1]}, "
                          f"teacher {teacher_scores.shape[1]}")
-    mask = attention_mask.to(student_scores.dtype)
+    mask = attention_mask.float()
     valid = mask[:, None, :, None] * mask[:, None, None, :]  # (batch, 1, queries, keys)
-    squared = (student_scores - teacher_scores.to(student_scores.dtype)) ** 2 * valid
+    # in float32: under bf16 the student's scores are half precision, the teacher's targets must not be
+    squared = (student_scores.float() - teacher_scores.float()) ** 2 * valid
     return squared.sum() / (valid.sum() * student_scores.shape[1])
 
 
@@ -30,8 +31,8 @@ def hidden_loss(student_hidden: torch.Tensor, teacher_hidden: torch.Tensor, atte
     """MSE(H_S·W, H_T) over real tokens and hidden units; ``projection`` is W (None when the
     widths are equal and no projection is wanted)."""
     projected = projection(student_hidden) if projection is not None else student_hidden
-    mask = attention_mask.to(projected.dtype)[..., None]
-    squared = (projected - teacher_hidden.to(projected.dtype)) ** 2 * mask
+    mask = attention_mask.float()[..., None]
+    squared = (projected.float() - teacher_hidden.float()) ** 2 * mask  # in float32, as the attention loss
     return squared.sum() / (mask.sum() * projected.shape[-1])
 
 

@@ -38,8 +38,16 @@ class MetricAccumulator:
         self.label_space = label_space
         self.confusion = np.zeros((label_space.num_labels, label_space.num_labels), dtype=np.int64)
         self.scores: list[np.ndarray] = []
+        self.count = 0
+
+    def merge(self, other: "MetricAccumulator") -> None:
+        """Adds another process's share of the same evaluation."""
+        self.confusion += other.confusion
+        self.scores += other.scores
+        self.count += other.count
 
     def add(self, logits: np.ndarray, labels: np.ndarray) -> None:
+        self.count += len(labels)
         if self.label_space.is_regression:
             self.scores.append(np.stack([logits.reshape(-1), labels.reshape(-1)]).astype(np.float32))
         else:

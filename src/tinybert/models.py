@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoModelForSequenceClassification
 
+from .artifacts import digest_files
 from .data import LabelSpace
 from .errors import InputError
 from .legacy import resolve_model_dir
@@ -56,8 +57,9 @@ def load_classifier(model_dir: str | os.PathLike, label_space: LabelSpace | None
             f"the data has {label_space.names or 'regression'}",
             path=path, fix="fine-tune from the base encoder, or use data with the model's labels")
     extra = {} if stored is not None or label_space is None else label_space.config_fields()
-    model = AutoModelForSequenceClassification.from_pretrained(path, **extra)
-    return model
+    # trainable weights in float32 whatever the checkpoint was saved in (transformers 5 keeps an
+    # fp16/bf16 checkpoint's dtype, and AdamW on half-precision weights loses the updates)
+    return AutoModelForSequenceClassification.from_pretrained(path, dtype=torch.float32, **extra)
 
 
 def save_model_dir(model, tokenizer, output_dir: str | os.PathLike) -> None:
@@ -72,6 +74,16 @@ def save_model_dir(model, tokenizer, output_dir: str | os.PathLike) -> None:
     for item in staging.iterdir():
         os.replace(item, output_dir / item.name)
     staging.rmdir()
+
+
+# files a run leaves beside a model: they say how it was made, not what it computes
+RUN_RECORDS = ("train_log.jsonl", "training_state.json", "pipeline_stage.json", "pipeline_started.json")
+
+
+def digest_model_dir(path: str | os.PathLike) -> str:
+    """A fingerprint of what a model directory holds (config, weights, tokenizer, projections)."""
+    path = check_model_dir(path)
+    return digest_files([item for item in path.iterdir() if item.is_file() and item.name not in RUN_RECORDS], root=path)
 
 
 def count_parameters(model: torch.nn.Module) -> int:

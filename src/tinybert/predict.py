@@ -15,6 +15,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from . import evaluation
+from .artifacts import atomic_file
 from .data import DataOptions, Example, TaskData, encode, report_bad_lines
 from .errors import InputError
 from .export import ONNX_FILE, OnnxClassifier
@@ -74,7 +75,17 @@ def predict_file(model: str | os.PathLike, input_path: str | os.PathLike, output
     if options.max_examples:
         rows = itertools.islice(rows, options.max_examples)
     as_jsonl = output_path is not None and str(output_path).endswith(".jsonl")
-    handle = open(output_path, "w", encoding="utf-8") if output_path else sys.stdout
+    if output_path is None:
+        return _predict_rows(predictor, tokenizer, label_space, layout, rows, sys.stdout, as_jsonl, input_path,
+                             batch_size, max_length, options, show_progress)
+    # written under a temporary name, a chunk at a time: a bad line stops it with nothing left behind
+    with atomic_file(output_path) as temporary, open(temporary, "w", encoding="utf-8") as handle:
+        return _predict_rows(predictor, tokenizer, label_space, layout, rows, handle, as_jsonl, input_path,
+                             batch_size, max_length, options, show_progress)
+
+
+def _predict_rows(predictor, tokenizer, label_space, layout, rows, handle, as_jsonl: bool, input_path,
+                  batch_size: int, max_length: int, options: DataOptions, show_progress: bool) -> int:
     names = label_space.names
     if not as_jsonl:
         columns = ["text", "text_b"] if layout.has_pairs else ["text"]
@@ -97,8 +108,6 @@ def predict_file(model: str | os.PathLike, input_path: str | os.PathLike, output
             bar.update(len(examples))
     finally:
         bar.close()
-        if handle is not sys.stdout:
-            handle.close()
     return count
 
 

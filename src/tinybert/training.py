@@ -15,23 +15,28 @@ import os
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Callable, Literal, TypeVar
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DistributedDataParallelKwargs, set_seed
+from accelerate.state import AcceleratorState
+from accelerate.utils import DistributedDataParallelKwargs, broadcast_object_list, set_seed
 from tqdm.auto import tqdm
 from transformers import get_constant_schedule_with_warmup, get_linear_schedule_with_warmup
 
 from .artifacts import atomic_write, write_json
 from .data import DataOptions
+from .errors import InputError
 from .settings import group, option
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 STATE_FILE = "training_state.json"
 LOG_FILE = "train_log.jsonl"
 CHECKPOINT_DIR = "checkpoint"
+# settings that do not change the trained weights, so a checkpoint may resume under other values
+RESUME_NEUTRAL = frozenset({"checkpoint_every", "log_every"})
 
 
 @dataclass
@@ -65,11 +70,37 @@ def make_accelerator(config: TrainingConfig) -> Accelerator:
     # Distillation leaves the student's pooler and task head out of the loss: DDP must allow that.
     # Under torchrun without GPUs accelerate only goes distributed (gloo) when told it is on CPU.
     multi_cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
+    # All stages of a pipeline run in one process, and accelerate keeps one global state that a
+    # second Accelerator with another mixed precision may not change: start that state afresh
+    # (the process group, in PartialState, stays).
+    AcceleratorState._reset_state()
     # The schedule counts optimizer steps of the whole run: we step it ourselves, once per step
     # (accelerate would otherwise step it once per process).
     return Accelerator(cpu=multi_cpu, mixed_precision=config.mixed_precision, step_scheduler_with_optimizer=False,
                        gradient_accumulation_steps=config.gradient_accumulation_steps,
                        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+
+
+def main_process_first(accelerator: Accelerator, build: Callable[[], T]) -> T:
+    """``build()`` on the main process, then on the others (which find what it made, e.g. a cache).
+    When it fails on the main process the others stop with one message instead of waiting for it
+    (accelerate's ``main_process_first`` leaves them at a barrier the main process never reaches)."""
+    if accelerator.num_processes == 1:
+        return build()
+    result, failure = None, None
+    if accelerator.is_main_process:
+        try:
+            result = build()
+        except BaseException as error:  # re-raised below, once the others know
+            failure = error
+    # the main process's message goes to all: the launcher may stop the main process before it prints
+    message = None if failure is None else str(failure) if isinstance(failure, InputError) else repr(failure)
+    message = broadcast_object_list([message])[0]
+    if failure is not None:
+        raise failure
+    if message is not None:
+        raise InputError("the main process stopped: " + message.replace("\n", "\n  "))
+    return build() if not accelerator.is_main_process else result
 
 
 def optimizer_groups(module: torch.nn.Module, weight_decay: float) -> list[dict]:
@@ -91,13 +122,15 @@ def run_training(*, output_dir: str | os.PathLike, config: TrainingConfig, modul
                  train_loader, compute_losses: Callable[[torch.nn.Module, dict], dict],
                  evaluate: Callable[[torch.nn.Module], dict] | None = None, metric: str | None = None,
                  on_improved: Callable[[torch.nn.Module, dict], None],
-                 accelerator: Accelerator | None = None, description: str = "training") -> dict:
+                 accelerator: Accelerator | None = None, description: str = "training",
+                 inputs: dict | None = None) -> dict:
     """Train ``module`` and return a summary (best metrics, history).
 
     ``compute_losses(module, batch)`` returns a dict with the total ``"loss"`` and any parts to
     log. ``evaluate(unwrapped_module)`` returns metrics after each epoch; ``on_improved`` is
     called with the unwrapped module when ``metric`` improves (or at the end without evaluation).
-    Re-running with the same ``output_dir`` resumes from the last checkpoint.
+    Re-running with the same ``output_dir`` resumes from the last checkpoint, if it was made with
+    the same settings and ``inputs`` (the data's fingerprint, ...): otherwise it is an error.
     """
     output_dir = Path(output_dir)
     accelerator = accelerator or make_accelerator(config)
@@ -119,14 +152,24 @@ def run_training(*, output_dir: str | os.PathLike, config: TrainingConfig, modul
         raise ValueError(f"unknown schedule {config.schedule!r}: use 'linear' or 'constant'")
     module, optimizer, loader, scheduler = accelerator.prepare(module, optimizer, train_loader, scheduler)
 
-    state = {"global_step": 0, "epoch": 0, "batch_in_epoch": 0, "best": None, "history": []}
+    run_inputs = json.loads(json.dumps({"training": {k: v for k, v in asdict(config).items() if k not in RESUME_NEUTRAL},
+                                        "processes": accelerator.num_processes, **(inputs or {})}, default=str))
+    state = {"global_step": 0, "epoch": 0, "batch_in_epoch": 0, "best": None, "history": [], "inputs": run_inputs}
+    previous = output_dir / (CHECKPOINT_DIR + ".old")
+    if previous.is_dir() and not checkpoint.is_dir():  # killed between the two renames of a checkpoint swap
+        os.replace(previous, checkpoint)
     if (checkpoint / STATE_FILE).is_file():
+        saved = json.loads((checkpoint / STATE_FILE).read_text())
+        changes = _changes(saved.get("inputs", {}), run_inputs)
+        if changes:
+            raise InputError(f"the checkpoint in {checkpoint} was made with other settings: {changes}",
+                             fix=f"run with the settings it was made with, or delete {checkpoint} to train from the start")
         accelerator.load_state(str(checkpoint))
-        state = json.loads((checkpoint / STATE_FILE).read_text())
+        state = saved
         logger.info("resuming %s from step %d (epoch %d, batch %d)", output_dir, state["global_step"],
                     state["epoch"] + 1, state["batch_in_epoch"])
-        if accelerator.is_main_process:
-            _truncate_log(output_dir / LOG_FILE, state["global_step"])
+    if accelerator.is_main_process:  # a run starting afresh keeps no lines of an earlier attempt
+        _truncate_log(output_dir / LOG_FILE, state["global_step"])
 
     log_file = open(output_dir / LOG_FILE, "a") if accelerator.is_main_process else None
     progress = tqdm(total=total_steps, initial=state["global_step"], desc=description, unit="step",
@@ -142,8 +185,12 @@ def run_training(*, output_dir: str | os.PathLike, config: TrainingConfig, modul
         accelerator.save_state(str(temporary))
         if accelerator.is_main_process:
             (temporary / STATE_FILE).write_text(json.dumps(state))
-            shutil.rmtree(checkpoint, ignore_errors=True)
+            # swap by two renames: a kill at any point leaves a complete checkpoint to resume from
+            shutil.rmtree(previous, ignore_errors=True)
+            if checkpoint.is_dir():
+                os.replace(checkpoint, previous)
             os.replace(temporary, checkpoint)
+            shutil.rmtree(previous, ignore_errors=True)
         accelerator.wait_for_everyone()
 
     def log(record: dict) -> None:
@@ -201,6 +248,7 @@ def run_training(*, output_dir: str | os.PathLike, config: TrainingConfig, modul
             log_file.close()
         write_json(output_dir / STATE_FILE, summary)
         shutil.rmtree(checkpoint, ignore_errors=True)
+        shutil.rmtree(previous, ignore_errors=True)
     accelerator.wait_for_everyone()
     return summary
 
@@ -227,9 +275,27 @@ def _end_of_epoch(state, accelerator, module, evaluate, metric, on_improved, log
     accelerator.wait_for_everyone()
 
 
+def _changes(old: dict, new: dict) -> str:
+    """``name old → new`` for each setting that differs (by its last name)."""
+    def flat(value, prefix=""):
+        if isinstance(value, dict):
+            return {k: v for key, item in value.items() for k, v in flat(item, f"{prefix}{key}.").items()}
+        return {prefix.rstrip("."): value}
+    before, after = flat(old), flat(new)
+    keys = list(after) + [key for key in before if key not in after]
+    return ", ".join(f"{key.rsplit('.', 1)[-1]} {before.get(key)} → {after.get(key)}"
+                     for key in keys if before.get(key) != after.get(key))
+
+
 def _truncate_log(path: Path, last_step: int) -> None:
     """Drops log lines written after the checkpoint a resumed run restarts from."""
     if not path.is_file():
         return
-    kept = [line for line in path.read_text().splitlines() if json.loads(line).get("step", 0) <= last_step]
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line).get("step", 0) <= last_step:
+                kept.append(line)
+        except json.JSONDecodeError:  # the half-written last line of a killed run
+            continue
     atomic_write(path, "".join(line + "\n" for line in kept))

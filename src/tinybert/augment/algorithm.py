@@ -112,6 +112,6 @@ def build_augmenter(config: AugmentConfig, mlm_dir: str | os.PathLike | None,
     if word_vectors is None:
         logger.warning("no word vectors given: words of several WordPieces stay as they are "
                        "(pass --word-vectors to vary them too)")
-    lowercase = bool(mlm and mlm.tokenizer.backend_tokenizer.normalizer.normalize_str("A") == "a")
+    lowercase = bool(mlm and WordSplitter(mlm.tokenizer).lowercases)
     vectors = WordVectors.load(word_vectors, lowercase=lowercase) if word_vectors else None
     return Augmenter(config, mlm, vectors)

@@ -4,7 +4,6 @@ format; streamed, and resumed after a kill from the last finished chunk of rows.
 from __future__ import annotations
 
 import itertools
-import json
 import logging
 import os
 import random
@@ -14,13 +13,23 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from ..artifacts import write_json
+from ..artifacts import Stamp, digest_file
 from ..data import DataOptions, count_lines, format_row, header_line, report_bad_lines
 from ..errors import InputError
+from ..models import digest_model_dir
 from ..settings import group, option
 from .algorithm import OUTPUT_NEUTRAL_SETTINGS, AugmentConfig, Augmenter, build_augmenter
 
 logger = logging.getLogger(__name__)
+
+
+def _check_rows(path: str, options: DataOptions) -> None:
+    """Reads the rows once without augmenting: malformed ones are an error (unless skipped) before
+    anything is written, not after hours of work."""
+    _, rows = options.open(path, require_labels=False)
+    bad = [(row.line, row.problem) for row in itertools.islice(rows, options.max_examples) if row.problem]
+    if bad:
+        report_bad_lines(path, bad, options.skip_bad_lines)
 
 
 def augment_file(input_path: str | os.PathLike, output_path: str | os.PathLike, *,
@@ -44,16 +53,19 @@ def augment_file(input_path: str | os.PathLike, output_path: str | os.PathLike, 
     if config.field == "second" and not layout.has_pairs:
         raise InputError("--field second needs sentence pairs", path=input_path,
                          fix="drop --field second, or give a file of pairs")
+    _check_rows(input_path, options)  # a bad line near the end stops the run before any work
     augmenter = augmenter or build_augmenter(config, mlm_dir, word_vectors)
 
-    fingerprint = {"input": os.path.abspath(input_path), "size": os.path.getsize(input_path),
-                   "config": {k: v for k, v in vars(config).items() if k not in OUTPUT_NEUTRAL_SETTINGS}}
-    state = {"rows": 0, "bytes": 0, "written": 0, "skipped": []}
-    if partial.exists() and progress_file.exists():
-        saved = json.loads(progress_file.read_text())
-        if saved["fingerprint"] == fingerprint:
-            state = saved["state"]
-            logger.info("resuming %s after %d rows", output_path, state["rows"])
+    # what the output is made of: the input's content, the candidates' sources, the settings
+    inputs = {"input": digest_file(input_path), "mlm": digest_model_dir(mlm_dir) if mlm_dir else None,
+              "word_vectors": digest_file(word_vectors) if word_vectors else None,
+              "config": {k: v for k, v in vars(config).items() if k not in OUTPUT_NEUTRAL_SETTINGS},
+              "reading": vars(options)}
+    progress = Stamp(progress_file)
+    state = {"rows": 0, "bytes": 0, "written": 0}
+    if partial.exists() and progress.matches(inputs):
+        state = progress.read()["state"]
+        logger.info("resuming %s after %d rows", output_path, state["rows"])
     output_path.parent.mkdir(parents=True, exist_ok=True)
     handle = open(partial, "r+b" if state["bytes"] else "wb")
     handle.truncate(state["bytes"])
@@ -72,15 +84,7 @@ def augment_file(input_path: str | os.PathLike, output_path: str | os.PathLike, 
     chunk = []
 
     def flush(chunk):
-        good = [row for row in chunk if row.example is not None]
-        for row in chunk:
-            if row.problem:
-                if not options.skip_bad_lines:
-                    handle.close()
-                    partial.unlink(missing_ok=True)
-                    progress_file.unlink(missing_ok=True)
-                    report_bad_lines(input_path, [(row.line, row.problem)], False)
-                state["skipped"].append(row.line)
+        good = [row for row in chunk if row.example is not None]  # the others: skipped, reported before
         second = config.field == "second"
         first_copied = len(good)
         if config.augment_first is not None:
@@ -101,7 +105,7 @@ def augment_file(input_path: str | os.PathLike, output_path: str | os.PathLike, 
         os.fsync(handle.fileno())
         state["rows"] += len(chunk)
         state["bytes"] = handle.tell()
-        write_json(progress_file, {"fingerprint": fingerprint, "state": state})
+        progress.write(inputs, state=state)
         bar.update(len(chunk))
 
     for row in data_rows:
@@ -115,9 +119,6 @@ def augment_file(input_path: str | os.PathLike, output_path: str | os.PathLike, 
     handle.close()
     os.replace(partial, output_path)
     progress_file.unlink(missing_ok=True)
-    if state["skipped"]:
-        logger.warning("%s: skipped %d malformed line(s) (first: %s)", input_path, len(state["skipped"]),
-                       ", ".join(map(str, state["skipped"][:5])))
     seconds = time.perf_counter() - started
     return {"rows": state["rows"], "written": state["written"], "seconds": seconds,
             "rows_per_s": (state["rows"] - done_before) / seconds if seconds else None, "complete": True}

@@ -15,6 +15,7 @@ from typing import Literal
 
 import numpy as np
 import torch
+from tokenizers import models
 from transformers import AutoModelForMaskedLM, AutoTokenizer
 
 from ..errors import InputError
@@ -27,6 +28,19 @@ MLMRuntime = Literal["auto", "torch", "onnxruntime"]
 MLM_RUNTIMES = typing.get_args(MLMRuntime)
 
 
+def whole_word(tokenizer, token: str) -> str:
+    """The word a vocabulary entry stands for when it starts one, else "": WordPiece marks the
+    pieces that continue a word (``##``), byte-level BPE and SentencePiece the ones that start
+    one (``Ġ``, ``▁``)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None or isinstance(backend.model, models.WordPiece):  # a slow tokenizer is a BERT one
+        prefix = backend.model.continuing_subword_prefix if backend is not None else "##"
+        return "" if token.startswith(prefix) else token
+    if token[:1] in ("Ġ", "▁"):
+        return tokenizer.convert_tokens_to_string([token]).strip()
+    return ""
+
+
 class MaskedLMCandidates:
     """Top-K whole-word predictions of a masked LM for single-piece words, batched."""
 
@@ -37,8 +51,12 @@ class MaskedLMCandidates:
             raise InputError("no masked LM here (config.json missing)", path=path,
                              fix="pass --mlm a local AutoModelForMaskedLM directory, e.g. bert-base-uncased")
         self.tokenizer = AutoTokenizer.from_pretrained(path)
+        if getattr(self.tokenizer, "add_prefix_space", None) is False:
+            # byte-level BPE (RoBERTa, GPT-2) marks a word's start by its leading space: words given
+            # one by one need it added
+            self.tokenizer = AutoTokenizer.from_pretrained(path, add_prefix_space=True)
         try:
-            self.model = AutoModelForMaskedLM.from_pretrained(path).eval()
+            self.model = AutoModelForMaskedLM.from_pretrained(path, dtype=torch.float32).eval()
         except (OSError, ValueError) as error:
             raise InputError(f"cannot load a masked LM ({error})", path=path,
                              fix="pass --mlm a directory that AutoModelForMaskedLM loads") from None
@@ -47,15 +65,22 @@ class MaskedLMCandidates:
         self.k = k
         self.batch_size = batch_size
         self.max_length = min(self.tokenizer.model_max_length, self.model.config.max_position_embeddings)
-        vocabulary = self.tokenizer.convert_ids_to_tokens(list(range(len(self.tokenizer))))
-        special = set(self.tokenizer.all_special_ids)
-        plain = torch.tensor([i not in special and is_candidate_token(t) for i, t in enumerate(vocabulary)])
-        cjk = torch.tensor([is_cjk(token) for token in vocabulary])
         logits_width = self.model.get_output_embeddings().weight.shape[0]
+        if len(self.tokenizer) > logits_width:
+            raise InputError(f"the masked LM's tokenizer has {len(self.tokenizer):,} entries but the model's "
+                             f"vocabulary has {logits_width:,}", path=path,
+                             fix="pass --mlm a directory whose tokenizer is the one the model was trained with")
+        # the whole word each vocabulary entry stands for ("" where it is only part of a word);
+        # rows beyond the tokenizer (a vocabulary padded to a round size) are never candidates
+        special = set(self.tokenizer.all_special_ids)
+        tokens = self.tokenizer.convert_ids_to_tokens(list(range(len(self.tokenizer))))
+        self.vocabulary = [whole_word(self.tokenizer, token) if i not in special else "" for i, token in enumerate(tokens)]
+        self.vocabulary += [""] * (logits_width - len(self.vocabulary))
+        plain = torch.tensor([is_candidate_token(word) for word in self.vocabulary])
+        cjk = torch.tensor([is_cjk(word) for word in self.vocabulary])
         # rows of allowed vocabulary: for CJK words only CJK characters, for others only non-CJK words
-        self.allowed = torch.stack([plain & ~cjk, plain & cjk])[:, :logits_width].to(self.device)
+        self.allowed = torch.stack([plain & ~cjk, plain & cjk]).to(self.device)
         self.special_tokens = frozenset(self.tokenizer.all_special_tokens)
-        self.vocabulary = vocabulary
         head = getattr(self.model, "cls", None) or getattr(self.model, "lm_head", None)
         self._at_mask = _LogitsAtMask(self.model.base_model, head).eval() if head is not None else None
         if runtime not in MLM_RUNTIMES:
@@ -122,7 +147,7 @@ class MaskedLMCandidates:
             return unavailable("its masked-LM head is not one tinybert knows")
         sample = self.tokenizer(["a short example", "one more , rather longer , example sentence ."],
                                 padding=True, return_tensors="pt")["input_ids"]
-        positions = torch.tensor([2, 3])
+        positions = torch.tensor([1, min(3, sample.shape[1] - 1)])
         started = time.perf_counter()
         graph = io.BytesIO()
         try:

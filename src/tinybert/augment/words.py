@@ -41,24 +41,28 @@ def is_eligible(word: str, special_tokens: frozenset[str] = frozenset()) -> bool
                 or _NUMBER.match(word) or _BRACKETED.match(word))
 
 
-def is_candidate_token(token: str) -> bool:
-    """A vocabulary entry that can stand in for a whole word."""
-    return (not token.startswith("##") and not _BRACKETED.match(token)
-            and any(char.isalpha() for char in token))
+def is_candidate_token(word: str) -> bool:
+    """A word (of a vocabulary entry) that can stand in for another."""
+    return not _BRACKETED.match(word) and any(char.isalpha() for char in word) and " " not in word
 
 
 class WordSplitter:
-    """BERT's basic tokenisation: the masked LM's own normaliser and pre-tokeniser when there is
-    one (lower-casing, accents, CJK characters split apart), otherwise BERT's defaults without
-    lower-casing."""
+    """BERT's basic tokenisation: a BERT-style masked LM's own normaliser and pre-tokeniser
+    (lower-casing, accents, CJK characters split apart), otherwise BERT's defaults without
+    lower-casing (a byte-level BPE pre-tokeniser would keep its space markers in the words)."""
 
     def __init__(self, tokenizer=None):
         backend = getattr(tokenizer, "backend_tokenizer", None)
-        if backend is not None and backend.normalizer is not None and backend.pre_tokenizer is not None:
+        if backend is not None and backend.normalizer is not None and \
+                isinstance(backend.pre_tokenizer, pre_tokenizers.BertPreTokenizer):
             self.normalizer, self.pre_tokenizer = backend.normalizer, backend.pre_tokenizer
         else:
             self.normalizer = normalizers.BertNormalizer(lowercase=False, strip_accents=False)
             self.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+
+    @property
+    def lowercases(self) -> bool:
+        return self.normalizer.normalize_str("A") == "a"
 
     def split(self, text: str) -> list[str]:
         return [word for word, _ in self.pre_tokenizer.pre_tokenize_str(self.normalizer.normalize_str(text))]

@@ -8,9 +8,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+import torch
+from tokenizers import Tokenizer
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
-from tokenizers import Tokenizer
 from transformers import DataCollatorWithPadding, PreTrainedTokenizerBase
 
 from .formats import TaskData
@@ -113,16 +114,27 @@ def encode(data: TaskData, tokenizer: PreTrainedTokenizerBase, max_length: int,
     return EncodedData(features, lengths, truncated)
 
 
-def train_loader(dataset, tokenizer, batch_size: int, seed: int = 0) -> DataLoader:
-    """Batches of similar lengths in a new seeded order every epoch (``loader.sampler.set_epoch``).
-    ``dataset`` is an ``EncodedData`` or a ``TokenCache`` (anything indexable with ``lengths``)."""
-    sampler = EpochSampler(len(dataset), batch_size, seed, lengths=dataset.lengths)
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=DataCollatorWithPadding(tokenizer))
+def train_loader(dataset, tokenizer, batch_size: int, seed: int = 0, group_by_length: bool = True) -> DataLoader:
+    """Batches in a new seeded order every epoch (``loader.sampler.set_epoch``), of similar lengths
+    unless ``group_by_length`` is False. ``dataset`` is an ``EncodedData`` or a ``TokenCache``
+    (anything indexable with ``lengths``), or the corpus of general distillation."""
+    sampler = EpochSampler(len(dataset), batch_size, seed, lengths=dataset.lengths if group_by_length else None)
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=DataCollatorWithPadding(tokenizer),
+                      generator=_own_generator(seed))
 
 
-def eval_loader(dataset, tokenizer, batch_size: int) -> tuple[DataLoader, Iterator[int]]:
+def _own_generator(seed: int = 0) -> torch.Generator:
+    """A DataLoader draws a seed from its generator each time it is iterated, from torch's global
+    one unless it has its own: that draw would shift the dropout masks of a run resumed mid-epoch
+    (its loader starts mid-epoch, the uninterrupted one started at the epoch's beginning)."""
+    return torch.Generator().manual_seed(seed)
+
+
+def eval_loader(dataset, tokenizer, batch_size: int, shard: tuple[int, int] = (0, 1)) -> tuple[DataLoader, Iterator[int]]:
     """Batches of examples sorted by length, made as they are read (any number of examples), and
-    the order they come in (an iterator), to put predictions back in file order."""
-    batches = SortedBatches(dataset.lengths, batch_size)
-    loader = DataLoader(dataset, batch_sampler=batches, collate_fn=DataCollatorWithPadding(tokenizer))
+    the order they come in (an iterator), to put predictions back in file order. ``shard``: (this
+    process, processes) takes every processes-th batch."""
+    batches = SortedBatches(dataset.lengths, batch_size, shard)
+    loader = DataLoader(dataset, batch_sampler=batches, collate_fn=DataCollatorWithPadding(tokenizer),
+                        generator=_own_generator())
     return loader, itertools.chain.from_iterable(batches)

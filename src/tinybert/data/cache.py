@@ -31,7 +31,7 @@ from ..artifacts import Stamp, cache_root, digest, digest_file, read_json, stage
 from ..errors import InputError
 from ..tokenizer import tokenizer_digest
 from .formats import report_bad_lines
-from .options import DataOptions, count_lines
+from .options import DataOptions, TaskLabels, count_lines
 from .labels import LabelSpace
 from .batching import TextEncoder, warn_truncated
 
@@ -63,12 +63,13 @@ class TokenCache(Dataset):
         return self.count
 
     @property
-    def raw_labels(self) -> set[str]:
-        """The distinct labels of the examples in view, as written in the file."""
+    def raw_labels(self) -> dict[str, int]:
+        """The distinct labels of the examples in view, as written in the file, with their first line."""
+        table = dict(zip(self.meta["labels"], self.meta["label_lines"]))
         if self.count == self.meta["examples"]:
-            return set(self.meta["labels"])
+            return table
         used = np.unique(np.fromfile(self.directory / "labels.bin", dtype="<i4", count=self.count))
-        return {self.meta["labels"][i] for i in used}
+        return {self.meta["labels"][i]: self.meta["label_lines"][i] for i in used}
 
     def first(self, count: int | None) -> "TokenCache":
         """A view of the first ``count`` examples (all when None)."""
@@ -106,6 +107,13 @@ class TokenCache(Dataset):
             label = int(np.frombuffer(os.pread(labels, 4, 4 * index), dtype="<i4")[0])
             feature["labels"] = self._label_values[label]
         return feature
+
+
+def data_fingerprints(train: TokenCache, dev: TokenCache | None) -> dict:
+    """What a training checkpoint must have been made from to be resumed: the same examples of the
+    same files, tokenised the same way."""
+    return {"train": train.meta["fingerprint"], "examples": len(train),
+            "eval": dev.meta["fingerprint"] if dev is not None else None}
 
 
 def task_cache(path: str | os.PathLike, tokenizer, max_length: int, options: DataOptions,
@@ -188,6 +196,7 @@ def _build(path: Path, tokenizer, max_length: int, options: DataOptions, staging
         report_bad_lines(str(path), bad, False, total=skipped)
     if not examples:
         raise InputError("no usable examples", path=path, fix="check the file's format and columns")
+    LabelSpace.infer(TaskLabels(str(path), dict(zip(table, first_lines))))  # labels no model can read: stop here
     return {"source": str(path), "examples": examples, "tokens": position, "pairs": pairs,
             "id_dtype": id_dtype.str, "length_dtype": length_dtype.str, "token_types": pairs or "token_type_ids" in tokenizer.model_input_names,
             "labels": list(table), "label_lines": first_lines, "truncated": truncated,

@@ -34,6 +34,7 @@ class CorpusCache(Dataset):
 
     def __init__(self, directory: Path):
         meta = read_json(directory / META_FILE)
+        self.fingerprint = meta["fingerprint"]
         self.cls_id, self.sep_id = meta["cls_id"], meta["sep_id"]
         self.count = meta["examples"]
         self.tokens_path = directory / "tokens.bin"

@@ -63,9 +63,13 @@ class TaskData:
         return any(example.text_b is not None for example in self.examples)
 
     @property
-    def raw_labels(self) -> set[str]:
-        """The distinct labels, as written in the file."""
-        return {example.label for example in self.examples if example.label is not None}
+    def raw_labels(self) -> dict[str, int]:
+        """The distinct labels, as written in the file, with the line each first appears on."""
+        labels: dict[str, int] = {}
+        for example in self.examples:
+            if example.label is not None:
+                labels.setdefault(example.label, example.line)
+        return labels
 
     def __len__(self) -> int:
         return len(self.examples)

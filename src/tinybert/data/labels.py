@@ -11,6 +11,14 @@ from .formats import Example, is_float
 INT_LABEL = re.compile(r"^[+-]?\d+$")
 
 
+def _parses_as_number(value: str) -> bool:
+    try:
+        float(value)
+        return True
+    except ValueError:
+        return False
+
+
 @dataclass
 class LabelSpace:
     """The task's labels: an ordered list of class names, or a single regression target."""
@@ -34,6 +42,11 @@ class LabelSpace:
         raw = data.raw_labels
         if not raw:
             raise InputError("no labelled examples", path=data.path, fix="check the file is not empty")
+        numbers = {value: line for value, line in raw.items() if _parses_as_number(value)}
+        if len(numbers) == len(raw) and not all(is_float(value) for value in raw):
+            value, line = next((v, line) for v, line in numbers.items() if not is_float(v))
+            raise InputError(f"the score {value!r} is not a finite number", path=data.path, line=line,
+                             fix="give every example a real score, or leave that line out")
         if all(INT_LABEL.match(value) for value in raw):
             return cls("classification", [str(v) for v in sorted({int(value) for value in raw})])
         if all(is_float(value) for value in raw):
@@ -44,7 +57,11 @@ class LabelSpace:
     def from_config(cls, config) -> "LabelSpace":
         if getattr(config, "problem_type", None) == "regression" or config.num_labels == 1:
             return cls("regression")
-        return cls("classification", [config.id2label[i] for i in range(config.num_labels)])
+        names = [config.id2label[i] for i in range(config.num_labels)]
+        if names == [f"LABEL_{i}" for i in range(config.num_labels)]:
+            # transformers' names for labels nobody named: class i is what the data calls i
+            names = [str(i) for i in range(config.num_labels)]
+        return cls("classification", names)
 
     def config_fields(self) -> dict:
         """Keyword arguments for a transformers config that store this label space."""

@@ -32,13 +32,16 @@ class DataOptions:
         """The distinct labels of a file (of its first ``max_examples`` rows), read streaming."""
         _, rows = self.open(path)
         examples = (row.example for row in rows if row.example is not None)
-        return TaskLabels(str(path), {example.label for example in itertools.islice(examples, self.max_examples)})
+        labels: dict[str, int] = {}
+        for example in itertools.islice(examples, self.max_examples):
+            labels.setdefault(example.label, example.line)
+        return TaskLabels(str(path), labels)
 
 
 @dataclass
 class TaskLabels:
     path: str
-    raw_labels: set[str]
+    raw_labels: dict[str, int]  # label as written → the line it first appears on
 
 
 def count_lines(path: str | os.PathLike) -> int:

@@ -3,6 +3,7 @@ evaluation batches; both lazy, in memory a few bytes per example whatever the da
 
 from __future__ import annotations
 
+import itertools
 from typing import Iterator, Sequence
 
 import numpy as np
@@ -61,15 +62,20 @@ class SortedBatches:
     """Batches of similar lengths for evaluation, so little is padded: each window of examples
     (in file order) is sorted by length, so memory stays bounded on any number of examples."""
 
-    def __init__(self, lengths: Sequence[int], batch_size: int):
+    def __init__(self, lengths: Sequence[int], batch_size: int, shard: tuple[int, int] = (0, 1)):
         self.lengths = np.asarray(lengths)
         self.batch_size = batch_size
+        self.index, self.shards = shard  # this process takes every shards-th batch, from the index-th
 
     def __len__(self) -> int:
         windows = range(0, len(self.lengths), _EVAL_WINDOW)
-        return sum(-(-min(_EVAL_WINDOW, len(self.lengths) - start) // self.batch_size) for start in windows)
+        batches = sum(-(-min(_EVAL_WINDOW, len(self.lengths) - start) // self.batch_size) for start in windows)
+        return len(range(self.index, batches, self.shards))
 
     def __iter__(self) -> Iterator[list[int]]:
+        return itertools.islice(self._all(), self.index, None, self.shards)
+
+    def _all(self) -> Iterator[list[int]]:
         for start in range(0, len(self.lengths), _EVAL_WINDOW):
             window = start + np.argsort(self.lengths[start:start + _EVAL_WINDOW], kind="stable")
             for offset in range(0, len(window), self.batch_size):

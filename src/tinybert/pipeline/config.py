@@ -145,6 +145,9 @@ def load_config(path: str | os.PathLike, overrides=(), quick: bool = False) -> C
         text = Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
         raise InputError("config file not found", path=path, fix="check the path (configs/ has examples)") from None
+    except UnicodeDecodeError as error:
+        raise InputError(f"not valid UTF-8 (byte {error.object[error.start]:#04x} at offset {error.start})", path=path,
+                         fix="save the config as UTF-8 text") from None
     try:
         root = yaml.compose(text)
     except yaml.YAMLError as error:

@@ -19,7 +19,7 @@ from ..distill import DistillConfig, build_initial_student
 from ..errors import InputError
 from ..evaluation import evaluate
 from ..export import export_onnx
-from ..models import load_tokenizer, save_model_dir
+from ..models import digest_model_dir, load_tokenizer, save_model_dir
 from ..settings import with_values
 from .config import SECTIONS, STUDENT_SHAPE, Config
 
@@ -87,6 +87,15 @@ class _Run:
         return directory
 
 
+def content_of(value):
+    """What a setting names, by content: a model directory's digest, a file's, else the value (a preset name)."""
+    if isinstance(value, str) and Path(value).is_dir():
+        return {"model": digest_model_dir(value)}
+    if isinstance(value, str) and Path(value).is_file():
+        return {"sha1": digest_file(value)}
+    return value
+
+
 def _data_files(run: _Run) -> dict[str, str]:
     data = run.settings("data")
     files = {name: data[name] for name in ("train", "dev", "test")}
@@ -127,26 +136,33 @@ def run_pipeline(config: Config) -> dict:
     whole_files = replace(reading, max_examples=None)
     results: dict = {"run_dir": str(run.directory), "data": files}
 
-    # the student's starting point: a general student (existing or distilled here) or the preset
+    # The student's starting point: a general student (existing or distilled here) or the preset.
+    # Every stage's fingerprint holds the content of what it reads (the digest of a model
+    # directory, a file, or the fingerprint of the stage that made it), never a path alone.
     finetune, general, intermediate = run.settings("finetune"), run.settings("general"), run.settings("intermediate")
     student_start = general["student_dir"] or intermediate["student"]
+    student_identity = content_of(student_start)
     if general["run"] and not general["student_dir"]:
         if not general["corpus"]:
             raise InputError("general.run is true but general.corpus names no text files", path=config.path,
                              fix="set general.corpus (plain-text files), or general.student_dir, or general.run: false")
         teacher_base = general["teacher"] or finetune["model"]
-        student_start = str(run.stage("general", {"settings": general, "teacher": teacher_base}, lambda d: run.arguments(
+        inputs = {"settings": general, "teacher": content_of(teacher_base), "student": student_identity,
+                  "corpus": [content_of(path) for path in general["corpus"]]}
+        student_start = str(run.stage("general", inputs, lambda d: run.arguments(
             "general", teacher=teacher_base, output=str(d)).run()))
+        student_identity = run.fingerprints["general"]
 
     # the teacher
     if finetune["teacher_dir"]:
         teacher_dir = finetune["teacher_dir"]
-        teacher_identity = {"sha1": digest_file(Path(teacher_dir) / "config.json")}
+        teacher_identity = content_of(teacher_dir)
     else:
         if not finetune["model"]:
             raise InputError("no teacher: set finetune.model (an encoder to fine-tune) or finetune.teacher_dir",
                              path=config.path, fix="e.g. `finetune: {model: bundled:minilm}`")
-        inputs = {"settings": finetune, "data": data_identity, "data_options": data_settings}
+        inputs = {"settings": finetune, "model": content_of(finetune["model"]), "data": data_identity,
+                  "data_options": data_settings}
         teacher_dir = str(run.stage("teacher", inputs, lambda d: run.arguments(
             "finetune", train=files["train"], eval=files["dev"], output=str(d), data_options=reading).run()))
         teacher_identity = run.fingerprints["teacher"]
@@ -159,7 +175,8 @@ def run_pipeline(config: Config) -> dict:
         augmented = "train_aug" + Path(files["train"]).suffix
         not_fingerprinted = {"run", "compare_without"} | OUTPUT_NEUTRAL_SETTINGS
         settings = {key: value for key, value in augment.items() if key not in not_fingerprinted}
-        inputs = {"settings": settings, "data": data_identity["train"], "data_options": data_settings}
+        inputs = {"settings": settings, "data": data_identity["train"], "data_options": data_settings,
+                  "mlm": content_of(augment["mlm"]), "word_vectors": content_of(augment["word_vectors"])}
         augment_options = replace(reading, max_examples=augment["max_examples"])
         augment_dir = run.stage("augment", inputs, lambda d: run.arguments(
             "augment", input=files["train"], output=str(d / augmented), data_options=augment_options).run())
@@ -175,13 +192,13 @@ def run_pipeline(config: Config) -> dict:
     prediction_section = with_values(config.sections["prediction"], shared)
     prediction = run.settings("prediction", prediction_section)
     for suffix, train_file, train_identity in trainings:
-        inputs = {"settings": intermediate, "student": student_start, "teacher": teacher_identity,
+        inputs = {"settings": intermediate, "student": student_identity, "teacher": teacher_identity,
                   "data": train_identity, "data_options": data_settings}
         stage1 = run.stage("intermediate" + suffix, inputs, lambda d, t=train_file: run.arguments(
             "intermediate", teacher=teacher_dir, student=student_start, train=t, output=str(d),
             data_options=reading).run())
         inputs = {"settings": prediction, "stage1": run.fingerprints["intermediate" + suffix],
-                  "dev": data_identity["dev"]}
+                  "teacher": teacher_identity, "data": train_identity, "dev": data_identity["dev"]}
         results["student" + suffix] = str(run.stage("student" + suffix, inputs, lambda d, t=train_file, s=stage1:
                                                     run.arguments("prediction", prediction_section,
                                                                   teacher=teacher_dir, student=str(s), train=t,
@@ -195,7 +212,7 @@ def run_pipeline(config: Config) -> dict:
                   if key in SECTIONS["baseline"].keys and ("baseline", key) not in config.origins}
         baseline_section = with_values(config.sections["baseline"], recipe)
         inputs = {"settings": run.settings("baseline", baseline_section),
-                  "student": {k: intermediate[k] for k in STUDENT_SHAPE}, "student_start": student_start,
+                  "student": {k: intermediate[k] for k in STUDENT_SHAPE}, "student_start": student_identity,
                   "teacher": teacher_identity, "data": data_identity, "data_options": data_settings}
         results["baseline"] = str(run.stage("baseline", inputs, lambda d: _baseline(
             run.arguments("baseline", baseline_section), config.sections["intermediate"].config, teacher_dir,
@@ -205,8 +222,8 @@ def run_pipeline(config: Config) -> dict:
     evaluate_settings = run.settings("evaluate")
     models = {name: results[name] for name in ("teacher", "student", "student_original_data", "baseline")
               if name in results}
-    inputs = {"settings": evaluate_settings, "models": {name: run.fingerprints.get(name, path)
-                                                        for name, path in models.items()},
+    identities = {"teacher": teacher_identity, **{name: run.fingerprints[name] for name in models if name != "teacher"}}
+    inputs = {"settings": evaluate_settings, "models": identities,
               "test": data_identity["test"], "data_options": data_settings}
     evaluation_dir = run.stage("evaluate", inputs, lambda d: _evaluate_all(
         models, files["test"], config.sections["evaluate"], whole_files, d))

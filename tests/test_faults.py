@@ -1,0 +1,154 @@
+"""Fault suite: each long-running command killed with SIGKILL at three seeded random points, then
+run again until it completes, ends with the same weights (or the same output file) as a run that
+was never interrupted. (No dev set: the weights compared are those of the last step, not of
+a best epoch that an early kill might never touch.)
+
+Runs are forked from the test process (no start-up cost) and use one thread, as DataLoader
+workers do after a fork; the uninterrupted run is forked the same way, so all share the arithmetic.
+"""
+
+import json
+import multiprocessing
+import os
+import random
+import signal
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import BertForMaskedLM, BertForSequenceClassification
+
+from conftest import tiny_bert_config, write
+from tinybert.augment import AugmentConfig, augment_file
+from tinybert.distill import DistillConfig, distill
+from tinybert.finetune import FinetuneConfig, finetune
+from tinybert.general import GeneralConfig, general_distill
+from tinybert.training import TrainingConfig
+
+ROWS = "".join(f"{'a great and warm film' if i % 2 else 'a dull , tired mess'} {'really ' * (i % 5)}\t"
+               f"{'pos' if i % 2 else 'neg'}\n" for i in range(64))
+SHAPE = {"num_hidden_layers": 2, "hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 4}
+LABELS = {"num_labels": 2, "id2label": {0: "neg", 1: "pos"}, "label2id": {"neg": 0, "pos": 1}}
+
+
+def _training(**settings):
+    return TrainingConfig(**{"epochs": 3, "batch_size": 8, "learning_rate": 1e-3, "checkpoint_every": 2,
+                             "log_every": 1, **settings})
+
+
+def _child(work) -> None:
+    torch.set_num_threads(1)
+    try:
+        work()
+    except BaseException:  # noqa: BLE001 - reported through the exit code
+        os._exit(1)
+    os._exit(0)
+
+
+def _run(work, progress=None, kill_at=None) -> None:
+    """Runs ``work`` in a forked process; SIGKILLs it once ``progress()`` reaches ``kill_at``."""
+    process = multiprocessing.get_context("fork").Process(target=_child, args=(work,))
+    process.start()
+    while kill_at is not None and process.is_alive():
+        if progress() >= kill_at:
+            os.kill(process.pid, signal.SIGKILL)
+            break
+        time.sleep(0.005)
+    process.join()
+    assert kill_at is not None or process.exitcode == 0, process.exitcode
+
+
+def _log_steps(output):
+    def steps():
+        path = output / "train_log.jsonl"
+        return len(path.read_text().splitlines()) if path.is_file() else 0
+    return steps
+
+
+def _killed_three_times_then_finished(make_work, output, progress, last, seed):
+    points = sorted(random.Random(seed).sample(range(2, last, 3), 3))
+    for point in points:
+        _run(make_work(output), progress, point)
+    _run(make_work(output))
+    return points
+
+
+def _same_weights(first, second):
+    a, b = load_file(first / "model.safetensors"), load_file(second / "model.safetensors")
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], rtol=1e-5, atol=1e-6)
+
+
+@pytest.fixture
+def files(tmp_path, tiny_model_dir, real_tokenizer):
+    torch.manual_seed(1)
+    teacher = tmp_path / "teacher"
+    BertForSequenceClassification(tiny_bert_config(num_hidden_layers=4, hidden_size=64, intermediate_size=128,
+                                                   **LABELS)).save_pretrained(teacher)
+    real_tokenizer.save_pretrained(teacher)
+    return {"train": write(tmp_path / "train.txt", ROWS), "teacher": teacher, "encoder": tiny_model_dir,
+            "student": write(tmp_path / "student.json", json.dumps(SHAPE)),
+            "corpus": write(tmp_path / "corpus.txt", "".join(f"sentence {i} about {'films ' * (i % 7)}.\n"
+                                                              for i in range(200)))}
+
+
+def test_finetune_survives_three_kills(tmp_path, files):
+    def make(output):
+        return lambda: finetune(files["encoder"], files["train"], output,
+                                config=FinetuneConfig(training=_training(), max_length=32), show_progress=False)
+    _run(make(tmp_path / "straight"))
+    _killed_three_times_then_finished(make, tmp_path / "killed", _log_steps(tmp_path / "killed"), 24, seed=1)
+    _same_weights(tmp_path / "straight", tmp_path / "killed")
+
+
+@pytest.mark.parametrize("stage", ["intermediate", "prediction"])
+def test_both_distillation_stages_survive_three_kills(tmp_path, files, stage):
+    student = str(files["student"])
+    if stage == "prediction":  # stage 2 starts from a stage-1 output
+        distill(files["teacher"], student, files["train"], tmp_path / "stage1",
+                config=DistillConfig(training=_training(epochs=1), max_length=32), show_progress=False)
+        student = str(tmp_path / "stage1")
+
+    def make(output):
+        return lambda: distill(files["teacher"], student, files["train"], output,
+                               config=DistillConfig(stage=stage, training=_training(), max_length=32),
+                               show_progress=False)
+    _run(make(tmp_path / "straight"))
+    points = _killed_three_times_then_finished(make, tmp_path / "killed", _log_steps(tmp_path / "killed"), 24,
+                                               seed=2 if stage == "intermediate" else 3)
+    assert len(points) == 3
+    _same_weights(tmp_path / "straight", tmp_path / "killed")
+
+
+def test_general_distillation_survives_three_kills(tmp_path, files):
+    def make(output):
+        return lambda: general_distill(files["encoder"], [files["corpus"]], output, student=str(files["student"]),
+                                       config=GeneralConfig(training=_training(epochs=2), max_length=32),
+                                       show_progress=False)
+    _run(make(tmp_path / "straight"))
+    _killed_three_times_then_finished(make, tmp_path / "killed", _log_steps(tmp_path / "killed"), 18, seed=4)
+    _same_weights(tmp_path / "straight", tmp_path / "killed")
+
+
+def test_augmentation_survives_three_kills(tmp_path, files, real_tokenizer):
+    torch.manual_seed(0)
+    mlm = tmp_path / "mlm"
+    BertForMaskedLM(tiny_bert_config()).save_pretrained(mlm)
+    real_tokenizer.save_pretrained(mlm)
+
+    def make(output):
+        return lambda: augment_file(files["train"], output, mlm_dir=mlm, show_progress=False,
+                                    config=AugmentConfig(candidates=4, variants=3, chunk_rows=2, mlm_runtime="torch"))
+
+    def rows_done():
+        progress = tmp_path / "killed.txt.progress.json"
+        try:
+            return json.loads(progress.read_text())["state"]["rows"] if progress.is_file() else 0
+        except (json.JSONDecodeError, FileNotFoundError):
+            return 0
+    _run(make(tmp_path / "straight.txt"))
+    _killed_three_times_then_finished(make, tmp_path / "killed.txt", rows_done, 60, seed=5)
+    assert (tmp_path / "killed.txt").read_bytes() == (tmp_path / "straight.txt").read_bytes()
+    assert not list(tmp_path.glob("killed.txt.*"))

@@ -1,0 +1,131 @@
+"""Hostile input through every command's reader: each case ends in one message naming the file,
+exit code 2, no traceback and nothing written under the output path."""
+
+import json
+import random
+
+import numpy as np
+import pytest
+import torch
+from transformers import BertForSequenceClassification
+
+from conftest import tiny_bert_config, write
+from tinybert.cli import main
+
+random.seed(14)
+RANDOM_BYTES = bytes(random.randrange(256) for _ in range(5000))
+LONG_TEXT = ("word " * 2_100_000)[:10_000_000]  # a 10 MB line
+
+# name → bytes of the file
+TASK_FILES = {
+    "random bytes": RANDOM_BYTES,
+    "latin-1": "sentence\tlabel\ncafé au lait\t1\n".encode("latin-1"),
+    "utf-16": "sentence\tlabel\ngood\t1\n".encode("utf-16"),
+    "empty": b"",
+    "blank lines only": b"\n  \n\t\n",
+    "header only": b"sentence\tlabel\n",
+    "mixed column counts": b"sentence\tlabel\ngood film\t1\nbad\t0\textra\nfine\n",
+    "no label column": b"sentence\tauthor\ngood film\tme\n",
+    "a 10 MB line without its label": b"sentence\tlabel\n" + LONG_TEXT.encode() + b"\n",
+    "NaN score": b"sentence1\tsentence2\tscore\na\tb\t1.5\nc\td\tnan\ne\tf\t2.0\n",
+    "csv with an open quote": b'text,label\n"unterminated,1\n',
+    "jsonl of garbage": b'{"text": "ok", "label": 1}\n[1, 2\n',
+    "fork format, four fields": b"a\tb\tc\td\ne\tf\tg\th\n",
+}
+CORPORA = {"random bytes": RANDOM_BYTES, "latin-1": "café\n".encode("latin-1"), "blank lines only": b"\n\n \n\t\n",
+           "empty": b""}
+VECTOR_FILES = {"random bytes": RANDOM_BYTES, "empty": b"", "ragged": b"cat 0.1 0.2 0.3\ndog 0.1 0.2\n",
+                "words only": b"cat dog\nmouse horse\n", "not numbers": b"cat 0.1 x 0.3\ndog 0.1 0.2 0.3\n"}
+CONFIGS = {"random bytes": RANDOM_BYTES, "a list": b"- a\n- b\n", "unknown section": b"finetuning:\n  epochs: 1\n",
+           "bad YAML": b"finetune:\n  epochs: [\n", "wrong type": b"finetune:\n  epochs: many\n",
+           "no training data": b"run_dir: RUN\n"}
+
+
+@pytest.fixture(scope="module")
+def classifier(tmp_path_factory, real_tokenizer):
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("classifier")
+    BertForSequenceClassification(tiny_bert_config(num_labels=2, id2label={0: "0", 1: "1"},
+                                                   label2id={"0": 0, "1": 1})).save_pretrained(path)
+    real_tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def vectors(tmp_path_factory):
+    rows = np.random.default_rng(0).normal(size=(6, 4))
+    words = ["film", "movie", "good", "great", "bad", "awful"]
+    return write(tmp_path_factory.mktemp("vectors") / "v.txt",
+                 "".join(f"{w} " + " ".join(f"{x:.4f}" for x in row) + "\n" for w, row in zip(words, rows)))
+
+
+def _fails_cleanly(capsys, argv, path, output):
+    code = main([str(part) for part in argv])
+    error = capsys.readouterr().err
+    assert code == 2, error[-2000:]
+    assert "Traceback" not in error and error.count("error: ") == 1 and str(path) in error, error[-2000:]
+    assert not [item for item in output.rglob("*") if item.is_file()] if output.exists() else True
+
+
+def _file(tmp_path, name, content, suffix=".tsv"):
+    path = tmp_path / (name.replace(" ", "_").replace(",", "") + suffix)
+    path.write_bytes(content)
+    return path
+
+
+def _suffix(name):
+    return ".csv" if name.startswith("csv") else ".jsonl" if name.startswith("jsonl") else ".tsv"
+
+
+@pytest.mark.parametrize("name", list(TASK_FILES))
+@pytest.mark.parametrize("command", ["finetune", "distill", "evaluate", "export", "predict", "augment"])
+def test_hostile_task_files(tmp_path, capsys, tiny_model_dir, classifier, vectors, name, command):
+    if command in ("predict", "augment") and name in ("header only", "no label column", "NaN score"):
+        pytest.skip("valid input where labels are not read")
+    path = _file(tmp_path, name, TASK_FILES[name], _suffix(name))
+    output = tmp_path / "out"
+    argv = {"finetune": ["finetune", "--model", tiny_model_dir, "--train", path, "--output", output],
+            "distill": ["distill", "--teacher", classifier, "--student", classifier, "--train", path,
+                        "--output", output],
+            "evaluate": ["evaluate", "--model", classifier, "--data", path, "--json", output / "r.json",
+                         "--cache-dir", output / "cache"],
+            "export": ["export", "--model", classifier, "--data", path, "--output", output],
+            "predict": ["predict", "--model", classifier, "--input", path, "--output", output / "p.tsv"],
+            "augment": ["augment", "--input", path, "--word-vectors", vectors, "--output", output / "a.tsv"]}[command]
+    _fails_cleanly(capsys, argv, path, output)
+
+
+@pytest.mark.parametrize("name", list(CORPORA))
+def test_hostile_corpora(tmp_path, capsys, tiny_model_dir, name):
+    path = _file(tmp_path, name, CORPORA[name], ".txt")
+    _fails_cleanly(capsys, ["general", "--teacher", tiny_model_dir, "--corpus", path, "--output", tmp_path / "out",
+                            "--student", write(tmp_path / "s.json", json.dumps(
+                                {"num_hidden_layers": 1, "hidden_size": 32, "intermediate_size": 64,
+                                 "num_attention_heads": 4}))], path, tmp_path / "out")
+
+
+@pytest.mark.parametrize("name", list(VECTOR_FILES))
+def test_hostile_word_vector_files(tmp_path, capsys, name):
+    path = _file(tmp_path, name, VECTOR_FILES[name], ".txt")
+    data = write(tmp_path / "in.tsv", "sentence\tlabel\na good film\t1\n")
+    _fails_cleanly(capsys, ["augment", "--input", data, "--word-vectors", path, "--output", tmp_path / "out" / "a.tsv"],
+                   path, tmp_path / "out")
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_hostile_pipeline_configs(tmp_path, capsys, name):
+    path = _file(tmp_path, name, CONFIGS[name].replace(b"RUN", str(tmp_path / "out").encode()), ".yaml")
+    _fails_cleanly(capsys, ["pipeline", path], path, tmp_path / "out")
+
+
+def test_labels_unseen_in_training_are_named_with_their_line(tmp_path, capsys, classifier):
+    path = write(tmp_path / "dev.tsv", "sentence\tlabel\ngood\t1\nso-so\tneutral\n")
+    _fails_cleanly(capsys, ["evaluate", "--model", classifier, "--data", path, "--json", tmp_path / "out" / "r.json"],
+                   path, tmp_path / "out")
+
+
+def test_a_10_mb_line_with_its_label_is_truncated_not_refused(tmp_path, caplog, classifier):
+    path = write(tmp_path / "dev.tsv", "sentence\tlabel\n" + LONG_TEXT + "\t1\nshort\t0\n")
+    assert main(["evaluate", "--model", str(classifier), "--data", str(path), "--no-latency",
+                 "--cache-dir", str(tmp_path / "cache"), "--max-length", "32"]) == 0
+    assert "1 of 2 examples are longer than 32 tokens" in caplog.text
