@@ -53,7 +53,7 @@ def reference_candidates(augmenter, sentences: list[str]) -> list[dict[int, list
                 ids = list(encoding["input_ids"])
                 ids[positions[0]] = tokenizer.mask_token_id
                 with torch.inference_mode():
-                    logits = model(input_ids=torch.tensor([ids])).logits[0, positions[0]]
+                    logits = model(input_ids=torch.tensor([ids], device=mlm.device)).logits[0, positions[0]]
                 allowed = mlm.allowed[int(is_cjk(word))]
                 order = torch.argsort(logits.masked_fill(~allowed, float("-inf")), descending=True)[:k]
                 found[index] = [mlm.vocabulary[i] for i in order.tolist()]
@@ -61,7 +61,7 @@ def reference_candidates(augmenter, sentences: list[str]) -> list[dict[int, list
                 row = vectors._lookup(word)
                 if row is None:
                     continue
-                similarity = (vectors.unit @ vectors.unit[row]).numpy()
+                similarity = (vectors.unit @ vectors.unit[row]).cpu().numpy()
                 order = np.argsort(-similarity, kind="stable")
                 found[index] = vectors._clean(word, order[: 3 * k + 1].tolist(), k)
         results.append({i: c for i, c in found.items() if c})

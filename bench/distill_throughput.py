@@ -22,81 +22,88 @@ import resource
 import sys
 import time
 from pathlib import Path
+from queue import Empty
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # reference_style.py
 DEFAULT_DATA = REPO.parent / "shared" / "datasets" / "sst2" / "train.tsv"
 
 
 def run_variant(variant: str, teacher_dir: str, data_path: str, steps: int, batch_size: int, queue) -> None:
     os.environ["HF_HUB_OFFLINE"] = "1"
     import torch
-    from transformers import DataCollatorWithPadding
     from transformers.utils import logging as transformers_logging
 
-    from tinybert.data import LabelSpace, encode, read_task_file, train_loader
+    from reference_style import prepare_models, reference_loader, reference_step
+    from tinybert.data import DataOptions, LabelSpace, task_cache, train_loader
     from tinybert.distillers import IntermediateDistiller, LossWeights
     from tinybert.models import load_classifier, load_tokenizer
     from tinybert.students import build_student, uniform_layer_map
 
     transformers_logging.set_verbosity_error()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(0)
-    data = read_task_file(data_path)
-    data.examples = data.examples[: steps * batch_size]
-    label_space = LabelSpace.infer(data)
     tokenizer = load_tokenizer(teacher_dir)
-    teacher = load_classifier(teacher_dir, label_space).eval()
-    student = build_student("tinybert-4l-312", teacher, label_space)
+    cache = task_cache(data_path, tokenizer, 64 if variant == "ours" else 128, DataOptions(), show_progress=False)
+    label_space = LabelSpace.infer(cache)
+    dataset = cache.first(steps * batch_size + batch_size).labelled(label_space)
+    teacher = load_classifier(teacher_dir, label_space).eval().to(device)
+    student = build_student("tinybert-4l-312", teacher, label_space).to(device)
     layer_map = uniform_layer_map(student.config.num_hidden_layers, teacher.config.num_hidden_layers)
-    distiller = IntermediateDistiller(student, teacher, layer_map, LossWeights()).train()
-
     if variant == "ours":
-        encoded = encode(data, tokenizer, 64, label_space, show_progress=False)
-        loader = train_loader(encoded, tokenizer, batch_size)
-        forward = distiller
+        distiller = IntermediateDistiller(student, teacher, layer_map, LossWeights()).to(device).train()
+        loader = train_loader(dataset, tokenizer, batch_size)
+        parameters = list(distiller.parameters())
+
+        def loss_of(batch):
+            return distiller(batch)["loss"]
     else:
-        encoded = encode(data, tokenizer, 128, label_space, show_progress=False)
-        loader = torch.utils.data.DataLoader(
-            encoded.features, batch_size=batch_size, shuffle=True,
-            collate_fn=DataCollatorWithPadding(tokenizer, padding="max_length", max_length=128))
-        all_teacher_layers = list(range(1, teacher.config.num_hidden_layers + 1))
-        teacher.train()  # the reference code leaves the teacher's dropout on
+        projection = prepare_models(teacher, student).to(device)
+        loader = reference_loader(dataset, tokenizer, batch_size)
+        parameters = list(student.parameters()) + list(projection.parameters())
 
-        def forward(batch):
-            # scores on every layer of both models (eager everywhere), teacher under no_grad
-            from tinybert.attention import recording_scores
-            from tinybert.losses import attention_loss, hidden_loss
-            batch = {k: v for k, v in batch.items() if k != "labels"}
-            mask = batch["attention_mask"]
-            with torch.no_grad(), recording_scores(teacher, [i - 1 for i in all_teacher_layers]) as t_scores:
-                t_hidden = teacher.base_model(**batch, output_hidden_states=True).hidden_states
-            with recording_scores(student, range(student.config.num_hidden_layers)) as s_scores:
-                s_hidden = student.base_model(**batch, output_hidden_states=True).hidden_states
-            loss = sum(attention_loss(s_scores[m], t_scores[t - 1], mask) for m, t in enumerate(layer_map))
-            loss = loss + sum(hidden_loss(s_hidden[m + 1], t_hidden[t], mask, distiller.hidden_projection)
-                              for m, t in enumerate(layer_map))
-            loss = loss + hidden_loss(s_hidden[0], t_hidden[0], mask, distiller.hidden_projection)
-            return {"loss": loss}
-
-    optimizer = torch.optim.AdamW(distiller.parameters(), lr=5e-5)
-    batches = list(loader)
+        def loss_of(batch):
+            return reference_step("intermediate", teacher, student, projection, layer_map, batch)
+    optimizer = torch.optim.AdamW(parameters, lr=5e-5)
+    batches = [{k: v.to(device) for k, v in batch.items()} for batch in loader][:steps + 1]
 
     def step(batch):
-        loss = forward(batch)["loss"]
+        loss = loss_of(batch)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad()
 
+    def synchronize():
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
     step(batches[0])  # warm-up
-    tokens = sum(int(b["attention_mask"].sum()) for b in batches)
-    padded = sum(b["input_ids"].numel() for b in batches)
+    tokens = sum(int(b["attention_mask"].sum()) for b in batches[1:])
+    padded = sum(b["input_ids"].numel() for b in batches[1:])
+    synchronize()
     start = time.perf_counter()
-    for batch in batches:
+    for batch in batches[1:]:
         step(batch)
+    synchronize()
     seconds = time.perf_counter() - start
-    examples = sum(len(b["input_ids"]) for b in batches)
-    queue.put({"variant": variant, "examples_per_s": examples / seconds, "seconds": seconds,
+    examples = sum(len(b["input_ids"]) for b in batches[1:])
+    queue.put({"variant": variant, "device": str(device), "examples_per_s": examples / seconds, "seconds": seconds,
                "examples": examples, "padding_fraction": 1 - tokens / padded,
                "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
+
+
+def result_of(process, queue, limit: float) -> dict:
+    """The child's result, or an error when it dies or overruns ``limit`` seconds (it never leaves
+    the parent waiting)."""
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        try:
+            return queue.get(timeout=1)
+        except Empty:
+            if not process.is_alive():
+                raise SystemExit(f"the {process.name} variant failed (exit code {process.exitcode}); its error is above")
+    process.kill()
+    raise SystemExit(f"the {process.name} variant ran past {limit:.0f} s and was stopped")
 
 
 def main() -> None:
@@ -106,6 +113,7 @@ def main() -> None:
     parser.add_argument("--data", default=str(DEFAULT_DATA))
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--timeout", type=float, default=600, help="seconds a variant may take")
     args = parser.parse_args()
     from tinybert.resources import demo_teacher_dir
     teacher = args.teacher or str(demo_teacher_dir())
@@ -114,10 +122,10 @@ def main() -> None:
     results = {}
     for variant in ("reference", "ours"):
         queue = context.Queue()
-        process = context.Process(target=run_variant,
+        process = context.Process(target=run_variant, name=variant,
                                   args=(variant, teacher, args.data, args.steps, args.batch_size, queue))
         process.start()
-        results[variant] = queue.get()
+        results[variant] = result_of(process, queue, args.timeout)
         process.join()
         print(json.dumps(results[variant]), file=sys.stderr)
     summary = {

@@ -75,3 +75,13 @@ def test_scores_carry_gradients_for_the_student():
         model(input_ids=torch.randint(5, 100, (2, 5)))
     sum(s.pow(2).mean() for s in scores.values()).backward()
     assert model.encoder.layer[0].attention.self.query.weight.grad is not None
+
+
+def test_a_layer_named_twice_is_recorded_once():
+    from transformers import BertModel
+    from conftest import tiny_bert_config
+    model = BertModel(tiny_bert_config()).eval()
+    enable_score_capture(model)
+    with torch.inference_mode(), recording_scores(model, [1, 1, 0]) as scores:
+        model(input_ids=torch.tensor([[101, 2023, 102]]))
+    assert sorted(scores) == [0, 1]

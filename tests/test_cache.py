@@ -86,3 +86,19 @@ def test_training_batches_from_the_cache_are_padded_per_batch(tmp_path, real_tok
     widths = [batch["input_ids"].shape[1] for batch in loader]
     assert max(widths) == 15 and min(widths) < 8  # never padded to max length
     assert sum(len(batch["labels"]) for batch in loader) == len(cache)
+
+
+def test_padding_gives_what_transformers_collator_gives(real_tokenizer):
+    from transformers import DataCollatorWithPadding
+    from tinybert.data.batching import PadToLongest
+    rng = np.random.default_rng(0)
+    for trial in range(20):
+        features = [{"input_ids": rng.integers(0, 30000, n).tolist(), "token_type_ids": rng.integers(0, 2, n).tolist(),
+                     "labels": float(rng.random()) if trial % 2 else int(rng.integers(0, 3))}
+                    for n in rng.integers(1, 20, int(rng.integers(1, 9)))]
+        for multiple in (None, 16):
+            expected = DataCollatorWithPadding(real_tokenizer, pad_to_multiple_of=multiple)(features)
+            padded = PadToLongest(real_tokenizer, multiple)(features)
+            assert padded.keys() == expected.keys()
+            for key in expected:
+                assert padded[key].dtype == expected[key].dtype and torch.equal(padded[key], expected[key]), key

@@ -65,7 +65,8 @@ def recording_scores(model: torch.nn.Module, layers: Iterable[int]):
     the yielded dict, keyed by layer index, shaped (batch, heads, queries, keys)."""
     scores: dict[int, torch.Tensor] = {}
     modules = self_attention_modules(model)
-    chosen = [modules[index] for index in layers]
+    # a layer may be mapped to several student layers (a student deeper than its teacher): once here
+    chosen = [modules[index] for index in dict.fromkeys(layers)]
     for module in chosen:
         setattr(module, _RECORDER, scores)
     try:

@@ -22,8 +22,8 @@ from .metrics import selection_metric
 from .models import check_model_dir, count_parameters, label_space_of, load_classifier, load_tokenizer, save_model_dir
 from .settings import group, option
 from .students import build_student, choose_layer_map, non_embedding_parameters
-from .training import (STATE_FILE, TaskFiles, TrainingConfig, is_complete, main_process_first, make_accelerator,
-                       run_training)
+from .training import (STATE_FILE, TaskFiles, TrainingConfig, batch_padding, compiled, frozen_teacher, is_complete,
+                       main_process_first, make_accelerator, run_training)
 
 logger = logging.getLogger(__name__)
 
@@ -170,7 +170,8 @@ def distill(teacher_dir: str | os.PathLike, student: str, train_path: str | os.P
     train = train.first(data_options.max_examples)
     set_seed(training.seed)
     label_space, teacher, student_model, layer_map = _prepare(teacher_dir, student, train, config)
-    teacher = teacher.to(accelerator.device)
+    teacher = frozen_teacher(teacher, training, accelerator)
+    compiled(training, student_model, teacher)
     if config.stage == "intermediate":
         distiller = IntermediateDistiller(student_model, teacher, layer_map, config.weights, config.shared_projection)
         if Path(student).is_dir():
@@ -180,7 +181,8 @@ def distill(teacher_dir: str | os.PathLike, student: str, train_path: str | os.P
     logger.info("distilling (%s) %s → %s student, layer map %s", config.stage, teacher_dir,
                 f"{student_model.config.num_hidden_layers}-layer", layer_map)
 
-    loader = train_loader(train.labelled(label_space), tokenizer, training.batch_size, training.seed)
+    loader = train_loader(train.labelled(label_space), tokenizer, training.batch_size, training.seed,
+                          pad_to_multiple_of=batch_padding(training))
     metric = selection_metric(config.metric, label_space)
     evaluate = None
     if dev is not None:

@@ -12,10 +12,10 @@ import numpy as np
 import torch
 from accelerate.utils import gather_object
 from tqdm.auto import tqdm
-from transformers import DataCollatorWithPadding
 
 from .artifacts import write_json
 from .data import DataOptions, LabelSpace, eval_loader, task_cache
+from .data.batching import PadToLongest
 from .errors import InputError
 from .metrics import MetricAccumulator
 from .models import count_parameters, label_space_of, load_classifier, load_tokenizer
@@ -79,7 +79,7 @@ def measure_latency(model, dataset, tokenizer) -> dict:
     """CPU latency at batch 1 (ms per example) and throughput at batch 32 (examples/s), after a
     warm-up, median over several runs, on the first examples of the data."""
     model.eval()
-    collate = DataCollatorWithPadding(tokenizer)
+    collate = PadToLongest(tokenizer)
     sample = [{k: v for k, v in dataset[i].items() if k != "labels"} for i in range(min(LATENCY_EXAMPLES, len(dataset)))]
     singles = [collate([feature]) for feature in sample]
     batch32 = collate(sample)

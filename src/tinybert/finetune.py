@@ -16,8 +16,8 @@ from .data.cache import CACHE_DIR, data_fingerprints
 from .metrics import selection_metric
 from .models import load_classifier, load_tokenizer, save_model_dir
 from .settings import group, option
-from .training import (STATE_FILE, TaskFiles, TrainingConfig, is_complete, main_process_first, make_accelerator,
-                       run_training)
+from .training import (STATE_FILE, TaskFiles, TrainingConfig, batch_padding, compiled, is_complete, main_process_first,
+                       make_accelerator, run_training)
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +71,9 @@ def finetune(model_dir: str | os.PathLike, train_path: str | os.PathLike, output
     set_seed(config.training.seed)  # the new classifier head's initialisation depends on it
     model = main_process_first(accelerator, lambda: load_classifier(model_dir, label_space))
     train = train.labelled(label_space)
-    loader = train_loader(train, tokenizer, config.training.batch_size, config.training.seed)
+    compiled(config.training, model)
+    loader = train_loader(train, tokenizer, config.training.batch_size, config.training.seed,
+                          pad_to_multiple_of=batch_padding(config.training))
 
     evaluate = None
     if dev is not None:

@@ -18,7 +18,8 @@ from .distillers import IntermediateDistiller, LossWeights
 from .models import check_model_dir, load_tokenizer, save_model_dir
 from .settings import group, option
 from .students import build_student, choose_layer_map
-from .training import STATE_FILE, TrainingConfig, is_complete, main_process_first, make_accelerator, run_training
+from .training import (STATE_FILE, TrainingConfig, batch_padding, compiled, frozen_teacher, is_complete,
+                       main_process_first, make_accelerator, run_training)
 
 logger = logging.getLogger(__name__)
 
@@ -77,10 +78,12 @@ def general_distill(teacher_dir: str | os.PathLike, corpus: list[str | os.PathLi
     student_model = build_student(student, teacher, None, layers=config.layers)
     layers_s, layers_t = student_model.config.num_hidden_layers, teacher.config.num_hidden_layers
     layer_map = choose_layer_map(config.layer_map, layers_s, layers_t)
-    distiller = IntermediateDistiller(student_model, teacher.to(accelerator.device), layer_map, config.weights,
-                                      config.shared_projection)
+    teacher = frozen_teacher(teacher, training, accelerator)
+    compiled(training, student_model, teacher)
+    distiller = IntermediateDistiller(student_model, teacher, layer_map, config.weights, config.shared_projection)
     # a new seeded order every epoch, as the reference code samples: batches from many documents
-    loader = train_loader(dataset, tokenizer, training.batch_size, training.seed, group_by_length=False)
+    loader = train_loader(dataset, tokenizer, training.batch_size, training.seed, group_by_length=False,
+                          pad_to_multiple_of=batch_padding(training))
     if config.max_steps:
         steps_per_epoch = len(loader) / training.gradient_accumulation_steps / accelerator.num_processes
         training = replace(training, epochs=min(training.epochs, config.max_steps / steps_per_epoch))

@@ -20,10 +20,13 @@ def attention_loss(student_scores: torch.Tensor, teacher_scores: torch.Tensor,
         raise ValueError(f"the attention loss needs equal head counts: student {student_scores.shape[1]}, "
                          f"teacher {teacher_scores.shape[1]}")
     mask = attention_mask.float()
-    valid = mask[:, None, :, None] * mask[:, None, None, :]  # (batch, 1, queries, keys)
     # in float32: under bf16 the student's scores are half precision, the teacher's targets must not be
-    squared = (student_scores.float() - teacher_scores.float()) ** 2 * valid
-    return squared.sum() / (valid.sum() * student_scores.shape[1])
+    squared = (student_scores.float() - teacher_scores.float()).square()
+    # summed over real keys by a product with the key mask, then over real queries: no mask of the
+    # scores' full size is built
+    per_query = (squared @ mask[:, None, :, None]).squeeze(-1)  # (batch, heads, queries)
+    pairs = (mask.sum(-1) ** 2).sum()  # real (query, key) pairs: n² per example
+    return (per_query * mask[:, None, :]).sum() / (pairs * student_scores.shape[1])
 
 
 def hidden_loss(student_hidden: torch.Tensor, teacher_hidden: torch.Tensor, attention_mask: torch.Tensor,
