@@ -52,9 +52,9 @@ def test_a_changed_file_of_the_same_size_rebuilds_the_cache(tmp_path, real_token
     assert before.directory == after.directory  # rebuilt in place, not beside the old one
     assert real_tokenizer.decode(after[0]["input_ids"], skip_special_tokens=True) == "awful film"
     assert after.labelled(space)[0]["labels"] == 0
-    built = (after.directory / "ids.bin").stat().st_mtime_ns
+    built = (after.directory / "input_ids.bin").stat().st_mtime_ns
     assert _cache(path, real_tokenizer, tmp_path).directory == after.directory
-    assert (after.directory / "ids.bin").stat().st_mtime_ns == built  # unchanged inputs: reused as it is
+    assert (after.directory / "input_ids.bin").stat().st_mtime_ns == built  # unchanged inputs: reused as it is
 
 
 def test_bad_lines_and_unknown_labels_name_their_line(tmp_path, real_tokenizer):

@@ -42,3 +42,24 @@ def test_constant_predictions_do_not_crash():
 def test_table_formats_numbers():
     table = format_table({"accuracy": 0.91234, "params": 22713216, "examples_per_s_batch32": 1234.5})
     assert "0.9123" in table and "22,713,216" in table and "1,234.5" in table
+
+
+def test_a_rank_merges_the_other_ranks_shares_once_and_its_own_once(monkeypatch):
+    """gather_object hands every rank a copy of its own share too: merging everything that is not
+    the same object counted the local share twice."""
+    import copy
+    from types import SimpleNamespace
+
+    import tinybert.evaluation as evaluation
+    from tinybert.metrics import MetricAccumulator
+    space = LabelSpace("classification", ["0", "1"])
+    shares = [MetricAccumulator(space), MetricAccumulator(space)]
+    shares[0].add(np.array([[0.0, 1.0]] * 3), np.array([1, 1, 1]))  # rank 0: 3 right
+    shares[1].add(np.array([[0.0, 1.0]] * 5), np.array([0, 0, 0, 0, 0]))  # rank 1: 5 wrong
+    for rank in (0, 1):
+        local = copy.deepcopy(shares[rank])
+        monkeypatch.setattr(evaluation, "metrics_of_shard", lambda *args, **kwargs: local)
+        monkeypatch.setattr(evaluation, "gather_object", lambda objects: [copy.deepcopy(s) for s in shares])
+        result = evaluation.evaluate_dataset(None, [], None, space,
+                                             accelerator=SimpleNamespace(num_processes=2, process_index=rank))
+        assert result["accuracy"] == pytest.approx(3 / 8)

@@ -14,6 +14,7 @@ from . import __version__
 from .augment import AugmentArguments
 from .demo import DemoArguments
 from .distill import DistillArguments, DistillConfig, plan
+from .data.tasks import detect_task, label_space_of_data, scan_labels
 from .errors import InputError
 from .evaluation import EvaluateArguments, format_table
 from .export import ExportArguments, parity_failures
@@ -21,6 +22,7 @@ from .finetune import FinetuneArguments
 from .general import GeneralArguments
 from .legacy import ConvertArguments
 from .pipeline import PipelineArguments, format_config
+from .pipeline.run import DATA_SUFFIXES
 from .predict import PredictArguments
 from .settings import add_arguments, given_values, option, settings_of, with_values
 
@@ -125,7 +127,7 @@ def _apply_reference_flags(arguments, flags: ReferenceFlags):
     --num_labels is checked against the data."""
     if flags.data_dir:
         folder = Path(flags.data_dir)
-        suffixes = (".tsv", ".txt", ".csv", ".jsonl")
+        suffixes = DATA_SUFFIXES
 
         def find(*stems):
             return next((str(folder / f"{stem}{suffix}") for stem in stems for suffix in suffixes
@@ -133,13 +135,13 @@ def _apply_reference_flags(arguments, flags: ReferenceFlags):
         arguments.train = arguments.train or find("train")
         arguments.eval = arguments.eval or find("dev", "eval")
         if arguments.train is None:
-            raise InputError("no train.tsv/train.txt/train.csv/train.jsonl in the data folder", path=folder,
+            raise InputError(f"no train file ({', '.join(suffixes)}) in the data folder", path=folder,
                              fix="pass --train FILE, or put the training file in that folder")
     if not arguments.train:
         raise InputError("no training data given", fix="pass --train FILE (or --data_dir DIR)")
     if flags.num_labels:
-        from .data import LabelSpace
-        space = LabelSpace.infer(arguments.data_options.labels(arguments.train))
+        kind = detect_task(arguments.train, arguments.data_options)
+        space = label_space_of_data(kind, scan_labels(arguments.train, arguments.data_options, kind))
         if space.num_labels != flags.num_labels:
             raise InputError(f"--num_labels {flags.num_labels}, but the data has {space.num_labels} label(s): "
                              f"{', '.join(space.names) or 'scores'}", path=arguments.train,
@@ -160,7 +162,7 @@ def run_command(command: str, arguments, flags: dict) -> None:
     if ReferenceFlags in flags:
         _apply_reference_flags(arguments, flags[ReferenceFlags])
     if command == "distill" and flags[PlanFlags].plan:
-        labels = arguments.data_options.labels(arguments.train)
+        labels = scan_labels(arguments.train, arguments.data_options)
         print(plan(arguments.teacher, arguments.student, labels, arguments.config).describe())
     elif command in ("finetune", "distill"):
         _print_summary(arguments.run(), arguments.output)

@@ -14,12 +14,14 @@ from accelerate.utils import set_seed
 from . import evaluation
 from .artifacts import write_json
 from .attention import enable_score_capture
-from .data import DataOptions, LabelSpace, task_cache, train_loader
+from .data import DataOptions, LabelSpace, train_loader
+from .data.tasks import detect_task, train_and_dev
 from .data.cache import CACHE_DIR, data_fingerprints
 from .distillers import IntermediateDistiller, LossWeights, PredictionDistiller
 from .errors import InputError
 from .metrics import selection_metric
-from .models import check_model_dir, count_parameters, label_space_of, load_classifier, load_tokenizer, save_model_dir
+from .models import (check_model_dir, count_parameters, describe, label_space_of, load_classifier, load_tokenizer,
+                     save_model_dir)
 from .settings import group, option
 from .students import build_student, choose_layer_map, non_embedding_parameters
 from .training import (STATE_FILE, TaskFiles, TrainingConfig, batch_padding, compiled, frozen_teacher, is_complete,
@@ -36,7 +38,8 @@ class DistillConfig:
         "intermediate", "intermediate (stage 1: embeddings, hidden states, attention scores) or prediction "
                         "(stage 2: logits)")
     training: TrainingConfig | None = group("training")  # None: the stage's defaults (for_stage)
-    max_length: int | None = option(None, "tokens per example (default 64 for single texts, 128 for pairs)",
+    max_length: int | None = option(None, "tokens per example (default 64 for single texts, 128 for pairs and tagging, "
+                                          "384 for QA windows)",
                                     flags=("--max_seq_length", "--max_seq_len"))
     weights: LossWeights = group("stage-1 loss weights", LossWeights)
     temperature: float = option(1.0, "softmax temperature of the logit loss (stage 2)")
@@ -104,12 +107,7 @@ def _prepare(teacher_dir, student, train_data, config: DistillConfig):
         raise InputError("the teacher has no task head", path=teacher_dir,
                          fix="fine-tune it first with `tinybert finetune`, then distil from the result")
     teacher = load_classifier(teacher_dir).eval()
-    data_labels = LabelSpace.infer(train_data)
-    if label_space.is_regression != data_labels.is_regression or \
-            not set(data_labels.names) <= set(label_space.names):
-        raise InputError(f"the data's labels ({', '.join(data_labels.names) or 'scores'}) do not fit the "
-                         f"teacher's ({', '.join(label_space.names) or 'scores'})", path=train_data.path,
-                         fix="distil on data of the task the teacher was fine-tuned for")
+    _check_labels(label_space, train_data)
     teacher_layers = teacher.config.num_hidden_layers
     if config.init_from_teacher:  # the mapping also picks which teacher layers are copied
         layer_map = choose_layer_map(config.layer_map, config.layers or teacher_layers, teacher_layers)
@@ -119,6 +117,20 @@ def _prepare(teacher_dir, student, train_data, config: DistillConfig):
         student_model = build_student(student, teacher, label_space, layers=config.layers)
         layer_map = choose_layer_map(config.layer_map, student_model.config.num_hidden_layers, teacher_layers)
     return label_space, teacher, student_model, layer_map
+
+
+def _check_labels(label_space: LabelSpace, train_data) -> None:
+    """The data's labels must be some of the teacher's (classes, or tags), or scores for scores."""
+    if label_space.kind == "qa":
+        return
+    if label_space.kind == "token":
+        data_labels = LabelSpace.of_tags(train_data.raw_labels)
+    else:
+        data_labels = LabelSpace.infer(train_data)
+    if label_space.is_regression != data_labels.is_regression or not set(data_labels.names) <= set(label_space.names):
+        raise InputError(f"the data's labels ({describe(data_labels)}) do not fit the teacher's "
+                         f"({describe(label_space)})", path=train_data.path,
+                         fix="distil on data of the task the teacher was fine-tuned for")
 
 
 def build_initial_student(teacher_dir, student, train_data, config: DistillConfig):
@@ -136,6 +148,24 @@ def plan(teacher_dir, student, train_data, config: DistillConfig) -> Plan:
     return Plan(config.stage, teacher.config.num_hidden_layers, student_model.config.num_hidden_layers,
                 layer_map, projections, count_parameters(teacher), count_parameters(student_model),
                 non_embedding_parameters(teacher) / non_embedding_parameters(student_model))
+
+
+def _task_of(teacher_dir, train_path, options: DataOptions) -> str:
+    """The teacher's task, which the data must be of."""
+    space = label_space_of(teacher_dir)
+    kind = detect_task(train_path, options)
+    if space is not None and space.task != kind:
+        raise InputError(f"the teacher was fine-tuned for a {space.task} task, the data is a {kind} task",
+                         path=train_path, fix="distil on data of the teacher's task (or say --task)")
+    return kind
+
+
+def default_length(kind: str, options: DataOptions, path) -> int:
+    """The paper's lengths: 64 tokens for a text, 128 for a pair or a sentence to tag, 384 for a
+    question with its context (windows of it)."""
+    if kind == "sequence":
+        return 128 if options.open(path)[0].has_pairs else 64
+    return {"token": 128, "qa": 384}[kind]
 
 
 def distill(teacher_dir: str | os.PathLike, student: str, train_path: str | os.PathLike,
@@ -157,17 +187,16 @@ def distill(teacher_dir: str | os.PathLike, student: str, train_path: str | os.P
         return json.loads((output_dir / STATE_FILE).read_text())
     data_options = data_options or DataOptions()
     training = config.training or DistillConfig.for_stage(config.stage).training
-    max_length = config.max_length or (128 if data_options.open(train_path)[0].has_pairs else 64)
+    kind = _task_of(teacher_dir, train_path, data_options)
+    max_length = config.max_length or default_length(kind, data_options, train_path)
     config = replace(config, training=training, max_length=max_length)
 
     accelerator = make_accelerator(training)
     tokenizer = load_tokenizer(teacher_dir)
     # one process tokenises, the others then read its cache
-    train, dev = main_process_first(accelerator, lambda: [
-        task_cache(path, tokenizer, max_length, data_options, output_dir / CACHE_DIR,
-                   show_progress=show_progress and accelerator.is_main_process) if path else None
-        for path in (train_path, eval_path if config.stage == "prediction" else None)])
-    train = train.first(data_options.max_examples)
+    train, dev = main_process_first(accelerator, lambda: train_and_dev(
+        kind, train_path, eval_path if config.stage == "prediction" else None, tokenizer, max_length, data_options,
+        output_dir / CACHE_DIR, show_progress and accelerator.is_main_process))
     set_seed(training.seed)
     label_space, teacher, student_model, layer_map = _prepare(teacher_dir, student, train, config)
     teacher = frozen_teacher(teacher, training, accelerator)
@@ -177,7 +206,8 @@ def distill(teacher_dir: str | os.PathLike, student: str, train_path: str | os.P
         if Path(student).is_dir():
             distiller.load_projections(check_model_dir(student, "--student"))
     else:
-        distiller = PredictionDistiller(student_model, teacher, config.temperature, label_space.is_regression)
+        distiller = PredictionDistiller(student_model, teacher, config.temperature, label_space.is_regression,
+                                        label_space.task)
     logger.info("distilling (%s) %s → %s student, layer map %s", config.stage, teacher_dir,
                 f"{student_model.config.num_hidden_layers}-layer", layer_map)
 

@@ -19,7 +19,9 @@ from safetensors.torch import load_file, save_file
 
 from .attention import enable_score_capture, recording_scores
 from .errors import InputError
-from .losses import attention_loss, hidden_loss, prediction_loss
+from .data.batching import IGNORED_LABEL, model_inputs
+from .losses import (attention_loss, hidden_loss, prediction_loss, span_soft_cross_entropy,
+                     token_soft_cross_entropy)
 from .settings import option
 
 logger = logging.getLogger(__name__)
@@ -69,7 +71,7 @@ class IntermediateDistiller(_TeacherAndStudent):
         enable_score_capture(teacher)
 
     def forward(self, batch: dict) -> dict:
-        batch = {key: value for key, value in batch.items() if key != "labels"}
+        batch = model_inputs(batch)
         mask = batch["attention_mask"]
         teacher_layers = [layer - 1 for layer in self.layer_map]
         with torch.inference_mode(), recording_scores(self.teacher, teacher_layers) as teacher_scores:
@@ -112,17 +114,33 @@ class IntermediateDistiller(_TeacherAndStudent):
 
 
 class PredictionDistiller(_TeacherAndStudent):
-    """Soft cross-entropy against the teacher's logits (MSE against its output for regression)."""
+    """Soft cross-entropy against the teacher's predictions: its class distribution (MSE against
+    its output for regression), its tag distribution at every real token (``task="token"``), or its
+    distributions of where the answer starts and ends (``task="qa"``)."""
 
-    def __init__(self, student, teacher, temperature: float = 1.0, regression: bool = False):
+    def __init__(self, student, teacher, temperature: float = 1.0, regression: bool = False, task: str = "sequence"):
         super().__init__(student, teacher)
         self.temperature = temperature
         self.regression = regression
+        self.task = task
 
     def forward(self, batch: dict) -> dict:
-        batch = {key: value for key, value in batch.items() if key != "labels"}
+        labels = batch.get("labels")
+        batch = model_inputs(batch)
         with torch.inference_mode():
-            teacher_logits = self.teacher(**batch).logits
-        student_logits = self.student(**batch).logits
-        loss = prediction_loss(student_logits, teacher_logits.clone(), self.regression, self.temperature)
+            teacher = self.teacher(**batch)
+        student = self.student(**batch)
+        mask = batch["attention_mask"]
+        if self.task == "token" and labels is not None:
+            # the teacher was trained on each word's first piece only: elsewhere its tags mean nothing
+            mask = labels != IGNORED_LABEL
+        # tensors made under inference mode cannot enter autograd; clones can
+        if self.task == "qa":
+            loss = (span_soft_cross_entropy(student.start_logits, teacher.start_logits.clone(), mask, self.temperature)
+                    + span_soft_cross_entropy(student.end_logits, teacher.end_logits.clone(), mask,
+                                              self.temperature)) / 2
+        elif self.task == "token":
+            loss = token_soft_cross_entropy(student.logits, teacher.logits.clone(), mask, self.temperature)
+        else:
+            loss = prediction_loss(student.logits, teacher.logits.clone(), self.regression, self.temperature)
         return {"loss": loss, "pred": loss}

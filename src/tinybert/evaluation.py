@@ -14,36 +14,45 @@ from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 
 from .artifacts import write_json
-from .data import DataOptions, LabelSpace, eval_loader, task_cache
-from .data.batching import PadToLongest
+from .data import DataOptions, LabelSpace, eval_loader
+from .data.tasks import task_data
+from .data.batching import MODEL_INPUTS, PadToLongest, model_inputs
 from .errors import InputError
-from .metrics import MetricAccumulator
+from .metrics import metrics_for
 from .models import count_parameters, label_space_of, load_classifier, load_tokenizer
 from .settings import group, option
 
 LATENCY_EXAMPLES = 32
+OUTPUTS = ("logits", "start_logits", "end_logits")
 LATENCY_RUNS = 5
 
 
-def _logits_of_batches(model, loader, device, show_progress: bool):
-    """(batch, logits) for each batch of ``loader``, the model in eval mode under inference mode."""
+def _outputs_of_batches(model, loader, device, show_progress: bool):
+    """(batch, outputs as float32 numpy arrays) for each batch of ``loader``, the model in eval
+    mode under inference mode. Outputs: ``logits``, or ``start_logits`` and ``end_logits`` (QA)."""
     was_training = model.training
     model.eval()
     try:
         with torch.inference_mode():
             for batch in tqdm(loader, desc="evaluating", unit="batch", disable=not show_progress, leave=False):
-                labels = batch.pop("labels", None)
-                inputs = {key: value.to(device) for key, value in batch.items()}
-                yield labels, model(**inputs).logits.float().cpu().numpy()
+                inputs = {key: value.to(device) for key, value in model_inputs(batch).items()}
+                output = model(**inputs)
+                yield batch, {name: getattr(output, name).float().cpu().numpy() for name in OUTPUTS
+                              if getattr(output, name, None) is not None}
     finally:
         model.train(was_training)
 
 
 def predict_logits(model, dataset, tokenizer, batch_size: int = 64, device: torch.device | str = "cpu",
-                   show_progress: bool = True) -> np.ndarray:
-    """Logits for every example of a small dataset, in its order (batches run sorted by length)."""
+                   show_progress: bool = True, output: str = "logits") -> np.ndarray:
+    """One output (``logits`` by default) for every example of a small dataset, in its order
+    (batches run sorted by length; per-token outputs padded with 0 to the longest example)."""
     loader, order = eval_loader(dataset, tokenizer, batch_size)
-    logits = np.concatenate([logits for _, logits in _logits_of_batches(model, loader, device, show_progress)])
+    parts = [outputs[output] for _, outputs in _outputs_of_batches(model, loader, device, show_progress)]
+    if parts[0].ndim > 2 or (output != "logits" and parts[0].ndim == 2):  # per token: pad to one width
+        width = max(part.shape[1] for part in parts)
+        parts = [np.pad(part, [(0, 0), (0, width - part.shape[1])] + [(0, 0)] * (part.ndim - 2)) for part in parts]
+    logits = np.concatenate(parts)
     in_order = np.empty_like(logits)
     in_order[np.fromiter(order, dtype=np.int64, count=len(dataset))] = logits
     return in_order
@@ -57,20 +66,19 @@ def evaluate_dataset(model, dataset, tokenizer, label_space: LabelSpace, batch_s
     processes = accelerator.num_processes if accelerator is not None else 1
     shard = (accelerator.process_index, processes) if processes > 1 else (0, 1)
     metrics = metrics_of_shard(model, dataset, tokenizer, label_space, batch_size, device, show_progress, shard)
-    if processes > 1:
-        for other in gather_object([metrics]):
-            if other is not metrics:
+    if processes > 1:  # every rank receives every share, its own as a copy: merge the others'
+        for rank, other in enumerate(gather_object([metrics])):
+            if rank != accelerator.process_index:
                 metrics.merge(other)
     return metrics.result()
 
 
 def metrics_of_shard(model, dataset, tokenizer, label_space: LabelSpace, batch_size: int = 64,
-                     device: torch.device | str = "cpu", show_progress: bool = True,
-                     shard: tuple[int, int] = (0, 1)) -> MetricAccumulator:
-    metrics = MetricAccumulator(label_space)
+                     device: torch.device | str = "cpu", show_progress: bool = True, shard: tuple[int, int] = (0, 1)):
+    metrics = metrics_for(label_space, dataset)
     loader, _ = eval_loader(dataset, tokenizer, batch_size, shard)
-    for labels, logits in _logits_of_batches(model, loader, device, show_progress):
-        metrics.add(logits, labels.numpy())
+    for batch, outputs in _outputs_of_batches(model, loader, device, show_progress):
+        metrics.add_batch(outputs, batch)
     return metrics
 
 
@@ -80,7 +88,8 @@ def measure_latency(model, dataset, tokenizer) -> dict:
     warm-up, median over several runs, on the first examples of the data."""
     model.eval()
     collate = PadToLongest(tokenizer)
-    sample = [{k: v for k, v in dataset[i].items() if k != "labels"} for i in range(min(LATENCY_EXAMPLES, len(dataset)))]
+    sample = [{k: v for k, v in dataset[i].items() if k in MODEL_INPUTS}
+              for i in range(min(LATENCY_EXAMPLES, len(dataset)))]
     singles = [collate([feature]) for feature in sample]
     batch32 = collate(sample)
 
@@ -112,8 +121,9 @@ def model_size_mb(model_dir: str | os.PathLike) -> float:
 def evaluate(model_dir: str | os.PathLike, data_path: str | os.PathLike, *, max_length: int = 128,
              batch_size: int = 64, latency: bool = True, data_options: DataOptions | None = None,
              show_progress: bool = True) -> dict:
-    """Everything `tinybert evaluate` reports for a fine-tuned classifier on a labelled file,
-    read through its token cache (``data_options.cache_dir``, else ~/.cache/tinybert/tokens)."""
+    """Everything `tinybert evaluate` reports for a fine-tuned model (classifier, tagger or QA) on
+    a labelled file of its task, read through its token cache (``data_options.cache_dir``, else
+    ~/.cache/tinybert/tokens)."""
     label_space = label_space_of(model_dir)
     if label_space is None:
         raise InputError("this is a bare encoder with no task head", path=model_dir,
@@ -121,9 +131,11 @@ def evaluate(model_dir: str | os.PathLike, data_path: str | os.PathLike, *, max_
     tokenizer = load_tokenizer(model_dir)
     model = load_classifier(model_dir)
     options = data_options or DataOptions()
-    cache = task_cache(data_path, tokenizer, max_length, options, show_progress=show_progress)
-    dataset = cache.first(options.max_examples).labelled(label_space)
+    dataset = task_data(label_space.task, data_path, tokenizer, max_length, options,
+                        show_progress=show_progress).labelled(label_space)
     results = {"model": str(model_dir), "data": str(data_path), "examples": len(dataset)}
+    if label_space.task == "qa":  # examples are windows of the questions' contexts
+        results["questions"] = dataset.meta["questions"]
     results.update(evaluate_dataset(model, dataset, tokenizer, label_space, batch_size, show_progress=show_progress))
     results["params"] = count_parameters(model)
     results["size_mb"] = model_size_mb(model_dir)

@@ -15,7 +15,8 @@ import torch
 
 from . import evaluation
 from .artifacts import atomic_file, write_json
-from .data import DataOptions, EncodedData, task_cache
+from .data import DataOptions, EncodedData
+from .data.tasks import task_data
 from .errors import InputError
 from .metrics import default_metric
 from .models import check_model_dir, count_parameters, label_space_of, load_classifier, load_tokenizer
@@ -28,6 +29,7 @@ INT8_FILE = "model.int8.onnx"
 REPORT_FILE = "export.json"
 FP32_TOLERANCE = 1e-3  # max |Δlogit| between PyTorch and ONNX fp32
 INT8_TOLERANCE = 1.0  # metric points (×100) the int8 model may lose on the dev set
+OUTPUT_NAMES = {"sequence": ("logits",), "token": ("logits",), "qa": ("start_logits", "end_logits")}
 PARITY_EXAMPLES = 256  # examples compared in fp32 (the int8 check uses the whole data file)
 SAMPLE_TEXTS = ["a short example", "a second, rather longer example sentence for the check ."]
 
@@ -42,8 +44,8 @@ def cpu_session(model: str | bytes):
 
 
 class OnnxClassifier:
-    """An onnxruntime session that answers like a transformers classifier (``model(**batch).logits``),
-    so evaluation and prediction code runs unchanged on either."""
+    """An onnxruntime session that answers like a transformers model (``model(**batch).logits``, or
+    ``.start_logits`` and ``.end_logits`` for QA), so evaluation and prediction run unchanged on either."""
 
     training = False
 
@@ -51,6 +53,7 @@ class OnnxClassifier:
         self.path = Path(path)
         self.session = cpu_session(str(path))
         self.input_names = [node.name for node in self.session.get_inputs()]
+        self.output_names = [node.name for node in self.session.get_outputs()]
 
     def eval(self):
         return self
@@ -62,8 +65,8 @@ class OnnxClassifier:
         feeds = {name: np.asarray(inputs[name], dtype=np.int64) for name in self.input_names if name in inputs}
         if "token_type_ids" in self.input_names and "token_type_ids" not in feeds:
             feeds["token_type_ids"] = np.zeros_like(feeds["input_ids"])
-        (logits,) = self.session.run(["logits"], feeds)
-        return SimpleNamespace(logits=torch.from_numpy(logits))
+        outputs = self.session.run(self.output_names, feeds)
+        return SimpleNamespace(**{name: torch.from_numpy(value) for name, value in zip(self.output_names, outputs)})
 
 
 @dataclass
@@ -101,14 +104,15 @@ def export_onnx(model_dir: str | os.PathLike, output_dir: str | os.PathLike, *, 
     # the check data first: a bad file stops the export before anything is written
     if data is not None:
         options = data_options or DataOptions()
-        dataset = task_cache(data, tokenizer, max_length, options, show_progress=show_progress).labelled(label_space)
+        dataset = task_data(label_space.task, data, tokenizer, max_length, options, show_progress=show_progress,
+                            limit=False).labelled(label_space)
     else:
         features = [dict(tokenizer(text)) for text in SAMPLE_TEXTS]
         dataset = EncodedData(features, [len(feature["input_ids"]) for feature in features])
     output_dir.mkdir(parents=True, exist_ok=True)
     onnx_path = output_dir / ONNX_FILE
     logger.info("writing %s", onnx_path)
-    _write_onnx(model, tokenizer, onnx_path)
+    _write_onnx(model, tokenizer, onnx_path, label_space.task)
     tokenizer.save_pretrained(output_dir)
     model.config.save_pretrained(output_dir)
     results = {"model": str(model_dir), "onnx": str(onnx_path), "params": count_parameters(model),
@@ -116,8 +120,10 @@ def export_onnx(model_dir: str | os.PathLike, output_dir: str | os.PathLike, *, 
                "onnx_size_mb": onnx_path.stat().st_size / 1e6}
     sample = dataset.first(PARITY_EXAMPLES)
     exported = OnnxClassifier(onnx_path)
-    difference = float(np.abs(evaluation.predict_logits(exported, sample, tokenizer, show_progress=False)
-                              - evaluation.predict_logits(model, sample, tokenizer, show_progress=False)).max())
+    difference = max(float(np.abs(evaluation.predict_logits(exported, sample, tokenizer, show_progress=False, output=name)
+                                  - evaluation.predict_logits(model, sample, tokenizer, show_progress=False,
+                                                              output=name)).max())
+                     for name in OUTPUT_NAMES[label_space.task])
     results["fp32_max_abs_logit_diff"] = difference
     results["fp32_parity_examples"] = len(sample)
     results["fp32_parity_passed"] = difference <= FP32_TOLERANCE
@@ -170,12 +176,14 @@ def export_graph(module: torch.nn.Module, inputs: dict[str, torch.Tensor], targe
                           dynamo=False)
 
 
-def _write_onnx(model, tokenizer, path: Path) -> None:
+def _write_onnx(model, tokenizer, path: Path, task: str) -> None:
     sample = tokenizer(SAMPLE_TEXTS, padding=True, return_tensors="pt")
     inputs = {name: sample[name] for name in ("input_ids", "attention_mask", "token_type_ids") if name in sample}
     axes = {name: {0: "batch", 1: "sequence"} for name in inputs}
+    # a class per text has a batch axis; a tag per token, and answer positions, a sequence axis too
+    outputs = {name: {0: "batch"} if task == "sequence" else {0: "batch", 1: "sequence"} for name in OUTPUT_NAMES[task]}
     with atomic_file(path) as temporary:
-        export_graph(model, inputs, str(temporary), {**axes, "logits": {0: "batch"}})
+        export_graph(model, inputs, str(temporary), {**axes, **outputs}, output_names=OUTPUT_NAMES[task])
 
 
 def _quantize(source: Path, target: Path) -> None:

@@ -11,10 +11,12 @@ from pathlib import Path
 from accelerate.utils import set_seed
 
 from . import evaluation
-from .data import DataOptions, LabelSpace, task_cache, train_loader
+from .data import DataOptions, train_loader
+from .data.batching import model_inputs
+from .data.tasks import detect_task, label_space_of_data, train_and_dev
 from .data.cache import CACHE_DIR, data_fingerprints
 from .metrics import selection_metric
-from .models import load_classifier, load_tokenizer, save_model_dir
+from .models import describe, load_classifier, load_tokenizer, save_model_dir
 from .settings import group, option
 from .training import (STATE_FILE, TaskFiles, TrainingConfig, batch_padding, compiled, is_complete, main_process_first,
                        make_accelerator, run_training)
@@ -47,8 +49,9 @@ class FinetuneArguments(TaskFiles):
 def finetune(model_dir: str | os.PathLike, train_path: str | os.PathLike, output_dir: str | os.PathLike,
              eval_path: str | os.PathLike | None = None, config: FinetuneConfig | None = None,
              data_options: DataOptions | None = None, show_progress: bool = True) -> dict:
-    """Fine-tune ``model_dir`` on ``train_path``; the best dev checkpoint (or the last, without
-    ``eval_path``) is written to ``output_dir`` as a plain save_pretrained directory.
+    """Fine-tune ``model_dir`` on ``train_path`` (text classification or regression, token
+    classification or extractive QA, as the data says); the best dev checkpoint (or the last,
+    without ``eval_path``) is written to ``output_dir`` as a plain save_pretrained directory.
 
     Returns the training summary; a finished ``output_dir`` is left as it is.
     """
@@ -60,13 +63,12 @@ def finetune(model_dir: str | os.PathLike, train_path: str | os.PathLike, output
         return json.loads((output_dir / STATE_FILE).read_text())
     tokenizer = load_tokenizer(model_dir)
     accelerator = make_accelerator(config.training)
+    kind = detect_task(train_path, data_options)
     # one process tokenises, the others then read its cache
-    train, dev = main_process_first(accelerator, lambda: [
-        task_cache(path, tokenizer, config.max_length, data_options, output_dir / CACHE_DIR,
-                   show_progress=show_progress and accelerator.is_main_process) if path else None
-        for path in (train_path, eval_path)])
-    train = train.first(data_options.max_examples)
-    label_space = LabelSpace.infer(train)
+    train, dev = main_process_first(accelerator, lambda: train_and_dev(
+        kind, train_path, eval_path, tokenizer, config.max_length, data_options, output_dir / CACHE_DIR,
+        show_progress and accelerator.is_main_process))
+    label_space = label_space_of_data(kind, train)
     metric = selection_metric(config.metric, label_space)
     set_seed(config.training.seed)  # the new classifier head's initialisation depends on it
     model = main_process_first(accelerator, lambda: load_classifier(model_dir, label_space))
@@ -87,9 +89,9 @@ def finetune(model_dir: str | os.PathLike, train_path: str | os.PathLike, output
     def save(unwrapped, _metrics):
         save_model_dir(unwrapped, tokenizer, output_dir)
 
-    logger.info("fine-tuning %s on %d examples (%s, labels %s)", model_dir, len(train),
-                label_space.kind, label_space.names or "score")
+    logger.info("fine-tuning %s on %d examples (%s: %s)", model_dir, len(train), label_space.kind,
+                describe(label_space))
     return run_training(output_dir=output_dir, config=config.training, module=model, train_loader=loader,
-                        compute_losses=lambda module, batch: {"loss": module(**batch).loss},
+                        compute_losses=lambda module, batch: {"loss": module(**model_inputs(batch, labels=True)).loss},
                         evaluate=evaluate, metric=metric, on_improved=save, accelerator=accelerator,
                         description="fine-tuning", inputs=data_fingerprints(train, dev))

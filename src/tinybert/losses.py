@@ -54,3 +54,24 @@ def prediction_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, 
     if regression:
         return F.mse_loss(student_logits.float().view(-1), teacher_logits.float().view(-1))
     return soft_cross_entropy(student_logits, teacher_logits, temperature)
+
+
+def token_soft_cross_entropy(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
+                             attention_mask: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """Soft cross-entropy of each counted token's tag distribution (batch, tokens, tags), averaged
+    over the tokens the mask counts (token classification's stage 2: each word's first piece)."""
+    targets = F.softmax(teacher_logits.float() / temperature, dim=-1)
+    per_token = -(targets * F.log_softmax(student_logits.float() / temperature, dim=-1)).sum(-1)
+    mask = attention_mask.float()
+    return (per_token * mask).sum() / mask.sum()
+
+
+def span_soft_cross_entropy(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
+                            attention_mask: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """Soft cross-entropy between distributions over a window's real positions (batch, tokens):
+    where the answer starts, or ends (extractive QA's stage 2, once for each)."""
+    padding = (attention_mask == 0)
+    # scaled before masking: the smallest float divided by a temperature below 1 would overflow to -inf
+    student = (student_logits.float() / temperature).masked_fill(padding, torch.finfo(torch.float32).min)
+    teacher = (teacher_logits.float() / temperature).masked_fill(padding, torch.finfo(torch.float32).min)
+    return -(F.softmax(teacher, dim=-1) * F.log_softmax(student, dim=-1)).sum(-1).mean()

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import re
+import string
+from collections import Counter
+
 import numpy as np
 from scipy.stats import pearsonr, spearmanr
 from sklearn.metrics import confusion_matrix
@@ -9,16 +13,22 @@ from sklearn.metrics import confusion_matrix
 from .data import LabelSpace
 from .errors import InputError
 
+_PUNCTUATION = frozenset(string.punctuation)
+
 
 def metric_names(label_space: LabelSpace) -> tuple[str, ...]:
-    """The metrics that can pick the best epoch (higher is better for each)."""
+    """The metrics that can pick the best epoch (higher is better for each), the default first."""
+    if label_space.kind == "token":
+        return ("f1", "precision", "recall")
+    if label_space.kind == "qa":
+        return ("f1", "exact_match")
     if label_space.is_regression:
         return ("pearson", "spearman")
     return ("accuracy", "mcc", "f1") if label_space.num_labels == 2 else ("accuracy", "mcc")
 
 
 def default_metric(label_space: LabelSpace) -> str:
-    return "pearson" if label_space.is_regression else "accuracy"
+    return metric_names(label_space)[0]
 
 
 def selection_metric(metric: str | None, label_space: LabelSpace) -> str:
@@ -45,6 +55,9 @@ class MetricAccumulator:
         self.confusion += other.confusion
         self.scores += other.scores
         self.count += other.count
+
+    def add_batch(self, outputs: dict, batch: dict) -> None:
+        self.add(outputs["logits"], batch["labels"].numpy())
 
     def add(self, logits: np.ndarray, labels: np.ndarray) -> None:
         self.count += len(labels)
@@ -80,3 +93,94 @@ def compute_metrics(logits: np.ndarray, labels: np.ndarray, label_space: LabelSp
     accumulator = MetricAccumulator(label_space)
     accumulator.add(np.asarray(logits), np.asarray(labels))
     return accumulator.result()
+
+
+class TagMetrics:
+    """Entity-level precision, recall and F1 (seqeval, strict IOB2) over the words of each
+    sentence: a word's tag is predicted on its first piece."""
+
+    def __init__(self, label_space: LabelSpace):
+        self.names = label_space.names
+        self.gold: list[list[str]] = []
+        self.predicted: list[list[str]] = []
+        self.count = 0
+
+    def add_batch(self, outputs: dict, batch: dict) -> None:
+        labels = batch["labels"].numpy()
+        guesses = outputs["logits"].argmax(-1)
+        for row, guess in zip(labels, guesses):
+            words = row != -100
+            self.gold.append([self.names[i] for i in row[words]])
+            self.predicted.append([self.names[i] for i in guess[words]])
+        self.count += len(labels)
+
+    def merge(self, other: "TagMetrics") -> None:
+        self.gold += other.gold
+        self.predicted += other.predicted
+        self.count += other.count
+
+    def result(self) -> dict:
+        from seqeval.metrics import f1_score, precision_score, recall_score
+        from seqeval.scheme import IOB2
+        scores = {"f1": f1_score, "precision": precision_score, "recall": recall_score}
+        return {name: float(score(self.gold, self.predicted, mode="strict", scheme=IOB2, zero_division=0))
+                for name, score in scores.items()}
+
+
+class AnswerMetrics:
+    """SQuAD exact match and F1 (the official answer normalisation, the best over each question's
+    reference answers) of the best span of each question over its windows."""
+
+    def __init__(self, examples: list[dict]):
+        from .data.squad import AnswerFinder
+        self.examples = examples
+        self.finder = AnswerFinder()
+        self.count = 0
+
+    def add_batch(self, outputs: dict, batch: dict) -> None:
+        self.finder.add(outputs["start_logits"], outputs["end_logits"], batch["offset_start"].numpy(),
+                        batch["offset_end"].numpy(), batch["example"].numpy())
+        self.count += len(batch["example"])
+
+    def merge(self, other: "AnswerMetrics") -> None:
+        self.finder.merge(other.finder)
+        self.count += other.count
+
+    def result(self) -> dict:
+        allow_empty = any(example["impossible"] for example in self.examples)
+        answers = self.finder.answers(self.examples, allow_empty)
+        return squad_scores([text for text, _, _ in answers],
+                            [example["answers"] or [""] for example in self.examples])
+
+
+def metrics_for(label_space: LabelSpace, dataset=None):
+    """The accumulator of a task's metrics (QA needs the dataset's questions)."""
+    if label_space.kind == "token":
+        return TagMetrics(label_space)
+    if label_space.kind == "qa":
+        return AnswerMetrics(dataset.examples())
+    return MetricAccumulator(label_space)
+
+
+def normalize_answer(text: str) -> str:
+    """SQuAD's official normalisation: lower case, no punctuation, no articles, single spaces."""
+    text = "".join(char for char in text.lower() if char not in _PUNCTUATION)
+    return " ".join(re.sub(r"\b(a|an|the)\b", " ", text).split())
+
+
+def _f1(prediction: str, truth: str) -> float:
+    predicted, gold = normalize_answer(prediction).split(), normalize_answer(truth).split()
+    if not predicted or not gold:
+        return float(predicted == gold)
+    common = sum((Counter(predicted) & Counter(gold)).values())
+    if not common:
+        return 0.0
+    precision, recall = common / len(predicted), common / len(gold)
+    return 2 * precision * recall / (precision + recall)
+
+
+def squad_scores(predictions: list[str], references: list[list[str]]) -> dict:
+    """Exact match and F1 (fractions), each the best over a question's reference answers."""
+    exact = [max(float(normalize_answer(p) == normalize_answer(r)) for r in refs) for p, refs in zip(predictions, references)]
+    f1 = [max(_f1(p, r) for r in refs) for p, refs in zip(predictions, references)]
+    return {"f1": float(np.mean(f1)), "exact_match": float(np.mean(exact))}

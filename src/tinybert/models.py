@@ -7,7 +7,8 @@ import shutil
 from pathlib import Path
 
 import torch
-from transformers import AutoConfig, AutoModelForSequenceClassification
+from transformers import (AutoConfig, AutoModelForQuestionAnswering, AutoModelForSequenceClassification,
+                          AutoModelForTokenClassification)
 
 from .artifacts import digest_files
 from .data import LabelSpace
@@ -34,32 +35,38 @@ def load_tokenizer(model_dir: str | os.PathLike):
     return load_tokenizer_files(check_model_dir(model_dir), shown=model_dir)
 
 
+# the model class of each task (sequence, token, qa)
+TASK_MODELS = {"sequence": AutoModelForSequenceClassification, "token": AutoModelForTokenClassification,
+               "qa": AutoModelForQuestionAnswering}
+
+
 def label_space_of(model_dir: str | os.PathLike) -> LabelSpace | None:
-    """The label space stored with a fine-tuned classifier, or None for a bare encoder."""
-    config = AutoConfig.from_pretrained(check_model_dir(model_dir))
-    architectures = getattr(config, "architectures", None) or []
-    if not any("SequenceClassification" in name for name in architectures):
-        return None
-    return LabelSpace.from_config(config)
+    """The label space stored with a fine-tuned model, or None for a bare encoder."""
+    return LabelSpace.from_config(AutoConfig.from_pretrained(check_model_dir(model_dir)))
+
+
+def describe(space: LabelSpace) -> str:
+    return {"regression": "scores", "qa": "answer spans"}.get(space.kind) or ", ".join(space.names)
 
 
 def load_classifier(model_dir: str | os.PathLike, label_space: LabelSpace | None = None):
-    """A sequence classifier from any local encoder directory.
+    """A task model from any local encoder directory (a classifier, a tagger or a QA model, as
+    the label space says).
 
-    A bare encoder gets a new head sized for ``label_space``; a fine-tuned classifier keeps its
-    head, and its stored labels must match ``label_space`` when one is given.
+    A bare encoder gets a new head sized for ``label_space``; a fine-tuned model keeps its head,
+    and its stored labels must match ``label_space`` when one is given.
     """
     path = check_model_dir(model_dir)
     stored = label_space_of(path)
     if stored is not None and label_space is not None and stored != label_space:
-        raise InputError(
-            f"the model was trained for labels {stored.names or 'regression'}, "
-            f"the data has {label_space.names or 'regression'}",
-            path=path, fix="fine-tune from the base encoder, or use data with the model's labels")
+        raise InputError(f"the model was trained for {describe(stored)} ({stored.task} task), the data has "
+                         f"{describe(label_space)} ({label_space.task} task)", path=path,
+                         fix="fine-tune from the base encoder, or use data with the model's labels")
+    space = stored or label_space
     extra = {} if stored is not None or label_space is None else label_space.config_fields()
     # trainable weights in float32 whatever the checkpoint was saved in (transformers 5 keeps an
     # fp16/bf16 checkpoint's dtype, and AdamW on half-precision weights loses the updates)
-    return AutoModelForSequenceClassification.from_pretrained(path, dtype=torch.float32, **extra)
+    return TASK_MODELS[space.task if space else "sequence"].from_pretrained(path, dtype=torch.float32, **extra)
 
 
 def save_model_dir(model, tokenizer, output_dir: str | os.PathLike) -> None:

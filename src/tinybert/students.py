@@ -6,11 +6,11 @@ import json
 from pathlib import Path
 
 import torch
-from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification
+from transformers import AutoConfig, AutoModel
 
 from .data import LabelSpace
 from .errors import InputError
-from .models import check_model_dir, count_parameters, load_classifier
+from .models import TASK_MODELS, check_model_dir, count_parameters, load_classifier
 
 STUDENT_PRESETS = {
     "tinybert-4l-312": {"num_hidden_layers": 4, "hidden_size": 312, "intermediate_size": 1200,
@@ -63,8 +63,8 @@ def student_config(teacher_config, shape: dict, label_space: LabelSpace | None):
 
 
 def _new_model(config, label_space: LabelSpace | None):
-    """A classifier for a task, a bare encoder for general distillation."""
-    factory = AutoModel if label_space is None else AutoModelForSequenceClassification
+    """A task model (classifier, tagger, QA), a bare encoder for general distillation."""
+    factory = AutoModel if label_space is None else TASK_MODELS[label_space.task]
     return factory.from_config(config)
 
 
@@ -133,10 +133,11 @@ def _copy_teacher_layers(teacher, student, mapping: list[int]) -> None:
     if getattr(teacher_base, "pooler", None) is not None and getattr(student_base, "pooler", None) is not None:
         student_base.pooler.load_state_dict(teacher_base.pooler.state_dict())
     # a task head of the same shape starts where the teacher's is, not from random weights
-    teacher_head, student_head = getattr(teacher, "classifier", None), getattr(student, "classifier", None)
-    if teacher_head is not None and student_head is not None and all(
-            a.shape == b.shape for a, b in zip(teacher_head.state_dict().values(), student_head.state_dict().values())):
-        student_head.load_state_dict(teacher_head.state_dict())
+    for name in ("classifier", "qa_outputs"):
+        teacher_head, student_head = getattr(teacher, name, None), getattr(student, name, None)
+        if teacher_head is not None and student_head is not None and all(
+                a.shape == b.shape for a, b in zip(teacher_head.state_dict().values(), student_head.state_dict().values())):
+            student_head.load_state_dict(teacher_head.state_dict())
 
 
 def non_embedding_parameters(model: torch.nn.Module) -> int:

@@ -45,11 +45,13 @@ class Augmenter:
         self.splitter = WordSplitter(mlm.tokenizer if mlm else None)
         self.special_tokens = mlm.special_tokens if mlm else frozenset()
 
-    def masked_copies(self, sentences: list[list[str]]):
+    def masked_copies(self, sentences: list[list[str]], replaceable: list[set[int]] | None = None):
         """The masked LM's work for these word lists: one copy per eligible single-piece word
         (token ids with that word masked, its position, whether it is CJK), the (sentence, word)
-        that owns each copy, and the (sentence, word) pairs of several pieces, left to word vectors."""
-        eligible = [[i for i, w in enumerate(words) if is_eligible(w, self.special_tokens)] for words in sentences]
+        that owns each copy, and the (sentence, word) pairs of several pieces, left to word vectors.
+        ``replaceable``: the only words of each sentence that may change (e.g. no entity's)."""
+        eligible = [[i for i, w in enumerate(words) if is_eligible(w, self.special_tokens)
+                     and (replaceable is None or i in replaceable[s])] for s, words in enumerate(sentences)]
         if self.mlm is None:
             return [], [], [(s, w) for s in range(len(sentences)) for w in eligible[s]]
         ids, positions = self.mlm.piece_counts(sentences)
@@ -70,8 +72,12 @@ class Augmenter:
     def word_candidates(self, texts: list[str]) -> list[tuple[list[str], dict[int, list[str]]]]:
         """Words of each text and, for each eligible word with candidates, its K candidates."""
         sentences = [self.splitter.split(text) for text in texts]
+        return list(zip(sentences, self.candidates_of(sentences)))
+
+    def candidates_of(self, sentences: list[list[str]], replaceable: list[set[int]] | None = None) -> list[dict]:
+        """For each word list, its eligible (and replaceable) words' K candidates, by position."""
         found: list[dict[int, list[str]]] = [{} for _ in sentences]
-        copies, owners, for_vectors = self.masked_copies(sentences)
+        copies, owners, for_vectors = self.masked_copies(sentences, replaceable)
         if copies:
             for (s, w), candidates in zip(owners, self.mlm.candidates(copies)):
                 found[s][w] = candidates
@@ -79,12 +85,15 @@ class Augmenter:
             neighbours = self.vectors.neighbours([sentences[s][w] for s, w in for_vectors], self.config.candidates)
             for s, w in for_vectors:
                 found[s][w] = neighbours[sentences[s][w]]
-        return [(words, {w: c for w, c in cands.items() if c}) for words, cands in zip(sentences, found)]
+        return [{w: c for w, c in cands.items() if c} for cands in found]
 
     def variants(self, words: list[str], candidates: dict[int, list[str]], rng: random.Random) -> list[str]:
         """Up to N distinct variants, each differing from the original words somewhere."""
-        original = " ".join(words)
-        seen = {original}
+        return [" ".join(new) for new in self.variant_words(words, candidates, rng)]
+
+    def variant_words(self, words: list[str], candidates: dict[int, list[str]], rng: random.Random) -> list[list[str]]:
+        """The variants as word lists (a replaced word stays one word, so tags stay aligned)."""
+        seen = {" ".join(words)}
         result = []
         for _ in range(self.config.variants):
             new = list(words)
@@ -95,7 +104,7 @@ class Augmenter:
             text = " ".join(new)
             if text not in seen:
                 seen.add(text)
-                result.append(text)
+                result.append(new)
         return result
 
 

@@ -7,18 +7,18 @@ import itertools
 import logging
 import os
 import random
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from tqdm.auto import tqdm
-
-from ..artifacts import Stamp, digest_file
+from ..artifacts import digest_file
 from ..data import DataOptions, count_lines, format_row, header_line, report_bad_lines
+from ..data.tasks import detect_task
 from ..errors import InputError
 from ..models import digest_model_dir
 from ..settings import group, option
 from .algorithm import OUTPUT_NEUTRAL_SETTINGS, AugmentConfig, Augmenter, build_augmenter
+from .stream import resumable_stream
+from .structured import augment_questions, augment_tagged
 
 logger = logging.getLogger(__name__)
 
@@ -44,11 +44,15 @@ def augment_file(input_path: str | os.PathLike, output_path: str | os.PathLike, 
     input_path, output_path = str(input_path), Path(output_path)
     if config.field not in ("first", "second"):
         raise InputError(f"unknown field {config.field!r}", fix="use --field first or --field second")
-    partial = output_path.with_name(output_path.name + ".partial")
-    progress_file = output_path.with_name(output_path.name + ".progress.json")
-    if output_path.exists() and not partial.exists():
+    if output_path.exists() and not output_path.with_name(output_path.name + ".partial").exists():
         logger.info("%s already exists; delete it to augment again", output_path)
         return {"rows": None, "written": None, "complete": True}
+    kind = detect_task(input_path, options)
+    if kind != "sequence":  # tags or answers: only the words that carry none change
+        augmenter = augmenter or build_augmenter(config, mlm_dir, word_vectors)
+        inputs = output_inputs(input_path, mlm_dir, word_vectors, config, options)
+        write = augment_tagged if kind == "token" else augment_questions
+        return write(input_path, output_path, augmenter, inputs, options, show_progress)
     layout, rows = options.open(input_path, require_labels=False)
     if config.field == "second" and not layout.has_pairs:
         raise InputError("--field second needs sentence pairs", path=input_path,
@@ -56,72 +60,38 @@ def augment_file(input_path: str | os.PathLike, output_path: str | os.PathLike, 
     _check_rows(input_path, options)  # a bad line near the end stops the run before any work
     augmenter = augmenter or build_augmenter(config, mlm_dir, word_vectors)
 
-    # what the output is made of: the input's content, the candidates' sources, the settings
-    inputs = {"input": digest_file(input_path), "mlm": digest_model_dir(mlm_dir) if mlm_dir else None,
-              "word_vectors": digest_file(word_vectors) if word_vectors else None,
-              "config": {k: v for k, v in vars(config).items() if k not in OUTPUT_NEUTRAL_SETTINGS},
-              "reading": vars(options)}
-    progress = Stamp(progress_file)
-    state = {"rows": 0, "bytes": 0, "written": 0}
-    if partial.exists() and progress.matches(inputs):
-        state = progress.read()["state"]
-        logger.info("resuming %s after %d rows", output_path, state["rows"])
-    output_path.parent.mkdir(parents=True, exist_ok=True)
-    handle = open(partial, "r+b" if state["bytes"] else "wb")
-    handle.truncate(state["bytes"])
-    handle.seek(state["bytes"])
-    if not state["bytes"] and header_line(layout):
-        handle.write(header_line(layout).encode("utf-8"))
-
-    total = count_lines(input_path)
-    bar = tqdm(total=total, initial=state["rows"], desc="augmenting", unit="sent", disable=not show_progress,
-               dynamic_ncols=True)
-    started = time.perf_counter()
-    done_before = state["rows"]
+    inputs = output_inputs(input_path, mlm_dir, word_vectors, config, options)
+    second = config.field == "second"
     if options.max_examples:
         rows = itertools.islice(rows, options.max_examples)
-    data_rows = itertools.islice(rows, done_before, None)
-    chunk = []
 
-    def flush(chunk):
+    def render(chunk, state) -> tuple[str, int]:
         good = [row for row in chunk if row.example is not None]  # the others: skipped, reported before
-        second = config.field == "second"
         first_copied = len(good)
         if config.augment_first is not None:
             first_copied = max(0, min(len(good), config.augment_first - state["rows"]))
         to_vary, to_copy = good[:first_copied], good[first_copied:]
         texts = [row.example.text_b if second else row.example.text_a for row in to_vary]
-        lines = []
+        lines, written = [], 0
         for row, (words, candidates) in zip(to_vary, augmenter.word_candidates(texts)):
             lines.append(format_row(layout, row))
-            rng = random.Random(f"{config.seed}:{row.line}")
-            for variant in augmenter.variants(words, candidates, rng):
+            for variant in augmenter.variants(words, candidates, random.Random(f"{config.seed}:{row.line}")):
                 lines.append(format_row(layout, row, text_b=variant) if second else
                              format_row(layout, row, text_a=variant))
-                state["written"] += 1
+                written += 1
         lines.extend(format_row(layout, row) for row in to_copy)
-        handle.write("".join(lines).encode("utf-8"))
-        handle.flush()
-        os.fsync(handle.fileno())
-        state["rows"] += len(chunk)
-        state["bytes"] = handle.tell()
-        progress.write(inputs, state=state)
-        bar.update(len(chunk))
+        return "".join(lines), written
 
-    for row in data_rows:
-        chunk.append(row)
-        if len(chunk) == config.chunk_rows:
-            flush(chunk)
-            chunk = []
-    if chunk:
-        flush(chunk)
-    bar.close()
-    handle.close()
-    os.replace(partial, output_path)
-    progress_file.unlink(missing_ok=True)
-    seconds = time.perf_counter() - started
-    return {"rows": state["rows"], "written": state["written"], "seconds": seconds,
-            "rows_per_s": (state["rows"] - done_before) / seconds if seconds else None, "complete": True}
+    return resumable_stream(rows, render, output_path, inputs, config.chunk_rows, count_lines(input_path),
+                            header_line(layout) or "", show_progress)
+
+
+def output_inputs(input_path, mlm_dir, word_vectors, config: AugmentConfig, options: DataOptions) -> dict:
+    """What augmented output is made of: the input's content, the candidates' sources, the settings."""
+    return {"input": digest_file(input_path), "mlm": digest_model_dir(mlm_dir) if mlm_dir else None,
+            "word_vectors": digest_file(word_vectors) if word_vectors else None,
+            "config": {k: v for k, v in vars(config).items() if k not in OUTPUT_NEUTRAL_SETTINGS},
+            "reading": vars(options)}
 
 
 @dataclass

@@ -116,6 +116,17 @@ def encode(data: TaskData, tokenizer: PreTrainedTokenizerBase, max_length: int,
     return EncodedData(features, lengths, truncated)
 
 
+MODEL_INPUTS = ("input_ids", "token_type_ids", "attention_mask")
+IGNORED_LABEL = -100  # transformers' label of positions that count in no loss or metric
+LABELS = ("labels", "start_positions", "end_positions")
+
+
+def model_inputs(batch: dict, labels: bool = False) -> dict:
+    """The part of a batch a model takes (its inputs, and its labels when ``labels``)."""
+    keys = MODEL_INPUTS + (LABELS if labels else ())
+    return {key: value for key, value in batch.items() if key in keys}
+
+
 class PadToLongest:
     """Pads a batch to its longest example (rounded up to ``pad_to_multiple_of``) and adds the
     attention mask: the tensors transformers' ``DataCollatorWithPadding`` gives, built with numpy.
@@ -134,16 +145,19 @@ class PadToLongest:
         columns = np.arange(width)[None, :]
         real = columns >= (width - lengths)[:, None] if self.left else columns < lengths[:, None]
         batch = {}
-        for key, pad in (("input_ids", self.pad_id), ("token_type_ids", self.type_pad_id)):
-            if key in features[0]:
-                padded = np.full((len(features), width), pad, dtype=np.int64)
+        for key, value in features[0].items():
+            if isinstance(value, list):  # a value per token: padded (a tag with -100, an offset with -1)
+                padded = np.full((len(features), width), self._padding(key), dtype=np.int64)
                 padded[real] = np.concatenate([f[key] for f in features])
                 batch[key] = torch.from_numpy(padded)
+            else:  # a value per example
+                values = [f[key] for f in features]
+                batch[key] = torch.tensor(values, dtype=torch.float32 if isinstance(values[0], float) else torch.int64)
         batch["attention_mask"] = torch.from_numpy(real.astype(np.int64))
-        if "labels" in features[0]:
-            labels = [f["labels"] for f in features]
-            batch["labels"] = torch.tensor(labels, dtype=torch.float32 if isinstance(labels[0], float) else torch.int64)
         return batch
+
+    def _padding(self, key: str) -> int:
+        return {"input_ids": self.pad_id, "token_type_ids": self.type_pad_id, "labels": IGNORED_LABEL}.get(key, -1)
 
 
 def _workers() -> int:

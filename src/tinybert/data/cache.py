@@ -1,18 +1,13 @@
-"""The token cache of a task file: every example tokenised once, on disk, read back by index.
+"""Token caches: every example of a task file tokenised once, on disk, read back by index.
 
 Training and evaluation read task data from here, so memory does not grow with the number of
 rows and every process of a multi-GPU run reads only the examples of its own batches. One
-directory per (file, tokenizer, max length); it is rebuilt when the file's content, the
-tokenizer, the length or the column options change. Files:
-
-* ``ids.bin``: the token ids of all examples, one after another (uint16, or uint32 for large
-  vocabularies); ``types.bin``: their token types (uint8), sentence pairs only;
-* ``offsets.bin``: where each example starts in ``ids.bin`` (uint64, one more than examples);
-* ``lengths.bin``: tokens per example (uint8 up to 255 tokens, else uint16), what length-grouped
-  batching sorts by;
-* ``labels.bin``: each example's label as an index into the label table of ``meta.json``
-  (int32): the raw labels are interpreted by whichever model reads the cache;
-* ``meta.json``: the stamp (inputs, counts, the label table with each label's first line).
+directory per (file, task, tokenizer, max length), in the feature files of ``features.py``,
+stamped in ``meta.json`` with what it was made from; it is rebuilt in place when the file's
+content, the tokenizer, the length or the column options change. Labels are stored as indices
+into the file's own label table (in ``meta.json``, with each label's first line), so a cache
+serves any model that reads them. This module holds text classification's cache and what all
+caches share; ``tagging.py`` and ``squad.py`` build those of token classification and QA.
 """
 
 from __future__ import annotations
@@ -24,7 +19,6 @@ import os
 from pathlib import Path
 
 import numpy as np
-from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from ..artifacts import Stamp, cache_root, digest, digest_file, read_json, staged_directory
@@ -34,33 +28,27 @@ from .formats import report_bad_lines
 from .options import DataOptions, TaskLabels, count_lines
 from .labels import LabelSpace
 from .batching import TextEncoder, warn_truncated
+from .features import FeatureFile, FeatureWriter
 
 logger = logging.getLogger(__name__)
 
 META_FILE = "meta.json"
 CACHE_DIR = "token_cache"  # inside a stage's output directory, unless --cache-dir says otherwise
-VERSION = 2
+VERSION = 3
 _CHUNK_ROWS = 2048
 _SKIPPED_SHOWN = 100
 
 
-class TokenCache(Dataset):
-    """The cached examples, as features for ``DataCollatorWithPadding``; ``labelled`` and
-    ``first`` give views with labels encoded for a model, or the first N examples only."""
+class TokenCache(FeatureFile):
+    """The cached examples of a text-classification file, as features for the collator;
+    ``labelled`` and ``first`` give views with labels encoded for a model, or the first N only."""
 
     def __init__(self, directory: str | os.PathLike):
-        self.directory = Path(directory)
-        self.meta = read_json(self.directory / META_FILE)
+        directory = Path(directory)
+        super().__init__(directory, read_json(directory / META_FILE))
         self.path = self.meta["source"]
-        self.count = self.meta["examples"]
         self.has_pairs = self.meta["pairs"]
-        self.lengths = np.fromfile(self.directory / "lengths.bin", dtype=self.meta["length_dtype"])
-        self._id_dtype = np.dtype(self.meta["id_dtype"])
         self._label_values: list | None = None
-        self._files = None
-
-    def __len__(self) -> int:
-        return self.count
 
     @property
     def raw_labels(self) -> dict[str, int]:
@@ -68,15 +56,8 @@ class TokenCache(Dataset):
         table = dict(zip(self.meta["labels"], self.meta["label_lines"]))
         if self.count == self.meta["examples"]:
             return table
-        used = np.unique(np.fromfile(self.directory / "labels.bin", dtype="<i4", count=self.count))
+        used = np.unique(self.column("label", self.count))
         return {self.meta["labels"][i]: self.meta["label_lines"][i] for i in used}
-
-    def first(self, count: int | None) -> "TokenCache":
-        """A view of the first ``count`` examples (all when None)."""
-        view = copy.copy(self)
-        if count is not None and count < self.count:
-            view.count, view.lengths = count, self.lengths[:count]
-        return view
 
     def labelled(self, label_space: LabelSpace) -> "TokenCache":
         """A view whose examples carry their label encoded in ``label_space`` (an unknown label is
@@ -86,27 +67,12 @@ class TokenCache(Dataset):
                               for raw, line in zip(self.meta["labels"], self.meta["label_lines"])]
         return view
 
-    def _handles(self):
-        if self._files is None:  # opened lazily, once per process (DataLoader workers fork)
-            names = ("offsets.bin", "ids.bin", "types.bin", "labels.bin")
-            self._files = [os.open(self.directory / name, os.O_RDONLY) if (self.directory / name).exists() else None
-                           for name in names]
-        return self._files
-
     def __getitem__(self, index: int) -> dict:
-        offsets, ids, types, labels = self._handles()
-        start, end = (int(v) for v in np.frombuffer(os.pread(offsets, 16, 8 * index), dtype="<u8"))
-        size = self._id_dtype.itemsize
-        feature = {"input_ids": np.frombuffer(os.pread(ids, (end - start) * size, start * size),
-                                              dtype=self._id_dtype).tolist()}
-        if types is not None:
-            feature["token_type_ids"] = list(os.pread(types, end - start, start))
-        elif self.meta["token_types"]:
-            feature["token_type_ids"] = [0] * (end - start)
+        row = self.row(index)
+        label = row.pop("label")
         if self._label_values is not None:
-            label = int(np.frombuffer(os.pread(labels, 4, 4 * index), dtype="<i4")[0])
-            feature["labels"] = self._label_values[label]
-        return feature
+            row["labels"] = self._label_values[label]
+        return row
 
 
 def data_fingerprints(train: TokenCache, dev: TokenCache | None) -> dict:
@@ -116,24 +82,40 @@ def data_fingerprints(train: TokenCache, dev: TokenCache | None) -> dict:
             "eval": dev.meta["fingerprint"] if dev is not None else None}
 
 
-def task_cache(path: str | os.PathLike, tokenizer, max_length: int, options: DataOptions,
-               default_dir: str | os.PathLike | None = None, show_progress: bool = True) -> TokenCache:
-    """The token cache of ``path``, in ``options.cache_dir`` (else ``default_dir``, else the user
-    cache), built now unless one made from the same inputs is there. ``options.max_examples`` is
-    not applied here (``TokenCache.first`` does)."""
-    path = Path(path)
+def cached_features(path: Path, inputs: dict, directory: Path, build) -> None:
+    """Makes ``directory`` with ``build(staging) -> meta`` unless it was made from ``inputs``
+    (stamped in its meta.json, written last)."""
+    if not Stamp(directory / META_FILE).matches(inputs):
+        with staged_directory(directory) as staging:
+            meta = build(staging)
+            Stamp(staging / META_FILE).write(inputs, **meta)
+        logger.info("%s: %d examples tokenised into %s", path, meta["examples"], directory)
+
+
+def cache_directory(path: Path, kind: str, tokenizer, max_length: int, options: DataOptions,
+                    default_dir: str | os.PathLike | None, **more) -> tuple[Path, dict]:
+    """Where the cache of ``path`` lives (``options.cache_dir``, else ``default_dir``, else the user
+    cache) and the inputs it is made from: the file's content, the tokenizer, the length, the
+    columns, and ``more`` settings of its kind (each set of them gets its own folder)."""
     if not path.is_file():
         raise InputError("file not found", path=path, fix="check the path")
     columns = [options.text_column, options.pair_column, options.label_column]
     inputs = {"file": digest_file(path), "tokenizer": tokenizer_digest(tokenizer), "max_length": max_length,
-              "columns": columns, "skip_bad_lines": options.skip_bad_lines, "version": VERSION}
-    name = f"{path.stem}-{digest([str(path.resolve()), inputs['tokenizer'], max_length, columns])[:12]}"
-    directory = Path(options.cache_dir or default_dir or cache_root() / "tokens") / name
-    if not Stamp(directory / META_FILE).matches(inputs):
-        with staged_directory(directory) as staging:
-            meta = _build(path, tokenizer, max_length, options, staging, show_progress)
-            Stamp(staging / META_FILE).write(inputs, **meta)
-        logger.info("%s: %d examples tokenised into %s", path, meta["examples"], directory)
+              "columns": columns, "skip_bad_lines": options.skip_bad_lines, "kind": kind, "version": VERSION, **more}
+    named_by = [str(path.resolve()), kind, inputs["tokenizer"], max_length, columns] + ([more] if more else [])
+    name = f"{path.stem}-{digest(named_by)[:12]}"
+    return Path(options.cache_dir or default_dir or cache_root() / "tokens") / name, inputs
+
+
+def task_cache(path: str | os.PathLike, tokenizer, max_length: int, options: DataOptions,
+               default_dir: str | os.PathLike | None = None, show_progress: bool = True) -> TokenCache:
+    """The token cache of a text-classification file, in ``options.cache_dir`` (else
+    ``default_dir``, else the user cache), built now unless one made from the same inputs is
+    there. ``options.max_examples`` is not applied here (``TokenCache.first`` does)."""
+    path = Path(path)
+    directory, inputs = cache_directory(path, "sequence", tokenizer, max_length, options, default_dir)
+    cached_features(path, inputs, directory,
+                    lambda staging: _build(path, tokenizer, max_length, options, staging, show_progress))
     cache = TokenCache(directory)
     # what the build said, said again on every use of the cache
     if cache.meta["skipped"]:
@@ -142,62 +124,79 @@ def task_cache(path: str | os.PathLike, tokenizer, max_length: int, options: Dat
     return cache
 
 
-def _build(path: Path, tokenizer, max_length: int, options: DataOptions, staging: Path, show_progress: bool) -> dict:
-    layout, rows = options.open(path)
-    pairs = layout.has_pairs
-    id_dtype = np.dtype("<u2") if len(tokenizer) < 2**16 else np.dtype("<u4")
-    length_dtype = np.dtype("<u1") if max_length < 2**8 else np.dtype("<u2")  # 1 byte an example at 64 tokens
+def token_columns(tokenizer, **more: str) -> dict[str, str]:
+    """The token columns every cache has: ids (2 bytes, or 4 for a large vocabulary) and, where the
+    model takes them, token types (1 byte)."""
+    columns = {"input_ids": "<u2" if len(tokenizer) < 2**16 else "<u4"}
+    if "token_type_ids" in tokenizer.model_input_names:
+        columns["token_type_ids"] = "<u1"
+    return {**columns, **more}
+
+
+def check_length(max_length: int) -> None:
     if max_length >= 2**16:
         raise InputError(f"--max-length {max_length} is beyond the cache's 65,535 tokens", fix="use a shorter length")
-    encoder = TextEncoder(tokenizer, max_length)
-    table: dict[str, int] = {}
-    first_lines: list[int] = []
+
+
+def write_in_chunks(path: Path, records, writer: FeatureWriter, add, options: DataOptions, show_progress: bool,
+                    chunk_size: int, nothing: str, fix: str) -> dict:
+    """Reads ``records`` (each with its ``line`` and a ``problem`` or None) a chunk at a time and
+    hands the good ones to ``add``, with a progress bar over the file's lines. Malformed ones stop
+    the build (named with their lines) unless ``options.skip_bad_lines``. Returns the writer's
+    meta with the count and first lines of the malformed ones."""
     bad: list[tuple[int, str]] = []
-    skipped = examples = position = truncated = 0
+    skipped = 0
     bar = tqdm(total=count_lines(path) if show_progress else None, desc=f"tokenising {path.name}", unit="line",
                unit_scale=True, disable=not show_progress, leave=False)
-    handles = {name: open(staging / name, "wb") for name in ("ids.bin", "offsets.bin", "lengths.bin", "labels.bin")}
-    if pairs:
-        handles["types.bin"] = open(staging / "types.bin", "wb")
-    handles["offsets.bin"].write(np.zeros(1, dtype="<u8").tobytes())
     try:
-        while chunk := list(itertools.islice(rows, _CHUNK_ROWS)):
-            good = [row.example for row in chunk if row.example is not None]
-            for row in chunk:
-                if row.problem:
-                    skipped += 1
-                    if len(bad) < _SKIPPED_SHOWN:
-                        bad.append((row.line, row.problem))
+        while chunk := list(itertools.islice(records, chunk_size)):
+            good = []
+            for record in chunk:
+                if record.problem is None:
+                    good.append(record)
+                    continue
+                skipped += 1
+                if len(bad) < _SKIPPED_SHOWN:
+                    bad.append((record.line, record.problem))
             if good:
-                tokens = encoder([e.text_a for e in good], [e.text_b or "" for e in good] if pairs else None)
-                lengths = np.fromiter((len(ids) for ids in tokens.input_ids), dtype=np.int64, count=len(good))
-                handles["ids.bin"].write(np.fromiter(itertools.chain.from_iterable(tokens.input_ids),
-                                                     dtype=id_dtype, count=int(lengths.sum())).tobytes())
-                if pairs:
-                    handles["types.bin"].write(np.fromiter(itertools.chain.from_iterable(tokens.token_type_ids),
-                                                           dtype=np.uint8, count=int(lengths.sum())).tobytes())
-                handles["offsets.bin"].write((position + np.cumsum(lengths)).astype("<u8").tobytes())
-                handles["lengths.bin"].write(lengths.astype(length_dtype).tobytes())
-                for example in good:
-                    if example.label not in table:
-                        table[example.label] = len(table)
-                        first_lines.append(example.line)
-                handles["labels.bin"].write(np.fromiter((table[e.label] for e in good), dtype="<i4",
-                                                        count=len(good)).tobytes())
-                position += int(lengths.sum())
-                examples += len(good)
-                truncated += tokens.truncated
+                add(good)
             bar.update(chunk[-1].line - bar.n)
     finally:
-        for handle in handles.values():
-            handle.close()
+        meta = writer.finish()
         bar.close()
     if bad and not options.skip_bad_lines:
         report_bad_lines(str(path), bad, False, total=skipped)
-    if not examples:
-        raise InputError("no usable examples", path=path, fix="check the file's format and columns")
+    if not meta["examples"]:
+        raise InputError(nothing, path=path, fix=fix)
+    return {**meta, "skipped": skipped, "skipped_lines": bad}
+
+
+def _build(path: Path, tokenizer, max_length: int, options: DataOptions, staging: Path, show_progress: bool) -> dict:
+    check_length(max_length)
+    layout, rows = options.open(path)
+    pairs = layout.has_pairs
+    encoder = TextEncoder(tokenizer, max_length)
+    writer = FeatureWriter(staging, token_columns(tokenizer), {"label": "<i4"}, max_length)
+    table: dict[str, int] = {}
+    first_lines: list[int] = []
+    truncated = 0
+
+    def add(chunk) -> None:
+        nonlocal truncated
+        good = [row.example for row in chunk if row.example is not None]
+        if not good:
+            return
+        tokens = encoder([e.text_a for e in good], [e.text_b or "" for e in good] if pairs else None)
+        for example in good:
+            if example.label not in table:
+                table[example.label] = len(table)
+                first_lines.append(example.line)
+        writer.add({"input_ids": tokens.input_ids, "token_type_ids": tokens.token_type_ids},
+                   {"label": [table[e.label] for e in good]})
+        truncated += tokens.truncated
+
+    meta = write_in_chunks(path, rows, writer, add, options, show_progress, _CHUNK_ROWS, "no usable examples",
+                           "check the file's format and columns")
     LabelSpace.infer(TaskLabels(str(path), dict(zip(table, first_lines))))  # labels no model can read: stop here
-    return {"source": str(path), "examples": examples, "tokens": position, "pairs": pairs,
-            "id_dtype": id_dtype.str, "length_dtype": length_dtype.str, "token_types": pairs or "token_type_ids" in tokenizer.model_input_names,
-            "labels": list(table), "label_lines": first_lines, "truncated": truncated,
-            "skipped": skipped, "skipped_lines": bad}
+    return {**meta, "source": str(path), "pairs": pairs, "labels": list(table), "label_lines": first_lines,
+            "truncated": truncated}

@@ -120,7 +120,7 @@ def open_task_file(path: str | os.PathLike, *, text_column: str | None = None,
     path = str(path)
     if not os.path.isfile(path):
         raise InputError("file not found", path=path, fix="check the path")
-    lines = _utf8_lines(path)
+    lines = utf8_lines(path)
     peeked = list(itertools.islice(lines, _PEEK_LINES))
     if not any(line.strip() for _, line in peeked):
         raise InputError("the file is empty", path=path, fix="give a file with one example per line")
@@ -175,7 +175,7 @@ def report_bad_lines(path: str, bad: list[tuple[int, str]], skip_bad_lines: bool
     logger.warning("%s: skipping %s", path, summary)
 
 
-def _utf8_lines(path: str) -> Iterator[tuple[int, str]]:
+def utf8_lines(path: str) -> Iterator[tuple[int, str]]:
     """(line number, text with its line ending) pairs; a byte-order mark is dropped."""
     with open(path, "rb") as handle:
         for number, raw in enumerate(handle, start=1):

@@ -19,11 +19,15 @@ def _parses_as_number(value: str) -> bool:
         return False
 
 
+TASKS = ("sequence", "token", "qa")
+
+
 @dataclass
 class LabelSpace:
-    """The task's labels: an ordered list of class names, or a single regression target."""
+    """What a task's model predicts: classes of a text (ordered names), a score (regression), a
+    tag for each word (``token``: IOB2 tags such as O, B-PER, I-PER), or an answer span (``qa``)."""
 
-    kind: str  # "classification" or "regression"
+    kind: str  # "classification", "regression", "token" or "qa"
     names: list[str] = field(default_factory=list)
 
     @property
@@ -31,8 +35,20 @@ class LabelSpace:
         return self.kind == "regression"
 
     @property
+    def task(self) -> str:
+        """sequence (a label or score per text), token (a tag per word) or qa (an answer span)."""
+        return self.kind if self.kind in ("token", "qa") else "sequence"
+
+    @property
     def num_labels(self) -> int:
-        return 1 if self.is_regression else len(self.names)
+        return {"regression": 1, "qa": 2}.get(self.kind, len(self.names))
+
+    @classmethod
+    def of_tags(cls, tags) -> "LabelSpace":
+        """Token classification's tags, O first, then by entity type, B- before I-."""
+        def order(tag: str):
+            return (tag != "O", tag[2:] if tag[1:2] == "-" else tag, tag[:1] != "B")
+        return cls("token", sorted(set(tags), key=order))
 
     @classmethod
     def infer(cls, data) -> "LabelSpace":
@@ -54,20 +70,32 @@ class LabelSpace:
         return cls("classification", sorted(set(raw)))
 
     @classmethod
-    def from_config(cls, config) -> "LabelSpace":
-        if getattr(config, "problem_type", None) == "regression" or config.num_labels == 1:
+    def from_config(cls, config) -> "LabelSpace | None":
+        """The label space a model's config stores, or None for a bare encoder."""
+        architectures = " ".join(getattr(config, "architectures", None) or [])
+        if "QuestionAnswering" in architectures:
+            return cls("qa")
+        if "TokenClassification" not in architectures and "SequenceClassification" not in architectures:
+            return None
+        tagger = "TokenClassification" in architectures
+        if not tagger and (getattr(config, "problem_type", None) == "regression" or config.num_labels == 1):
             return cls("regression")
         names = [config.id2label[i] for i in range(config.num_labels)]
         if names == [f"LABEL_{i}" for i in range(config.num_labels)]:
             # transformers' names for labels nobody named: class i is what the data calls i
             names = [str(i) for i in range(config.num_labels)]
-        return cls("classification", names)
+        return cls("token" if tagger else "classification", names)
 
     def config_fields(self) -> dict:
         """Keyword arguments for a transformers config that store this label space."""
         if self.is_regression:
             return {"num_labels": 1, "problem_type": "regression", "id2label": {0: "score"},
                     "label2id": {"score": 0}}
+        if self.kind == "qa":
+            return {}
+        if self.kind == "token":
+            return {"num_labels": len(self.names), "id2label": dict(enumerate(self.names)),
+                    "label2id": {name: i for i, name in enumerate(self.names)}}
         return {"num_labels": len(self.names), "problem_type": "single_label_classification",
                 "id2label": dict(enumerate(self.names)),
                 "label2id": {name: i for i, name in enumerate(self.names)}}
@@ -82,7 +110,7 @@ class LabelSpace:
                 raise InputError(f"label {label!r} is not a number, but this is a regression task",
                                  path=path, line=line, fix="give a numeric score on every line")
             return float(label)
-        key = str(int(label)) if INT_LABEL.match(label) else label
+        key = str(int(label)) if self.kind == "classification" and INT_LABEL.match(label) else label
         try:
             return self.names.index(key)
         except ValueError:

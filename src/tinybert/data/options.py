@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 import os
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Iterator, Literal
 
 from ..settings import option
 from .formats import Layout, Row, open_task_file
@@ -21,6 +21,10 @@ class DataOptions:
     skip_bad_lines: bool = option(False, "leave out malformed lines (reported) instead of stopping")
     max_examples: int | None = option(None, "use only the first N examples (of the training data; a dev set "
                                             "is read whole)")
+    task: Literal["auto", "sequence", "token", "qa"] = option(
+        "auto", "sequence (a label or score per text), token (a tag per word: CoNLL or JSONL tokens/tags) or qa "
+                "(SQuAD); auto: read from the file")
+    doc_stride: int = option(128, "question answering: tokens shared by consecutive windows of a long context")
     cache_dir: str | None = option(None, "where the token caches of task files are kept (default: in the output "
                                          "directory, or ~/.cache/tinybert/tokens)")
 

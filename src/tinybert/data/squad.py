@@ -1,0 +1,256 @@
+"""Extractive question answering: SQuAD files, their windows and token cache, and answers mapped
+back from predicted spans.
+
+Files: SQuAD JSON (v1.1; v2.0's ``is_impossible``), or JSONL with one question per line
+(``question``, ``context``, optionally ``id`` and ``answers`` as ``[{"text", "answer_start"}]``).
+A context longer than the window is cut into overlapping windows (``doc_stride`` tokens shared by
+neighbours); the fast tokenizer's character offsets map every context token back to the text.
+A window whose context does not hold the answer is trained to point at [CLS], as BERT's SQuAD code does.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from ..artifacts import read_json
+from ..errors import InputError
+from .cache import cache_directory, cached_features, check_length, token_columns
+from .features import FeatureFile, FeatureWriter
+from .formats import report_bad_lines
+from .options import DataOptions
+
+EXAMPLES_FILE = "examples.jsonl"
+_CHUNK = 256
+
+
+@dataclass
+class Question:
+    id: str
+    question: str
+    context: str
+    answers: list[dict] = field(default_factory=list)  # {"text", "answer_start"}
+    impossible: bool = False
+    line: int = 1
+    problem: str | None = None
+
+
+def read_questions(path: str | Path, require_answers: bool = True) -> list[Question]:
+    """Every question of a SQuAD JSON or JSONL file (a SQuAD file is one JSON document: it is read
+    whole). Malformed questions carry a ``problem``."""
+    path = Path(path)
+    if path.suffix.lower() == ".jsonl":
+        records = []
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+            if line.strip():
+                records.append((number, _parse(path, line, number)))
+        return [_question(record, "", number, require_answers) for number, record in records]
+    document = _parse(path, path.read_text(encoding="utf-8"), 1)
+    if not isinstance(document, dict) or not isinstance(document.get("data"), list):
+        raise InputError("not a SQuAD file: no \"data\" list of articles", path=path,
+                         fix="give SQuAD JSON ({\"data\": [{\"title\", \"paragraphs\": [...]}]}) or JSONL questions")
+    questions = []
+    for article in document["data"]:
+        for paragraph in article.get("paragraphs", []) if isinstance(article, dict) else []:
+            for record in paragraph.get("qas", []):
+                questions.append(_question({**record, "context": paragraph.get("context")}, article.get("title", ""),
+                                           len(questions) + 1, require_answers))
+    return questions
+
+
+def _parse(path: Path, text: str, line: int):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        raise InputError(f"not valid JSON ({error.msg})", path=path, line=line + error.lineno - 1,
+                         fix="give SQuAD JSON, or one JSON object per line") from None
+
+
+def _question(record, title: str, number: int, require_answers: bool) -> Question:
+    if not isinstance(record, dict):
+        return Question("", "", "", line=number, problem="not a JSON object")
+    question, context = record.get("question"), record.get("context")
+    identifier = str(record.get("id", number))
+    if not isinstance(question, str) or not question.strip() or not isinstance(context, str) or not context.strip():
+        return Question(identifier, "", "", line=number, problem=f"question {identifier}: no question or context text")
+    impossible = bool(record.get("is_impossible", False))
+    answers = record.get("answers") or []
+    for answer in answers:
+        start, text = answer.get("answer_start"), answer.get("text")
+        if not isinstance(start, int) or not isinstance(text, str) or context[start:start + len(text)] != text:
+            return Question(identifier, question, context, line=number,
+                            problem=f"question {identifier}: answer {text!r} is not at character {start} of its context")
+    if require_answers and not answers and not impossible:
+        return Question(identifier, question, context, line=number,
+                        problem=f"question {identifier}: no answer (and not marked is_impossible)")
+    return Question(identifier, question, context, answers, impossible, number)
+
+
+def window_stride(stride: int, max_length: int) -> int:
+    """Tokens shared by neighbouring windows: as asked, unless that is half the window or more
+    (windows must move on by more than they share), then a quarter of it."""
+    return stride if stride < max_length // 2 else max_length // 4
+
+
+def _short_questions(tokenizer, questions: list[Question], max_length: int, stride: int) -> list[str]:
+    """Each question cut to its first tokens (64 at most, as BERT's SQuAD code; fewer in a small
+    window), so that the context always has room for more than the stride."""
+    limit = max(1, min(64, (max_length - stride) // 2))
+    texts = [q.question.lstrip() for q in questions]
+    encoded = tokenizer(texts, add_special_tokens=False, truncation=True, max_length=limit,
+                        return_offsets_mapping=True, return_attention_mask=False)
+    return [text[:offsets[-1][1]] if len(offsets) == limit else text
+            for text, offsets in zip(texts, encoded["offset_mapping"])]
+
+
+def windows(tokenizer, questions: list[Question], max_length: int, stride: int) -> dict:
+    """The windows of each question's context, with each context token's characters and the
+    answer's token positions in each window (0, 0: not in this window). ``stride``: see
+    ``window_stride``."""
+    stride = window_stride(stride, max_length)
+    encoded = tokenizer(_short_questions(tokenizer, questions, max_length, stride), [q.context for q in questions],
+                        truncation="only_second",
+                        max_length=max_length, stride=stride, return_overflowing_tokens=True,
+                        return_offsets_mapping=True, return_attention_mask=False)
+    columns = {"input_ids": encoded["input_ids"], "token_type_ids": encoded.get("token_type_ids"),
+               "offset_start": [], "offset_end": [], "example": [], "start_positions": [], "end_positions": []}
+    for index, offsets in enumerate(encoded["offset_mapping"]):
+        question = questions[encoded["overflow_to_sample_mapping"][index]]
+        in_context = [part == 1 for part in encoded.sequence_ids(index)]
+        starts = [begin if inside else -1 for (begin, _), inside in zip(offsets, in_context)]
+        ends = [end if inside else -1 for (_, end), inside in zip(offsets, in_context)]
+        columns["offset_start"].append(starts)
+        columns["offset_end"].append(ends)
+        columns["example"].append(encoded["overflow_to_sample_mapping"][index])
+        start = end = 0
+        if question.answers and not question.impossible:
+            begin = question.answers[0]["answer_start"]
+            finish = begin + len(question.answers[0]["text"])
+            tokens = [i for i, inside in enumerate(in_context) if inside]
+            if tokens and starts[tokens[0]] <= begin and ends[tokens[-1]] >= finish:
+                start = next(i for i in tokens if ends[i] > begin)
+                end = next(i for i in reversed(tokens) if starts[i] < finish)
+        columns["start_positions"].append(start)
+        columns["end_positions"].append(end)
+    return columns
+
+
+class AnswerCache(FeatureFile):
+    """Cached windows of a QA file; ``examples()`` gives each question's context and answers."""
+
+    def __init__(self, directory: Path, meta: dict):
+        super().__init__(directory, meta)
+        self.path = meta["source"]
+
+    def labelled(self, _label_space=None) -> "AnswerCache":
+        return copy.copy(self)
+
+    def examples(self) -> list[dict]:
+        with open(self.directory / EXAMPLES_FILE, encoding="utf-8") as handle:
+            return [json.loads(line) for line in handle]
+
+
+def answer_cache(path: str | Path, tokenizer, max_length: int, options: DataOptions, default_dir=None,
+                 show_progress: bool = True) -> AnswerCache:
+    path = Path(path)
+    options = replace(options, doc_stride=window_stride(options.doc_stride, max_length))
+    # questions are cut here, not when read: a cut file is a cache of its own
+    directory, inputs = cache_directory(path, "qa", tokenizer, max_length, options, default_dir,
+                                        doc_stride=options.doc_stride, max_examples=options.max_examples)
+    cached_features(path, inputs, directory, lambda staging: _build(path, tokenizer, max_length, options, staging,
+                                                                   show_progress))
+    cache = AnswerCache(directory, read_json(directory / "meta.json"))
+    if cache.meta["skipped"]:
+        report_bad_lines(str(path), cache.meta["skipped_lines"], True, total=cache.meta["skipped"])
+    return cache
+
+
+def _build(path: Path, tokenizer, max_length: int, options: DataOptions, staging: Path, show_progress: bool) -> dict:
+    check_length(max_length)
+    if not getattr(tokenizer, "is_fast", False):
+        raise InputError("question answering needs a fast tokenizer (its character offsets map answers back)",
+                         path=path, fix="use a model directory with a tokenizer.json")
+    questions = read_questions(path)
+    bad = [(q.line, q.problem) for q in questions if q.problem]
+    if bad and not options.skip_bad_lines:
+        report_bad_lines(str(path), bad[:100], False, total=len(bad))
+    good = [q for q in questions if not q.problem][:options.max_examples or None]
+    if not good:
+        raise InputError("no questions", path=path, fix="give SQuAD JSON or JSONL questions with contexts")
+    writer = FeatureWriter(staging, token_columns(tokenizer, offset_start="<i4", offset_end="<i4"),
+                           {"example": "<i4", "start_positions": "<i4", "end_positions": "<i4"}, max_length)
+    with open(staging / EXAMPLES_FILE, "w", encoding="utf-8") as table:
+        for start in tqdm(range(0, len(good), _CHUNK), desc=f"tokenising {path.name}", unit="chunk",
+                          disable=not show_progress, leave=False):
+            chunk = good[start:start + _CHUNK]
+            columns = windows(tokenizer, chunk, max_length, options.doc_stride)
+            columns["example"] = [start + i for i in columns["example"]]
+            writer.add(columns, columns)
+            table.writelines(json.dumps({"id": q.id, "question": q.question, "context": q.context,
+                                         "answers": [a["text"] for a in q.answers], "impossible": q.impossible},
+                                        ensure_ascii=False) + "\n" for q in chunk)
+    meta = writer.finish()
+    return {**meta, "source": str(path), "questions": len(good), "skipped": len(bad),
+            "skipped_lines": bad[:100]}
+
+
+class AnswerFinder:
+    """The best answer span of each question over all its windows: the highest start + end logit
+    over every pair of context tokens with start ≤ end, at most ``max_tokens`` long (an exact
+    search, not over the n best starts and ends only). For SQuAD 2.0 the empty answer wins where
+    [CLS] scores higher."""
+
+    def __init__(self, max_tokens: int = 30):
+        self.max_tokens = max_tokens
+        self.best: dict[int, tuple[float, int, int]] = {}  # example → (score, first char, end char)
+        self.null: dict[int, float] = {}
+        self._bands: dict[int, np.ndarray] = {}
+
+    def _band(self, width: int) -> np.ndarray:
+        """Pairs (start, end) with start ≤ end < start + max_tokens."""
+        if width not in self._bands:
+            ones = np.ones((width, width), dtype=bool)
+            self._bands[width] = np.triu(ones) & ~np.triu(ones, self.max_tokens)
+        return self._bands[width]
+
+    def add(self, start_logits: np.ndarray, end_logits: np.ndarray, offset_start: np.ndarray,
+            offset_end: np.ndarray, examples: np.ndarray) -> None:
+        band = self._band(start_logits.shape[1])
+        for starts, ends, first, last, example in zip(start_logits, end_logits, offset_start, offset_end, examples):
+            example = int(example)
+            self.null[example] = min(self.null.get(example, np.inf), float(starts[0] + ends[0]))
+            allowed = band & (first >= 0)[:, None] & (last >= 0)[None, :]
+            if not allowed.any():
+                continue
+            scores = np.where(allowed, starts[:, None].astype(np.float64) + ends[None, :], -np.inf)
+            s, e = np.unravel_index(int(scores.argmax()), scores.shape)
+            score = float(scores[s, e])
+            if example not in self.best or score > self.best[example][0]:
+                self.best[example] = (score, int(first[s]), int(last[e]))
+
+    def merge(self, other: "AnswerFinder") -> None:
+        for example, span in other.best.items():
+            if example not in self.best or span[0] > self.best[example][0]:
+                self.best[example] = span
+        for example, score in other.null.items():
+            self.null[example] = min(self.null.get(example, np.inf), score)
+
+    def answers(self, examples: list[dict], allow_empty: bool = False) -> list[tuple[str, float | None, int]]:
+        """(text, score, first character) per question, in the file's order; ("", None, -1) where
+        no window held a span of the context."""
+        found = []
+        for index, example in enumerate(examples):
+            best = self.best.get(index)
+            if allow_empty and index in self.null and (best is None or self.null[index] > best[0]):
+                found.append(("", self.null[index], -1))
+            elif best is None:
+                found.append(("", None, -1))
+            else:
+                score, first, last = best
+                found.append((example["context"][first:last], score, first))
+        return found

@@ -1,0 +1,364 @@
+"""Token classification (NER) and extractive QA: reading, sub-word labels, doc-stride windows,
+metrics against hand-computed cases, augmentation that keeps labels aligned, and every command
+end to end on tiny models."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from transformers import BertForTokenClassification
+
+from conftest import tiny_bert_config, write
+from tinybert.augment import AugmentConfig, augment_file
+from tinybert.cli import main
+from tinybert.data import DataOptions
+from tinybert.data.labels import LabelSpace
+from tinybert.data.squad import AnswerFinder, Question, read_questions, windows
+from tinybert.data.batching import IGNORED_LABEL as IGNORED
+from tinybert.data.tagging import read_sentences, tag_pieces
+from tinybert.data.tasks import detect_task, task_data
+from tinybert.distill import DistillConfig, distill
+from tinybert.evaluation import evaluate
+from tinybert.export import export_onnx
+from tinybert.finetune import FinetuneConfig, finetune
+from tinybert.metrics import TagMetrics, normalize_answer, squad_scores
+from tinybert.predict import predict_file
+from tinybert.resources import demo_word_vectors
+from tinybert.training import TrainingConfig
+
+CONLL = """-DOCSTART- -X- -X- O
+
+EU NNP B-NP B-ORG
+rejects VBZ B-VP O
+German JJ B-NP B-MISC
+call NN I-NP O
+to TO B-VP O
+boycott VB I-VP O
+British JJ B-NP B-MISC
+lamb NN I-NP O
+. . O O
+
+Peter NNP B-NP B-PER
+Blackburn NNP I-NP I-PER
+unflinchingly RB B-ADVP O
+visited VBD B-VP O
+Brussels NNP B-NP B-LOC
+. . O O
+
+"""
+TAGS = ["O", "B-LOC", "B-MISC", "B-ORG", "B-PER", "I-PER"]
+CONTEXT = ("The Normans were the people who in the 10th and 11th centuries gave their name to Normandy, a region "
+           "in France. They were descended from Norse raiders and pirates from Denmark, Iceland and Norway who, "
+           "under their leader Rollo, agreed to swear fealty to King Charles III of West Francia. Through "
+           "generations of assimilation and mixing with the native Frankish and Roman-Gaulish populations, their "
+           "descendants would gradually merge with the Carolingian-based cultures of West Francia.")
+QUESTIONS = [("In what country is Normandy located?", "France"),
+             ("Who was the Norse leader?", "Rollo"),
+             ("What culture did the descendants merge with?", "Carolingian-based cultures"),
+             ("From which countries did the Norse originate?", "Denmark, Iceland and Norway")]
+
+
+def squad_document(questions=QUESTIONS, context=CONTEXT, repeat: int = 1) -> dict:
+    qas = [{"id": f"q{i}", "question": q, "answers": [{"text": a, "answer_start": context.index(a)}]}
+           for i, (q, a) in enumerate(questions * repeat)]
+    return {"version": "1.1", "data": [{"title": "Normans", "paragraphs": [{"context": context, "qas": qas}]}]}
+
+
+@pytest.fixture
+def conll_file(tmp_path):
+    return write(tmp_path / "train.txt", CONLL)
+
+
+@pytest.fixture
+def squad_file(tmp_path):
+    return write(tmp_path / "train.json", json.dumps(squad_document()))
+
+
+def test_the_task_is_read_from_the_file(tmp_path, conll_file, squad_file):
+    options = DataOptions()
+    assert detect_task(conll_file, options) == "token"
+    assert detect_task(squad_file, options) == "qa"
+    assert detect_task(write(tmp_path / "t.jsonl", '{"tokens": ["a"], "tags": ["O"]}\n'), options) == "token"
+    assert detect_task(write(tmp_path / "q.jsonl", '{"question": "q?", "context": "c"}\n'), options) == "qa"
+    assert detect_task(write(tmp_path / "s.tsv", "sentence\tlabel\nB-PER film\t1\n"), options) == "sequence"
+    assert detect_task(write(tmp_path / "plain.txt", "a good film\t1\n"), options) == "sequence"
+    assert detect_task(conll_file, DataOptions(task="sequence")) == "sequence"
+
+
+def test_conll_sentences_skip_docstart_and_split_on_blank_lines(conll_file):
+    sentences = list(read_sentences(conll_file))
+    assert [s.words[:2] for s in sentences] == [["EU", "rejects"], ["Peter", "Blackburn"]]
+    assert sentences[1].tags == ["B-PER", "I-PER", "O", "O", "B-LOC", "O"]
+    assert [s.line for s in sentences] == [3, 13]
+
+
+def test_a_words_tag_goes_on_its_first_piece_only(real_tokenizer):
+    words = ["Peter", "unflinchingly", "visited", "Brussels"]
+    encoded = tag_pieces(real_tokenizer, [words], [[4, 0, 0, 1]], 32)
+    pieces = real_tokenizer.convert_ids_to_tokens(encoded["input_ids"][0])
+    assert pieces[:2] == ["[CLS]", "peter"] and pieces[-1] == "[SEP]"
+    several = [len(real_tokenizer.tokenize(word)) for word in words]
+    assert several[1] > 2  # the case the rule is for
+    expected = [IGNORED]
+    for tag, count in zip([4, 0, 0, 1], several):
+        expected += [tag] + [IGNORED] * (count - 1)
+    assert encoded["labels"][0] == expected + [IGNORED]
+
+
+def test_doc_stride_windows_map_every_answer_back_exactly(real_tokenizer):
+    questions = [Question(f"q{i}", q, CONTEXT, [{"text": a, "answer_start": CONTEXT.index(a)}])
+                 for i, (q, a) in enumerate(QUESTIONS)]
+    columns = windows(real_tokenizer, questions, max_length=48, stride=16)
+    per_question = np.bincount(columns["example"])
+    assert (per_question > 2).all()  # the context needs several windows
+    found = set()
+    for index, example in enumerate(columns["example"]):
+        start, end = columns["start_positions"][index], columns["end_positions"][index]
+        if start == 0:
+            assert end == 0  # not in this window: [CLS]
+            continue
+        first, last = columns["offset_start"][index][start], columns["offset_end"][index][end]
+        assert CONTEXT[first:last] == QUESTIONS[example][1]
+        found.add(example)
+    assert found == set(range(len(QUESTIONS)))
+    # windows overlap by the stride: consecutive windows of a question share context characters
+    starts = [min(s for s in columns["offset_start"][i] if s >= 0) for i in range(per_question[0])]
+    ends = [max(columns["offset_end"][i]) for i in range(per_question[0])]
+    assert all(starts[i + 1] < ends[i] for i in range(len(starts) - 1))
+
+
+def test_the_best_span_over_windows_is_the_answer_text(real_tokenizer):
+    questions = [Question("q", QUESTIONS[1][0], CONTEXT, [{"text": "Rollo", "answer_start": CONTEXT.index("Rollo")}])]
+    columns = windows(real_tokenizer, questions, max_length=48, stride=16)
+    width = max(len(ids) for ids in columns["input_ids"])
+    finder = AnswerFinder()
+    for index in range(len(columns["input_ids"])):
+        starts, ends = np.zeros((1, width)), np.zeros((1, width))
+        if columns["start_positions"][index]:
+            starts[0, columns["start_positions"][index]] = 5.0
+            ends[0, columns["end_positions"][index]] = 5.0
+        pad = width - len(columns["offset_start"][index])
+        finder.add(starts, ends, np.array([columns["offset_start"][index] + [-1] * pad]),
+                   np.array([columns["offset_end"][index] + [-1] * pad]), np.array([0]))
+    text, score, first = finder.answers([{"context": CONTEXT}])[0]
+    assert (text, first, score) == ("Rollo", CONTEXT.index("Rollo"), 10.0)
+
+
+def test_entity_metrics_match_a_hand_count():
+    space = LabelSpace.of_tags(["O", "B-PER", "I-PER", "B-LOC", "B-ORG"])
+    code = {name: i for i, name in enumerate(space.names)}
+    gold = [["B-PER", "I-PER", "O", "B-LOC"], ["B-ORG", "O"]]
+    guess = [["B-PER", "I-PER", "O", "B-ORG"], ["I-PER", "O"]]  # one of 3 right; strict IOB2: I- alone is none
+    metrics = TagMetrics(space)
+    labels = torch.tensor([[IGNORED] + [code[t] for t in gold[0]], [IGNORED, code["B-ORG"], IGNORED, code["O"], IGNORED]])
+    logits = np.zeros((2, 5, len(space.names)))
+    for position, tag in zip([1, 2, 3, 4], guess[0]):
+        logits[0, position, code[tag]] = 1
+    for position, tag in zip([1, 3], guess[1]):
+        logits[1, position, code[tag]] = 1
+    metrics.add_batch({"logits": logits}, {"labels": labels})
+    result = metrics.result()
+    assert result["precision"] == pytest.approx(1 / 2)  # 2 predicted entities, 1 right
+    assert result["recall"] == pytest.approx(1 / 3)  # 3 gold entities
+    assert result["f1"] == pytest.approx(2 * (1 / 2) * (1 / 3) / (1 / 2 + 1 / 3))
+
+
+def test_squad_scores_use_the_official_normalisation():
+    assert normalize_answer("The  Cat, sat!") == "cat sat"
+    scores = squad_scores(["the cat", "big cat", "dog", ""], [["Cat"], ["a cat", "big dog"], ["cat"], [""]])
+    # exact: 1, 0, 0, 1 (empty = empty); f1: 1, max(2/3, 1/2), 0, 1
+    assert scores["exact_match"] == pytest.approx(2 / 4)
+    assert scores["f1"] == pytest.approx((1 + 2 / 3 + 0 + 1) / 4)
+
+
+def test_ner_augmentation_replaces_only_words_tagged_o(tmp_path, conll_file):
+    output = tmp_path / "aug.txt"
+    augment_file(conll_file, output, word_vectors=demo_word_vectors(),
+                 config=AugmentConfig(variants=4, probability=1.0), show_progress=False)
+    original = list(read_sentences(conll_file))
+    augmented = list(read_sentences(output))
+    assert len(augmented) > len(original)
+    changed = 0
+    for sentence in augmented:
+        source = next(s for s in original if s.tags == sentence.tags and len(s.words) == len(sentence.words)
+                      and all(a == b for a, b, t in zip(s.words, sentence.words, s.tags) if t != "O"))
+        assert all(a == b for a, b, t in zip(source.words, sentence.words, source.tags) if t != "O")
+        changed += sentence.words != source.words
+    assert changed  # O words did change
+    assert output.read_text().split("\n")[0].split()[1:] == ["NNP", "B-NP", "B-ORG"]  # middle columns kept
+
+
+def test_qa_augmentation_keeps_answers_and_questions(tmp_path, squad_file):
+    output = tmp_path / "aug.json"
+    augment_file(squad_file, output, word_vectors=demo_word_vectors(),
+                 config=AugmentConfig(variants=3, probability=1.0), show_progress=False)
+    questions = read_questions(output)
+    assert len(questions) > len(QUESTIONS) and not any(q.problem for q in questions)
+    asked = {q: a for q, a in QUESTIONS}
+    for question in questions:
+        answer = question.answers[0]
+        assert question.context[answer["answer_start"]:][:len(answer["text"])] == asked[question.question]
+    assert any(q.context != CONTEXT for q in questions)
+
+
+@pytest.mark.parametrize("name, content, suffix", [
+    ("conll without tags", "EU\nrejects\n\n", ".txt"),
+    ("conll with a bad tag", "EU NNP B-ORG\nrejects VBZ X-ORG\n", ".txt"),
+    ("tags jsonl of another length", '{"tokens": ["a", "b"], "tags": ["O"]}\n', ".jsonl"),
+    ("squad not json", '{"data": [', ".json"),
+    ("squad answer elsewhere", json.dumps({"data": [{"title": "t", "paragraphs": [
+        {"context": "a b c", "qas": [{"id": "1", "question": "q?", "answers": [{"text": "b", "answer_start": 0}]}]}
+    ]}]}), ".json"),
+    ("squad without answers", json.dumps({"data": [{"title": "t", "paragraphs": [
+        {"context": "a b c", "qas": [{"id": "1", "question": "q?", "answers": []}]}]}]}), ".json"),
+])
+def test_bad_task_files_stop_with_one_message(tmp_path, capsys, tiny_model_dir, name, content, suffix):
+    path = write(tmp_path / f"bad{suffix}", content)
+    task = "qa" if name.startswith("squad") else "token"
+    code = main(["finetune", "--model", str(tiny_model_dir), "--train", str(path), "--output", str(tmp_path / "out"),
+                 "--task", task])
+    error = capsys.readouterr().err
+    assert code == 2, error[-2000:]
+    assert "Traceback" not in error and error.count("error: ") == 1 and str(path) in error, error[-2000:]
+    assert not (tmp_path / "out").exists() or not any(p.is_file() for p in (tmp_path / "out").rglob("*"))
+
+
+def _training(**settings):
+    return TrainingConfig(**{"epochs": 2, "batch_size": 4, "learning_rate": 1e-3, "seed": 0, **settings})
+
+
+@pytest.mark.parametrize("task", ["token", "qa"])
+def test_every_command_end_to_end_on_tiny_models(tmp_path, tiny_model_dir, conll_file, task):
+    train = conll_file if task == "token" else write(tmp_path / "train.json", json.dumps(squad_document(repeat=2)))
+    teacher = tmp_path / "teacher"
+    summary = finetune(tiny_model_dir, train, teacher, eval_path=train, show_progress=False,
+                       config=FinetuneConfig(training=_training(epochs=3), max_length=64))
+    metric = "f1"
+    assert metric in summary["best"] and (task != "qa" or "exact_match" in summary["best"])
+    config = json.loads((teacher / "config.json").read_text())
+    assert config["architectures"] == ["BertForTokenClassification" if task == "token" else "BertForQuestionAnswering"]
+
+    intermediate, student = tmp_path / "stage1", tmp_path / "stage2"
+    distill(teacher, "unused", train, intermediate, show_progress=False,
+            config=DistillConfig(stage="intermediate", init_from_teacher=True, layers=1, training=_training(),
+                                 max_length=64))
+    result = distill(teacher, str(intermediate), train, student, eval_path=train, show_progress=False,
+                     config=DistillConfig(stage="prediction", training=_training(), max_length=64))
+    assert np.isfinite(result["best"][metric])
+
+    figures = evaluate(student, train, max_length=64, latency=False, show_progress=False,
+                       data_options=DataOptions(cache_dir=str(tmp_path / "cache")))
+    assert 0 <= figures[metric] <= 1
+
+    exported = export_onnx(student, tmp_path / "onnx", int8=True, data=train, max_length=64, show_progress=False,
+                           data_options=DataOptions(cache_dir=str(tmp_path / "cache")))
+    assert exported["fp32_parity_passed"] and exported["fp32_max_abs_logit_diff"] <= 1e-3
+    assert exported["int8_metric"] == metric
+
+    predictions = tmp_path / "predictions.jsonl"
+    for model in (student, tmp_path / "onnx"):  # PyTorch and ONNX predict the same
+        predict_file(model, train, predictions, max_length=64, show_progress=False)
+        records = [json.loads(line) for line in predictions.read_text().splitlines()]
+        if task == "token":
+            assert [r["text"] for r in records] == [" ".join(s.words) for s in read_sentences(conll_file)]
+            for record in records:
+                for entity in record["entities"]:
+                    assert record["text"][entity["start"]:entity["end"]] == entity["text"]
+        else:
+            assert len(records) == 2 * len(QUESTIONS)
+            for record in records:
+                assert record["answer"] == "" or CONTEXT[record["start"]:].startswith(record["answer"])
+        spans = [[(e["type"], e["start"], e["end"]) for e in r["entities"]] if task == "token" else
+                 (r["answer"], r["start"]) for r in records]
+        if model == student:
+            from_pytorch = spans
+    assert spans == from_pytorch
+
+
+def test_token_classifier_predicts_entities_with_character_offsets(tmp_path, real_tokenizer):
+    """A tagger made to call every word B-PER: entities are single words at their exact offsets."""
+    space = LabelSpace.of_tags(["O", "B-PER", "I-PER"])
+    torch.manual_seed(0)
+    model = BertForTokenClassification(tiny_bert_config(**space.config_fields()))
+    with torch.no_grad():
+        model.classifier.weight.zero_()
+        model.classifier.bias.copy_(torch.tensor([0.0, 5.0, 0.0]))
+    model.save_pretrained(tmp_path / "tagger")
+    real_tokenizer.save_pretrained(tmp_path / "tagger")
+    texts = write(tmp_path / "in.txt", "Peter  Blackburn unflinchingly left\n")
+    predict_file(tmp_path / "tagger", texts, tmp_path / "out.jsonl", show_progress=False)
+    record = json.loads((tmp_path / "out.jsonl").read_text())
+    assert [(e["type"], e["start"], e["end"], e["text"]) for e in record["entities"]] == [
+        ("PER", 0, 5, "Peter"), ("PER", 7, 16, "Blackburn"), ("PER", 17, 30, "unflinchingly"), ("PER", 31, 35, "left")]
+
+
+def test_qa_cache_counts_questions_and_windows(tmp_path, real_tokenizer, squad_file):
+    cache = task_data("qa", squad_file, real_tokenizer, 48, DataOptions(doc_stride=16, cache_dir=str(tmp_path)))
+    assert cache.meta["questions"] == len(QUESTIONS) and len(cache) > len(QUESTIONS)
+    assert [e["answers"] for e in cache.examples()] == [[a] for _, a in QUESTIONS]
+    row = cache[0]
+    assert {"input_ids", "start_positions", "end_positions", "offset_start", "offset_end", "example"} <= set(row)
+
+
+def test_a_bad_line_leaves_its_whole_sentence_out(tmp_path):
+    path = write(tmp_path / "t.txt", "EU B-ORG\nrejects\nGerman B-MISC\ncall O\n\nPeter B-PER\n")
+    sentences = list(read_sentences(path))
+    assert [(s.words, s.problem is None) for s in sentences] == [([], False), (["Peter"], True)]
+    assert sentences[0].line == 2
+
+
+def test_tab_separated_conll_is_token_classification_and_iobes_is_refused(tmp_path):
+    assert detect_task(write(tmp_path / "t.txt", "EU\tNNP\tB-ORG\nrejects\tVBZ\tO\n\n"), DataOptions()) == "token"
+    sentence = next(read_sentences(write(tmp_path / "s.txt", "EU S-ORG\n\n")))
+    assert "IOB2" in sentence.problem  # seqeval's strict IOB2 scoring cannot read S-/E- tags
+
+
+def test_a_question_longer_than_the_window_is_cut_not_fatal(real_tokenizer):
+    question = Question("q", "why " * 300 + "?", CONTEXT, [{"text": "Rollo", "answer_start": CONTEXT.index("Rollo")}])
+    columns = windows(real_tokenizer, [question], max_length=64, stride=16)
+    assert all(len(ids) <= 64 for ids in columns["input_ids"])
+    hits = [i for i, start in enumerate(columns["start_positions"]) if start]
+    assert hits and all(CONTEXT[columns["offset_start"][i][columns["start_positions"][i]]:
+                                columns["offset_end"][i][columns["end_positions"][i]]] == "Rollo" for i in hits)
+
+
+def test_no_span_in_any_window_gives_an_empty_answer_without_a_score():
+    finder = AnswerFinder()
+    finder.add(np.zeros((1, 4)), np.zeros((1, 4)), np.full((1, 4), -1), np.full((1, 4), -1), np.array([0]))
+    assert finder.answers([{"context": "x"}]) == [("", None, -1)]
+
+
+def test_span_loss_stays_finite_below_temperature_one():
+    from tinybert.losses import span_soft_cross_entropy
+    logits = torch.randn(2, 6)
+    mask = torch.tensor([[1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1]])
+    assert torch.isfinite(span_soft_cross_entropy(logits, logits.flip(-1), mask, temperature=0.5))
+
+
+def test_stage_two_tag_loss_counts_only_each_words_first_piece(monkeypatch):
+    import tinybert.distillers as distillers
+    model = BertForTokenClassification(tiny_bert_config(num_labels=3)).eval()
+    seen = {}
+    monkeypatch.setattr(distillers, "token_soft_cross_entropy",
+                        lambda student, teacher, mask, temperature: seen.setdefault("mask", mask) * 0.0 + student.sum())
+    labels = torch.tensor([[IGNORED, 1, IGNORED, 0, IGNORED, IGNORED]])
+    batch = {"input_ids": torch.tensor([[101, 7592, 2088, 2003, 102, 0]]), "attention_mask": torch.tensor([[1] * 5 + [0]]),
+             "labels": labels}
+    distillers.PredictionDistiller(model, model, task="token")(batch)
+    assert seen["mask"].tolist() == [[False, True, False, True, False, False]]
+
+
+def test_qa_caches_of_other_strides_live_side_by_side(tmp_path, real_tokenizer, squad_file):
+    first = task_data("qa", squad_file, real_tokenizer, 48, DataOptions(doc_stride=8, cache_dir=str(tmp_path)))
+    second = task_data("qa", squad_file, real_tokenizer, 48, DataOptions(doc_stride=16, cache_dir=str(tmp_path)))
+    assert first.directory != second.directory and len(first) < len(second)  # more shared, more windows
+
+
+def test_augmentation_reads_only_the_first_examples_when_told(tmp_path, conll_file, squad_file):
+    augment_file(conll_file, tmp_path / "t.txt", word_vectors=demo_word_vectors(), show_progress=False,
+                 config=AugmentConfig(variants=2, probability=1.0), data_options=DataOptions(max_examples=1))
+    assert {tuple(s.tags) for s in read_sentences(tmp_path / "t.txt")} == {tuple(next(read_sentences(conll_file)).tags)}
+    augment_file(squad_file, tmp_path / "q.json", word_vectors=demo_word_vectors(), show_progress=False,
+                 config=AugmentConfig(variants=2, probability=1.0), data_options=DataOptions(max_examples=2))
+    assert {q.question for q in read_questions(tmp_path / "q.json")} == {q for q, _ in QUESTIONS[:2]}
