@@ -24,6 +24,11 @@ LOSS_STAGES = {"teacher": "teacher fine-tuning", "intermediate": "distillation s
                "student_original_data": "stage 2, no augmentation", "baseline": "baseline fine-tuning",
                "general": "general distillation"}
 
+# the headline metric of each task type: classification, regression, tagging and QA (F1)
+REPORTED_METRICS = ("accuracy", "pearson", "f1")
+SECONDARY_METRICS = ("exact_match",)  # shown beside QA's F1
+SMOOTHING = 0.8  # weight of the past in the loss curves' moving average, as TensorBoard's slider
+
 LOSS_PARTS = {"loss": "total", "att": "attention", "hid": "hidden states", "emb": "embeddings", "pred": "logits"}
 
 
@@ -31,7 +36,7 @@ def model_rows(results: dict) -> tuple[str, list[dict]]:
     """The metric name and one row per evaluated model: dev and test metric, retention, size, latency."""
     evaluated = results.get("evaluation", {})
     teacher = evaluated.get("teacher", {})
-    metric = next((m for m in ("accuracy", "pearson") if m in teacher), None) or "accuracy"
+    metric = next((m for m in REPORTED_METRICS if m in teacher), None) or "accuracy"
     rows = []
     for key, name in MODEL_NAMES.items():
         figures = evaluated.get(key)
@@ -39,7 +44,8 @@ def model_rows(results: dict) -> tuple[str, list[dict]]:
             continue
         dev = (figures.get("dev") or {}).get(metric)
         row = {"key": key, "model": name, "dev": dev, "test": figures.get(metric), "params": figures.get("params"),
-               "size_mb": figures.get("size_mb"), "latency_ms": figures.get("latency_ms_batch1")}
+               "size_mb": figures.get("size_mb"), "latency_ms": figures.get("latency_ms_batch1"),
+               **{f"test {extra}": figures[extra] for extra in SECONDARY_METRICS if extra in figures}}
         if teacher.get(metric):
             row["retention"] = figures.get(metric) / teacher[metric]
         rows.append(row)
@@ -69,7 +75,8 @@ def _cell(value, kind: str = "") -> str:
 def _table(results: dict) -> tuple[list[str], list[list[str]]]:
     metric, rows = model_rows(results)
     teacher = next((row for row in rows if row["key"] == "teacher"), None)
-    header = ["model", f"dev {metric}", f"test {metric}", "retention (test)", "parameters", "size MB",
+    extras = [f"test {extra}" for extra in SECONDARY_METRICS if teacher and f"test {extra}" in teacher]
+    header = ["model", f"dev {metric}", f"test {metric}", *extras, "retention (test)", "parameters", "size MB",
               "latency ms (batch 1, CPU)", "smaller / faster than teacher"]
     body = []
     for row in rows:
@@ -78,7 +85,7 @@ def _table(results: dict) -> tuple[list[str], list[list[str]]]:
             ratio = " / ".join(f"{teacher[field] / row[field]:.1f}×" if teacher.get(field) and row.get(field) else "–"
                                for field in ("size_mb", "latency_ms"))
         body.append([row["model"], _cell(row["dev"], "metric"), _cell(row["test"], "metric"),
-                     _cell(row.get("retention"), "percent"), _cell(row["params"]), _cell(row["size_mb"]),
+                     *(_cell(row.get(extra), "metric") for extra in extras), _cell(row.get("retention"), "percent"), _cell(row["params"]), _cell(row["size_mb"]),
                      _cell(row["latency_ms"]), ratio])
     return header, body
 
@@ -109,9 +116,11 @@ def _plot_losses(run_dir: Path, plots: Path) -> Path | None:
     for axis, (stage, records) in zip(axes.flat, logs.items()):
         steps = [r["step"] for r in records]
         parts = [k for k in records[0] if k not in ("step", "epoch", "lr")]
-        for part in parts:
-            axis.plot(steps, [r.get(part) for r in records], label=LOSS_PARTS.get(part, part), linewidth=1.2,
-                      marker="o" if len(steps) < 20 else None, markersize=3)
+        for part, colour in zip(parts, plt.rcParams["axes.prop_cycle"].by_key()["color"] * 2):
+            values = [r.get(part) for r in records]
+            axis.plot(steps, values, color=colour, alpha=0.25, linewidth=0.8,
+                      marker="o" if len(steps) < 20 else None, markersize=2)
+            axis.plot(steps, smoothed(values), color=colour, label=LOSS_PARTS.get(part, part), linewidth=1.5)
         axis.set_title(LOSS_STAGES[stage], fontsize=9)
         axis.set_xlabel("optimizer step")
         axis.set_ylabel("loss")
@@ -127,17 +136,49 @@ def _plot_losses(run_dir: Path, plots: Path) -> Path | None:
     return path
 
 
-def _plot_bars(rows: list[dict], field: str, title: str, path: Path, fmt: str = "{:.1f}") -> Path | None:
+def smoothed(values: list[float | None], weight: float = SMOOTHING) -> list[float | None]:
+    """An exponential moving average that starts unbiased (as TensorBoard's): the trend of a
+    noisy loss curve."""
+    average, total, out = 0.0, 0.0, []
+    for value in values:
+        if value is None:
+            out.append(None)
+            continue
+        average, total = weight * average + (1 - weight) * value, weight * total + (1 - weight)
+        out.append(average / total)
+    return out
+
+
+def metric_axis(values: list[float]) -> tuple[float, float]:
+    """An axis that starts a little below the lowest value, so that 0.83 and 0.89 look different."""
+    low, high = min(values), max(values)
+    margin = max(high - low, 0.02 * max(abs(high), 1e-9))
+    return low - margin, high + 0.6 * margin
+
+
+def _plot_bars(rows: list[dict], field: str, title: str, path: Path, fmt: str = "{:.1f}",
+               is_metric: bool = False) -> Path | None:
+    """Horizontal bars; a metric's axis starts near its lowest value and each bar says its retention."""
     rows = [row for row in rows if row.get(field) is not None]
     if not rows:
         return None
     figure, axis = plt.subplots(figsize=(7, 0.55 * len(rows) + 1.2))
     values = [row[field] for row in rows]
+    labels = [fmt.format(v) for v in values]
+    if is_metric:
+        teacher = next((row[field] for row in rows if row["key"] == "teacher"), None)
+        if teacher:
+            labels = [label if row["key"] == "teacher" else f"{label} ({100 * row[field] / teacher:.1f} % of teacher)"
+                      for label, row in zip(labels, rows)]
+        low, high = metric_axis(values)
+        axis.set_xlim(low, high + 0.45 * (high - low))  # room for the labels
+        axis.set_xlabel(f"axis starts at {low:.3f}, not 0", fontsize=8)
+    else:
+        axis.set_xlim(0, max(max(values) * 1.2, 1e-9))
     bars = axis.barh([row["model"] for row in rows], values, color="#4c72b0")
-    axis.bar_label(bars, labels=[fmt.format(v) for v in values], fontsize=8, padding=3)
+    axis.bar_label(bars, labels=labels, fontsize=8, padding=3)
     axis.invert_yaxis()
     axis.set_title(title, fontsize=10)
-    axis.set_xlim(0, max(values) * 1.2)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
@@ -162,12 +203,13 @@ def write_report(run_dir: str | os.PathLike, results: dict, title: str = "TinyBE
                                     ("latency", "latency_ms", "latency, ms per example (batch 1)", "{:.1f}"),
                                     ("params", "params", "parameters (millions)", "{:.1f}")):
         shown = [dict(row, params=row["params"] / 1e6) if field == "params" and row["params"] else row for row in rows]
-        plot = _plot_bars(shown, field, label, plots / f"{name}.png", fmt)
+        plot = _plot_bars(shown, field, label, plots / f"{name}.png", fmt, is_metric=field in ("dev", "test"))
         if plot:
             blocks.append(("img", plot.relative_to(run_dir).as_posix(), label))
     losses = _plot_losses(run_dir, plots)
     if losses:
-        blocks += [("h2", "Training losses"), ("img", losses.relative_to(run_dir).as_posix(), "loss curves")]
+        blocks += [("h2", "Training losses"), ("img", losses.relative_to(run_dir).as_posix(), "loss curves"),
+                   ("p", f"Lines: moving average (smoothing {SMOOTHING}); faint: the logged values.")]
     export = results.get("export")
     if export:
         lines = [["fp32: largest logit difference from PyTorch", f"{export['fp32_max_abs_logit_diff']:.2e} on "
