@@ -116,7 +116,8 @@ def test_show_config_and_quick_overrides(tmp_path, pipeline_config):
     assert shown["intermediate"]["temperature"] == 1.0  # defaults are shown too
 
 
-@pytest.mark.parametrize("name", ["demo", "sst2-bert-base", "rte-pairs", "stsb-regression", "chinese"])
+@pytest.mark.parametrize("name", ["demo", "sst2-bert-base", "rte-pairs", "stsb-regression", "chinese", "conll2003-ner",
+                                  "squad-qa"])
 def test_shipped_configs_are_valid(name):
     from conftest import REPO
     config = load_config(REPO / "configs" / f"{name}.yaml", quick=True)
