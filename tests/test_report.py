@@ -62,3 +62,8 @@ def test_loss_plot_draws_raw_points_faint_behind_the_smoothed_line(tmp_path, mon
     monkeypatch.setattr(plt.Axes, "plot", lambda self, *a, **kw: drawn.append(kw) or real(self, *a, **kw))
     assert report._plot_losses(tmp_path, tmp_path)
     assert [kw.get("alpha", 1) < 0.5 for kw in drawn] == [True, False]
+
+
+def test_a_metric_that_is_not_a_number_is_left_out_of_its_plot(tmp_path):
+    _, rows = report.model_rows(_results("pearson", {"teacher": 0.9, "student": float("nan")}))
+    assert report._plot_bars(rows, "test", "test pearson", tmp_path / "m.png", "{:.4f}", is_metric=True)

@@ -212,6 +212,14 @@ def test_qa_augmentation_keeps_answers_and_questions(tmp_path, squad_file):
     ]}]}), ".json"),
     ("squad without answers", json.dumps({"data": [{"title": "t", "paragraphs": [
         {"context": "a b c", "qas": [{"id": "1", "question": "q?", "answers": []}]}]}]}), ".json"),
+    ("squad answers in columns", json.dumps({"data": [{"title": "t", "paragraphs": [
+        {"context": "a b c", "qas": [{"id": "1", "question": "q?", "answers": {"text": ["b"], "answer_start": [2]}}]}
+    ]}]}), ".json"),
+    ("squad article not an object", json.dumps({"data": ["a b c"]}), ".json"),
+    ("squad empty answer", json.dumps({"data": [{"title": "t", "paragraphs": [
+        {"context": "a b c", "qas": [{"id": "1", "question": "q?", "answers": [{"text": "", "answer_start": 1}]}]}
+    ]}]}), ".json"),
+    ("squad jsonl not json", '{"question": "q?", "context": "a b", "answers": []}\n{"question": \n', ".jsonl"),
 ])
 def test_bad_task_files_stop_with_one_message(tmp_path, capsys, tiny_model_dir, name, content, suffix):
     path = write(tmp_path / f"bad{suffix}", content)
@@ -362,3 +370,21 @@ def test_augmentation_reads_only_the_first_examples_when_told(tmp_path, conll_fi
     augment_file(squad_file, tmp_path / "q.json", word_vectors=demo_word_vectors(), show_progress=False,
                  config=AugmentConfig(variants=2, probability=1.0), data_options=DataOptions(max_examples=2))
     assert {q.question for q in read_questions(tmp_path / "q.json")} == {q for q, _ in QUESTIONS[:2]}
+
+
+def test_predict_ignores_the_answers_a_file_gives(tmp_path, real_tokenizer):
+    from transformers import BertForQuestionAnswering
+    torch.manual_seed(0)
+    BertForQuestionAnswering(tiny_bert_config()).save_pretrained(tmp_path / "qa")
+    real_tokenizer.save_pretrained(tmp_path / "qa")
+    document = squad_document()
+    document["data"][0]["paragraphs"][0]["qas"][0]["answers"] = [{"text": "nowhere", "answer_start": 3}]
+    questions = write(tmp_path / "q.json", json.dumps(document))
+    assert predict_file(tmp_path / "qa", questions, tmp_path / "a.jsonl", show_progress=False) == len(QUESTIONS)
+
+
+def test_a_window_too_small_for_a_question_is_one_message(real_tokenizer):
+    from tinybert.errors import InputError
+    question = Question("q", "why?", CONTEXT, [{"text": "Rollo", "answer_start": CONTEXT.index("Rollo")}])
+    with pytest.raises(InputError, match="no room for a question"):
+        windows(real_tokenizer, [question], max_length=12, stride=4)

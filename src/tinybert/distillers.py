@@ -115,7 +115,7 @@ class IntermediateDistiller(_TeacherAndStudent):
 
 class PredictionDistiller(_TeacherAndStudent):
     """Soft cross-entropy against the teacher's predictions: its class distribution (MSE against
-    its output for regression), its tag distribution at every real token (``task="token"``), or its
+    its output for regression), its tag distribution at each word's first piece (``task="token"``), or its
     distributions of where the answer starts and ends (``task="qa"``)."""
 
     def __init__(self, student, teacher, temperature: float = 1.0, regression: bool = False, task: str = "sequence"):

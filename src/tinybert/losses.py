@@ -63,7 +63,7 @@ def token_soft_cross_entropy(student_logits: torch.Tensor, teacher_logits: torch
     targets = F.softmax(teacher_logits.float() / temperature, dim=-1)
     per_token = -(targets * F.log_softmax(student_logits.float() / temperature, dim=-1)).sum(-1)
     mask = attention_mask.float()
-    return (per_token * mask).sum() / mask.sum()
+    return (per_token * mask).sum() / mask.sum().clamp(min=1)  # a batch may count no token at all
 
 
 def span_soft_cross_entropy(student_logits: torch.Tensor, teacher_logits: torch.Tensor,

@@ -181,6 +181,7 @@ def _f1(prediction: str, truth: str) -> float:
 
 def squad_scores(predictions: list[str], references: list[list[str]]) -> dict:
     """Exact match and F1 (fractions), each the best over a question's reference answers."""
-    exact = [max(float(normalize_answer(p) == normalize_answer(r)) for r in refs) for p, refs in zip(predictions, references)]
+    exact = [max(float(normalize_answer(p) == normalize_answer(r)) for r in refs)
+             for p, refs in zip(predictions, references)]
     f1 = [max(_f1(p, r) for r in refs) for p, refs in zip(predictions, references)]
     return {"f1": float(np.mean(f1)), "exact_match": float(np.mean(exact))}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import html
 import json
+import math
 import os
 from pathlib import Path
 
@@ -85,8 +86,8 @@ def _table(results: dict) -> tuple[list[str], list[list[str]]]:
             ratio = " / ".join(f"{teacher[field] / row[field]:.1f}×" if teacher.get(field) and row.get(field) else "–"
                                for field in ("size_mb", "latency_ms"))
         body.append([row["model"], _cell(row["dev"], "metric"), _cell(row["test"], "metric"),
-                     *(_cell(row.get(extra), "metric") for extra in extras), _cell(row.get("retention"), "percent"), _cell(row["params"]), _cell(row["size_mb"]),
-                     _cell(row["latency_ms"]), ratio])
+                     *(_cell(row.get(extra), "metric") for extra in extras), _cell(row.get("retention"), "percent"),
+                     _cell(row["params"]), _cell(row["size_mb"]), _cell(row["latency_ms"]), ratio])
     return header, body
 
 
@@ -159,7 +160,7 @@ def metric_axis(values: list[float]) -> tuple[float, float]:
 def _plot_bars(rows: list[dict], field: str, title: str, path: Path, fmt: str = "{:.1f}",
                is_metric: bool = False) -> Path | None:
     """Horizontal bars; a metric's axis starts near its lowest value and each bar says its retention."""
-    rows = [row for row in rows if row.get(field) is not None]
+    rows = [row for row in rows if row.get(field) is not None and math.isfinite(row[field])]
     if not rows:
         return None
     figure, axis = plt.subplots(figsize=(7, 0.55 * len(rows) + 1.2))
@@ -167,7 +168,7 @@ def _plot_bars(rows: list[dict], field: str, title: str, path: Path, fmt: str = 
     labels = [fmt.format(v) for v in values]
     if is_metric:
         teacher = next((row[field] for row in rows if row["key"] == "teacher"), None)
-        if teacher:
+        if teacher and teacher > 0:  # a share of a negative correlation means nothing
             labels = [label if row["key"] == "teacher" else f"{label} ({100 * row[field] / teacher:.1f} % of teacher)"
                       for label, row in zip(labels, rows)]
         low, high = metric_axis(values)

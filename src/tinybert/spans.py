@@ -94,7 +94,7 @@ def tag_texts(model, tokenizer, label_space: LabelSpace, texts: list[tuple[str, 
 
 def predict_entities(model, tokenizer, label_space, input_path, handle, as_jsonl: bool, max_length: int,
                      batch_size: int, options: DataOptions, bar) -> int:
-    texts, count = _texts(input_path, options), 0
+    texts, count = itertools.islice(_texts(input_path, options), options.max_examples), 0
     if not as_jsonl:
         handle.write("text\tentities\n")
     while chunk := list(itertools.islice(texts, CHUNK)):

@@ -18,7 +18,7 @@ from tokenizers import pre_tokenizers
 
 from ..artifacts import atomic_write
 from ..data.formats import report_bad_lines
-from ..data.squad import read_questions
+from ..data.squad import paragraphs_of, read_document, read_questions
 from ..data.tagging import read_sentences
 from ..errors import InputError
 from .algorithm import Augmenter
@@ -39,7 +39,8 @@ def augment_tagged(input_path: str, output_path: Path, augmenter: Augmenter, inp
     def render(chunk, state) -> tuple[str, int]:
         good = [s for s in chunk if s.problem is None]
         replaceable = [{i for i, tag in enumerate(s.tags) if tag == "O"} for s in good]
-        vary = len(good) if config.augment_first is None else max(0, min(len(good), config.augment_first - state["rows"]))
+        vary = len(good) if config.augment_first is None else \
+            max(0, min(len(good), config.augment_first - state["rows"]))
         found = augmenter.candidates_of([s.words for s in good[:vary]], replaceable[:vary])
         out, written = [], 0
         for index, sentence in enumerate(good):
@@ -64,7 +65,8 @@ def _columns(path: str) -> dict[int, list[str]]:
 def _sentence(sentence, words: list[str], jsonl: bool, columns: dict[int, list[str]]) -> str:
     if jsonl:
         return json.dumps({"tokens": words, "tags": sentence.tags}, ensure_ascii=False) + "\n"
-    lines = [" ".join([word, *columns.get(sentence.line + i, []), tag]) for i, (word, tag) in enumerate(zip(words, sentence.tags))]
+    lines = [" ".join([word, *columns.get(sentence.line + i, []), tag])
+             for i, (word, tag) in enumerate(zip(words, sentence.tags))]
     return "\n".join(lines) + "\n\n"
 
 
@@ -79,15 +81,14 @@ def augment_questions(input_path: str, output_path: Path, augmenter: Augmenter, 
     bad = [(q.line, q.problem) for q in questions if q.problem]
     if bad:
         report_bad_lines(input_path, bad, options.skip_bad_lines)
-    document = json.loads(Path(input_path).read_text(encoding="utf-8"))
+    document = read_document(input_path)
     good = iter([q.problem is None for q in questions])  # in read_questions' order
     paragraphs, left = [], options.max_examples or len(questions)
-    for article in document["data"]:
-        for paragraph in article.get("paragraphs", []):
-            kept = [record for record in paragraph.get("qas", []) if next(good)][:left]
-            left -= len(kept)
-            if kept:
-                paragraphs.append((article.get("title", ""), {**paragraph, "qas": kept}))
+    for title, paragraph in paragraphs_of(document, input_path):
+        kept = [record for record in paragraph["qas"] if next(good)][:left]
+        left -= len(kept)
+        if kept:
+            paragraphs.append((title, {**paragraph, "qas": kept}))
     splitter = pre_tokenizers.BertPreTokenizer()
 
     def render(chunk, state) -> tuple[str, int]:

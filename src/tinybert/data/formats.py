@@ -190,6 +190,18 @@ def utf8_lines(path: str) -> Iterator[tuple[int, str]]:
             yield number, text.lstrip("\ufeff") if number == 1 else text
 
 
+def json_lines(path: str) -> Iterator[tuple[int, object, str | None]]:
+    """(line number, parsed record, problem) for each non-blank line of a JSONL file; a line that
+    is not JSON comes with its problem and no record."""
+    for number, line in utf8_lines(path):
+        if not line.strip():
+            continue
+        try:
+            yield number, json.loads(line), None
+        except json.JSONDecodeError as error:
+            yield number, None, f"not valid JSON ({error.msg})"
+
+
 def _has_header(first_fields: list[str], columns: Sequence[str | None]) -> bool:
     names = {name.strip().lower() for name in first_fields}
     wanted = {c.lower() for c in columns if c}

@@ -22,7 +22,7 @@ from ..artifacts import read_json
 from ..errors import InputError
 from .cache import cache_directory, cached_features, check_length, token_columns
 from .features import FeatureFile, FeatureWriter
-from .formats import report_bad_lines
+from .formats import json_lines, report_bad_lines, utf8_lines
 from .options import DataOptions
 
 EXAMPLES_FILE = "examples.jsonl"
@@ -45,22 +45,40 @@ def read_questions(path: str | Path, require_answers: bool = True) -> list[Quest
     whole). Malformed questions carry a ``problem``."""
     path = Path(path)
     if path.suffix.lower() == ".jsonl":
-        records = []
-        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-            if line.strip():
-                records.append((number, _parse(path, line, number)))
-        return [_question(record, "", number, require_answers) for number, record in records]
-    document = _parse(path, path.read_text(encoding="utf-8"), 1)
+        return [Question("", "", "", line=number, problem=problem) if problem else
+                _question(record, number, require_answers) for number, record, problem in json_lines(str(path))]
+    questions = []
+    for _, paragraph in paragraphs_of(read_document(path), path):
+        for record in paragraph["qas"]:
+            questions.append(_question({**record, "context": paragraph.get("context")} if isinstance(record, dict)
+                                       else record, len(questions) + 1, require_answers))
+    return questions
+
+
+def read_document(path: str | Path) -> dict:
+    """A SQuAD JSON document (UTF-8, a byte-order mark allowed), with its list of articles."""
+    document = _parse(Path(path), "".join(line for _, line in utf8_lines(str(path))), 1)
     if not isinstance(document, dict) or not isinstance(document.get("data"), list):
         raise InputError("not a SQuAD file: no \"data\" list of articles", path=path,
                          fix="give SQuAD JSON ({\"data\": [{\"title\", \"paragraphs\": [...]}]}) or JSONL questions")
-    questions = []
-    for article in document["data"]:
-        for paragraph in article.get("paragraphs", []) if isinstance(article, dict) else []:
-            for record in paragraph.get("qas", []):
-                questions.append(_question({**record, "context": paragraph.get("context")}, article.get("title", ""),
-                                           len(questions) + 1, require_answers))
-    return questions
+    return document
+
+
+def paragraphs_of(document: dict, path) -> list[tuple[str, dict]]:
+    """(title, paragraph) of every paragraph of a SQuAD document, in order; a broken structure
+    (an article or paragraph that is not an object, ``qas`` that is not a list) stops here."""
+    found = []
+    for number, article in enumerate(document["data"], start=1):
+        paragraphs = article.get("paragraphs") if isinstance(article, dict) else None
+        if not isinstance(paragraphs, list):
+            raise InputError(f"article {number} is not an object with a \"paragraphs\" list", path=path,
+                             fix="give SQuAD JSON: {\"data\": [{\"title\", \"paragraphs\": [{\"context\", \"qas\"}]}]}")
+        for place, paragraph in enumerate(paragraphs, start=1):
+            if not isinstance(paragraph, dict) or not isinstance(paragraph.get("qas", []), list):
+                raise InputError(f"article {number}, paragraph {place} is not an object with a \"qas\" list",
+                                 path=path, fix="give each paragraph a \"context\" and a \"qas\" list")
+            found.append((article.get("title", ""), {**paragraph, "qas": paragraph.get("qas", [])}))
+    return found
 
 
 def _parse(path: Path, text: str, line: int):
@@ -71,7 +89,8 @@ def _parse(path: Path, text: str, line: int):
                          fix="give SQuAD JSON, or one JSON object per line") from None
 
 
-def _question(record, title: str, number: int, require_answers: bool) -> Question:
+def _question(record, number: int, require_answers: bool) -> Question:
+    """A question and its answers, checked (the answers only when they are needed)."""
     if not isinstance(record, dict):
         return Question("", "", "", line=number, problem="not a JSON object")
     question, context = record.get("question"), record.get("context")
@@ -80,12 +99,18 @@ def _question(record, title: str, number: int, require_answers: bool) -> Questio
         return Question(identifier, "", "", line=number, problem=f"question {identifier}: no question or context text")
     impossible = bool(record.get("is_impossible", False))
     answers = record.get("answers") or []
+    if not require_answers:  # predicting: answers given are ignored
+        return Question(identifier, question, context, [], impossible, number)
+    if not isinstance(answers, list) or not all(isinstance(answer, dict) for answer in answers):
+        return Question(identifier, question, context, line=number,
+                        problem=f"question {identifier}: \"answers\" is not a list of {{text, answer_start}}")
     for answer in answers:
         start, text = answer.get("answer_start"), answer.get("text")
-        if not isinstance(start, int) or not isinstance(text, str) or context[start:start + len(text)] != text:
+        if not isinstance(start, int) or not isinstance(text, str) or not text.strip() \
+                or context[start:start + len(text)] != text:
             return Question(identifier, question, context, line=number,
                             problem=f"question {identifier}: answer {text!r} is not at character {start} of its context")
-    if require_answers and not answers and not impossible:
+    if not answers and not impossible:
         return Question(identifier, question, context, line=number,
                         problem=f"question {identifier}: no answer (and not marked is_impossible)")
     return Question(identifier, question, context, answers, impossible, number)
@@ -100,7 +125,11 @@ def window_stride(stride: int, max_length: int) -> int:
 def _short_questions(tokenizer, questions: list[Question], max_length: int, stride: int) -> list[str]:
     """Each question cut to its first tokens (64 at most, as BERT's SQuAD code; fewer in a small
     window), so that the context always has room for more than the stride."""
-    limit = max(1, min(64, (max_length - stride) // 2))
+    room = max_length - stride - tokenizer.num_special_tokens_to_add(pair=True)
+    if room < 8:
+        raise InputError(f"--max-length {max_length} leaves no room for a question and its context beside a doc "
+                         f"stride of {stride}", fix="use --max-length 64 or more (384 is BERT's for SQuAD)")
+    limit = min(64, room // 2)
     texts = [q.question.lstrip() for q in questions]
     encoded = tokenizer(texts, add_special_tokens=False, truncation=True, max_length=limit,
                         return_offsets_mapping=True, return_attention_mask=False)

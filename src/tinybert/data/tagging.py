@@ -11,7 +11,6 @@ pieces, and the special tokens, get -100 and count neither in the loss nor in th
 from __future__ import annotations
 
 import copy
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +23,7 @@ from ..errors import InputError
 from .batching import IGNORED_LABEL, warn_truncated
 from .cache import cache_directory, cached_features, check_length, token_columns, write_in_chunks
 from .features import FeatureFile, FeatureWriter
-from .formats import report_bad_lines, utf8_lines
+from .formats import json_lines, report_bad_lines, utf8_lines
 from .labels import LabelSpace
 from .options import DataOptions
 
@@ -70,13 +69,9 @@ def read_sentences(path: str | Path, require_tags: bool = True) -> Iterator[Sent
 
 
 def _jsonl_sentences(path: Path, require_tags: bool) -> Iterator[Sentence]:
-    for number, line in utf8_lines(str(path)):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as error:
-            yield Sentence([], None, number, f"not valid JSON ({error.msg})")
+    for number, record, problem in json_lines(str(path)):
+        if problem:
+            yield Sentence([], None, number, problem)
             continue
         words = record.get("tokens") if isinstance(record, dict) else None
         tags = (record.get("tags") or record.get("ner_tags")) if isinstance(record, dict) else None

@@ -39,7 +39,8 @@ def detect_task(path: str | Path, options: DataOptions) -> str:
             return "token"
         return "qa" if isinstance(record, dict) and {"question", "context"} <= record.keys() else "sequence"
     lines = [line for line in head.splitlines()[:-1] if line.strip()][:50]
-    one_word_first = "\t" not in lines[0] or " " not in lines[0].split("\t")[0] if lines else False  # not `text<TAB>label`
+    # a word first, not `text<TAB>label`
+    one_word_first = "\t" not in lines[0] or " " not in lines[0].split("\t")[0] if lines else False
     if one_word_first and (lines[0].startswith("-DOCSTART-") or all(
             len(line.split()) >= 2 and TAG.match(line.split()[-1]) for line in lines)):
         return "token"
