@@ -2,6 +2,7 @@
 metrics against hand-computed cases, augmentation that keeps labels aligned, and every command
 end to end on tiny models."""
 
+import copy
 import json
 
 import numpy as np
@@ -19,6 +20,7 @@ from tinybert.data.batching import IGNORED_LABEL as IGNORED
 from tinybert.data.tagging import read_sentences, tag_pieces
 from tinybert.data.tasks import detect_task, task_data
 from tinybert.distill import DistillConfig, distill
+from tinybert.errors import InputError
 from tinybert.evaluation import evaluate
 from tinybert.export import export_onnx
 from tinybert.finetune import FinetuneConfig, finetune
@@ -80,6 +82,7 @@ def test_the_task_is_read_from_the_file(tmp_path, conll_file, squad_file):
     assert detect_task(conll_file, options) == "token"
     assert detect_task(squad_file, options) == "qa"
     assert detect_task(write(tmp_path / "t.jsonl", '{"tokens": ["a"], "tags": ["O"]}\n'), options) == "token"
+    assert detect_task(write(tmp_path / "t.json", '{"tokens": ["a"], "tags": ["O"]}\n'), options) == "token"
     assert detect_task(write(tmp_path / "q.jsonl", '{"question": "q?", "context": "c"}\n'), options) == "qa"
     assert detect_task(write(tmp_path / "s.tsv", "sentence\tlabel\nB-PER film\t1\n"), options) == "sequence"
     assert detect_task(write(tmp_path / "plain.txt", "a good film\t1\n"), options) == "sequence"
@@ -384,7 +387,14 @@ def test_predict_ignores_the_answers_a_file_gives(tmp_path, real_tokenizer):
 
 
 def test_a_window_too_small_for_a_question_is_one_message(real_tokenizer):
-    from tinybert.errors import InputError
     question = Question("q", "why?", CONTEXT, [{"text": "Rollo", "answer_start": CONTEXT.index("Rollo")}])
     with pytest.raises(InputError, match="no room for a question"):
         windows(real_tokenizer, [question], max_length=12, stride=4)
+
+
+def test_question_answering_refuses_a_tokenizer_that_pads_on_the_left(real_tokenizer):
+    left = copy.deepcopy(real_tokenizer)
+    left.padding_side = "left"
+    question = Question("q", "why?", CONTEXT, [{"text": "Rollo", "answer_start": CONTEXT.index("Rollo")}])
+    with pytest.raises(InputError, match="pads on the right"):
+        windows(left, [question], max_length=64, stride=16)

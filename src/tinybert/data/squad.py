@@ -142,6 +142,9 @@ def windows(tokenizer, questions: list[Question], max_length: int, stride: int) 
     answer's token positions in each window (0, 0: not in this window). ``stride``: see
     ``window_stride``."""
     stride = window_stride(stride, max_length)
+    if tokenizer.padding_side != "right":  # answer positions and [CLS] at 0 assume nothing before the text
+        raise InputError("question answering needs a tokenizer that pads on the right",
+                         fix='set "padding_side": "right" in the model\'s tokenizer_config.json')
     encoded = tokenizer(_short_questions(tokenizer, questions, max_length, stride), [q.context for q in questions],
                         truncation="only_second",
                         max_length=max_length, stride=stride, return_overflowing_tokens=True,

@@ -29,7 +29,7 @@ def detect_task(path: str | Path, options: DataOptions) -> str:
     suffix = path.suffix.lower()
     if suffix == ".json" and '"paragraphs"' in head:
         return "qa"
-    if suffix == ".jsonl":
+    if suffix in (".jsonl", ".json"):  # JSON lines (the tagging reader takes .json lines too)
         first = next((line for line in head.splitlines() if line.strip()), "")
         try:
             record = json.loads(first)
@@ -37,7 +37,8 @@ def detect_task(path: str | Path, options: DataOptions) -> str:
             return "sequence"
         if isinstance(record, dict) and "tokens" in record:
             return "token"
-        return "qa" if isinstance(record, dict) and {"question", "context"} <= record.keys() else "sequence"
+        questions = suffix == ".jsonl" and isinstance(record, dict) and {"question", "context"} <= record.keys()
+        return "qa" if questions else "sequence"
     lines = [line for line in head.splitlines()[:-1] if line.strip()][:50]
     # a word first, not `text<TAB>label`
     one_word_first = "\t" not in lines[0] or " " not in lines[0].split("\t")[0] if lines else False
