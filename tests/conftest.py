@@ -1,4 +1,6 @@
+import logging
 import os
+import subprocess
 import tempfile
 from pathlib import Path
 
@@ -11,6 +13,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from transformers import AutoTokenizer, BertConfig, BertModel  # noqa: E402
 
+from tinybert.cli import main  # noqa: E402
 from tinybert.resources import demo_teacher_dir  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -50,3 +53,21 @@ def tiny_model_dir(tmp_path, real_tokenizer):
 def write(path: Path, text: str, encoding: str = "utf-8") -> Path:
     path.write_bytes(text.encode(encoding))
     return path
+
+
+@pytest.fixture
+def tinybert_cli(capsys, caplog):
+    """Runs ``tinybert ARGS`` in this process (a subprocess pays ~6 s of imports each time):
+    its exit code, standard output, and standard error with the log lines in it. Tests that must
+    see a real process (an uncaught error's traceback, a kill) start one themselves."""
+    def run(*args) -> subprocess.CompletedProcess:
+        capsys.readouterr()
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="tinybert"):
+            try:
+                code = main([str(arg) for arg in args])
+            except SystemExit as exit:  # argparse's own refusals
+                code = exit.code
+        out, err = capsys.readouterr()
+        return subprocess.CompletedProcess(args, code, out, err + caplog.text)
+    return run

@@ -1,6 +1,4 @@
 import struct
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -271,16 +269,15 @@ def test_resume_after_a_kill_continues_without_duplicates(tmp_path, tiny_mlm, se
     assert not list(tmp_path.glob("resumed.tsv.*"))
 
 
-def test_cli_accepts_the_forks_flag_names(tmp_path, tiny_mlm, sentences_file):
+def test_cli_accepts_the_forks_flag_names(tmp_path, tiny_mlm, sentences_file, tinybert_cli):
     ours = tmp_path / "ours.tsv"
     theirs = tmp_path / "theirs.tsv"
-    base = [sys.executable, "-m", "tinybert.cli", "augment", "--seed", "3"]
-    done = subprocess.run(base + ["--input", str(sentences_file), "--output", str(ours), "--mlm", str(tiny_mlm),
-                                  "--candidates", "4", "--variants", "5", "--p", "0.5"], capture_output=True, text=True)
+    base = ["augment", "--seed", "3"]
+    done = tinybert_cli(*base, "--input", sentences_file, "--output", ours, "--mlm", tiny_mlm,
+                        "--candidates", "4", "--variants", "5", "--p", "0.5")
     assert done.returncode == 0, done.stderr
-    done = subprocess.run(base + ["--data_path", str(sentences_file), "--output", str(theirs),
-                                  "--pretrained_bert_model", str(tiny_mlm), "--M", "4", "--N", "5", "--p", "0.5"],
-                          capture_output=True, text=True)
+    done = tinybert_cli(*base, "--data_path", sentences_file, "--output", theirs,
+                        "--pretrained_bert_model", tiny_mlm, "--M", "4", "--N", "5", "--p", "0.5")
     assert done.returncode == 0, done.stderr
     assert "--M is the reference code's spelling of --candidates" in done.stderr
     assert ours.read_bytes() == theirs.read_bytes()

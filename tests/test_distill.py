@@ -1,6 +1,4 @@
 import json
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -127,12 +125,12 @@ def test_plan_reports_mapping_shapes_and_sizes(teacher_dir, train_file, student_
     assert "student 1 ← teacher 2" in text and "expected speed-up" in text
 
 
-def test_cli_plan_and_bad_layer_map(teacher_dir, train_file):
-    base = [sys.executable, "-m", "tinybert.cli", "distill", "--stage", "intermediate", "--teacher", str(teacher_dir),
-            "--train", str(train_file), "--output", "unused", "--plan"]
-    done = subprocess.run(base, capture_output=True, text=True)
+def test_cli_plan_and_bad_layer_map(teacher_dir, train_file, tinybert_cli):
+    base = ["distill", "--stage", "intermediate", "--teacher", teacher_dir, "--train", train_file, "--output", "unused",
+            "--plan"]
+    done = tinybert_cli(*base)
     assert done.returncode == 0, done.stderr
     assert "student 4 ← teacher 4" in done.stdout and "312" in done.stdout  # default preset, 4 layers
-    done = subprocess.run(base + ["--layer-map", "1,2,3"], capture_output=True, text=True)
+    done = tinybert_cli(*base, "--layer-map", "1,2,3")
     assert done.returncode == 2 and "has 3 entries but the student has 4 layers" in done.stderr
     assert "Traceback" not in done.stderr

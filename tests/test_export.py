@@ -1,6 +1,4 @@
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -77,18 +75,15 @@ def test_predict_gives_the_same_labels_from_pytorch_and_onnx(tmp_path, exported,
         assert a["label"] == max(a["probabilities"], key=a["probabilities"].get)
 
 
-def test_predict_cli_writes_tsv_and_ignores_labels(tmp_path, exported, dev_file):
+def test_predict_cli_writes_tsv_and_ignores_labels(tmp_path, exported, dev_file, tinybert_cli):
     output, _ = exported
-    result = subprocess.run([sys.executable, "-m", "tinybert.cli", "predict", "--model", str(output / INT8_FILE),
-                             "--input", str(dev_file), "--output", str(tmp_path / "p.tsv")],
-                            capture_output=True, text=True)
+    result = tinybert_cli("predict", "--model", output / INT8_FILE, "--input", dev_file, "--output", tmp_path / "p.tsv")
     assert result.returncode == 0, result.stderr
     lines = (tmp_path / "p.tsv").read_text().splitlines()
     assert lines[0] == "text\tlabel\tp_neg\tp_neu\tp_pos" and len(lines) == 121
     assert all(line.split("\t")[1] in ("neg", "neu", "pos") for line in lines[1:])
 
 
-def test_export_cli_reports_and_refuses_a_bare_encoder(tmp_path, tiny_model_dir):
-    result = subprocess.run([sys.executable, "-m", "tinybert.cli", "export", "--model", str(tiny_model_dir),
-                             "--output", str(tmp_path / "out")], capture_output=True, text=True)
+def test_export_cli_reports_and_refuses_a_bare_encoder(tmp_path, tiny_model_dir, tinybert_cli):
+    result = tinybert_cli("export", "--model", tiny_model_dir, "--output", tmp_path / "out")
     assert result.returncode == 2 and "no task head" in result.stderr and "Traceback" not in result.stderr

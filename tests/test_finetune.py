@@ -107,12 +107,12 @@ def _cli(*args):
     return subprocess.run([sys.executable, "-m", "tinybert.cli", *map(str, args)], capture_output=True, text=True)
 
 
-def test_cli_finetune_then_evaluate_json(tmp_path, tiny_model_dir):
+def test_cli_finetune_then_evaluate_json(tmp_path, tiny_model_dir, tinybert_cli):
     train = _string_label_data(tmp_path)
-    done = _cli("finetune", "--model", tiny_model_dir, "--train", train, "--eval", train, "--output",
-                tmp_path / "m", "--epochs", "1", "--batch-size", "8", "--max-length", "32")
+    done = tinybert_cli("finetune", "--model", tiny_model_dir, "--train", train, "--eval", train, "--output",
+                        tmp_path / "m", "--epochs", "1", "--batch-size", "8", "--max-length", "32")
     assert done.returncode == 0, done.stderr
-    done = _cli("evaluate", "--model", tmp_path / "m", "--data", train, "--json", tmp_path / "r.json")
+    done = tinybert_cli("evaluate", "--model", tmp_path / "m", "--data", train, "--json", tmp_path / "r.json")
     assert done.returncode == 0, done.stderr
     results = json.loads((tmp_path / "r.json").read_text())
     for key in ("accuracy", "f1", "mcc", "params", "size_mb", "latency_ms_batch1", "examples_per_s_batch32"):
@@ -130,10 +130,10 @@ def test_cli_bad_input_exits_2_without_traceback(tmp_path, tiny_model_dir):
     assert done.returncode == 2 and "model directory not found" in done.stderr and "Traceback" not in done.stderr
 
 
-def test_unknown_label_at_evaluation(tmp_path, tiny_model_dir):
+def test_unknown_label_at_evaluation(tmp_path, tiny_model_dir, tinybert_cli):
     train = _string_label_data(tmp_path)
     finetune(tiny_model_dir, train, tmp_path / "m", config=_tiny_config(epochs=1), show_progress=False)
     other = write(tmp_path / "other.txt", "fine\tpos\nhmm\tneutral\n")
-    done = _cli("evaluate", "--model", tmp_path / "m", "--data", other)
+    done = tinybert_cli("evaluate", "--model", tmp_path / "m", "--data", other)
     assert done.returncode == 2
     assert "other.txt, line 2: unknown label 'neutral'" in done.stderr and "Traceback" not in done.stderr

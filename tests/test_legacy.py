@@ -142,7 +142,7 @@ def test_converted_directory_loads_with_transformers_alone_and_gives_the_same_lo
     assert config["model_type"] == "bert" and config["architectures"] == ["BertForSequenceClassification"]
 
 
-def test_forks_two_stage_command_lines_match_the_tinybert_spelling(tmp_path, vocab_dir):
+def test_forks_two_stage_command_lines_match_the_tinybert_spelling(tmp_path, vocab_dir, tinybert_cli):
     data = tmp_path / "lisennlp"
     data.mkdir()
     source = shared_dataset("lisennlp")
@@ -160,8 +160,7 @@ def test_forks_two_stage_command_lines_match_the_tinybert_spelling(tmp_path, voc
                                                          "intermediate_size": 64, "num_attention_heads": 4}))
 
     def run(*args):
-        done = subprocess.run([sys.executable, "-m", "tinybert.cli", "distill", *map(str, args)],
-                              capture_output=True, text=True)
+        done = tinybert_cli("distill", *args)
         assert done.returncode == 0, done.stderr[-2000:]
         return done
 

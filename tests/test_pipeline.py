@@ -36,12 +36,7 @@ def pipeline_config(tmp_path, tiny_model_dir):
     return write(tmp_path / "pipeline.yaml", yaml.safe_dump(config))
 
 
-def _tinybert(*args, **kwargs):
-    return subprocess.run([sys.executable, "-m", "tinybert.cli", *map(str, args)], capture_output=True, text=True,
-                          **kwargs)
-
-
-def test_killed_pipeline_resumes_the_stage_and_skips_finished_ones(tmp_path, pipeline_config):
+def test_killed_pipeline_resumes_the_stage_and_skips_finished_ones(tmp_path, pipeline_config, tinybert_cli):
     run = tmp_path / "run"
     checkpoint = run / "intermediate" / "checkpoint" / "training_state.json"
     with open(tmp_path / "first.log", "w") as log:
@@ -56,7 +51,7 @@ def test_killed_pipeline_resumes_the_stage_and_skips_finished_ones(tmp_path, pip
     assert (run / "teacher" / DONE_FILE).is_file() and not (run / "intermediate" / DONE_FILE).exists()
     teacher_weights = (run / "teacher" / "model.safetensors").stat().st_mtime_ns
 
-    second = _tinybert("pipeline", pipeline_config)
+    second = tinybert_cli("pipeline", pipeline_config)
     assert second.returncode == 0, second.stderr[-3000:]
     assert "stage teacher: already complete, skipped" in second.stderr
     assert "stage intermediate: resuming the interrupted run" in second.stderr
@@ -73,7 +68,7 @@ def test_killed_pipeline_resumes_the_stage_and_skips_finished_ones(tmp_path, pip
     assert "<table>" in (run / "report.html").read_text()
 
     # a changed setting re-runs its stage and the stages after it, not those before
-    third = _tinybert("pipeline", pipeline_config, "--set", "prediction.epochs=1")
+    third = tinybert_cli("pipeline", pipeline_config, "--set", "prediction.epochs=1")
     assert third.returncode == 0, third.stderr[-3000:]
     for stage in ("teacher", "intermediate", "baseline"):
         assert f"stage {stage}: already complete, skipped" in third.stderr
@@ -81,9 +76,9 @@ def test_killed_pipeline_resumes_the_stage_and_skips_finished_ones(tmp_path, pip
         assert f"stage {stage}: settings or inputs changed since it ran; starting it again" in third.stderr
 
 
-def test_unknown_key_names_the_file_line_and_closest_key(tmp_path):
+def test_unknown_key_names_the_file_line_and_closest_key(tmp_path, tinybert_cli):
     config = write(tmp_path / "bad.yaml", "run_dir: x\nfinetune:\n  model: m\n  epoch: 3\n")
-    result = _tinybert("pipeline", config)
+    result = tinybert_cli("pipeline", config)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert f"{config}, line 4: unknown key finetune.epoch" in result.stderr
     assert "did you mean 'epochs'?" in result.stderr
@@ -109,9 +104,9 @@ def test_bad_configs_are_clear_errors(tmp_path, text, overrides, message):
     assert message in str(error.value)
 
 
-def test_show_config_and_quick_overrides(tmp_path, pipeline_config):
+def test_show_config_and_quick_overrides(tmp_path, pipeline_config, tinybert_cli):
     config = write(tmp_path / "q.yaml", pipeline_config.read_text() + "quick:\n  finetune.epochs: 1\n  run_dir: elsewhere\n")
-    shown = yaml.safe_load(_tinybert("pipeline", config, "--quick", "--show-config", "--set", "finetune.lr=0.5").stdout)
+    shown = yaml.safe_load(tinybert_cli("pipeline", config, "--quick", "--show-config", "--set", "finetune.lr=0.5").stdout)
     assert shown["run_dir"] == "elsewhere" and shown["finetune"]["epochs"] == 1.0 and shown["finetune"]["lr"] == 0.5
     assert shown["intermediate"]["temperature"] == 1.0  # defaults are shown too
 
@@ -124,23 +119,23 @@ def test_shipped_configs_are_valid(name):
     assert config.values["finetune"]["model"] and config.values["data"]["dir"]
 
 
-def test_augment_reruns_for_a_new_seed_but_not_for_batch_size_or_runtime(tmp_path, pipeline_config):
+def test_augment_reruns_for_a_new_seed_but_not_for_batch_size_or_runtime(tmp_path, pipeline_config, tinybert_cli):
     from tinybert.resources import demo_word_vectors
     config = yaml.safe_load(pipeline_config.read_text())
     config["augment"] = {"run": True, "word_vectors": str(demo_word_vectors()), "variants": 2}
     config["intermediate"]["epochs"] = 1
     config["baseline"]["epochs"] = 0.1
     path = write(tmp_path / "augmented.yaml", yaml.safe_dump(config))
-    first = _tinybert("pipeline", path)
+    first = tinybert_cli("pipeline", path)
     assert first.returncode == 0, first.stderr[-3000:]
     augmented = (tmp_path / "run" / "augment" / "train_aug.txt").read_bytes()
 
-    same_output = _tinybert("pipeline", path, "--set", "augment.batch_size=8", "--set", "augment.mlm_runtime=torch")
+    same_output = tinybert_cli("pipeline", path, "--set", "augment.batch_size=8", "--set", "augment.mlm_runtime=torch")
     assert same_output.returncode == 0, same_output.stderr[-3000:]
     for stage in ("augment", "intermediate", "student"):
         assert f"stage {stage}: already complete, skipped" in same_output.stderr
 
-    new_seed = _tinybert("pipeline", path, "--set", "augment.seed=1")
+    new_seed = tinybert_cli("pipeline", path, "--set", "augment.seed=1")
     assert new_seed.returncode == 0, new_seed.stderr[-3000:]
     for stage in ("augment", "intermediate", "student"):
         assert f"stage {stage}: settings or inputs changed since it ran; starting it again" in new_seed.stderr
