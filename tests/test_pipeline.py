@@ -123,12 +123,18 @@ def test_augment_reruns_for_a_new_seed_but_not_for_batch_size_or_runtime(tmp_pat
     from tinybert.resources import demo_word_vectors
     config = yaml.safe_load(pipeline_config.read_text())
     config["augment"] = {"run": True, "word_vectors": str(demo_word_vectors()), "variants": 2}
+    config["data"]["max_examples"] = 16
     config["intermediate"]["epochs"] = 1
     config["baseline"]["epochs"] = 0.1
     path = write(tmp_path / "augmented.yaml", yaml.safe_dump(config))
     first = tinybert_cli("pipeline", path)
     assert first.returncode == 0, first.stderr[-3000:]
     augmented = (tmp_path / "run" / "augment" / "train_aug.txt").read_bytes()
+    # data.max_examples cuts the data before augmentation; the stages train on all that augmentation made
+    rows = augmented.decode().splitlines()
+    assert 16 < len(rows) <= 16 * 3  # 16 rows and up to 2 variants each, not all 64 rows of train.txt
+    stage1 = json.loads((tmp_path / "run" / "intermediate" / "training_state.json").read_text())
+    assert stage1["steps"] == -(-len(rows) // 8)  # batch size 8, one epoch
 
     same_output = tinybert_cli("pipeline", path, "--set", "augment.batch_size=8", "--set", "augment.mlm_runtime=torch")
     assert same_output.returncode == 0, same_output.stderr[-3000:]

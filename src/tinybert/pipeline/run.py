@@ -173,19 +173,23 @@ def run_pipeline(config: Config) -> dict:
 
     # augmentation
     augment = run.settings("augment")
-    trainings = [("", files["train"], data_identity["train"])]
+    trainings = [("", files["train"], data_identity["train"], reading)]
     if augment["run"]:
         augmented = "train_aug" + Path(files["train"]).suffix
         not_fingerprinted = {"run", "compare_without"} | OUTPUT_NEUTRAL_SETTINGS
         settings = {key: value for key, value in augment.items() if key not in not_fingerprinted}
         inputs = {"settings": settings, "data": data_identity["train"], "data_options": data_settings,
                   "mlm": content_of(augment["mlm"]), "word_vectors": content_of(augment["word_vectors"])}
-        augment_options = replace(reading, max_examples=augment["max_examples"])
+        # data.max_examples cuts the training data before it is augmented (augment.max_examples, when
+        # set, in its place); the stages then train on all of the augmented file
+        augment_options = replace(reading, max_examples=augment["max_examples"] or reading.max_examples)
+        if augment_options.max_examples:  # only where set: runs of every other config keep their stamps
+            inputs["rows_augmented"] = augment_options.max_examples
         augment_dir = run.stage("augment", inputs, lambda d: run.arguments(
             "augment", input=files["train"], output=str(d / augmented), data_options=augment_options).run())
-        trainings = [("", str(augment_dir / augmented), run.fingerprints["augment"])]
+        trainings = [("", str(augment_dir / augmented), run.fingerprints["augment"], whole_files)]
         if augment["compare_without"]:
-            trainings.append(("_original_data", files["train"], data_identity["train"]))
+            trainings.append(("_original_data", files["train"], data_identity["train"], reading))
 
     # task distillation, stage 1 then stage 2. Stage 2 shares stage 1's settings that it does not
     # set, except the per-stage ones and the student's shape: it starts from stage 1's output.
@@ -194,19 +198,20 @@ def run_pipeline(config: Config) -> dict:
               if key not in not_shared and ("prediction", key) not in config.origins}
     prediction_section = with_values(config.sections["prediction"], shared)
     prediction = run.settings("prediction", prediction_section)
-    for suffix, train_file, train_identity in trainings:
+    for suffix, train_file, train_identity, train_options in trainings:
         inputs = {"settings": intermediate, "student": student_identity, "teacher": teacher_identity,
                   "data": train_identity, "data_options": data_settings}
-        stage1 = run.stage("intermediate" + suffix, inputs, lambda d, t=train_file: run.arguments(
+        stage1 = run.stage("intermediate" + suffix, inputs, lambda d, t=train_file, o=train_options: run.arguments(
             "intermediate", teacher=teacher_dir, student=student_start, train=t, output=str(d),
-            data_options=reading).run())
+            data_options=o).run())
         inputs = {"settings": prediction, "stage1": run.fingerprints["intermediate" + suffix],
                   "teacher": teacher_identity, "data": train_identity, "dev": data_identity["dev"]}
-        results["student" + suffix] = str(run.stage("student" + suffix, inputs, lambda d, t=train_file, s=stage1:
+        results["student" + suffix] = str(run.stage("student" + suffix, inputs,
+                                                    lambda d, t=train_file, s=stage1, o=train_options:
                                                     run.arguments("prediction", prediction_section,
                                                                   teacher=teacher_dir, student=str(s), train=t,
                                                                   eval=files["dev"], output=str(d),
-                                                                  data_options=reading).run()))
+                                                                  data_options=o).run()))
 
     # the same student shape and start, fine-tuned on the labels without distillation, with the
     # teacher's recipe where the baseline section does not say otherwise
