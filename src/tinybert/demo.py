@@ -14,7 +14,7 @@ DEMO_CONFIG = Path(__file__).with_name("demo.yaml")
 
 @dataclass
 class DemoArguments:
-    quick: bool = option(False, "a small run that ends in about three minutes")
+    quick: bool = option(False, "a small run that ends in about five minutes")
     data: str | None = option(None, "directory with train.tsv, dev.tsv (and test.tsv) to use instead of the "
                                     "bundled Rotten Tomatoes snippets")
     output: str | None = option(None, "run directory (default runs/demo, runs/demo-quick with --quick)")
