@@ -122,7 +122,7 @@ def test_shipped_configs_are_valid(name):
 def test_augment_reruns_for_a_new_seed_but_not_for_batch_size_or_runtime(tmp_path, pipeline_config, tinybert_cli):
     from tinybert.resources import demo_word_vectors
     config = yaml.safe_load(pipeline_config.read_text())
-    config["augment"] = {"run": True, "word_vectors": str(demo_word_vectors()), "variants": 2}
+    config["augment"] = {"run": True, "word_vectors": str(demo_word_vectors()), "variants": 2, "compare_without": True}
     config["data"]["max_examples"] = 16
     config["intermediate"]["epochs"] = 1
     config["baseline"]["epochs"] = 0.1
@@ -135,6 +135,8 @@ def test_augment_reruns_for_a_new_seed_but_not_for_batch_size_or_runtime(tmp_pat
     assert 16 < len(rows) <= 16 * 3  # 16 rows and up to 2 variants each, not all 64 rows of train.txt
     stage1 = json.loads((tmp_path / "run" / "intermediate" / "training_state.json").read_text())
     assert stage1["steps"] == -(-len(rows) // 8)  # batch size 8, one epoch
+    without = json.loads((tmp_path / "run" / "intermediate_original_data" / "training_state.json").read_text())
+    assert without["steps"] == 2  # the original data keeps the cut: 16 rows
 
     same_output = tinybert_cli("pipeline", path, "--set", "augment.batch_size=8", "--set", "augment.mlm_runtime=torch")
     assert same_output.returncode == 0, same_output.stderr[-3000:]

@@ -83,6 +83,8 @@ def test_the_task_is_read_from_the_file(tmp_path, conll_file, squad_file):
     assert detect_task(squad_file, options) == "qa"
     assert detect_task(write(tmp_path / "t.jsonl", '{"tokens": ["a"], "tags": ["O"]}\n'), options) == "token"
     assert detect_task(write(tmp_path / "t.json", '{"tokens": ["a"], "tags": ["O"]}\n'), options) == "token"
+    tagged_word = '{"tokens": ["the", "paragraphs"], "tags": ["O", "O"]}\n'
+    assert detect_task(write(tmp_path / "p.json", tagged_word), options) == "token"
     assert detect_task(write(tmp_path / "q.jsonl", '{"question": "q?", "context": "c"}\n'), options) == "qa"
     assert detect_task(write(tmp_path / "s.tsv", "sentence\tlabel\nB-PER film\t1\n"), options) == "sequence"
     assert detect_task(write(tmp_path / "plain.txt", "a good film\t1\n"), options) == "sequence"
@@ -392,9 +394,13 @@ def test_a_window_too_small_for_a_question_is_one_message(real_tokenizer):
         windows(real_tokenizer, [question], max_length=12, stride=4)
 
 
-def test_question_answering_refuses_a_tokenizer_that_pads_on_the_left(real_tokenizer):
+def test_question_answering_refuses_a_tokenizer_that_pads_on_the_left(tmp_path, real_tokenizer, squad_file):
     left = copy.deepcopy(real_tokenizer)
     left.padding_side = "left"
     question = Question("q", "why?", CONTEXT, [{"text": "Rollo", "answer_start": CONTEXT.index("Rollo")}])
     with pytest.raises(InputError, match="pads on the right"):
         windows(left, [question], max_length=64, stride=16)
+    options = DataOptions(cache_dir=str(tmp_path))
+    task_data("qa", squad_file, real_tokenizer, 48, options)  # a cache the left-padding tokenizer would share
+    with pytest.raises(InputError, match="pads on the right"):
+        task_data("qa", squad_file, left, 48, options)

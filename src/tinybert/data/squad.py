@@ -137,14 +137,20 @@ def _short_questions(tokenizer, questions: list[Question], max_length: int, stri
             for text, offsets in zip(texts, encoded["offset_mapping"])]
 
 
+def require_right_padding(tokenizer) -> None:
+    """Answer positions (and [CLS] at 0 for no answer) count from the window's first token: a
+    batch padded on the left would shift them."""
+    if tokenizer.padding_side != "right":
+        raise InputError("question answering needs a tokenizer that pads on the right",
+                         fix='set "padding_side": "right" in the model\'s tokenizer_config.json')
+
+
 def windows(tokenizer, questions: list[Question], max_length: int, stride: int) -> dict:
     """The windows of each question's context, with each context token's characters and the
     answer's token positions in each window (0, 0: not in this window). ``stride``: see
     ``window_stride``."""
     stride = window_stride(stride, max_length)
-    if tokenizer.padding_side != "right":  # answer positions and [CLS] at 0 assume nothing before the text
-        raise InputError("question answering needs a tokenizer that pads on the right",
-                         fix='set "padding_side": "right" in the model\'s tokenizer_config.json')
+    require_right_padding(tokenizer)
     encoded = tokenizer(_short_questions(tokenizer, questions, max_length, stride), [q.context for q in questions],
                         truncation="only_second",
                         max_length=max_length, stride=stride, return_overflowing_tokens=True,
@@ -190,6 +196,7 @@ class AnswerCache(FeatureFile):
 def answer_cache(path: str | Path, tokenizer, max_length: int, options: DataOptions, default_dir=None,
                  show_progress: bool = True) -> AnswerCache:
     path = Path(path)
+    require_right_padding(tokenizer)  # here too: a cache built earlier skips ``windows``
     options = replace(options, doc_stride=window_stride(options.doc_stride, max_length))
     # questions are cut here, not when read: a cut file is a cache of its own
     directory, inputs = cache_directory(path, "qa", tokenizer, max_length, options, default_dir,

@@ -27,18 +27,17 @@ def detect_task(path: str | Path, options: DataOptions) -> str:
     with open(path, "rb") as handle:
         head = handle.read(_PEEK).decode("utf-8", errors="replace")
     suffix = path.suffix.lower()
-    if suffix == ".json" and '"paragraphs"' in head:
-        return "qa"
     if suffix in (".jsonl", ".json"):  # JSON lines (the tagging reader takes .json lines too)
         first = next((line for line in head.splitlines() if line.strip()), "")
         try:
             record = json.loads(first)
         except json.JSONDecodeError:
-            return "sequence"
-        if isinstance(record, dict) and "tokens" in record:
+            record = None
+        if isinstance(record, dict) and "tokens" in record:  # before "paragraphs": a word may be that
             return "token"
-        questions = suffix == ".jsonl" and isinstance(record, dict) and {"question", "context"} <= record.keys()
-        return "qa" if questions else "sequence"
+        if suffix == ".json":
+            return "qa" if '"paragraphs"' in head else "sequence"
+        return "qa" if isinstance(record, dict) and {"question", "context"} <= record.keys() else "sequence"
     lines = [line for line in head.splitlines()[:-1] if line.strip()][:50]
     # a word first, not `text<TAB>label`
     one_word_first = "\t" not in lines[0] or " " not in lines[0].split("\t")[0] if lines else False

@@ -103,7 +103,7 @@ SECTIONS: dict[str, Section] = {
     "data": Section(DataSection, DataSection()),
     "general": Section(GeneralSection, GeneralSection(), frozenset({"output"})),
     "finetune": Section(FinetuneSection, FinetuneSection(), frozenset({"train", "eval", "output"} | _DATA_KEYS)),
-    # augment's own max_examples, when set, says how many rows to augment in place of data.max_examples
+    # augment's own max_examples, when set, cuts the rows augmented further than data.max_examples
     "augment": Section(AugmentSection, AugmentSection(), frozenset({"input", "output"} | _DATA_KEYS - {"max_examples"})),
     "intermediate": _distill_section("intermediate", set()),
     "prediction": _distill_section("prediction", STUDENT_SHAPE),

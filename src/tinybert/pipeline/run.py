@@ -180,10 +180,11 @@ def run_pipeline(config: Config) -> dict:
         settings = {key: value for key, value in augment.items() if key not in not_fingerprinted}
         inputs = {"settings": settings, "data": data_identity["train"], "data_options": data_settings,
                   "mlm": content_of(augment["mlm"]), "word_vectors": content_of(augment["word_vectors"])}
-        # data.max_examples cuts the training data before it is augmented (augment.max_examples, when
-        # set, in its place); the stages then train on all of the augmented file
-        augment_options = replace(reading, max_examples=augment["max_examples"] or reading.max_examples)
-        if augment_options.max_examples:  # only where set: runs of every other config keep their stamps
+        # data.max_examples cuts the training data before it is augmented (augment.max_examples may cut
+        # it further, never beyond what the teacher saw); the stages then train on all of the augmented file
+        limits = [limit for limit in (reading.max_examples, augment["max_examples"]) if limit]
+        augment_options = replace(reading, max_examples=min(limits, default=None))
+        if reading.max_examples:  # only then is it new: runs of every other config keep their stamps
             inputs["rows_augmented"] = augment_options.max_examples
         augment_dir = run.stage("augment", inputs, lambda d: run.arguments(
             "augment", input=files["train"], output=str(d / augmented), data_options=augment_options).run())
