@@ -36,9 +36,9 @@ def run_variant(variant: str, teacher_dir: str, data_path: str, steps: int, batc
 
     from reference_style import prepare_models, reference_loader, reference_step
     from tinybert.data import DataOptions, LabelSpace, task_cache, train_loader
-    from tinybert.distillers import IntermediateDistiller, LossWeights
-    from tinybert.models import load_classifier, load_tokenizer
-    from tinybert.students import build_student, uniform_layer_map
+    from tinybert.distillation.distillers import IntermediateDistiller, LossWeights
+    from tinybert.models.loading import load_classifier, load_tokenizer
+    from tinybert.models.students import build_student, uniform_layer_map
 
     transformers_logging.set_verbosity_error()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")

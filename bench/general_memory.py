@@ -31,7 +31,7 @@ def stream(files: list[str], work: str, queue) -> None:
     from transformers import DataCollatorWithPadding
 
     from tinybert.data.corpus import build_corpus_cache
-    from tinybert.models import load_tokenizer
+    from tinybert.models.loading import load_tokenizer
     from tinybert.resources import demo_teacher_dir
     tokenizer = load_tokenizer(demo_teacher_dir())
     start = time.perf_counter()

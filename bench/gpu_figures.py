@@ -132,10 +132,10 @@ def _timed_run(module, function, timer: StepTimer, *args, **kwargs):
 
 def ours_stage(work: Path, stage: str, batch_size: int, precision: str, steps: int, warmup: int,
                compile_models: bool = False) -> dict:
-    import tinybert.distill as distill_module
+    import tinybert.distillation.task as distill_module
     from transformers import AutoConfig
     from tinybert.data import DataOptions
-    from tinybert.distill import DistillConfig
+    from tinybert.distillation.task import DistillConfig
     from tinybert.training import TrainingConfig
     rows = sum(1 for _ in open(work / "sst2_train.tsv")) - 1
     training = TrainingConfig(epochs=(warmup + steps + 2) * batch_size / rows, batch_size=batch_size,
@@ -162,8 +162,8 @@ def ours_stage(work: Path, stage: str, batch_size: int, precision: str, steps: i
 def reference_stage(work: Path, stage: str, batch_size: int, steps: int, warmup: int) -> dict:
     from reference_style import prepare_models, reference_loader, reference_step
     from tinybert.data import DataOptions, LabelSpace, task_cache
-    from tinybert.models import load_classifier, load_tokenizer
-    from tinybert.students import build_student, uniform_layer_map
+    from tinybert.models.loading import load_classifier, load_tokenizer
+    from tinybert.models.students import build_student, uniform_layer_map
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     tokenizer = load_tokenizer(work / "teacher")
     space = LabelSpace("classification", ["0", "1"])
@@ -196,9 +196,9 @@ def reference_stage(work: Path, stage: str, batch_size: int, steps: int, warmup:
 
 def ours_general(work: Path, batch_size: int, precision: str, steps: int, warmup: int,
                  compile_models: bool = False) -> dict:
-    import tinybert.general as general_module
+    import tinybert.distillation.general as general_module
     from transformers import AutoConfig
-    from tinybert.general import GeneralConfig
+    from tinybert.distillation.general import GeneralConfig
     from tinybert.training import TrainingConfig
     training = TrainingConfig(epochs=100, batch_size=batch_size, learning_rate=1e-4, mixed_precision=precision,
                               checkpoint_every=10**9, log_every=10**9, compile=compile_models)

@@ -37,9 +37,9 @@ def main() -> None:
     from transformers.utils import logging as transformers_logging
 
     from tinybert.data.corpus import build_corpus_cache
-    from tinybert.distillers import IntermediateDistiller, LossWeights
-    from tinybert.models import load_tokenizer
-    from tinybert.students import build_student, uniform_layer_map
+    from tinybert.distillation.distillers import IntermediateDistiller, LossWeights
+    from tinybert.models.loading import load_tokenizer
+    from tinybert.models.students import build_student, uniform_layer_map
     from tinybert.resources import demo_teacher_dir
     transformers_logging.set_verbosity_error()
 

@@ -13,8 +13,8 @@ from __future__ import annotations
 import torch
 from transformers import DataCollatorWithPadding
 
-from tinybert.attention import recording_scores
-from tinybert.losses import attention_loss, hidden_loss, soft_cross_entropy
+from tinybert.distillation.attention import recording_scores
+from tinybert.distillation.losses import attention_loss, hidden_loss, soft_cross_entropy
 
 MAX_LENGTH = 128
 
@@ -47,7 +47,7 @@ def reference_step(stage: str, teacher, student, projection, layer_map: list[int
 
 def prepare_models(teacher, student):
     """Both models with score capture on (the reference computes attention eagerly everywhere)."""
-    from tinybert.attention import enable_score_capture
+    from tinybert.distillation.attention import enable_score_capture
     enable_score_capture(teacher)
     enable_score_capture(student)
     width_s, width_t = student.config.hidden_size, teacher.config.hidden_size

@@ -34,8 +34,8 @@ def run_size(data: str, teacher: str, student: str, work: str, steps: int, queue
     from transformers.utils import logging as transformers_logging
 
     from tinybert.data import DataOptions, task_cache
-    from tinybert.distill import DistillConfig, distill
-    from tinybert.models import load_tokenizer
+    from tinybert.distillation.task import DistillConfig, distill
+    from tinybert.models.loading import load_tokenizer
     from tinybert.training import TrainingConfig
     transformers_logging.set_verbosity_error()
 

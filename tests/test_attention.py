@@ -1,7 +1,7 @@
 import torch
 from transformers import BertConfig, BertModel
 
-from tinybert.attention import enable_score_capture, recording_scores
+from tinybert.distillation.attention import enable_score_capture, recording_scores
 
 
 def _model():
@@ -53,7 +53,7 @@ def test_layers_not_recorded_keep_sdpa(monkeypatch):
     model = _model()
     enable_score_capture(model)
     calls = []
-    import tinybert.attention as attention
+    import tinybert.distillation.attention as attention
 
     original = attention.sdpa_attention_forward
     monkeypatch.setattr(attention, "sdpa_attention_forward",

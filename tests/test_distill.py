@@ -6,8 +6,9 @@ from safetensors.torch import load_file
 from transformers import AutoModelForSequenceClassification, BertForSequenceClassification
 
 from conftest import tiny_bert_config, write
-from tinybert.distill import DistillConfig, distill, plan
-from tinybert.distillers import PROJECTIONS_FILE, LossWeights
+from tinybert.distillation.task import DistillConfig, distill, plan
+from tinybert.distillation.distillers import LossWeights
+from tinybert.models.files import PROJECTIONS_FILE
 from tinybert.data import read_task_file
 from tinybert.errors import InputError
 from tinybert.training import TrainingConfig
@@ -79,7 +80,7 @@ def test_two_stages_train_and_write_plain_models(tmp_path, teacher_dir, train_fi
 
 
 def test_init_from_teacher_copies_mapped_layers(tmp_path, teacher_dir, train_file):
-    from tinybert.distill import _prepare
+    from tinybert.distillation.task import _prepare
     teacher = AutoModelForSequenceClassification.from_pretrained(teacher_dir)
     config = DistillConfig(init_from_teacher=True, layers=2)
     _, _, student, layer_map = _prepare(teacher_dir, "tinybert-4l-312", read_task_file(train_file), config)
@@ -92,8 +93,8 @@ def test_init_from_teacher_copies_mapped_layers(tmp_path, teacher_dir, train_fil
 
 
 def test_stage1_loss_is_zero_when_the_student_is_the_teacher(tmp_path, teacher_dir, train_file):
-    from tinybert.distill import _prepare
-    from tinybert.distillers import IntermediateDistiller
+    from tinybert.distillation.task import _prepare
+    from tinybert.distillation.distillers import IntermediateDistiller
     config = DistillConfig(init_from_teacher=True)  # all 4 layers, mapped 1:1
     _, teacher, student, layer_map = _prepare(teacher_dir, "x", read_task_file(train_file), config)
     distiller = IntermediateDistiller(student, teacher, layer_map, LossWeights())

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from tinybert.data import LabelSpace
-from tinybert.evaluation import format_table
-from tinybert.metrics import compute_metrics
+from tinybert.evaluation.measure import format_table
+from tinybert.evaluation.metrics import compute_metrics
 
 
 def test_binary_classification_metrics_by_hand():
@@ -50,8 +50,8 @@ def test_a_rank_merges_the_other_ranks_shares_once_and_its_own_once(monkeypatch)
     import copy
     from types import SimpleNamespace
 
-    import tinybert.evaluation as evaluation
-    from tinybert.metrics import MetricAccumulator
+    import tinybert.evaluation.measure as evaluation
+    from tinybert.evaluation.metrics import MetricAccumulator
     space = LabelSpace("classification", ["0", "1"])
     shares = [MetricAccumulator(space), MetricAccumulator(space)]
     shares[0].add(np.array([[0.0, 1.0]] * 3), np.array([1, 1, 1]))  # rank 0: 3 right

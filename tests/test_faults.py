@@ -21,9 +21,9 @@ from transformers import BertForMaskedLM, BertForSequenceClassification
 
 from conftest import tiny_bert_config, write
 from tinybert.augment import AugmentConfig, augment_file
-from tinybert.distill import DistillConfig, distill
+from tinybert.distillation.task import DistillConfig, distill
 from tinybert.finetune import FinetuneConfig, finetune
-from tinybert.general import GeneralConfig, general_distill
+from tinybert.distillation.general import GeneralConfig, general_distill
 from tinybert.training import TrainingConfig
 
 ROWS = "".join(f"{'a great and warm film' if i % 2 else 'a dull , tired mess'} {'really ' * (i % 5)}\t"

@@ -9,7 +9,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 import tinybert.finetune as finetune_module
 from conftest import shared_dataset, write
-from tinybert.evaluation import evaluate
+from tinybert.evaluation.measure import evaluate
 from tinybert.finetune import FinetuneConfig, finetune
 from tinybert.data import DataOptions
 from tinybert.resources import demo_teacher_dir

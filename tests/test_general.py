@@ -8,11 +8,11 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModel, AutoTokenizer, BertForSequenceClassification, BertModel
 
-from tinybert.distill import DistillConfig, distill
+from tinybert.distillation.task import DistillConfig, distill
 
-import tinybert.general as general_module
+import tinybert.distillation.general as general_module
 from conftest import tiny_bert_config, write
-from tinybert.general import GeneralConfig, build_corpus_cache, general_distill
+from tinybert.distillation.general import GeneralConfig, build_corpus_cache, general_distill
 from tinybert.training import TrainingConfig, is_complete
 
 TEXT = """The cat sat on the mat .

@@ -11,10 +11,10 @@ from transformers import AutoModel, BertForSequenceClassification, BertModel
 from conftest import shared_dataset, tiny_bert_config, write
 from tinybert.data import LabelSpace
 from tinybert.errors import InputError
-from tinybert.distillers import PROJECTIONS_FILE
-from tinybert.legacy import convert
-from tinybert.models import check_model_dir, label_space_of, load_classifier, load_tokenizer
-from tinybert.students import build_student
+from tinybert.models.files import PROJECTIONS_FILE
+from tinybert.models.legacy import convert
+from tinybert.models.loading import check_model_dir, label_space_of, load_classifier, load_tokenizer
+from tinybert.models.students import build_student
 
 
 @pytest.fixture(autouse=True)

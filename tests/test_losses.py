@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from tinybert.losses import attention_loss, hidden_loss, prediction_loss, soft_cross_entropy
+from tinybert.distillation.losses import attention_loss, hidden_loss, prediction_loss, soft_cross_entropy
 
 
 def test_attention_loss_all_real_tokens_is_plain_mse():

@@ -1,7 +1,7 @@
 import pytest
 
 from tinybert.errors import InputError
-from tinybert.students import parse_layer_map, uniform_layer_map
+from tinybert.models.students import parse_layer_map, uniform_layer_map
 
 
 @pytest.mark.parametrize("teacher,student,expected", [

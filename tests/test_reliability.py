@@ -18,12 +18,12 @@ import tinybert.augment.algorithm as algorithm_module
 import tinybert.finetune as finetune_module
 from conftest import shared_dataset, tiny_bert_config, write
 from tinybert.augment import AugmentConfig, WordVectors, augment_file
-from tinybert.distill import DistillConfig, distill
-from tinybert.distillers import IntermediateDistiller, LossWeights, PredictionDistiller
+from tinybert.distillation.task import DistillConfig, distill
+from tinybert.distillation.distillers import IntermediateDistiller, LossWeights, PredictionDistiller
 from tinybert.errors import InputError
-from tinybert.evaluation import evaluate
+from tinybert.evaluation.measure import evaluate
 from tinybert.finetune import FinetuneConfig, finetune
-from tinybert.losses import attention_loss, hidden_loss
+from tinybert.distillation.losses import attention_loss, hidden_loss
 from tinybert.pipeline import load_config, run_pipeline
 from tinybert.training import TrainingConfig, make_accelerator
 
@@ -312,7 +312,7 @@ def test_losses_compare_half_precision_students_with_the_teacher_in_float32():
 
 def test_evaluation_shards_split_the_data_and_add_up(tmp_path, real_tokenizer):
     from tinybert.data import DataOptions, LabelSpace, task_cache
-    from tinybert.evaluation import evaluate_dataset, metrics_of_shard
+    from tinybert.evaluation.measure import evaluate_dataset, metrics_of_shard
     model = BertForSequenceClassification(tiny_bert_config(num_labels=2)).eval()
     data = write(tmp_path / "dev.txt", ROWS)
     space = LabelSpace("classification", ["neg", "pos"])

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from matplotlib import pyplot as plt
 
-import tinybert.report as report
+import tinybert.pipeline.report as report
 
 
 def _results(metric: str, values: dict, extra: dict | None = None) -> dict:

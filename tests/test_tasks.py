@@ -19,13 +19,13 @@ from tinybert.data.squad import AnswerFinder, Question, read_questions, windows
 from tinybert.data.batching import IGNORED_LABEL as IGNORED
 from tinybert.data.tagging import read_sentences, tag_pieces
 from tinybert.data.tasks import detect_task, task_data
-from tinybert.distill import DistillConfig, distill
+from tinybert.distillation.task import DistillConfig, distill
 from tinybert.errors import InputError
-from tinybert.evaluation import evaluate
-from tinybert.export import export_onnx
+from tinybert.evaluation.measure import evaluate
+from tinybert.inference.export import export_onnx
 from tinybert.finetune import FinetuneConfig, finetune
-from tinybert.metrics import TagMetrics, normalize_answer, squad_scores
-from tinybert.predict import predict_file
+from tinybert.evaluation.metrics import TagMetrics, normalize_answer, squad_scores
+from tinybert.inference.predict import predict_file
 from tinybert.resources import demo_word_vectors
 from tinybert.training import TrainingConfig
 
@@ -343,14 +343,14 @@ def test_no_span_in_any_window_gives_an_empty_answer_without_a_score():
 
 
 def test_span_loss_stays_finite_below_temperature_one():
-    from tinybert.losses import span_soft_cross_entropy
+    from tinybert.distillation.losses import span_soft_cross_entropy
     logits = torch.randn(2, 6)
     mask = torch.tensor([[1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1]])
     assert torch.isfinite(span_soft_cross_entropy(logits, logits.flip(-1), mask, temperature=0.5))
 
 
 def test_stage_two_tag_loss_counts_only_each_words_first_piece(monkeypatch):
-    import tinybert.distillers as distillers
+    import tinybert.distillation.distillers as distillers
     model = BertForTokenClassification(tiny_bert_config(num_labels=3)).eval()
     seen = {}
     monkeypatch.setattr(distillers, "token_soft_cross_entropy",

@@ -13,17 +13,17 @@ from pathlib import Path
 from . import __version__
 from .augment import AugmentArguments
 from .demo import DemoArguments
-from .distill import DistillArguments, DistillConfig, plan
+from .distillation.task import DistillArguments, DistillConfig, plan
 from .data.tasks import detect_task, label_space_of_data, scan_labels
 from .errors import InputError
-from .evaluation import EvaluateArguments, format_table
-from .export import ExportArguments, parity_failures
+from .evaluation.measure import EvaluateArguments, format_table
+from .inference.export import ExportArguments, parity_failures
 from .finetune import FinetuneArguments
-from .general import GeneralArguments
-from .legacy import ConvertArguments
+from .distillation.general import GeneralArguments
+from .models.legacy import ConvertArguments
 from .pipeline import PipelineArguments, format_config
 from .pipeline.run import DATA_SUFFIXES
-from .predict import PredictArguments
+from .inference.predict import PredictArguments
 from .settings import add_arguments, given_values, option, settings_of, with_values
 
 
@@ -210,7 +210,7 @@ def _report_export(results: dict, arguments: ExportArguments) -> None:
 
 
 def _print_run(results: dict) -> None:
-    from .report import summary_table
+    from .pipeline.report import summary_table
     print(summary_table(results))
     if "report" in results:
         print(f"report: {results['report']} (and report.html beside it)")

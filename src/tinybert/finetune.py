@@ -10,13 +10,13 @@ from pathlib import Path
 
 from accelerate.utils import set_seed
 
-from . import evaluation
+from .evaluation import measure
 from .data import DataOptions, train_loader
 from .data.batching import model_inputs
 from .data.tasks import detect_task, label_space_of_data, train_and_dev
 from .data.cache import CACHE_DIR, data_fingerprints
-from .metrics import selection_metric
-from .models import describe, load_classifier, load_tokenizer, save_model_dir
+from .evaluation.metrics import selection_metric
+from .models.loading import describe, load_classifier, load_tokenizer, save_model_dir
 from .settings import group, option
 from .training import (STATE_FILE, TaskFiles, TrainingConfig, batch_padding, compiled, is_complete, main_process_first,
                        make_accelerator, run_training)
@@ -82,7 +82,7 @@ def finetune(model_dir: str | os.PathLike, train_path: str | os.PathLike, output
         dev = dev.labelled(label_space)
 
         def evaluate(unwrapped):
-            return evaluation.evaluate_dataset(unwrapped, dev, tokenizer, label_space, config.eval_batch_size,
+            return measure.evaluate_dataset(unwrapped, dev, tokenizer, label_space, config.eval_batch_size,
                                                device=accelerator.device, show_progress=show_progress,
                                                accelerator=accelerator)
 

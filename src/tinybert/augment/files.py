@@ -14,7 +14,7 @@ from ..artifacts import digest_file
 from ..data import DataOptions, count_lines, format_row, header_line, report_bad_lines
 from ..data.tasks import detect_task
 from ..errors import InputError
-from ..models import digest_model_dir
+from ..models.loading import digest_model_dir
 from ..settings import group, option
 from .algorithm import OUTPUT_NEUTRAL_SETTINGS, AugmentConfig, Augmenter, build_augmenter
 from .stream import resumable_stream

@@ -19,7 +19,7 @@ from tokenizers import models
 from transformers import AutoModelForMaskedLM, AutoTokenizer
 
 from ..errors import InputError
-from ..export import FP32_TOLERANCE, cpu_session, export_graph
+from ..inference.export import FP32_TOLERANCE, cpu_session, export_graph
 from .words import is_candidate_token, is_cjk
 
 logger = logging.getLogger(__name__)

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from ..artifacts import Stamp, cache_root, digest, digest_file, read_json, staged_directory
 from ..errors import InputError
-from ..tokenizer import tokenizer_digest
+from ..models.tokenizer import tokenizer_digest
 from .formats import report_bad_lines
 from .options import DataOptions, TaskLabels, count_lines
 from .labels import LabelSpace

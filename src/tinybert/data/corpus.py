@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from ..artifacts import Stamp, digest_files, read_json, staged_directory
 from ..errors import InputError
-from ..tokenizer import tokenizer_digest
+from ..models.tokenizer import tokenizer_digest
 
 logger = logging.getLogger(__name__)
 

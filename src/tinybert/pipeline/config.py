@@ -15,12 +15,12 @@ import yaml
 
 from ..augment import AugmentArguments
 from ..data import DataOptions
-from ..distill import DistillArguments, DistillConfig
+from ..distillation.task import DistillArguments, DistillConfig
 from ..errors import InputError
-from ..evaluation import EvaluateArguments
-from ..export import ExportArguments
+from ..evaluation.measure import EvaluateArguments
+from ..inference.export import ExportArguments
 from ..finetune import FinetuneArguments
-from ..general import GeneralArguments
+from ..distillation.general import GeneralArguments
 from ..settings import closest, convert, group, option, settings_of, values_of, with_values
 
 

@@ -16,11 +16,11 @@ from ..artifacts import Stamp, digest, digest_file, read_json, write_json
 from ..augment import OUTPUT_NEUTRAL_SETTINGS
 from ..data.cache import CACHE_DIR
 from ..data.tasks import scan_labels
-from ..distill import DistillConfig, build_initial_student
+from ..distillation.task import DistillConfig, build_initial_student
 from ..errors import InputError
-from ..evaluation import evaluate
-from ..export import export_onnx
-from ..models import digest_model_dir, load_tokenizer, save_model_dir
+from ..evaluation.measure import evaluate
+from ..inference.export import export_onnx
+from ..models.loading import digest_model_dir, load_tokenizer, save_model_dir
 from ..settings import with_values
 from .config import SECTIONS, STUDENT_SHAPE, Config
 
@@ -249,7 +249,7 @@ def run_pipeline(config: Config) -> dict:
     results["stage_seconds"] = dict(run.timings)
     report = run.settings("report")
     if report["run"]:
-        from ..report import write_report
+        from .report import write_report
         # cheap, and it reflects every stage: written on every run
         results["report"] = str(write_report(run.directory, results, title=report["title"]))
     write_json(run.directory / "results.json", results)

@@ -10,8 +10,8 @@ import numpy as np
 from scipy.stats import pearsonr, spearmanr
 from sklearn.metrics import confusion_matrix
 
-from .data import LabelSpace
-from .errors import InputError
+from ..data import LabelSpace
+from ..errors import InputError
 
 _PUNCTUATION = frozenset(string.punctuation)
 
@@ -132,7 +132,7 @@ class AnswerMetrics:
     reference answers) of the best span of each question over its windows."""
 
     def __init__(self, examples: list[dict]):
-        from .data.squad import AnswerFinder
+        from ..data.squad import AnswerFinder
         self.examples = examples
         self.finder = AnswerFinder()
         self.count = 0

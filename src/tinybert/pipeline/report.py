@@ -14,7 +14,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only: no display needed, none opened
 import matplotlib.pyplot as plt  # noqa: E402
 
-from .artifacts import atomic_write  # noqa: E402
+from ..artifacts import atomic_write  # noqa: E402
 
 MODEL_NAMES = {"teacher": "teacher", "student": "distilled student",
                "student_original_data": "distilled student, no augmentation",

@@ -13,14 +13,14 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
-from . import evaluation
-from .artifacts import atomic_file, write_json
-from .data import DataOptions, EncodedData
-from .data.tasks import task_data
-from .errors import InputError
-from .metrics import default_metric
-from .models import check_model_dir, count_parameters, label_space_of, load_classifier, load_tokenizer
-from .settings import group, option
+from ..evaluation import measure
+from ..artifacts import atomic_file, write_json
+from ..data import DataOptions, EncodedData
+from ..data.tasks import task_data
+from ..errors import InputError
+from ..evaluation.metrics import default_metric
+from ..models.loading import check_model_dir, count_parameters, label_space_of, load_classifier, load_tokenizer
+from ..settings import group, option
 
 logger = logging.getLogger(__name__)
 
@@ -116,18 +116,18 @@ def export_onnx(model_dir: str | os.PathLike, output_dir: str | os.PathLike, *, 
     tokenizer.save_pretrained(output_dir)
     model.config.save_pretrained(output_dir)
     results = {"model": str(model_dir), "onnx": str(onnx_path), "params": count_parameters(model),
-               "pytorch_size_mb": evaluation.model_size_mb(model_dir),
+               "pytorch_size_mb": measure.model_size_mb(model_dir),
                "onnx_size_mb": onnx_path.stat().st_size / 1e6}
     sample = dataset.first(PARITY_EXAMPLES)
     exported = OnnxClassifier(onnx_path)
-    difference = max(float(np.abs(evaluation.predict_logits(exported, sample, tokenizer, show_progress=False, output=name)
-                                  - evaluation.predict_logits(model, sample, tokenizer, show_progress=False,
+    difference = max(float(np.abs(measure.predict_logits(exported, sample, tokenizer, show_progress=False, output=name)
+                                  - measure.predict_logits(model, sample, tokenizer, show_progress=False,
                                                               output=name)).max())
                      for name in OUTPUT_NAMES[label_space.task])
     results["fp32_max_abs_logit_diff"] = difference
     results["fp32_parity_examples"] = len(sample)
     results["fp32_parity_passed"] = difference <= FP32_TOLERANCE
-    results["latency_ms_batch1"] = {name: evaluation.measure_latency(runner, dataset, tokenizer)["latency_ms_batch1"]
+    results["latency_ms_batch1"] = {name: measure.measure_latency(runner, dataset, tokenizer)["latency_ms_batch1"]
                                     for name, runner in (("pytorch", model), ("onnx", exported))}
 
     if int8:
@@ -137,11 +137,11 @@ def export_onnx(model_dir: str | os.PathLike, output_dir: str | os.PathLike, *, 
         quantized = OnnxClassifier(int8_path)
         results["int8_onnx"] = str(int8_path)
         results["int8_size_mb"] = int8_path.stat().st_size / 1e6
-        results["latency_ms_batch1"]["onnx_int8"] = evaluation.measure_latency(quantized, dataset, tokenizer)[
+        results["latency_ms_batch1"]["onnx_int8"] = measure.measure_latency(quantized, dataset, tokenizer)[
             "latency_ms_batch1"]
         if data is not None:
             metric = default_metric(label_space)
-            before, after = (evaluation.evaluate_dataset(runner, dataset, tokenizer, label_space,
+            before, after = (measure.evaluate_dataset(runner, dataset, tokenizer, label_space,
                                                          show_progress=show_progress)[metric]
                              for runner in (model, quantized))
             results.update({"int8_metric": metric, "int8_data": str(data), "pytorch_metric_value": before,

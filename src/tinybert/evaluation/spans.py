@@ -11,13 +11,13 @@ import numpy as np
 import torch
 from tokenizers import pre_tokenizers
 
-from .data import LabelSpace
-from .data.batching import PadToLongest, model_inputs
-from .data.squad import AnswerFinder, read_questions, windows
-from .data.tagging import read_sentences
-from .data.tasks import detect_task
-from .data.formats import report_bad_lines, utf8_lines
-from .data.options import DataOptions
+from ..data import LabelSpace
+from ..data.batching import PadToLongest, model_inputs
+from ..data.squad import AnswerFinder, read_questions, windows
+from ..data.tagging import read_sentences
+from ..data.tasks import detect_task
+from ..data.formats import report_bad_lines, utf8_lines
+from ..data.options import DataOptions
 
 CHUNK = 256
 _WORDS = pre_tokenizers.BertPreTokenizer()  # whitespace and punctuation, as CoNLL splits words

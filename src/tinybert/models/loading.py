@@ -10,9 +10,10 @@ import torch
 from transformers import (AutoConfig, AutoModelForQuestionAnswering, AutoModelForSequenceClassification,
                           AutoModelForTokenClassification)
 
-from .artifacts import digest_files
-from .data import LabelSpace
-from .errors import InputError
+from ..artifacts import digest_files
+from ..data import LabelSpace
+from ..errors import InputError
+from .files import RUN_RECORDS
 from .legacy import resolve_model_dir
 from .tokenizer import load_tokenizer_files
 
@@ -81,10 +82,6 @@ def save_model_dir(model, tokenizer, output_dir: str | os.PathLike) -> None:
     for item in staging.iterdir():
         os.replace(item, output_dir / item.name)
     staging.rmdir()
-
-
-# files a run leaves beside a model: they say how it was made, not what it computes
-RUN_RECORDS = ("train_log.jsonl", "training_state.json", "pipeline_stage.json", "pipeline_started.json")
 
 
 def digest_model_dir(path: str | os.PathLike) -> str:

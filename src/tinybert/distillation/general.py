@@ -12,14 +12,14 @@ import torch
 from accelerate.utils import set_seed
 from transformers import AutoModel
 
-from .data import train_loader
-from .data.corpus import build_corpus_cache
+from ..data import train_loader
+from ..data.corpus import build_corpus_cache
 from .distillers import IntermediateDistiller, LossWeights
-from .models import check_model_dir, load_tokenizer, save_model_dir
-from .settings import group, option
-from .students import build_student, choose_layer_map
-from .training import (STATE_FILE, TrainingConfig, batch_padding, compiled, frozen_teacher, is_complete,
-                       main_process_first, make_accelerator, run_training)
+from ..models.loading import check_model_dir, load_tokenizer, save_model_dir
+from ..settings import group, option
+from ..models.students import build_student, choose_layer_map
+from ..training import (STATE_FILE, TrainingConfig, batch_padding, compiled, frozen_teacher, is_complete,
+                        main_process_first, make_accelerator, run_training)
 
 logger = logging.getLogger(__name__)
 

@@ -14,14 +14,14 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from . import evaluation
-from .artifacts import atomic_file
-from .data import DataOptions, Example, TaskData, encode, report_bad_lines
-from .errors import InputError
+from ..evaluation import measure
+from ..artifacts import atomic_file
+from ..data import DataOptions, Example, TaskData, encode, report_bad_lines
+from ..errors import InputError
 from .export import ONNX_FILE, OnnxClassifier
-from .models import check_model_dir, label_space_of, load_classifier, load_tokenizer
-from .settings import group, option
-from .spans import predict_answers, predict_entities
+from ..models.loading import check_model_dir, label_space_of, load_classifier, load_tokenizer
+from ..settings import group, option
+from ..evaluation.spans import predict_answers, predict_entities
 
 logger = logging.getLogger(__name__)
 
@@ -113,7 +113,7 @@ def _predict_rows(predictor, tokenizer, label_space, handle, as_jsonl: bool, inp
             report_bad_lines(str(input_path), bad, options.skip_bad_lines)
         examples = [Example(row.example.text_a, row.example.text_b, None, row.line) for row in chunk if row.example]
         data = TaskData(str(input_path), examples, layout.format)
-        logits = evaluation.predict_logits(predictor, encode(data, tokenizer, max_length, show_progress=False),
+        logits = measure.predict_logits(predictor, encode(data, tokenizer, max_length, show_progress=False),
                                            tokenizer, batch_size, show_progress=False)
         handle.write("".join(_format(example, row_logits, names, label_space.is_regression, as_jsonl)
                              for example, row_logits in zip(examples, logits)))

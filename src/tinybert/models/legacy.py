@@ -22,10 +22,10 @@ import torch
 from safetensors.torch import save_file
 from transformers import BertConfig, BertModel, BertForSequenceClassification, BertTokenizer
 
-from .artifacts import Stamp, cache_root, digest, digest_files, staged_directory
-from .distillers import PROJECTIONS_FILE
-from .errors import InputError
-from .settings import option
+from ..artifacts import Stamp, cache_root, digest, digest_files, staged_directory
+from .files import PROJECTIONS_FILE
+from ..errors import InputError
+from ..settings import option
 from .tokenizer import load_tokenizer_files
 
 logger = logging.getLogger(__name__)

@@ -11,21 +11,21 @@ from typing import Literal
 
 from accelerate.utils import set_seed
 
-from . import evaluation
-from .artifacts import write_json
+from ..evaluation import measure
+from ..artifacts import write_json
 from .attention import enable_score_capture
-from .data import DataOptions, LabelSpace, train_loader
-from .data.tasks import detect_task, train_and_dev
-from .data.cache import CACHE_DIR, data_fingerprints
+from ..data import DataOptions, LabelSpace, train_loader
+from ..data.tasks import detect_task, train_and_dev
+from ..data.cache import CACHE_DIR, data_fingerprints
 from .distillers import IntermediateDistiller, LossWeights, PredictionDistiller
-from .errors import InputError
-from .metrics import selection_metric
-from .models import (check_model_dir, count_parameters, describe, label_space_of, load_classifier, load_tokenizer,
-                     save_model_dir)
-from .settings import group, option
-from .students import build_student, choose_layer_map, non_embedding_parameters
-from .training import (STATE_FILE, TaskFiles, TrainingConfig, batch_padding, compiled, frozen_teacher, is_complete,
-                       main_process_first, make_accelerator, run_training)
+from ..errors import InputError
+from ..evaluation.metrics import selection_metric
+from ..models.loading import (check_model_dir, count_parameters, describe, label_space_of, load_classifier,
+                              load_tokenizer, save_model_dir)
+from ..settings import group, option
+from ..models.students import build_student, choose_layer_map, non_embedding_parameters
+from ..training import (STATE_FILE, TaskFiles, TrainingConfig, batch_padding, compiled, frozen_teacher, is_complete,
+                        main_process_first, make_accelerator, run_training)
 
 logger = logging.getLogger(__name__)
 
@@ -219,7 +219,7 @@ def distill(teacher_dir: str | os.PathLike, student: str, train_path: str | os.P
         dev = dev.labelled(label_space)
 
         def evaluate(unwrapped):
-            return evaluation.evaluate_dataset(unwrapped.student, dev, tokenizer, label_space, config.eval_batch_size,
+            return measure.evaluate_dataset(unwrapped.student, dev, tokenizer, label_space, config.eval_batch_size,
                                                device=accelerator.device, show_progress=show_progress,
                                                accelerator=accelerator)
 

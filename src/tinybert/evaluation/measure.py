@@ -13,14 +13,14 @@ import torch
 from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 
-from .artifacts import write_json
-from .data import DataOptions, LabelSpace, eval_loader
-from .data.tasks import task_data
-from .data.batching import MODEL_INPUTS, PadToLongest, model_inputs
-from .errors import InputError
+from ..artifacts import write_json
+from ..data import DataOptions, LabelSpace, eval_loader
+from ..data.tasks import task_data
+from ..data.batching import MODEL_INPUTS, PadToLongest, model_inputs
+from ..errors import InputError
 from .metrics import metrics_for
-from .models import count_parameters, label_space_of, load_classifier, load_tokenizer
-from .settings import group, option
+from ..models.loading import count_parameters, label_space_of, load_classifier, load_tokenizer
+from ..settings import group, option
 
 LATENCY_EXAMPLES = 32
 OUTPUTS = ("logits", "start_logits", "end_logits")

@@ -18,16 +18,14 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from .attention import enable_score_capture, recording_scores
-from .errors import InputError
-from .data.batching import IGNORED_LABEL, model_inputs
+from ..errors import InputError
+from ..data.batching import IGNORED_LABEL, model_inputs
 from .losses import (attention_loss, hidden_loss, prediction_loss, span_soft_cross_entropy,
                      token_soft_cross_entropy)
-from .settings import option
+from ..models.files import PROJECTIONS_FILE
+from ..settings import option
 
 logger = logging.getLogger(__name__)
-
-# Distillation-only weights (the projections W_h, W_e), saved beside the student, never inside it.
-PROJECTIONS_FILE = "distill_projections.safetensors"
 
 
 @dataclass

@@ -8,9 +8,9 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoModel
 
-from .data import LabelSpace
-from .errors import InputError
-from .models import TASK_MODELS, check_model_dir, count_parameters, load_classifier
+from ..data import LabelSpace
+from ..errors import InputError
+from .loading import TASK_MODELS, check_model_dir, count_parameters, load_classifier
 
 STUDENT_PRESETS = {
     "tinybert-4l-312": {"num_hidden_layers": 4, "hidden_size": 312, "intermediate_size": 1200,

@@ -1,0 +1,1 @@
+"""Inference: ONNX export with its parity checks, and predictions for new text."""
