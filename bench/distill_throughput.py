@@ -36,7 +36,7 @@ def run_variant(variant: str, teacher_dir: str, data_path: str, steps: int, batc
 
     from reference_style import prepare_models, reference_loader, reference_step
     from tinybert.data import DataOptions, LabelSpace, task_cache, train_loader
-    from tinybert.distillation.distillers import IntermediateDistiller, LossWeights
+    from tinybert.distillation.distillers import IntermediateDistiller, IntermediateLosses
     from tinybert.models.loading import load_classifier, load_tokenizer
     from tinybert.models.students import build_student, uniform_layer_map
 
@@ -51,7 +51,7 @@ def run_variant(variant: str, teacher_dir: str, data_path: str, steps: int, batc
     student = build_student("tinybert-4l-312", teacher, label_space).to(device)
     layer_map = uniform_layer_map(student.config.num_hidden_layers, teacher.config.num_hidden_layers)
     if variant == "ours":
-        distiller = IntermediateDistiller(student, teacher, layer_map, LossWeights()).to(device).train()
+        distiller = IntermediateDistiller(student, teacher, layer_map, IntermediateLosses()).to(device).train()
         loader = train_loader(dataset, tokenizer, batch_size)
         parameters = list(distiller.parameters())
 

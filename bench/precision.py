@@ -37,7 +37,7 @@ def main() -> None:
     from transformers.utils import logging as transformers_logging
 
     from tinybert.data.corpus import build_corpus_cache
-    from tinybert.distillation.distillers import IntermediateDistiller, LossWeights
+    from tinybert.distillation.distillers import IntermediateDistiller, IntermediateLosses
     from tinybert.models.loading import load_tokenizer
     from tinybert.models.students import build_student, uniform_layer_map
     from tinybert.resources import demo_teacher_dir
@@ -52,7 +52,7 @@ def main() -> None:
         torch.manual_seed(0)
         teacher = AutoModel.from_pretrained(demo_teacher_dir()).eval()
         student = build_student("tinybert-4l-312", teacher, None)
-        distiller = IntermediateDistiller(student, teacher, uniform_layer_map(4, 6), LossWeights()).train()
+        distiller = IntermediateDistiller(student, teacher, uniform_layer_map(4, 6), IntermediateLosses()).train()
         optimizer = torch.optim.AdamW(distiller.parameters(), lr=1e-4)
         autocast = (torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16"
                     else contextlib.nullcontext())

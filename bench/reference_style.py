@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from transformers import DataCollatorWithPadding
 
-from tinybert.distillation.attention import recording_scores
+from tinybert.distillation.attention import record_attention
 from tinybert.distillation.losses import attention_loss, hidden_loss, soft_cross_entropy
 
 MAX_LENGTH = 128
@@ -30,12 +30,11 @@ def reference_step(stage: str, teacher, student, projection, layer_map: list[int
     """The loss of one batch of stage 1 (``intermediate``) or stage 2 (``prediction``)."""
     batch = {k: v for k, v in batch.items() if k != "labels"}
     teacher.train()  # the reference code leaves the teacher's dropout on
-    every_teacher_layer = range(teacher.config.num_hidden_layers)
-    every_student_layer = range(student.config.num_hidden_layers)
-    with torch.no_grad(), recording_scores(teacher, every_teacher_layer) as teacher_scores:
-        teacher_out = teacher(**batch, output_hidden_states=True)
-    with recording_scores(student, every_student_layer) as student_scores:
-        student_out = student(**batch, output_hidden_states=True)
+    with torch.no_grad():
+        teacher_out = teacher(**batch, output_hidden_states=True, output_attentions=True)
+    student_out = student(**batch, output_hidden_states=True, output_attentions=True)
+    # every layer of both models records its scores
+    teacher_scores, student_scores = teacher_out.attentions, student_out.attentions
     if stage == "prediction":
         return soft_cross_entropy(student_out.logits, teacher_out.logits)
     mask = batch["attention_mask"]
@@ -46,9 +45,8 @@ def reference_step(stage: str, teacher, student, projection, layer_map: list[int
 
 
 def prepare_models(teacher, student):
-    """Both models with score capture on (the reference computes attention eagerly everywhere)."""
-    from tinybert.distillation.attention import enable_score_capture
-    enable_score_capture(teacher)
-    enable_score_capture(student)
+    """Both models with score capture on every layer (the reference computes attention eagerly everywhere)."""
+    record_attention(teacher, range(teacher.config.num_hidden_layers))
+    record_attention(student, range(student.config.num_hidden_layers))
     width_s, width_t = student.config.hidden_size, teacher.config.hidden_size
     return torch.nn.Linear(width_s, width_t)

@@ -1,7 +1,7 @@
 import torch
 from transformers import BertConfig, BertModel
 
-from tinybert.distillation.attention import enable_score_capture, recording_scores
+from tinybert.distillation.attention import captured, record_attention
 
 
 def _model():
@@ -35,10 +35,12 @@ def test_captured_scores_equal_eager_pre_softmax_scores():
     finally:
         bert.eager_attention_forward = original
 
-    enable_score_capture(model)
-    with torch.no_grad(), recording_scores(model, [0, 2]) as scores:
-        ours = model(input_ids=ids, attention_mask=mask)
-    assert sorted(scores) == [0, 2]  # only the mapped layers record
+    layers = record_attention(model, [2, 0])
+    with torch.no_grad():
+        ours = model(input_ids=ids, attention_mask=mask, output_attentions=True)
+    assert len(ours.attentions) == 2  # only the mapped layers record
+    scores = captured(ours, layers)
+    assert sorted(scores) == [0, 2]
     for layer in (0, 2):
         torch.testing.assert_close(scores[layer], eager_scores[layer])
         # and the eager weights are the softmax of these scores over the real keys
@@ -51,7 +53,7 @@ def test_captured_scores_equal_eager_pre_softmax_scores():
 
 def test_layers_not_recorded_keep_sdpa(monkeypatch):
     model = _model()
-    enable_score_capture(model)
+    record_attention(model, [1])
     calls = []
     import tinybert.distillation.attention as attention
 
@@ -59,20 +61,20 @@ def test_layers_not_recorded_keep_sdpa(monkeypatch):
     monkeypatch.setattr(attention, "sdpa_attention_forward",
                         lambda module, *a, **k: calls.append(module.layer_idx) or original(module, *a, **k))
     ids = torch.randint(5, 100, (1, 5))
-    with torch.no_grad(), recording_scores(model, [1]):
-        model(input_ids=ids)
+    with torch.no_grad():
+        model(input_ids=ids, output_attentions=True)
     assert calls == [0, 2]
     calls.clear()
+    record_attention(model, [])
     with torch.no_grad():
-        model(input_ids=ids)  # outside the block nothing records
+        model(input_ids=ids, output_attentions=True)  # once unmarked, nothing records
     assert calls == [0, 1, 2]
 
 
 def test_scores_carry_gradients_for_the_student():
     model = _model().train()
-    enable_score_capture(model)
-    with recording_scores(model, [0, 1, 2]) as scores:
-        model(input_ids=torch.randint(5, 100, (2, 5)))
+    layers = record_attention(model, [0, 1, 2])
+    scores = captured(model(input_ids=torch.randint(5, 100, (2, 5)), output_attentions=True), layers)
     sum(s.pow(2).mean() for s in scores.values()).backward()
     assert model.encoder.layer[0].attention.self.query.weight.grad is not None
 
@@ -81,7 +83,7 @@ def test_a_layer_named_twice_is_recorded_once():
     from transformers import BertModel
     from conftest import tiny_bert_config
     model = BertModel(tiny_bert_config()).eval()
-    enable_score_capture(model)
-    with torch.inference_mode(), recording_scores(model, [1, 1, 0]) as scores:
-        model(input_ids=torch.tensor([[101, 2023, 102]]))
+    layers = record_attention(model, [1, 1, 0])
+    with torch.inference_mode():
+        scores = captured(model(input_ids=torch.tensor([[101, 2023, 102]]), output_attentions=True), layers)
     assert sorted(scores) == [0, 1]

@@ -7,7 +7,7 @@ from transformers import AutoModelForSequenceClassification, BertForSequenceClas
 
 from conftest import tiny_bert_config, write
 from tinybert.distillation.task import DistillConfig, distill, plan
-from tinybert.distillation.distillers import LossWeights
+from tinybert.distillation.distillers import IntermediateLosses
 from tinybert.models.files import PROJECTIONS_FILE
 from tinybert.data import read_task_file
 from tinybert.errors import InputError
@@ -97,7 +97,7 @@ def test_stage1_loss_is_zero_when_the_student_is_the_teacher(tmp_path, teacher_d
     from tinybert.distillation.distillers import IntermediateDistiller
     config = DistillConfig(init_from_teacher=True)  # all 4 layers, mapped 1:1
     _, teacher, student, layer_map = _prepare(teacher_dir, "x", read_task_file(train_file), config)
-    distiller = IntermediateDistiller(student, teacher, layer_map, LossWeights())
+    distiller = IntermediateDistiller(student, teacher, layer_map, IntermediateLosses())
     with torch.no_grad():
         for projection in (distiller.hidden_projection, distiller.embedding_projection):
             projection.weight.copy_(torch.eye(64))
@@ -112,9 +112,73 @@ def test_stage1_loss_is_zero_when_the_student_is_the_teacher(tmp_path, teacher_d
 def test_head_count_mismatch_is_a_clear_error(tmp_path, teacher_dir, train_file):
     shape = write(tmp_path / "s.json", json.dumps({"num_hidden_layers": 2, "hidden_size": 32,
                                                    "intermediate_size": 64, "num_attention_heads": 2}))
-    with pytest.raises(InputError, match="equal head counts: the student has 2, the teacher 4"):
+    with pytest.raises(InputError, match="equal head counts: the student has 2, the teacher 4") as error:
         distill(teacher_dir, str(shape), train_file, tmp_path / "out", config=_config("intermediate"),
                 show_progress=False)
+    assert "--attention-loss relations" in str(error.value)
+
+
+def test_relations_teach_a_student_with_half_the_heads_through_both_stages(tmp_path, teacher_dir, train_file):
+    shape = write(tmp_path / "s.json", json.dumps({"num_hidden_layers": 2, "hidden_size": 32,
+                                                   "intermediate_size": 64, "num_attention_heads": 2}))
+    config = _config("intermediate")
+    # the relations alone, so that their loss is what training lowers
+    config.losses = IntermediateLosses(attention_loss="relations", relation_heads=4, hidden=0.0, embedding=0.0)
+    distill(teacher_dir, str(shape), train_file, tmp_path / "stage1", config=config, show_progress=False)
+    relations = _losses(tmp_path / "stage1", "att")
+    assert relations[0] > 0 and sum(relations[-3:]) < sum(relations[:3])
+    distill(teacher_dir, str(tmp_path / "stage1"), train_file, tmp_path / "stage2", config=_config("prediction"),
+            show_progress=False)
+    assert AutoModelForSequenceClassification.from_pretrained(tmp_path / "stage2").config.num_attention_heads == 2
+
+
+def test_relation_heads_must_divide_both_attention_widths(tmp_path, teacher_dir, train_file, student_shape):
+    config = _config("intermediate")
+    config.losses = IntermediateLosses(attention_loss="relations", relation_heads=5)
+    with pytest.raises(InputError, match="5 relation heads do not divide the student's 32 and the teacher's 64"):
+        distill(teacher_dir, str(student_shape), train_file, tmp_path / "out", config=config, show_progress=False)
+
+
+def test_relation_loss_is_zero_for_a_student_that_copies_the_teacher(teacher_dir, train_file):
+    from tinybert.distillation.task import _prepare
+    from tinybert.distillation.distillers import IntermediateDistiller
+    _, teacher, student, layer_map = _prepare(teacher_dir, "x", read_task_file(train_file),
+                                              DistillConfig(init_from_teacher=True))
+    assert layer_map == [1, 2, 3, 4]
+    losses = IntermediateLosses(attention_loss="relations", relation_heads=4, hidden=0.0, embedding=0.0)
+    distiller = IntermediateDistiller(student, teacher, layer_map, losses).eval()
+    batch = {"input_ids": torch.tensor([[101, 2307, 2143, 102, 0]]), "attention_mask": torch.tensor([[1, 1, 1, 1, 0]])}
+    assert distiller(batch)["att"].item() == pytest.approx(0.0, abs=1e-7)
+
+
+def test_the_bert_attention_loss_is_the_mse_of_eager_attentions_scores(teacher_dir, train_file, monkeypatch):
+    """The score loss through the capture equals the loss of the scores eager attention computes."""
+    import transformers.models.bert.modeling_bert as bert
+    from tinybert.distillation.distillers import IntermediateDistiller
+    from tinybert.distillation.losses import attention_loss
+    from tinybert.distillation.task import _prepare
+    _, teacher, student, layer_map = _prepare(teacher_dir, "tinybert-4l-312", read_task_file(train_file),
+                                              DistillConfig(layers=2))
+    student = BertForSequenceClassification(tiny_bert_config(**LABELS)).eval()  # 4 heads like the teacher
+    batch = {"input_ids": torch.tensor([[101, 2307, 2143, 1012, 102], [101, 2307, 102, 0, 0]]),
+             "attention_mask": torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])}
+    eager_scores, original = [], bert.eager_attention_forward
+
+    def spy(module, query, key, value, attention_mask, scaling=None, **kwargs):
+        eager_scores.append(torch.matmul(query, key.transpose(2, 3)) * scaling)
+        return original(module, query, key, value, attention_mask, scaling=scaling, **kwargs)
+
+    monkeypatch.setattr(bert, "eager_attention_forward", spy)
+    with torch.no_grad():
+        for model in (teacher, student):
+            model.set_attn_implementation("eager")
+            model(**batch)
+    teacher_scores, student_scores = eager_scores[:4], eager_scores[4:]
+    expected = sum(attention_loss(student_scores[m], teacher_scores[t - 1], batch["attention_mask"])
+                   for m, t in enumerate(layer_map))
+    with torch.no_grad():
+        ours = IntermediateDistiller(student, teacher, layer_map, IntermediateLosses()).eval()(batch)["att"]
+    assert ours.item() == pytest.approx(expected.item(), abs=1e-6)
 
 
 def test_plan_reports_mapping_shapes_and_sizes(teacher_dir, train_file, student_shape):
@@ -124,6 +188,7 @@ def test_plan_reports_mapping_shapes_and_sizes(teacher_dir, train_file, student_
     assert result.teacher_params > result.student_params
     text = result.describe()
     assert "student 1 ← teacher 2" in text and "expected speed-up" in text
+    assert "attention loss: MSE of pre-softmax scores, 4 heads" in text
 
 
 def test_cli_plan_and_bad_layer_map(teacher_dir, train_file, tinybert_cli):

@@ -3,7 +3,8 @@ import math
 import pytest
 import torch
 
-from tinybert.distillation.losses import attention_loss, hidden_loss, prediction_loss, soft_cross_entropy
+from tinybert.distillation.losses import (attention_loss, hidden_loss, prediction_loss, relation_loss,
+                                         soft_cross_entropy)
 
 
 def test_attention_loss_all_real_tokens_is_plain_mse():
@@ -75,3 +76,28 @@ def test_regression_prediction_loss_uses_teacher_outputs():
     student = torch.tensor([[1.0], [2.0]])
     teacher = torch.tensor([[1.5], [4.0]])
     assert prediction_loss(student, teacher, regression=True).item() == pytest.approx((0.25 + 4) / 2)
+
+
+def test_relation_loss_by_the_definition():
+    """MiniLM-v2: heads joined and split into 2 relation heads; KL(teacher ‖ student) of each query's
+    softmax(X·Xᵀ/√d_r), averaged over relation heads and queries."""
+    torch.manual_seed(0)
+    teacher, student = torch.randn(1, 4, 3, 6), torch.randn(1, 3, 3, 4)  # 4 heads × 6 and 3 heads × 4
+
+    def relations(states):  # (relation heads, queries, keys)
+        joined = states[0].transpose(0, 1).reshape(3, -1)  # tokens × all units
+        split = joined.view(3, 2, -1).transpose(0, 1)
+        return torch.softmax(split @ split.transpose(1, 2) / split.shape[-1] ** 0.5, dim=-1)
+
+    expected = torch.nn.functional.kl_div(relations(student).log(), relations(teacher), reduction="sum") / (2 * 3)
+    assert relation_loss(student, teacher, torch.ones(1, 3), 2).item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_relation_loss_is_independent_of_batch_padding_and_zero_for_equal_states():
+    torch.manual_seed(1)
+    student, teacher = torch.randn(1, 2, 3, 4), torch.randn(1, 4, 3, 4)
+    alone = relation_loss(student, teacher, torch.ones(1, 3), 4)
+    padded = relation_loss(torch.nn.functional.pad(student, (0, 0, 0, 2), value=9.0),
+                           torch.nn.functional.pad(teacher, (0, 0, 0, 2), value=-9.0), torch.tensor([[1, 1, 1, 0, 0]]), 4)
+    assert padded.item() == pytest.approx(alone.item(), rel=1e-5)
+    assert relation_loss(teacher, teacher, torch.ones(1, 3), 8).item() == pytest.approx(0.0, abs=1e-7)

@@ -19,7 +19,7 @@ import tinybert.finetune as finetune_module
 from conftest import shared_dataset, tiny_bert_config, write
 from tinybert.augment import AugmentConfig, WordVectors, augment_file
 from tinybert.distillation.task import DistillConfig, distill
-from tinybert.distillation.distillers import IntermediateDistiller, LossWeights, PredictionDistiller
+from tinybert.distillation.distillers import IntermediateDistiller, IntermediateLosses, PredictionDistiller
 from tinybert.errors import InputError
 from tinybert.evaluation.measure import evaluate
 from tinybert.finetune import FinetuneConfig, finetune
@@ -290,7 +290,7 @@ def test_a_checkpoint_is_not_resumed_with_other_settings(tmp_path, tiny_model_di
 def test_the_teacher_is_frozen_and_stage_2_trains_only_the_student(real_tokenizer):
     teacher = BertForSequenceClassification(tiny_bert_config(num_labels=2))
     student = BertForSequenceClassification(tiny_bert_config(num_labels=2, num_hidden_layers=1))
-    for distiller in (IntermediateDistiller(student, teacher, [2], LossWeights()),
+    for distiller in (IntermediateDistiller(student, teacher, [2], IntermediateLosses()),
                       PredictionDistiller(student, teacher)):
         assert not any(parameter.requires_grad for parameter in teacher.parameters())
     assert {id(p) for p in PredictionDistiller(student, teacher).parameters()} == {id(p) for p in student.parameters()}

@@ -1,7 +1,7 @@
 """The two TinyBERT objectives, each a module over a student and its frozen teacher.
 
-``IntermediateDistiller`` (task stage 1, and general distillation) matches attention scores,
-hidden states and embeddings through learned projections; ``PredictionDistiller`` (task stage
+``IntermediateDistiller`` (task stage 1, and general distillation) matches attention scores (or
+MiniLM-v2's self-attention relations), hidden states and embeddings through learned projections; ``PredictionDistiller`` (task stage
 2) matches logits. Each module holds the student and whatever else it trains, so accelerate /
 DDP wrap and train exactly those; the teacher sits beside it (unregistered, so it is neither
 trained nor synchronised), in eval mode under inference mode.
@@ -13,14 +13,15 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 from safetensors.torch import load_file, save_file
 
-from .attention import enable_score_capture, recording_scores
+from .attention import captured, record_attention
 from ..errors import InputError
 from ..data.batching import IGNORED_LABEL, model_inputs
-from .losses import (attention_loss, hidden_loss, prediction_loss, span_soft_cross_entropy,
+from .losses import (attention_loss, hidden_loss, prediction_loss, relation_loss, span_soft_cross_entropy,
                      token_soft_cross_entropy)
 from ..models.files import PROJECTIONS_FILE
 from ..settings import option
@@ -29,8 +30,13 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass
-class LossWeights:
-    attention: float = option(1.0, "weight of the attention-score loss", key="attention_weight")
+class IntermediateLosses:
+    attention_loss: Literal["scores", "relations"] = option(
+        "scores", "what the attention loss compares: pre-softmax scores by MSE (TinyBERT; equal head counts), or "
+                  "MiniLM-v2's query-query, key-key and value-value relations by KL (any head count or width)")
+    relation_heads: int | None = option(None, "relation heads of --attention-loss relations (default: the teacher's "
+                                              "head count); must divide both models' attention widths")
+    attention: float = option(1.0, "weight of the attention loss", key="attention_weight")
     hidden: float = option(1.0, "weight of the hidden-state loss", key="hidden_weight")
     embedding: float = option(1.0, "weight of the embedding loss (0 leaves it out)", key="embedding_weight")
 
@@ -46,46 +52,69 @@ class _TeacherAndStudent(torch.nn.Module):
         return self._teacher[0]
 
 
+def attention_width(config) -> int:
+    """Heads × head width of a model's attention (DeBERTa may set its head width apart)."""
+    heads = config.num_attention_heads
+    return heads * (getattr(config, "attention_head_size", None) or config.hidden_size // heads)
+
+
 class IntermediateDistiller(_TeacherAndStudent):
-    """Attention (pre-softmax scores), hidden and embedding losses on the mapped layers.
+    """Attention (pre-softmax scores, or relations), hidden and embedding losses on the mapped
+    layers.
 
     ``layer_map[m]`` is the 1-based teacher layer that student layer m + 1 learns from.
     """
 
-    def __init__(self, student, teacher, layer_map: list[int], weights: LossWeights,
+    def __init__(self, student, teacher, layer_map: list[int], losses: IntermediateLosses,
                  shared_projection: bool = False):
         super().__init__(student, teacher)
-        if student.config.num_attention_heads != teacher.config.num_attention_heads:
-            raise InputError(
-                f"the attention loss needs equal head counts: the student has "
-                f"{student.config.num_attention_heads}, the teacher {teacher.config.num_attention_heads}",
-                fix="build the student with the teacher's number of attention heads")
+        self.losses = losses
+        self.relation_heads = losses.relation_heads or teacher.config.num_attention_heads
+        self._check_attention(student.config, teacher.config)
         self.layer_map = layer_map
-        self.weights = weights
         student_width, teacher_width = student.config.hidden_size, teacher.config.hidden_size
         self.hidden_projection = torch.nn.Linear(student_width, teacher_width)
         self.embedding_projection = None if shared_projection else torch.nn.Linear(student_width, teacher_width)
-        enable_score_capture(student)
-        enable_score_capture(teacher)
+        records = losses.attention_loss
+        self.student_layers = record_attention(student, range(len(layer_map)), records)
+        self.teacher_layers = record_attention(teacher, [layer - 1 for layer in layer_map], records)
+
+    def _check_attention(self, student, teacher) -> None:
+        if self.losses.attention_loss == "scores" and student.num_attention_heads != teacher.num_attention_heads:
+            raise InputError(
+                f"the attention loss needs equal head counts: the student has {student.num_attention_heads}, the "
+                f"teacher {teacher.num_attention_heads}",
+                fix="build the student with the teacher's number of attention heads, or compare relations "
+                    "instead of scores: --attention-loss relations")
+        if self.losses.attention_loss == "relations":
+            widths = {"student": attention_width(student), "teacher": attention_width(teacher)}
+            uneven = [f"the {name}'s {width}" for name, width in widths.items() if width % self.relation_heads]
+            if uneven:
+                raise InputError(f"{self.relation_heads} relation heads do not divide {' and '.join(uneven)} "
+                                 f"attention units", fix="choose --relation-heads dividing "
+                                                         f"{widths['student']} and {widths['teacher']}")
+
+    def _attention_loss(self, student, teacher, mask) -> torch.Tensor:
+        if self.losses.attention_loss == "relations":  # queries, keys and values: Q-Q, K-K and V-V relations
+            return sum(relation_loss(s, t.clone(), mask, self.relation_heads) for s, t in zip(student, teacher))
+        return attention_loss(student, teacher.clone(), mask)
 
     def forward(self, batch: dict) -> dict:
         batch = model_inputs(batch)
         mask = batch["attention_mask"]
-        teacher_layers = [layer - 1 for layer in self.layer_map]
-        with torch.inference_mode(), recording_scores(self.teacher, teacher_layers) as teacher_scores:
-            teacher_hidden = self.teacher.base_model(**batch, output_hidden_states=True).hidden_states
-        student_layers = range(len(self.layer_map))
-        with recording_scores(self.student, student_layers) as student_scores:
-            student_hidden = self.student.base_model(**batch, output_hidden_states=True).hidden_states
+        with torch.inference_mode():
+            teacher = self.teacher.base_model(**batch, output_hidden_states=True, output_attentions=True)
+        student = self.student.base_model(**batch, output_hidden_states=True, output_attentions=True)
+        teacher_records, student_records = captured(teacher, self.teacher_layers), captured(student, self.student_layers)
+        pairs = [(m, t - 1) for m, t in enumerate(self.layer_map)]
         # tensors made under inference mode cannot enter autograd; clones can
-        attention = sum(attention_loss(student_scores[m], teacher_scores[t].clone(), mask)
-                        for m, t in zip(student_layers, teacher_layers))
-        hidden = sum(hidden_loss(student_hidden[m + 1], teacher_hidden[t + 1].clone(), mask, self.hidden_projection)
-                     for m, t in zip(student_layers, teacher_layers))
-        embedding = hidden_loss(student_hidden[0], teacher_hidden[0].clone(), mask,
+        attention = sum(self._attention_loss(student_records[m], teacher_records[t], mask) for m, t in pairs)
+        hidden = sum(hidden_loss(student.hidden_states[m + 1], teacher.hidden_states[t + 1].clone(), mask,
+                                 self.hidden_projection) for m, t in pairs)
+        embedding = hidden_loss(student.hidden_states[0], teacher.hidden_states[0].clone(), mask,
                                 self.embedding_projection or self.hidden_projection)
-        total = (self.weights.attention * attention + self.weights.hidden * hidden
-                 + self.weights.embedding * embedding)
+        total = (self.losses.attention * attention + self.losses.hidden * hidden
+                 + self.losses.embedding * embedding)
         return {"loss": total, "att": attention, "hid": hidden, "emb": embedding}
 
     def save_projections(self, directory: str | os.PathLike) -> None:

@@ -14,7 +14,7 @@ from transformers import AutoModel
 
 from ..data import train_loader
 from ..data.corpus import build_corpus_cache
-from .distillers import IntermediateDistiller, LossWeights
+from .distillers import IntermediateDistiller, IntermediateLosses
 from ..models.loading import check_model_dir, load_tokenizer, save_model_dir
 from ..settings import group, option
 from ..models.students import build_student, choose_layer_map
@@ -33,7 +33,7 @@ class GeneralConfig:
     max_length: int = option(128, "tokens per example (lines are packed up to it, longer ones cut)",
                              flags=("--max_seq_length", "--max_seq_len"))
     max_steps: int | None = option(None, "stop after this many optimizer steps")
-    weights: LossWeights = group("loss weights", LossWeights)
+    losses: IntermediateLosses = group("losses", IntermediateLosses)
     shared_projection: bool = option(False, "one projection for embeddings and hidden states (the reference "
                                             "code's way)")
     layers: int | None = option(None, "student layer count (with a preset)")
@@ -80,7 +80,7 @@ def general_distill(teacher_dir: str | os.PathLike, corpus: list[str | os.PathLi
     layer_map = choose_layer_map(config.layer_map, layers_s, layers_t)
     teacher = frozen_teacher(teacher, training, accelerator)
     compiled(training, student_model, teacher)
-    distiller = IntermediateDistiller(student_model, teacher, layer_map, config.weights, config.shared_projection)
+    distiller = IntermediateDistiller(student_model, teacher, layer_map, config.losses, config.shared_projection)
     # a new seeded order every epoch, as the reference code samples: batches from many documents
     loader = train_loader(dataset, tokenizer, training.batch_size, training.seed, group_by_length=False,
                           pad_to_multiple_of=batch_padding(training))
@@ -89,7 +89,6 @@ def general_distill(teacher_dir: str | os.PathLike, corpus: list[str | os.PathLi
         training = replace(training, epochs=min(training.epochs, config.max_steps / steps_per_epoch))
 
     def save(unwrapped, _metrics):
-        unwrapped.student.set_attn_implementation("sdpa")
         save_model_dir(unwrapped.student, tokenizer, output_dir)
         unwrapped.save_projections(output_dir)
 

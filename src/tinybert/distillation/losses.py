@@ -29,6 +29,28 @@ def attention_loss(student_scores: torch.Tensor, teacher_scores: torch.Tensor,
     return (per_query * mask[:, None, :]).sum() / (pairs * student_scores.shape[1])
 
 
+def relation_loss(student_states: torch.Tensor, teacher_states: torch.Tensor, attention_mask: torch.Tensor,
+                  relation_heads: int) -> torch.Tensor:
+    """MiniLM-v2's self-attention relation loss (Wang et al. 2021) for one kind of vector of one
+    layer pair: queries, keys or values (batch, heads, tokens, head width) of either model are
+    joined across heads and split again into ``relation_heads`` heads of width d_r; each head's
+    relation is softmax(X·Xᵀ/√d_r) over the real keys, and the loss is KL(teacher ‖ student)
+    averaged over relation heads and real queries. It compares token-by-token matrices, so the
+    two models' head counts and widths need not match."""
+    def log_relations(states: torch.Tensor) -> torch.Tensor:
+        batch, heads, tokens, width = states.shape
+        split = states.float().transpose(1, 2).reshape(batch, tokens, relation_heads, -1).transpose(1, 2)
+        scores = split @ split.transpose(-1, -2) / split.shape[-1] ** 0.5
+        scores = scores.masked_fill(~key_mask, torch.finfo(torch.float32).min)
+        return F.log_softmax(scores, dim=-1)
+    key_mask = attention_mask.bool()[:, None, None, :]
+    teacher, student = log_relations(teacher_states), log_relations(student_states)
+    # masked keys have probability 0 under the teacher: they add nothing
+    per_query = (teacher.exp() * (teacher - student)).sum(-1)  # (batch, relation heads, queries)
+    queries = attention_mask.float()[:, None, :]
+    return (per_query * queries).sum() / (queries.sum() * relation_heads)
+
+
 def hidden_loss(student_hidden: torch.Tensor, teacher_hidden: torch.Tensor, attention_mask: torch.Tensor,
                 projection: torch.nn.Module | None = None) -> torch.Tensor:
     """MSE(H_S·W, H_T) over real tokens and hidden units; ``projection`` is W (None when the

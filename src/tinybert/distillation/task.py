@@ -13,11 +13,10 @@ from accelerate.utils import set_seed
 
 from ..evaluation import measure
 from ..artifacts import write_json
-from .attention import enable_score_capture
 from ..data import DataOptions, LabelSpace, train_loader
 from ..data.tasks import detect_task, train_and_dev
 from ..data.cache import CACHE_DIR, data_fingerprints
-from .distillers import IntermediateDistiller, LossWeights, PredictionDistiller
+from .distillers import IntermediateDistiller, IntermediateLosses, PredictionDistiller
 from ..errors import InputError
 from ..evaluation.metrics import selection_metric
 from ..models.loading import (check_model_dir, count_parameters, describe, label_space_of, load_classifier,
@@ -41,7 +40,7 @@ class DistillConfig:
     max_length: int | None = option(None, "tokens per example (default 64 for single texts, 128 for pairs and tagging, "
                                           "384 for QA windows)",
                                     flags=("--max_seq_length", "--max_seq_len"))
-    weights: LossWeights = group("stage-1 loss weights", LossWeights)
+    losses: IntermediateLosses = group("stage-1 losses", IntermediateLosses)
     temperature: float = option(1.0, "softmax temperature of the logit loss (stage 2)")
     shared_projection: bool = option(False, "one projection for embeddings and hidden states (the reference "
                                             "code's way)")
@@ -85,6 +84,7 @@ class Plan:
     student_layers: int
     layer_map: list[int]
     projections: dict[str, list[int]]
+    attention: str
     teacher_params: int
     student_params: int
     expected_speedup: float
@@ -95,7 +95,8 @@ class Plan:
                  f"layers: teacher {self.teacher_layers}, student {self.student_layers}",
                  f"mapping: embeddings ← embeddings; {mapping}"]
         lines += [f"projection {name}: {shape[0]} → {shape[1]}" for name, shape in self.projections.items()]
-        lines += [f"parameters: teacher {self.teacher_params:,}, student {self.student_params:,} "
+        lines += [f"attention loss: {self.attention}",
+                  f"parameters: teacher {self.teacher_params:,}, student {self.student_params:,} "
                   f"({self.teacher_params / self.student_params:.1f}× smaller)",
                   f"expected speed-up: about {self.expected_speedup:.1f}× (ratio of per-token compute)"]
         return "\n".join(lines)
@@ -145,8 +146,15 @@ def plan(teacher_dir, student, train_data, config: DistillConfig) -> Plan:
     projections = {"W_h (hidden)": [width_s, width_t]}
     if not config.shared_projection:
         projections["W_e (embeddings)"] = [width_s, width_t]
+    losses = config.losses
+    if losses.attention_loss == "relations":
+        attention = (f"KL of query, key and value relations in {losses.relation_heads or teacher.config.num_attention_heads}"
+                     f" relation heads (teacher {teacher.config.num_attention_heads} heads, student "
+                     f"{student_model.config.num_attention_heads})")
+    else:
+        attention = f"MSE of pre-softmax scores, {teacher.config.num_attention_heads} heads"
     return Plan(config.stage, teacher.config.num_hidden_layers, student_model.config.num_hidden_layers,
-                layer_map, projections, count_parameters(teacher), count_parameters(student_model),
+                layer_map, projections, attention, count_parameters(teacher), count_parameters(student_model),
                 non_embedding_parameters(teacher) / non_embedding_parameters(student_model))
 
 
@@ -202,7 +210,7 @@ def distill(teacher_dir: str | os.PathLike, student: str, train_path: str | os.P
     teacher = frozen_teacher(teacher, training, accelerator)
     compiled(training, student_model, teacher)
     if config.stage == "intermediate":
-        distiller = IntermediateDistiller(student_model, teacher, layer_map, config.weights, config.shared_projection)
+        distiller = IntermediateDistiller(student_model, teacher, layer_map, config.losses, config.shared_projection)
         if Path(student).is_dir():
             distiller.load_projections(check_model_dir(student, "--student"))
     else:
@@ -224,11 +232,8 @@ def distill(teacher_dir: str | os.PathLike, student: str, train_path: str | os.P
                                                accelerator=accelerator)
 
     def save(unwrapped, _metrics):
-        student_to_save = unwrapped.student
-        student_to_save.set_attn_implementation("sdpa")
-        save_model_dir(student_to_save, tokenizer, output_dir)
+        save_model_dir(unwrapped.student, tokenizer, output_dir)
         if config.stage == "intermediate":
-            enable_score_capture(student_to_save)
             unwrapped.save_projections(output_dir)
         write_json(output_dir / "distill_config.json", {"teacher": str(teacher_dir), "layer_map": layer_map,
                                                          **asdict(config)})

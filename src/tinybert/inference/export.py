@@ -77,15 +77,16 @@ class ExportArguments:
     data: str | None = option(None, "labelled dev file for the checks (int8: metric within 1 point); without it "
                                     "fp32 parity is checked on built-in sentences")
     max_length: int = option(128, "tokens per example of the check data")
+    no_latency: bool = option(False, "skip the latency measurement")
     data_options: DataOptions = group("reading data", DataOptions)
 
     def run(self, show_progress: bool = True) -> dict:
         return export_onnx(self.model, self.output, int8=self.int8, data=self.data, max_length=self.max_length,
-                           data_options=self.data_options, show_progress=show_progress)
+                           latency=not self.no_latency, data_options=self.data_options, show_progress=show_progress)
 
 
 def export_onnx(model_dir: str | os.PathLike, output_dir: str | os.PathLike, *, int8: bool = False,
-                data: str | os.PathLike | None = None, max_length: int = 128,
+                data: str | os.PathLike | None = None, max_length: int = 128, latency: bool = True,
                 data_options: DataOptions | None = None, show_progress: bool = True) -> dict:
     """Write ``model.onnx`` (and ``model.int8.onnx``) with the tokenizer and config beside them,
     check them against the PyTorch model and return the figures (also in ``export.json``).
@@ -127,18 +128,15 @@ def export_onnx(model_dir: str | os.PathLike, output_dir: str | os.PathLike, *, 
     results["fp32_max_abs_logit_diff"] = difference
     results["fp32_parity_examples"] = len(sample)
     results["fp32_parity_passed"] = difference <= FP32_TOLERANCE
-    results["latency_ms_batch1"] = {name: measure.measure_latency(runner, dataset, tokenizer)["latency_ms_batch1"]
-                                    for name, runner in (("pytorch", model), ("onnx", exported))}
+    runners = {"pytorch": model, "onnx": exported}
 
     if int8:
         int8_path = output_dir / INT8_FILE
         logger.info("quantising to int8: %s", int8_path)
         _quantize(onnx_path, int8_path)
-        quantized = OnnxClassifier(int8_path)
+        quantized = runners["onnx_int8"] = OnnxClassifier(int8_path)
         results["int8_onnx"] = str(int8_path)
         results["int8_size_mb"] = int8_path.stat().st_size / 1e6
-        results["latency_ms_batch1"]["onnx_int8"] = measure.measure_latency(quantized, dataset, tokenizer)[
-            "latency_ms_batch1"]
         if data is not None:
             metric = default_metric(label_space)
             before, after = (measure.evaluate_dataset(runner, dataset, tokenizer, label_space,
@@ -147,6 +145,9 @@ def export_onnx(model_dir: str | os.PathLike, output_dir: str | os.PathLike, *, 
             results.update({"int8_metric": metric, "int8_data": str(data), "pytorch_metric_value": before,
                             "int8_metric_value": after, "int8_metric_drop_points": 100 * (before - after),
                             "int8_parity_passed": 100 * (before - after) <= INT8_TOLERANCE})
+    if latency:
+        results["latency_ms_batch1"] = {name: measure.measure_latency(runner, dataset, tokenizer)["latency_ms_batch1"]
+                                        for name, runner in runners.items()}
     write_json(output_dir / REPORT_FILE, results)
     return results
 

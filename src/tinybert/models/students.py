@@ -1,8 +1,9 @@
-"""Students: preset sizes, layer maps, and building a student from a teacher."""
+"""Students: preset sizes, layer maps, and building a student in its teacher's family."""
 
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import torch
@@ -10,7 +11,10 @@ from transformers import AutoConfig, AutoModel
 
 from ..data import LabelSpace
 from ..errors import InputError
+from .families import config_name, config_value, family_of, layers_prefix
 from .loading import TASK_MODELS, check_model_dir, count_parameters, load_classifier
+
+logger = logging.getLogger(__name__)
 
 STUDENT_PRESETS = {
     "tinybert-4l-312": {"num_hidden_layers": 4, "hidden_size": 312, "intermediate_size": 1200,
@@ -19,10 +23,9 @@ STUDENT_PRESETS = {
                         "num_attention_heads": 12},
 }
 _SHAPE_FIELDS = ("num_hidden_layers", "hidden_size", "intermediate_size", "num_attention_heads")
-# The input's shape and the training regime, not the network's size: these stay the teacher's.
-_INHERITED_FIELDS = ("vocab_size", "max_position_embeddings", "type_vocab_size", "pad_token_id",
-                     "hidden_act", "layer_norm_eps", "model_type", "hidden_dropout_prob",
-                     "attention_probs_dropout_prob")
+# what a configuration says about the teacher's own training and task, not about its family
+_NOT_INHERITED = ("architectures", "id2label", "label2id", "num_labels", "problem_type", "finetuning_task",
+                  "_name_or_path", "dtype", "torch_dtype", "transformers_version")
 
 
 def uniform_layer_map(student_layers: int, teacher_layers: int) -> list[int]:
@@ -54,12 +57,38 @@ def choose_layer_map(layer_map: str | list[int] | None, student_layers: int, tea
     return uniform_layer_map(student_layers, teacher_layers)
 
 
-def student_config(teacher_config, shape: dict, label_space: LabelSpace | None):
-    values = {name: getattr(teacher_config, name) for name in _INHERITED_FIELDS if hasattr(teacher_config, name)}
-    values.update(shape)
+def student_config(teacher_config, shape: dict, label_space: LabelSpace | None, teacher_layers: list[int] | None = None):
+    """The teacher's configuration (its family and everything it sets: relative positions,
+    rotary bases, embedding width, activation, ...) with the student's ``shape`` (BERT's field
+    names) and task. ``teacher_layers``: the 1-based teacher layer each student layer is copied
+    from, whose per-layer settings (ModernBERT's local or global attention) the student keeps;
+    without it a student of another depth repeats the teacher's pattern of layers."""
+    family = family_of(teacher_config)
+    values = {name: value for name, value in teacher_config.to_dict().items() if name not in _NOT_INHERITED}
+    resized = any(shape.get(name, config_value(teacher_config, name)) != config_value(teacher_config, name)
+                  for name in ("hidden_size", "num_attention_heads"))
+    for name in family.derived if resized else ():
+        values.pop(name, None)
+    for name in family.follow_width:
+        if values.get(name) == teacher_config.hidden_size:
+            values[name] = shape.get("hidden_size", teacher_config.hidden_size)
+    values.update({config_name(teacher_config, name): value for name, value in shape.items()})
+    depth = shape.get("num_hidden_layers", teacher_config.num_hidden_layers)
+    for name in family.per_layer:
+        per_layer = list(getattr(teacher_config, name))
+        values[name] = ([per_layer[layer - 1] for layer in teacher_layers] if teacher_layers
+                        else _repeat_pattern(per_layer, depth))
     if label_space is not None:
         values.update(label_space.config_fields())
     return AutoConfig.for_model(values.pop("model_type"), **values)
+
+
+def _repeat_pattern(per_layer: list, depth: int) -> list:
+    """The shortest repeating pattern of a per-layer list, continued to ``depth`` layers (a
+    ModernBERT with global attention every third layer gives a student the same rhythm)."""
+    period = next(p for p in range(1, len(per_layer) + 1)
+                  if all(value == per_layer[i % p] for i, value in enumerate(per_layer)))
+    return [per_layer[i % period] for i in range(depth)]
 
 
 def _new_model(config, label_space: LabelSpace | None):
@@ -75,11 +104,11 @@ def build_student(student: str, teacher, label_space: LabelSpace | None, *, laye
     layer count of a preset or of the teacher copy."""
     teacher_config = teacher.config
     if init_from_teacher:
-        shape = {name: getattr(teacher_config, name) for name in _SHAPE_FIELDS}
-        shape["num_hidden_layers"] = layers or teacher_config.num_hidden_layers
-        model = _new_model(student_config(teacher_config, shape, label_space), label_space)
-        mapping = layer_map or uniform_layer_map(shape["num_hidden_layers"], teacher_config.num_hidden_layers)
-        _copy_teacher_layers(teacher, model, mapping)
+        mapping = layer_map or uniform_layer_map(layers or teacher_config.num_hidden_layers,
+                                                 teacher_config.num_hidden_layers)
+        shape = {"num_hidden_layers": len(mapping)}
+        model = _new_model(student_config(teacher_config, shape, label_space, teacher_layers=mapping), label_space)
+        copy_teacher_layers(teacher, model, mapping)
         return model
     if student in STUDENT_PRESETS or str(student).endswith(".json"):
         shape = dict(STUDENT_PRESETS[student]) if student in STUDENT_PRESETS else _read_shape(student)
@@ -90,7 +119,7 @@ def build_student(student: str, teacher, label_space: LabelSpace | None, *, laye
     if not any(path.glob("*.safetensors")) and not any(path.glob("*.bin")):
         # a configuration without weights (how the reference code names a student's size)
         config = AutoConfig.from_pretrained(path)
-        shape = {name: getattr(config, name) for name in _SHAPE_FIELDS}
+        shape = {name: config_value(config, name) for name in _SHAPE_FIELDS}
         shape["num_hidden_layers"] = layers or shape["num_hidden_layers"]
         return _new_model(student_config(teacher_config, shape, label_space), label_space)
     if layers:
@@ -124,20 +153,25 @@ def _read_shape(path: str) -> dict:
     return shape
 
 
-def _copy_teacher_layers(teacher, student, mapping: list[int]) -> None:
-    teacher_base, student_base = teacher.base_model, student.base_model
-    student_base.embeddings.load_state_dict(teacher_base.embeddings.state_dict())
+def copy_teacher_layers(teacher, student, mapping: list[int]) -> None:
+    """Copies the teacher's weights into a student of its family and width: student layer m from
+    teacher layer ``mapping[m]``, and everything outside the layers as it is (embeddings and
+    their projection, DeBERTa's relative-position embeddings, poolers, final norms, a task head
+    of the same shape). What the student has and the teacher's mapped layer lacks (ModernBERT's
+    first layer has no norm before attention, every other layer has one) keeps its new
+    initialisation, and the log says so."""
+    teacher_prefix, student_prefix = layers_prefix(teacher), layers_prefix(student)
+    teacher_state = teacher.state_dict()
+    state = {key: value for key, value in teacher_state.items() if not key.startswith(teacher_prefix)}
     for student_index, teacher_layer in enumerate(mapping):
-        student_base.encoder.layer[student_index].load_state_dict(
-            teacher_base.encoder.layer[teacher_layer - 1].state_dict())
-    if getattr(teacher_base, "pooler", None) is not None and getattr(student_base, "pooler", None) is not None:
-        student_base.pooler.load_state_dict(teacher_base.pooler.state_dict())
-    # a task head of the same shape starts where the teacher's is, not from random weights
-    for name in ("classifier", "qa_outputs"):
-        teacher_head, student_head = getattr(teacher, name, None), getattr(student, name, None)
-        if teacher_head is not None and student_head is not None and all(
-                a.shape == b.shape for a, b in zip(teacher_head.state_dict().values(), student_head.state_dict().values())):
-            student_head.load_state_dict(teacher_head.state_dict())
+        source = f"{teacher_prefix}{teacher_layer - 1}."
+        state.update({f"{student_prefix}{student_index}.{key[len(source):]}": value
+                      for key, value in teacher_state.items() if key.startswith(source)})
+    shapes = {key: value.shape for key, value in student.state_dict().items()}
+    state = {key: value for key, value in state.items() if shapes.get(key) == value.shape}
+    missing, _ = student.load_state_dict(state, strict=False)
+    if missing:
+        logger.info("student weights not copied from the teacher (new initialisation): %s", ", ".join(missing))
 
 
 def non_embedding_parameters(model: torch.nn.Module) -> int:

@@ -56,7 +56,7 @@ def model_rows(results: dict) -> tuple[str, list[dict]]:
         rows.append({"key": "student_onnx_int8", "model": "distilled student, ONNX int8",
                      "dev": export.get("int8_metric_value"), "test": None, "params": student.get("params"),
                      "size_mb": export["int8_size_mb"],
-                     "latency_ms": export["latency_ms_batch1"].get("onnx_int8"),
+                     "latency_ms": export.get("latency_ms_batch1", {}).get("onnx_int8"),
                      "retention": None})
     return metric, rows
 
@@ -223,9 +223,9 @@ def write_report(run_dir: str | os.PathLike, results: dict, title: str = "TinyBE
         sizes = f"ONNX fp32 {export['onnx_size_mb']:.1f} MB"
         if "int8_size_mb" in export:
             sizes += f", int8 {export['int8_size_mb']:.1f} MB"
-        latency = ", ".join(f"{k} {v:.1f} ms" for k, v in export["latency_ms_batch1"].items())
+        latency = ", ".join(f"{k} {v:.1f} ms" for k, v in export.get("latency_ms_batch1", {}).items())
         blocks += [("h2", "ONNX export of the student"), ("table", ["check", "result", "verdict"], lines),
-                   ("p", f"{sizes}; latency at batch 1: {latency}.")]
+                   ("p", f"{sizes}" + (f"; latency at batch 1: {latency}." if latency else "."))]
     seconds = results.get("stage_seconds")
     if seconds:
         blocks += [("h2", "Stage wall times"),

@@ -1,0 +1,102 @@
+"""What differs between encoder families, in one table.
+
+Distillation reaches into a model in three places: its list of layers (to copy the teacher's
+into a student), the self-attention module of each layer (to capture what the attention loss
+compares), and its configuration (to build a student of another size in the same family). Each
+family keeps these under its own names; one record per family says where, as TextBrewer's
+adaptors and torchdistill's hook paths do, so no other module knows a family's attribute names.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from ..errors import InputError
+
+
+@dataclass(frozen=True)
+class Family:
+    """Where one family keeps what distillation reaches into.
+
+    ``layers``: the list of layers, from the base model. ``attention``: the self-attention module,
+    from a layer. ``scores``: how its attention scores are formed: ``"interface"`` through
+    transformers' ``AttentionInterface`` (captured in our plug-in, after rotary embeddings where
+    the family has them), or ``"disentangled"`` (DeBERTa's content and relative-position terms,
+    computed by the module itself). ``renamed``: configuration fields named otherwise than
+    BERT's. ``per_layer``: configuration lists with one entry per layer. ``follow_width``:
+    configuration sizes equal to the hidden width, which a student of another width takes from
+    its own. ``derived``: sizes derived from width and heads, left out of a resized student's
+    configuration so that they are derived again.
+    """
+
+    layers: str
+    attention: str
+    scores: str = "interface"
+    renamed: dict[str, str] = field(default_factory=dict)
+    per_layer: tuple[str, ...] = ()
+    follow_width: tuple[str, ...] = ()
+    derived: tuple[str, ...] = ()
+
+
+_BERT_LIKE = Family(layers="encoder.layer", attention="attention.self")
+
+FAMILIES: dict[str, Family] = {
+    "bert": _BERT_LIKE,
+    "roberta": _BERT_LIKE,
+    "xlm-roberta": _BERT_LIKE,
+    # its embeddings may be narrower than its layers (embedding_size, then a projection): both are
+    # configuration, inherited like any other field
+    "electra": _BERT_LIKE,
+    "deberta-v2": Family(layers="encoder.layer", attention="attention.self", scores="disentangled",
+                         follow_width=("pooler_hidden_size",), derived=("attention_head_size",)),
+    "distilbert": Family(layers="transformer.layer", attention="attention",
+                         renamed={"intermediate_size": "hidden_dim"}),
+    "modernbert": Family(layers="layers", attention="attn", per_layer=("layer_types",), derived=("head_dim",)),
+}
+
+
+def family_of(model_or_config) -> Family:
+    """The family record of a model or configuration; an unknown family is a clear error."""
+    config = getattr(model_or_config, "config", model_or_config)
+    model_type = getattr(config, "model_type", None)
+    if model_type not in FAMILIES:
+        raise InputError(f"the {model_type!r} encoder family is not supported for distillation: tinybert does not "
+                         f"know where its layers and attention modules are",
+                         fix=f"use a model of a supported family ({', '.join(FAMILIES)}), or add a record for "
+                             f"{model_type!r} to tinybert.models.families.FAMILIES")
+    return FAMILIES[model_type]
+
+
+def _get(root: torch.nn.Module, path: str) -> torch.nn.Module:
+    for name in path.split("."):
+        root = getattr(root, name)
+    return root
+
+
+def layers_of(model: torch.nn.Module) -> torch.nn.ModuleList:
+    """The model's list of layers (of a task model or of a bare encoder)."""
+    return _get(model.base_model, family_of(model).layers)
+
+
+def layers_prefix(model: torch.nn.Module) -> str:
+    """The state-dict prefix of the layers, e.g. ``bert.encoder.layer.`` in a task model."""
+    layers = layers_of(model)
+    return next(name for name, module in model.named_modules() if module is layers) + "."
+
+
+def attention_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The self-attention module of each layer, in order."""
+    path = family_of(model).attention
+    return [_get(layer, path) for layer in layers_of(model)]
+
+
+def config_name(config, name: str) -> str:
+    """The name under which the family's configuration stores one of BERT's fields."""
+    renamed = family_of(config).renamed
+    return renamed[name] if name in renamed else getattr(config, "attribute_map", {}).get(name, name)
+
+
+def config_value(config, name: str):
+    return getattr(config, config_name(config, name))

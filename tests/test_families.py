@@ -1,0 +1,224 @@
+"""Every supported encoder family, as teacher and student: what the attention loss captures, students
+built in the teacher's family, and every command end to end on tiny random models."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from transformers import AttentionInterface, AutoConfig, AutoModel
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
+
+from conftest import write
+from families import FAMILIES, family_config, save_family_model
+from tinybert.data import DataOptions
+from tinybert.data.labels import LabelSpace
+from tinybert.distillation.attention import captured, record_attention
+from tinybert.distillation.general import GeneralConfig, general_distill
+from tinybert.distillation.task import DistillConfig, distill
+from tinybert.evaluation.measure import evaluate
+from tinybert.finetune import FinetuneConfig, finetune
+from tinybert.inference.export import export_onnx
+from tinybert.inference.predict import predict_file
+from tinybert.models.families import attention_modules, layers_of
+from tinybert.models.students import build_student
+from tinybert.training import TrainingConfig
+
+SENTIMENT = LabelSpace("classification", ["neg", "pos"])
+SMALL_STUDENT = {"num_hidden_layers": 2, "hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 4}
+
+
+def _batch(length: int = 9):
+    torch.manual_seed(3)
+    ids = torch.randint(1000, 2000, (2, length))
+    mask = torch.ones(2, length, dtype=torch.long)
+    mask[1, length - 3:] = 0
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+_SPIED: dict[int, torch.Tensor] = {}
+
+
+def _spy(module, query, key, value, attention_mask, scaling=None, **kwargs):
+    """Keeps QKᵀ·scaling as the family hands it to its attention function, then runs SDPA."""
+    kwargs.pop("output_attentions", None)
+    _SPIED[len(_SPIED)] = torch.matmul(query, key.transpose(2, 3)) * scaling
+    return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, **kwargs)
+
+
+AttentionInterface.register("tinybert_test_spy", _spy)
+ALL_MASK_ATTENTION_FUNCTIONS.register("tinybert_test_spy", sdpa_mask)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_captured_scores_are_what_each_familys_softmax_receives(family):
+    model = AutoModel.from_config(family_config(family)).eval()
+    batch = _batch()
+    with torch.no_grad():
+        if family == "deberta-v2":  # its own attention: the softmax of the captured scores is its weights
+            reference = model(**batch, output_attentions=True)
+            expected = [reference.attentions[1], reference.attentions[3]]
+        else:
+            _SPIED.clear()
+            model.set_attn_implementation("tinybert_test_spy")
+            reference = model(**batch)
+            expected = [_SPIED[1], _SPIED[3]]
+        layers = record_attention(model, [3, 1])
+        ours = model(**batch, output_attentions=True)
+    scores = captured(ours, layers)
+    assert sorted(scores) == [1, 3]
+    real = batch["attention_mask"].bool()
+    for layer, target in zip((1, 3), expected):
+        assert scores[layer].shape == (2, 4, 9, 9)
+        if family == "deberta-v2":
+            key_mask, pairs = real[:, None, None, :], real[:, None, :, None] & real[:, None, None, :]
+            weights = torch.softmax(scores[layer].masked_fill(~key_mask, float("-inf")), dim=-1)
+            torch.testing.assert_close(weights.masked_fill(~pairs, 0), target.masked_fill(~pairs, 0),
+                                       atol=1e-6, rtol=1e-5)
+        else:
+            torch.testing.assert_close(scores[layer], target, atol=1e-6, rtol=1e-5)
+    # recording changes nothing the model computes
+    torch.testing.assert_close(ours.last_hidden_state[real], reference.last_hidden_state[real], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_relations_record_queries_keys_and_values_of_every_head(family):
+    model = AutoModel.from_config(family_config(family)).eval()
+    layers = record_attention(model, [0], "relations")
+    with torch.no_grad():
+        query, key, value = captured(model(**_batch(), output_attentions=True), layers)[0]
+    assert query.shape == key.shape == value.shape == (2, 4, 9, 16)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_init_from_teacher_is_the_teachers_family_with_the_mapped_layers(family):
+    torch.manual_seed(0)
+    teacher = family_config(family, SENTIMENT)
+    from tinybert.models.loading import TASK_MODELS
+    teacher = TASK_MODELS["sequence"].from_config(teacher).eval()
+    whole = build_student("x", teacher, SENTIMENT, init_from_teacher=True).eval()
+    batch = _batch()
+    with torch.no_grad():  # every layer copied: the teacher's function exactly
+        torch.testing.assert_close(whole(**batch).logits, teacher(**batch).logits)
+    student = build_student("x", teacher, SENTIMENT, init_from_teacher=True, layer_map=[2, 4])
+    assert student.config.model_type == teacher.config.model_type and student.config.num_hidden_layers == 2
+    for student_layer, teacher_layer in zip(layers_of(student), [layers_of(teacher)[1], layers_of(teacher)[3]]):
+        copied = teacher_layer.state_dict()
+        for name, value in student_layer.state_dict().items():
+            if family == "modernbert" and name.startswith("attn_norm"):
+                continue  # the first layer has no norm before attention; its copy keeps none
+            torch.testing.assert_close(value, copied[name])
+    if family == "modernbert":  # each copied layer keeps its local or global attention
+        assert student.config.layer_types == [teacher.config.layer_types[1], teacher.config.layer_types[3]]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_student_of_other_sizes_stays_in_the_teachers_family(family):
+    teacher = AutoModel.from_config(family_config(family, num_hidden_layers=6))
+    student = build_student("tinybert-4l-312", teacher, None)
+    config = student.config
+    assert config.model_type == family and config.hidden_size == 312 and config.num_hidden_layers == 4
+    assert len(attention_modules(student)) == 4
+    if family == "deberta-v2":
+        assert config.relative_attention and config.position_buckets == 16 and config.pooler_hidden_size == 312
+    if family == "modernbert":  # the teacher's rhythm of global and local layers, continued
+        assert config.layer_types == ["full_attention", "sliding_attention"] * 2
+    if family == "electra":
+        assert config.embedding_size == 32
+
+
+def _training(**settings):
+    return TrainingConfig(**{"epochs": 1, "batch_size": 16, "learning_rate": 1e-3, "log_every": 1,
+                             "checkpoint_every": 1000, "schedule": "constant", "warmup_ratio": 0.0, **settings})
+
+
+@pytest.fixture(scope="module")
+def sentiment_rows(tmp_path_factory):
+    rows = "".join(f"{'a great and warm film' if i % 2 else 'a dull , tired mess'} {'really ' * (i % 7)}\t"
+                   f"{'pos' if i % 2 else 'neg'}\n" for i in range(32))
+    return write(tmp_path_factory.mktemp("data") / "train.txt", rows)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_every_command_on_a_teacher_of_each_family(tmp_path, family, sentiment_rows, real_tokenizer):
+    """finetune → general → stage 1 (from the teacher's layers, and from sizes) → stage 2 →
+    evaluate → export (fp32 parity 1e-4) → predict, on sequence classification."""
+    encoder = tmp_path / "encoder"
+    AutoModel.from_config(family_config(family)).save_pretrained(encoder)
+    real_tokenizer.save_pretrained(encoder)
+    teacher = tmp_path / "teacher"
+    finetune(encoder, sentiment_rows, teacher, show_progress=False,
+             config=FinetuneConfig(training=_training(), max_length=32))
+    corpus = write(tmp_path / "corpus.txt", "a plain sentence of text .\nanother line , longer than that one .\n" * 8)
+    shape = write(tmp_path / "student.json", json.dumps(SMALL_STUDENT))
+    general = general_distill(encoder, [corpus], tmp_path / "general", student=str(shape), show_progress=False,
+                              config=GeneralConfig(training=_training(batch_size=4), max_length=16, max_steps=2))
+    assert general["complete"] and AutoConfig.from_pretrained(tmp_path / "general").model_type == family
+
+    stage1 = DistillConfig(stage="intermediate", training=_training(), max_length=32)
+    distill(teacher, str(shape), sentiment_rows, tmp_path / "from-sizes", show_progress=False, config=stage1)
+    distill(teacher, "unused", sentiment_rows, tmp_path / "stage1", show_progress=False,
+            config=DistillConfig(stage="intermediate", init_from_teacher=True, layers=2, training=_training(),
+                                 max_length=32))
+    for stage1_dir in ("from-sizes", "stage1"):
+        losses = [json.loads(line) for line in (tmp_path / stage1_dir / "train_log.jsonl").read_text().splitlines()]
+        assert all(np.isfinite(record["att"]) and record["att"] >= 0 for record in losses)
+    summary = distill(teacher, str(tmp_path / "stage1"), sentiment_rows, tmp_path / "student", eval_path=sentiment_rows,
+                      show_progress=False, config=DistillConfig(stage="prediction", training=_training(), max_length=32))
+    assert "accuracy" in summary["best"]
+    assert AutoConfig.from_pretrained(tmp_path / "student").model_type == family
+
+    options = DataOptions(cache_dir=str(tmp_path / "cache"))
+    figures = evaluate(tmp_path / "student", sentiment_rows, max_length=32, latency=False, show_progress=False,
+                       data_options=options)
+    assert 0 <= figures["accuracy"] <= 1
+    exported = export_onnx(tmp_path / "student", tmp_path / "onnx", data=sentiment_rows, max_length=32,
+                           latency=False, show_progress=False, data_options=options)
+    assert exported["fp32_max_abs_logit_diff"] <= 1e-4
+    predict_file(tmp_path / "onnx", sentiment_rows, tmp_path / "predictions.tsv", max_length=32, show_progress=False)
+    assert len((tmp_path / "predictions.tsv").read_text().splitlines()) == 1 + 32  # a header, then each row
+
+
+@pytest.mark.parametrize("family", ["bert", "deberta-v2", "modernbert"])
+@pytest.mark.parametrize("task", ["token", "qa"])
+def test_tagging_and_question_answering_teachers_of_other_families(tmp_path, family, task, real_tokenizer):
+    """Stage 1 from the teacher's layers → stage 2 → evaluate → export (fp32 parity 1e-4) → predict."""
+    from test_tasks import CONLL, TAGS, squad_document
+    train = write(tmp_path / "train.txt", CONLL) if task == "token" else \
+        write(tmp_path / "train.json", json.dumps(squad_document()))
+    space = LabelSpace.of_tags(TAGS) if task == "token" else LabelSpace("qa", [])
+    teacher = save_family_model(tmp_path / "teacher", family, real_tokenizer, space)
+    distill(teacher, "unused", train, tmp_path / "stage1", show_progress=False,
+            config=DistillConfig(stage="intermediate", init_from_teacher=True, layers=2,
+                                 training=_training(batch_size=4), max_length=64))
+    metric = "f1"
+    summary = distill(teacher, str(tmp_path / "stage1"), train, tmp_path / "student", eval_path=train,
+                      show_progress=False, config=DistillConfig(stage="prediction", training=_training(batch_size=4),
+                                                                max_length=64))
+    assert np.isfinite(summary["best"][metric])
+    options = DataOptions(cache_dir=str(tmp_path / "cache"))
+    figures = evaluate(tmp_path / "student", train, max_length=64, latency=False, show_progress=False,
+                       data_options=options)
+    assert 0 <= figures[metric] <= 1
+    exported = export_onnx(tmp_path / "student", tmp_path / "onnx", data=train, max_length=64, latency=False,
+                           show_progress=False, data_options=options)
+    assert exported["fp32_max_abs_logit_diff"] <= 1e-4
+    assert predict_file(tmp_path / "onnx", train, tmp_path / "predictions.jsonl", max_length=64,
+                        show_progress=False) > 0
+
+
+def test_an_unsupported_family_is_one_message_before_any_training(tmp_path, real_tokenizer, sentiment_rows,
+                                                                  tinybert_cli):
+    teacher = tmp_path / "albert"
+    torch.manual_seed(0)
+    from transformers import AlbertConfig, AlbertForSequenceClassification
+    AlbertForSequenceClassification(AlbertConfig(vocab_size=30522, embedding_size=16, hidden_size=32,
+                                                 num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+                                                 **SENTIMENT.config_fields())).save_pretrained(teacher)
+    real_tokenizer.save_pretrained(teacher)
+    done = tinybert_cli("distill", "--stage", "intermediate", "--teacher", teacher, "--init-from-teacher",
+                        "--train", sentiment_rows, "--output", tmp_path / "out", "--max-length", "32")
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "the 'albert' encoder family is not supported" in done.stderr
+    assert not (tmp_path / "out" / "train_log.jsonl").exists()
