@@ -222,3 +222,23 @@ def test_an_unsupported_family_is_one_message_before_any_training(tmp_path, real
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert "the 'albert' encoder family is not supported" in done.stderr
     assert not (tmp_path / "out" / "train_log.jsonl").exists()
+
+
+def test_the_pipeline_runs_a_deberta_teacher_end_to_end(tmp_path, real_tokenizer, sentiment_rows, tinybert_cli):
+    import yaml
+    encoder = tmp_path / "encoder"
+    AutoModel.from_config(family_config("deberta-v2")).save_pretrained(encoder)
+    real_tokenizer.save_pretrained(encoder)
+    quick = {"epochs": 1, "batch_size": 16, "lr": 1e-3, "max_length": 32}
+    config = write(tmp_path / "pipeline.yaml", yaml.safe_dump({
+        "run_dir": str(tmp_path / "run"), "data": {"train": str(sentiment_rows), "dev": str(sentiment_rows)},
+        "finetune": {"model": str(encoder), **quick}, "augment": {"run": False},
+        "intermediate": {"init_from_teacher": True, "layers": 2, **quick}, "prediction": quick,
+        "baseline": {"epochs": 1}, "evaluate": {"no_latency": True, "max_length": 32},
+        "export": {"int8": False, "no_latency": True, "max_length": 32}, "report": {"run": False}}))
+    done = tinybert_cli("pipeline", config)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert set(results["evaluation"]) == {"teacher", "student", "baseline"}
+    assert results["export"]["fp32_max_abs_logit_diff"] <= 1e-4
+    assert AutoConfig.from_pretrained(tmp_path / "run" / "student").model_type == "deberta-v2"

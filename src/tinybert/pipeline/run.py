@@ -243,7 +243,7 @@ def run_pipeline(config: Config) -> dict:
         inputs = {"settings": export, "student": run.fingerprints["student"], "dev": data_identity["dev"]}
         export_dir = run.stage("export", inputs, lambda d: export_onnx(
             results["student"], d, int8=export["int8"], data=files["dev"], max_length=export["max_length"],
-            data_options=whole_files))
+            latency=not export["no_latency"], data_options=whole_files))
         results["export"] = read_json(export_dir / "export.json")
 
     results["stage_seconds"] = dict(run.timings)
