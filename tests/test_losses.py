@@ -101,3 +101,17 @@ def test_relation_loss_is_independent_of_batch_padding_and_zero_for_equal_states
                            torch.nn.functional.pad(teacher, (0, 0, 0, 2), value=-9.0), torch.tensor([[1, 1, 1, 0, 0]]), 4)
     assert padded.item() == pytest.approx(alone.item(), rel=1e-5)
     assert relation_loss(teacher, teacher, torch.ones(1, 3), 8).item() == pytest.approx(0.0, abs=1e-7)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_losses_are_float32_inside_half_precision_autocast(dtype):
+    """A per-query sum of squared score differences of 120,000 (over fp16's 65,504): under fp16
+    autocast the loss was inf, so the grad scaler skipped every step; under bf16 it was 399.36."""
+    student, teacher = torch.zeros(1, 2, 300, 300), torch.full((1, 2, 300, 300), 20.0)
+    mask = torch.ones(1, 300)
+    projection = torch.nn.Linear(4, 4)
+    hidden = torch.randn(1, 300, 4)
+    with torch.autocast("cpu", dtype=dtype):
+        assert attention_loss(student, teacher, mask).item() == 400.0
+        projected_loss = hidden_loss(hidden.to(dtype), hidden, mask, projection)  # half-precision student states
+    assert projected_loss.dtype == torch.float32 and torch.isfinite(projected_loss)

@@ -4,7 +4,9 @@
 MiniLM-v2's self-attention relations), hidden states and embeddings through learned projections; ``PredictionDistiller`` (task stage
 2) matches logits. Each module holds the student and whatever else it trains, so accelerate /
 DDP wrap and train exactly those; the teacher sits beside it (unregistered, so it is neither
-trained nor synchronised), in eval mode under inference mode.
+trained nor synchronised), in eval mode without gradients (``no_grad``, not ``inference_mode``: tensors
+made under inference mode can enter neither the student's autograd graph without a copy nor a
+compiled step).
 """
 
 from __future__ import annotations
@@ -96,22 +98,21 @@ class IntermediateDistiller(_TeacherAndStudent):
 
     def _attention_loss(self, student, teacher, mask) -> torch.Tensor:
         if self.losses.attention_loss == "relations":  # queries, keys and values: Q-Q, K-K and V-V relations
-            return sum(relation_loss(s, t.clone(), mask, self.relation_heads) for s, t in zip(student, teacher))
-        return attention_loss(student, teacher.clone(), mask)
+            return sum(relation_loss(s, t, mask, self.relation_heads) for s, t in zip(student, teacher))
+        return attention_loss(student, teacher, mask)
 
     def forward(self, batch: dict) -> dict:
         batch = model_inputs(batch)
         mask = batch["attention_mask"]
-        with torch.inference_mode():
+        with torch.no_grad():
             teacher = self.teacher.base_model(**batch, output_hidden_states=True, output_attentions=True)
         student = self.student.base_model(**batch, output_hidden_states=True, output_attentions=True)
         teacher_records, student_records = captured(teacher, self.teacher_layers), captured(student, self.student_layers)
         pairs = [(m, t - 1) for m, t in enumerate(self.layer_map)]
-        # tensors made under inference mode cannot enter autograd; clones can
         attention = sum(self._attention_loss(student_records[m], teacher_records[t], mask) for m, t in pairs)
-        hidden = sum(hidden_loss(student.hidden_states[m + 1], teacher.hidden_states[t + 1].clone(), mask,
+        hidden = sum(hidden_loss(student.hidden_states[m + 1], teacher.hidden_states[t + 1], mask,
                                  self.hidden_projection) for m, t in pairs)
-        embedding = hidden_loss(student.hidden_states[0], teacher.hidden_states[0].clone(), mask,
+        embedding = hidden_loss(student.hidden_states[0], teacher.hidden_states[0], mask,
                                 self.embedding_projection or self.hidden_projection)
         total = (self.losses.attention * attention + self.losses.hidden * hidden
                  + self.losses.embedding * embedding)
@@ -154,20 +155,19 @@ class PredictionDistiller(_TeacherAndStudent):
     def forward(self, batch: dict) -> dict:
         labels = batch.get("labels")
         batch = model_inputs(batch)
-        with torch.inference_mode():
+        with torch.no_grad():
             teacher = self.teacher(**batch)
         student = self.student(**batch)
         mask = batch["attention_mask"]
         if self.task == "token" and labels is not None:
             # the teacher was trained on each word's first piece only: elsewhere its tags mean nothing
             mask = labels != IGNORED_LABEL
-        # tensors made under inference mode cannot enter autograd; clones can
         if self.task == "qa":
-            loss = (span_soft_cross_entropy(student.start_logits, teacher.start_logits.clone(), mask, self.temperature)
-                    + span_soft_cross_entropy(student.end_logits, teacher.end_logits.clone(), mask,
+            loss = (span_soft_cross_entropy(student.start_logits, teacher.start_logits, mask, self.temperature)
+                    + span_soft_cross_entropy(student.end_logits, teacher.end_logits, mask,
                                               self.temperature)) / 2
         elif self.task == "token":
-            loss = token_soft_cross_entropy(student.logits, teacher.logits.clone(), mask, self.temperature)
+            loss = token_soft_cross_entropy(student.logits, teacher.logits, mask, self.temperature)
         else:
-            loss = prediction_loss(student.logits, teacher.logits.clone(), self.regression, self.temperature)
+            loss = prediction_loss(student.logits, teacher.logits, self.regression, self.temperature)
         return {"loss": loss, "pred": loss}

@@ -8,10 +8,25 @@ the other examples in its batch are.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 
 
+def in_float32(loss):
+    """Runs a loss in float32 whatever autocast is on around it. Casting the inputs is not enough:
+    autocast runs matrix products in half precision anyway, and under fp16 the attention loss's
+    per-query sum of squared score differences (over 65,504 on a real batch) became inf, so the
+    grad scaler skipped every step and training silently did nothing."""
+    @functools.wraps(loss)
+    def wrapper(first: torch.Tensor, *args, **kwargs):
+        with torch.autocast(first.device.type, enabled=False):
+            return loss(first, *args, **kwargs)
+    return wrapper
+
+
+@in_float32
 def attention_loss(student_scores: torch.Tensor, teacher_scores: torch.Tensor,
                    attention_mask: torch.Tensor) -> torch.Tensor:
     """MSE between pre-softmax attention scores (batch, heads, queries, keys), averaged over
@@ -29,6 +44,7 @@ def attention_loss(student_scores: torch.Tensor, teacher_scores: torch.Tensor,
     return (per_query * mask[:, None, :]).sum() / (pairs * student_scores.shape[1])
 
 
+@in_float32
 def relation_loss(student_states: torch.Tensor, teacher_states: torch.Tensor, attention_mask: torch.Tensor,
                   relation_heads: int) -> torch.Tensor:
     """MiniLM-v2's self-attention relation loss (Wang et al. 2021) for one kind of vector of one
@@ -51,16 +67,18 @@ def relation_loss(student_states: torch.Tensor, teacher_states: torch.Tensor, at
     return (per_query * queries).sum() / (queries.sum() * relation_heads)
 
 
+@in_float32
 def hidden_loss(student_hidden: torch.Tensor, teacher_hidden: torch.Tensor, attention_mask: torch.Tensor,
                 projection: torch.nn.Module | None = None) -> torch.Tensor:
     """MSE(H_S·W, H_T) over real tokens and hidden units; ``projection`` is W (None when the
     widths are equal and no projection is wanted)."""
-    projected = projection(student_hidden) if projection is not None else student_hidden
+    projected = projection(student_hidden.float()) if projection is not None else student_hidden
     mask = attention_mask.float()[..., None]
     squared = (projected.float() - teacher_hidden.float()) ** 2 * mask  # in float32, as the attention loss
     return squared.sum() / (mask.sum() * projected.shape[-1])
 
 
+@in_float32
 def soft_cross_entropy(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
                        temperature: float = 1.0) -> torch.Tensor:
     """−Σ softmax(z_T/t)·log_softmax(z_S/t), mean over the batch (not also over the classes,
@@ -69,6 +87,7 @@ def soft_cross_entropy(student_logits: torch.Tensor, teacher_logits: torch.Tenso
     return -(targets * F.log_softmax(student_logits.float() / temperature, dim=-1)).sum(-1).mean()
 
 
+@in_float32
 def prediction_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, regression: bool,
                     temperature: float = 1.0) -> torch.Tensor:
     """Soft cross-entropy for classes; for regression, MSE against the *teacher's* output (the
@@ -78,6 +97,7 @@ def prediction_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, 
     return soft_cross_entropy(student_logits, teacher_logits, temperature)
 
 
+@in_float32
 def token_soft_cross_entropy(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
                              attention_mask: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """Soft cross-entropy of each counted token's tag distribution (batch, tokens, tags), averaged
@@ -88,6 +108,7 @@ def token_soft_cross_entropy(student_logits: torch.Tensor, teacher_logits: torch
     return (per_token * mask).sum() / mask.sum().clamp(min=1)  # a batch may count no token at all
 
 
+@in_float32
 def span_soft_cross_entropy(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
                             attention_mask: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """Soft cross-entropy between distributions over a window's real positions (batch, tokens):
