@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -32,7 +32,6 @@ class GeneralConfig:
         epochs=3, batch_size=256, learning_rate=1e-4, schedule="linear", warmup_ratio=0.1, checkpoint_every=500))
     max_length: int = option(128, "tokens per example (lines are packed up to it, longer ones cut)",
                              flags=("--max_seq_length", "--max_seq_len"))
-    max_steps: int | None = option(None, "stop after this many optimizer steps")
     weights: LossWeights = group("loss weights", LossWeights)
     shared_projection: bool = option(False, "one projection for embeddings and hidden states (the reference "
                                             "code's way)")
@@ -84,9 +83,6 @@ def general_distill(teacher_dir: str | os.PathLike, corpus: list[str | os.PathLi
     # a new seeded order every epoch, as the reference code samples: batches from many documents
     loader = train_loader(dataset, tokenizer, training.batch_size, training.seed, group_by_length=False,
                           pad_to_multiple_of=batch_padding(training))
-    if config.max_steps:
-        steps_per_epoch = len(loader) / training.gradient_accumulation_steps / accelerator.num_processes
-        training = replace(training, epochs=min(training.epochs, config.max_steps / steps_per_epoch))
 
     def save(unwrapped, _metrics):
         unwrapped.student.set_attn_implementation("sdpa")
