@@ -406,3 +406,44 @@ def test_question_answering_refuses_a_tokenizer_that_pads_on_the_left(tmp_path, 
     task_data("qa", squad_file, real_tokenizer, 48, options)  # a cache the left-padding tokenizer would share
     with pytest.raises(InputError, match="pads on the right"):
         task_data("qa", squad_file, left, 48, options)
+
+
+def test_a_qa_model_distilled_at_384_is_evaluated_at_384_by_a_bare_evaluate(tmp_path, real_tokenizer, tinybert_cli):
+    """evaluate, predict and export used 128-token windows unless --max-length was repeated."""
+    from transformers import BertForQuestionAnswering
+    torch.manual_seed(0)
+    teacher = tmp_path / "teacher"
+    BertForQuestionAnswering(tiny_bert_config(max_position_embeddings=512)).save_pretrained(teacher)
+    real_tokenizer.save_pretrained(teacher)
+    train = write(tmp_path / "train.json", json.dumps(squad_document()))
+    common = ["--teacher", teacher, "--train", train, "--epochs", "1", "--batch-size", "4"]
+    stage1, stage2 = tmp_path / "stage1", tmp_path / "stage2"
+    done = tinybert_cli("distill", "--stage", "intermediate", *common, "--init-from-teacher", "--layers", "1",
+                        "--max-length", "384", "--output", stage1)
+    assert done.returncode == 0, done.stderr[-3000:]
+    done = tinybert_cli("distill", "--stage", "prediction", *common, "--student", stage1, "--output", stage2)
+    assert done.returncode == 0, done.stderr[-3000:]
+    record = json.loads((stage2 / "tinybert.json").read_text())
+    assert record == {"stage": "prediction", "task": "qa", "labels": None, "max_length": 384, "doc_stride": 128,
+                      "teacher": str(teacher), "started_from": str(stage1)}  # stage 2 took stage 1's length
+
+    bare = tinybert_cli("evaluate", "--model", stage2, "--data", train)
+    assert bare.returncode == 0, bare.stderr[-3000:]
+    figures = dict(line.split(None, 1) for line in bare.stdout.splitlines())
+    assert (figures["max_length"], figures["doc_stride"]) == ("384", "128")
+    assert figures["examples"] == figures["questions"] == str(len(QUESTIONS))  # one 384-token window each
+
+    narrow = tinybert_cli("evaluate", "--model", stage2, "--data", train, "--max-length", "64", "--no-latency")
+    figures = dict(line.split(None, 1) for line in narrow.stdout.splitlines())
+    assert figures["max_length"] == "64" and int(figures["examples"]) > len(QUESTIONS)  # the flag wins
+    assert "recorded doc stride 128 does not fit windows of 64 tokens: using 16" in narrow.stderr
+
+    export_onnx(stage2, tmp_path / "onnx", show_progress=False)  # predict from the export reads the record too
+    assert json.loads((tmp_path / "onnx" / "tinybert.json").read_text()) == record
+
+
+def test_an_explicit_doc_stride_that_does_not_fit_is_refused_not_clamped(tmp_path, real_tokenizer, squad_file):
+    with pytest.raises(InputError, match="--doc-stride 64 does not fit windows of 128 tokens"):
+        task_data("qa", squad_file, real_tokenizer, 128, DataOptions(doc_stride=64, cache_dir=str(tmp_path)))
+    assert task_data("qa", squad_file, real_tokenizer, 128, DataOptions(cache_dir=str(tmp_path))).meta[
+        "inputs"]["doc_stride"] == 32  # the default: 128, or a quarter of a window too small for it

@@ -16,6 +16,7 @@ from ..data import train_loader
 from ..data.corpus import build_corpus_cache
 from .distillers import IntermediateDistiller, LossWeights
 from ..models.loading import check_model_dir, load_tokenizer, save_model_dir
+from ..models.record import model_record
 from ..settings import group, option
 from ..models.students import build_student, choose_layer_map
 from ..training import (STATE_FILE, TrainingConfig, batch_padding, compiled, frozen_teacher, is_complete,
@@ -86,7 +87,8 @@ def general_distill(teacher_dir: str | os.PathLike, corpus: list[str | os.PathLi
 
     def save(unwrapped, _metrics):
         unwrapped.student.set_attn_implementation("sdpa")
-        save_model_dir(unwrapped.student, tokenizer, output_dir)
+        save_model_dir(unwrapped.student, tokenizer, output_dir,
+                       model_record("general", None, config.max_length, None, teacher=teacher_dir, started_from=student))
         unwrapped.save_projections(output_dir)
 
     logger.info("general distillation %s → %d-layer student on %d examples, layer map %s", teacher_dir,
