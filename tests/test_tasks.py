@@ -25,6 +25,7 @@ from tinybert.evaluation.measure import evaluate
 from tinybert.inference.export import export_onnx
 from tinybert.finetune import FinetuneConfig, finetune
 from tinybert.evaluation.metrics import TagMetrics, normalize_answer, squad_scores
+from tinybert.evaluation.spans import entities
 from tinybert.inference.predict import predict_file
 from tinybert.resources import demo_word_vectors
 from tinybert.training import TrainingConfig
@@ -154,7 +155,7 @@ def test_entity_metrics_match_a_hand_count():
     space = LabelSpace.of_tags(["O", "B-PER", "I-PER", "B-LOC", "B-ORG"])
     code = {name: i for i, name in enumerate(space.names)}
     gold = [["B-PER", "I-PER", "O", "B-LOC"], ["B-ORG", "O"]]
-    guess = [["B-PER", "I-PER", "O", "B-ORG"], ["I-PER", "O"]]  # one of 3 right; strict IOB2: I- alone is none
+    guess = [["B-PER", "I-PER", "O", "B-ORG"], ["I-PER", "O"]]  # one of 3 right; an I- alone is an entity (PER)
     metrics = TagMetrics(space)
     labels = torch.tensor([[IGNORED] + [code[t] for t in gold[0]], [IGNORED, code["B-ORG"], IGNORED, code["O"], IGNORED]])
     logits = np.zeros((2, 5, len(space.names)))
@@ -164,9 +165,29 @@ def test_entity_metrics_match_a_hand_count():
         logits[1, position, code[tag]] = 1
     metrics.add_batch({"logits": logits}, {"labels": labels})
     result = metrics.result()
-    assert result["precision"] == pytest.approx(1 / 2)  # 2 predicted entities, 1 right
+    assert result["precision"] == pytest.approx(1 / 3)  # 3 predicted entities, 1 right
     assert result["recall"] == pytest.approx(1 / 3)  # 3 gold entities
-    assert result["f1"] == pytest.approx(2 * (1 / 2) * (1 / 3) / (1 / 2 + 1 / 3))
+    assert result["f1"] == pytest.approx(1 / 3)
+    # strict IOB2: the lone I-PER is no entity, so 2 predicted, 1 right
+    assert result["f1_strict"] == pytest.approx(2 * (1 / 2) * (1 / 3) / (1 / 2 + 1 / 3))
+
+
+def test_entity_f1_is_conllevals_with_strict_iob2_beside_it_and_predict_decodes_alike():
+    """Entities were scored in seqeval's strict IOB2 mode only, unlike conlleval and run_ner,
+    while predict decoded them the default way."""
+    space = LabelSpace.of_tags(["O", "B-PER", "I-PER", "B-LOC"])
+    code = {name: i for i, name in enumerate(space.names)}
+    gold, guess = ["B-PER", "I-PER", "O", "B-LOC"], ["I-PER", "I-PER", "O", "B-LOC"]
+    logits = np.zeros((1, 4, len(space.names)))
+    logits[0, range(4), [code[tag] for tag in guess]] = 1
+    metrics = TagMetrics(space)
+    metrics.add_batch({"logits": logits}, {"labels": torch.tensor([[code[tag] for tag in gold]])})
+    result = metrics.result()
+    assert result["f1"] == 1.0 and result["f1_strict"] == pytest.approx(2 / 3)
+    text = "Peter Blackburn in Brussels"
+    words = [(0, 5), (6, 15), (16, 18), (19, 27)]
+    assert [(e["type"], e["text"]) for e in entities(words, guess, [0.5] * 4, text)] == [
+        ("PER", "Peter Blackburn"), ("LOC", "Brussels")]  # the entities the metric counted
 
 
 def test_squad_scores_use_the_official_normalisation():

@@ -19,7 +19,7 @@ _PUNCTUATION = frozenset(string.punctuation)
 def metric_names(label_space: LabelSpace) -> tuple[str, ...]:
     """The metrics that can pick the best epoch (higher is better for each), the default first."""
     if label_space.kind == "token":
-        return ("f1", "precision", "recall")
+        return ("f1", "precision", "recall", "f1_strict")
     if label_space.kind == "qa":
         return ("f1", "exact_match")
     if label_space.is_regression:
@@ -96,8 +96,10 @@ def compute_metrics(logits: np.ndarray, labels: np.ndarray, label_space: LabelSp
 
 
 class TagMetrics:
-    """Entity-level precision, recall and F1 (seqeval, strict IOB2) over the words of each
-    sentence: a word's tag is predicted on its first piece."""
+    """Entity-level precision, recall and F1 over the words of each sentence (a word's tag is
+    predicted on its first piece), counted as conlleval and Hugging Face's run_ner count them:
+    seqeval's default mode, where an I-X that follows no X entity starts one. ``f1_strict`` beside
+    them is seqeval's strict IOB2 mode, where such an I-X is no entity."""
 
     def __init__(self, label_space: LabelSpace):
         self.names = label_space.names
@@ -122,9 +124,10 @@ class TagMetrics:
     def result(self) -> dict:
         from seqeval.metrics import f1_score, precision_score, recall_score
         from seqeval.scheme import IOB2
-        scores = {"f1": f1_score, "precision": precision_score, "recall": recall_score}
-        return {name: float(score(self.gold, self.predicted, mode="strict", scheme=IOB2, zero_division=0))
-                for name, score in scores.items()}
+        scores = {name: float(score(self.gold, self.predicted, zero_division=0))
+                  for name, score in (("f1", f1_score), ("precision", precision_score), ("recall", recall_score))}
+        scores["f1_strict"] = float(f1_score(self.gold, self.predicted, mode="strict", scheme=IOB2, zero_division=0))
+        return scores
 
 
 class AnswerMetrics:

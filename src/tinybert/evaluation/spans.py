@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from seqeval.metrics.sequence_labeling import get_entities
 from tokenizers import pre_tokenizers
 
 from ..data import LabelSpace
@@ -50,19 +51,15 @@ def _texts(path, options: DataOptions):
 
 
 def entities(words: list[tuple[int, int]], tags: list[str], scores: list[float], text: str) -> list[dict]:
-    """IOB2 tags of words (their character spans in ``text``) as entities: B-X starts one, I-X of
-    the same type continues it (an I-X after anything else starts one too)."""
-    found: list[dict] = []
-    for (start, end), tag, score in zip(words, tags, scores):
-        kind = tag[2:]
-        if tag.startswith("I-") and found and found[-1]["type"] == kind and found[-1]["open"]:
-            found[-1].update(end=end, scores=found[-1]["scores"] + [score])
-        elif tag != "O":
-            found.append({"type": kind, "start": start, "end": end, "scores": [score], "open": True})
-        if tag == "O" and found:
-            found[-1]["open"] = False
-    return [{"type": e["type"], "start": e["start"], "end": e["end"], "text": text[e["start"]:e["end"]],
-             "score": round(float(np.mean(e["scores"])), 6)} for e in found]
+    """IOB2 tags of words (their character spans in ``text``) as entities, decoded by seqeval as
+    the metric counts them (its default, conlleval's mode): B-X starts one, I-X continues an X
+    entity, and an I-X after anything else starts one too."""
+    found = []
+    for kind, first, last in get_entities(tags):
+        start, end = words[first][0], words[last][1]
+        found.append({"type": kind, "start": start, "end": end, "text": text[start:end],
+                      "score": round(float(np.mean(scores[first:last + 1])), 6)})
+    return found
 
 
 def tag_texts(model, tokenizer, label_space: LabelSpace, texts: list[tuple[str, list]], max_length: int,
