@@ -1,5 +1,6 @@
 """The on-disk token cache of task data, and the orders examples are read in."""
 
+import copy
 import logging
 import multiprocessing
 import os
@@ -185,3 +186,17 @@ def test_a_cache_with_a_file_cut_short_or_missing_is_rebuilt_and_says_so(tmp_pat
     problem = "is missing" if damage == "deleted" else f"has {size // 2:,} bytes, {size:,} when built"
     assert f"fails its integrity check ({victim.name} {problem}): rebuilding it" in caplog.text
     assert rebuilt.stat().st_size == size and again == examples
+
+
+def test_left_and_right_truncation_get_caches_of_their_own(tmp_path, real_tokenizer):
+    """The cache's key left out the tokenizer's truncation side: a tokenizer that cuts long texts
+    on the left read the cache of one that cuts them on the right."""
+    words = "one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen"
+    path = write(tmp_path / "train.tsv", f"{words} seventeen eighteen\t1\nshort\t0\n")
+    left = copy.deepcopy(real_tokenizer)
+    left.truncation_side = "left"
+    kept = {side: real_tokenizer.decode(_cache(path, tokenizer, tmp_path)[0]["input_ids"], skip_special_tokens=True)
+            for side, tokenizer in (("right", real_tokenizer), ("left", left))}
+    assert kept == {"right": "one two three four five six seven eight nine ten eleven twelve thirteen fourteen",
+                    "left": "five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
+                            "seventeen eighteen"}

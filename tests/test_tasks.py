@@ -192,10 +192,18 @@ def test_entity_f1_is_conllevals_with_strict_iob2_beside_it_and_predict_decodes_
 
 def test_squad_scores_use_the_official_normalisation():
     assert normalize_answer("The  Cat, sat!") == "cat sat"
-    scores = squad_scores(["the cat", "big cat", "dog", ""], [["Cat"], ["a cat", "big dog"], ["cat"], [""]])
-    # exact: 1, 0, 0, 1 (empty = empty); f1: 1, max(2/3, 1/2), 0, 1
+    predictions, references = ["the cat", "big cat", "dog", ""], [["Cat"], ["a cat", "big dog"], ["cat"], [""]]
+    scores = squad_scores(predictions, references, unanswerable=True)
+    # SQuAD 2.0: exact 1, 0, 0, 1 (no answer where there is none); f1 1, max(2/3, 1/2), 0, 1
     assert scores["exact_match"] == pytest.approx(2 / 4)
     assert scores["f1"] == pytest.approx((1 + 2 / 3 + 0 + 1) / 4)
+
+
+def test_an_answer_that_normalises_to_nothing_has_f1_zero_as_squad_v1_scores_it():
+    """F1 was 1 where prediction and reference both normalise to nothing; the official v1.1 script
+    (which counts common tokens) gives 0, while exact match stays 1."""
+    assert squad_scores(["The"], [["a"]]) == {"f1": 0.0, "exact_match": 1.0}
+    assert squad_scores(["the cat", ""], [["Cat"], [""]]) == {"f1": 0.5, "exact_match": 1.0}
 
 
 def test_ner_augmentation_replaces_only_words_tagged_o(tmp_path, conll_file):
@@ -468,3 +476,27 @@ def test_an_explicit_doc_stride_that_does_not_fit_is_refused_not_clamped(tmp_pat
         task_data("qa", squad_file, real_tokenizer, 128, DataOptions(doc_stride=64, cache_dir=str(tmp_path)))
     assert task_data("qa", squad_file, real_tokenizer, 128, DataOptions(cache_dir=str(tmp_path))).meta[
         "inputs"]["doc_stride"] == 32  # the default: 128, or a quarter of a window too small for it
+
+
+def test_ner_predict_puts_tags_on_their_words_with_a_tokenizer_that_pads_on_the_left(tmp_path, real_tokenizer):
+    """Tags were read at the positions of the unpadded text: in a batch padded on the left, a
+    shorter text's words took the tags of padding and of their neighbours."""
+    space = LabelSpace.of_tags(["O", "B-PER", "I-PER", "B-LOC"])
+    torch.manual_seed(0)
+    model = BertForTokenClassification(tiny_bert_config(**space.config_fields()))
+    with torch.no_grad():  # no position embeddings: a word's output does not depend on where padding puts it
+        model.bert.embeddings.position_embeddings.weight.zero_()
+    left = copy.deepcopy(real_tokenizer)
+    left.padding_side = "left"
+    texts = write(tmp_path / "in.txt", "Peter Blackburn visited Brussels on Monday with his friends\nEU rejects it\n")
+    found = {}
+    for side, tokenizer in (("right", real_tokenizer), ("left", left)):
+        model.save_pretrained(tmp_path / side)
+        tokenizer.save_pretrained(tmp_path / side)
+        predict_file(tmp_path / side, texts, tmp_path / f"{side}.jsonl", batch_size=2, show_progress=False)
+        found[side] = [[(e["type"], e["start"], e["end"], e["score"]) for e in json.loads(line)["entities"]]
+                       for line in (tmp_path / f"{side}.jsonl").read_text().splitlines()]
+    assert all(found["right"])  # entities in both texts, so misplaced tags would show
+    assert [[entity[:3] for entity in row] for row in found["left"]] == [[e[:3] for e in row] for row in found["right"]]
+    assert [e[3] for row in found["left"] for e in row] == pytest.approx([e[3] for row in found["right"] for e in row],
+                                                                        abs=1e-5)

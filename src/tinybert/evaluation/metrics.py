@@ -153,7 +153,7 @@ class AnswerMetrics:
         allow_empty = any(example["impossible"] for example in self.examples)
         answers = self.finder.answers(self.examples, allow_empty)
         return squad_scores([text for text, _, _ in answers],
-                            [example["answers"] or [""] for example in self.examples])
+                            [example["answers"] or [""] for example in self.examples], unanswerable=allow_empty)
 
 
 def metrics_for(label_space: LabelSpace, dataset=None):
@@ -171,10 +171,10 @@ def normalize_answer(text: str) -> str:
     return " ".join(re.sub(r"\b(a|an|the)\b", " ", text).split())
 
 
-def _f1(prediction: str, truth: str) -> float:
+def _f1(prediction: str, truth: str, unanswerable: bool) -> float:
     predicted, gold = normalize_answer(prediction).split(), normalize_answer(truth).split()
-    if not predicted or not gold:
-        return float(predicted == gold)
+    if unanswerable and (not predicted or not gold):
+        return float(predicted == gold)  # SQuAD 2.0's script: no answer is right where there is none
     common = sum((Counter(predicted) & Counter(gold)).values())
     if not common:
         return 0.0
@@ -182,9 +182,11 @@ def _f1(prediction: str, truth: str) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
-def squad_scores(predictions: list[str], references: list[list[str]]) -> dict:
-    """Exact match and F1 (fractions), each the best over a question's reference answers."""
+def squad_scores(predictions: list[str], references: list[list[str]], unanswerable: bool = False) -> dict:
+    """Exact match and F1 (fractions), each the best over a question's reference answers, as the
+    official SQuAD v1.1 script counts them (an answer that normalises to nothing has F1 0), or
+    v2.0's when the file has ``unanswerable`` questions (an empty answer to one scores 1)."""
     exact = [max(float(normalize_answer(p) == normalize_answer(r)) for r in refs)
              for p, refs in zip(predictions, references)]
-    f1 = [max(_f1(p, r) for r in refs) for p, refs in zip(predictions, references)]
+    f1 = [max(_f1(p, r, unanswerable) for r in refs) for p, refs in zip(predictions, references)]
     return {"f1": float(np.mean(f1)), "exact_match": float(np.mean(exact))}

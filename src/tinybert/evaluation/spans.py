@@ -65,7 +65,7 @@ def entities(words: list[tuple[int, int]], tags: list[str], scores: list[float],
 def tag_texts(model, tokenizer, label_space: LabelSpace, texts: list[tuple[str, list]], max_length: int,
               batch_size: int) -> list[list[dict]]:
     """The entities of each (text, words with their characters): a word's tag is its first piece's
-    (words past ``max_length`` tokens get none)."""
+    (words past ``max_length`` tokens get none), wherever the tokenizer pads."""
     encoded = tokenizer([[word for word, _ in words] for _, words in texts], is_split_into_words=True,
                         truncation=True, max_length=max_length, return_attention_mask=False)
     features = [{"input_ids": ids, **({"token_type_ids": encoded["token_type_ids"][i]} if "token_type_ids" in encoded
@@ -82,7 +82,9 @@ def tag_texts(model, tokenizer, label_space: LabelSpace, texts: list[tuple[str, 
                 if word is not None:
                     first_piece.setdefault(word, position)
             text, words = texts[index]
-            firsts = [probabilities[row, position] for position in first_piece.values()]
+            # padding on the left moves the tokens of a text shorter than the batch to the right
+            shift = probabilities.shape[1] - len(features[index]["input_ids"]) if collate.left else 0
+            firsts = [probabilities[row, shift + position] for position in first_piece.values()]
             tags = [label_space.names[int(p.argmax())] for p in firsts]
             spans = [words[word][1] for word in first_piece]
             results.append(entities(spans, tags, [float(p.max()) for p in firsts], text))
