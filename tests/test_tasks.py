@@ -452,6 +452,8 @@ def test_a_qa_model_distilled_at_384_is_evaluated_at_384_by_a_bare_evaluate(tmp_
     assert done.returncode == 0, done.stderr[-3000:]
     done = tinybert_cli("distill", "--stage", "prediction", *common, "--student", stage1, "--output", stage2)
     assert done.returncode == 0, done.stderr[-3000:]
+    first = json.loads((stage1 / "tinybert.json").read_text())
+    assert (first["stage"], first["max_length"], first["started_from"]) == ("intermediate", 384, str(teacher))
     record = json.loads((stage2 / "tinybert.json").read_text())
     assert record == {"stage": "prediction", "task": "qa", "labels": None, "max_length": 384, "doc_stride": 128,
                       "teacher": str(teacher), "started_from": str(stage1)}  # stage 2 took stage 1's length

@@ -238,7 +238,8 @@ def distill(teacher_dir: str | os.PathLike, student: str, train_path: str | os.P
         student_to_save = unwrapped.student
         student_to_save.set_attn_implementation("sdpa")
         save_model_dir(student_to_save, tokenizer, output_dir, model_record(
-            config.stage, label_space, max_length, data_options.doc_stride, teacher=teacher_dir, started_from=student))
+            config.stage, label_space, max_length, data_options.doc_stride, teacher=teacher_dir,
+            started_from=teacher_dir if config.init_from_teacher else student))
         if config.stage == "intermediate":
             enable_score_capture(student_to_save)
             unwrapped.save_projections(output_dir)
