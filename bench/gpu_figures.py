@@ -201,7 +201,8 @@ def ours_general(work: Path, batch_size: int, precision: str, steps: int, warmup
     from tinybert.distillation.general import GeneralConfig
     from tinybert.training import TrainingConfig
     training = TrainingConfig(epochs=100, batch_size=batch_size, learning_rate=1e-4, mixed_precision=precision,
-                              checkpoint_every=10**9, log_every=10**9, compile=compile_models)
+                              checkpoint_every=10**9, log_every=10**9, compile=compile_models,
+                              max_steps=warmup + steps + 1)
     teacher_config = AutoConfig.from_pretrained(work / "teacher")
     student_config = AutoConfig.for_model("bert", **json.loads((work / "student.json").read_text()))
     timer = StepTimer(warmup, steps, lambda b, l: step_flops(teacher_config, student_config, b, l, True))
@@ -209,7 +210,7 @@ def ours_general(work: Path, batch_size: int, precision: str, steps: int, warmup
     shutil.rmtree(output, ignore_errors=True)
     return _timed_run(general_module, general_module.general_distill, timer, work / "teacher", [work / "corpus.txt"],
                       output, student=str(work / "student.json"), show_progress=False,
-                      config=GeneralConfig(training=training, max_length=128, max_steps=warmup + steps + 1))
+                      config=GeneralConfig(training=training, max_length=128))
 
 
 def augment_figures(work: Path, sentences: int) -> dict:

@@ -1,14 +1,25 @@
 """The on-disk token cache of task data, and the orders examples are read in."""
 
+import copy
+import logging
+import multiprocessing
 import os
+import re
+import sys
+import time
+import traceback
 
 import numpy as np
 import pytest
 import torch
+from transformers import BertForSequenceClassification
 from transformers.trainer_pt_utils import get_length_grouped_indices
 
-from conftest import write
+import tinybert.data.cache as cache_module
+from conftest import tiny_bert_config, write
 from tinybert.data import DataOptions, EpochSampler, LabelSpace, encode, read_task_file, task_cache, train_loader
+from tinybert.data.corpus import build_corpus_cache
+from tinybert.data.tasks import task_data
 from tinybert.errors import InputError
 
 ROWS = "".join(f"{'a fine film' if i % 3 else 'a dull , tired and overlong mess of a film'} {'really ' * (i % 7)}\t"
@@ -61,7 +72,7 @@ def test_bad_lines_and_unknown_labels_name_their_line(tmp_path, real_tokenizer):
     path = write(tmp_path / "train.tsv", "sentence\tlabel\ngood film\tpos\nno label here\nbad film\tneg\n")
     with pytest.raises(InputError, match="1 malformed line"):
         _cache(path, real_tokenizer, tmp_path)
-    assert [p.name for p in (tmp_path / "cache").iterdir() if not p.name.endswith(".partial")] == []  # nothing half-built
+    assert [p.suffix for p in (tmp_path / "cache").iterdir()] == [".lock"]  # nothing half-built: only the lock file
     cache = _cache(path, real_tokenizer, tmp_path, skip_bad_lines=True)
     assert len(cache) == 2
     with pytest.raises(InputError, match=r"train.tsv, line 4: unknown label 'neg'"):
@@ -102,3 +113,90 @@ def test_padding_gives_what_transformers_collator_gives(real_tokenizer):
             assert padded.keys() == expected.keys()
             for key in expected:
                 assert padded[key].dtype == expected[key].dtype and torch.equal(padded[key], expected[key]), key
+
+
+def _build_in_another_process(path, tokenizer, cache_dir, log):
+    """A process of its own (forked: no imports to pay) that builds or reads the cache."""
+    def run():
+        with open(log, "w") as sys.stderr:
+            try:
+                task_data("sequence", path, tokenizer, 128, DataOptions(cache_dir=str(cache_dir)), show_progress=False)
+            except BaseException:
+                traceback.print_exc()
+                os._exit(1)
+        os._exit(0)
+    process = multiprocessing.get_context("fork").Process(target=run)
+    process.start()
+    return process
+
+
+def test_two_processes_building_one_cache_at_once_build_it_once(tmp_path, real_tokenizer, monkeypatch, tinybert_cli):
+    """Two runs at once used to share one staging folder: one deleted the other's, which failed
+    (FileNotFoundError), and the cache could be left stamped but empty."""
+    path = write(tmp_path / "train.tsv", ROWS)
+    model = tmp_path / "model"
+    BertForSequenceClassification(tiny_bert_config(num_labels=2, id2label={0: "neg", 1: "pos"},
+                                                   label2id={"neg": 0, "pos": 1})).save_pretrained(model)
+    real_tokenizer.save_pretrained(model)
+    builds = tmp_path / "builds.txt"
+    real_build = cache_module._build
+
+    def slow_counted_build(*args, **kwargs):
+        with open(builds, "a") as counter:
+            counter.write("built\n")
+        time.sleep(1.0)  # both processes are inside their build at once, unless one waits for the other
+        return real_build(*args, **kwargs)
+    monkeypatch.setattr(cache_module, "_build", slow_counted_build)
+    logs = [tmp_path / "first.log", tmp_path / "second.log"]
+    processes = [_build_in_another_process(path, real_tokenizer, tmp_path / "cache", log) for log in logs]
+    for process, log in zip(processes, logs):
+        process.join(60)
+        assert process.exitcode == 0, log.read_text()[-3000:]
+    assert builds.read_text() == "built\n"
+    # a third run reads what the first built: nothing is tokenised again
+    result = tinybert_cli("evaluate", "--model", model, "--data", path, "--cache-dir", tmp_path / "cache",
+                          "--no-latency")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert re.search(r"examples +50\n", result.stdout) and "tokenised" not in result.stderr
+    assert builds.read_text() == "built\n"
+
+
+@pytest.mark.parametrize("damage", ["cut short", "deleted"])
+@pytest.mark.parametrize("kind", ["token cache", "corpus cache"])
+def test_a_cache_with_a_file_cut_short_or_missing_is_rebuilt_and_says_so(tmp_path, real_tokenizer, caplog, kind,
+                                                                          damage):
+    path = write(tmp_path / "train.tsv", ROWS)
+    if kind == "token cache":
+        def build():
+            cache = _cache(path, real_tokenizer, tmp_path)
+            return cache.directory / "input_ids.bin", [cache[i]["input_ids"] for i in range(len(cache))]
+    else:
+        def build():
+            cache = build_corpus_cache([path], real_tokenizer, 16, tmp_path / "corpus", show_progress=False)
+            return cache.tokens_path, [cache[i]["input_ids"] for i in range(len(cache))]
+    victim, examples = build()
+    size = victim.stat().st_size
+    if damage == "deleted":
+        victim.unlink()
+    else:
+        os.truncate(victim, size // 2)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="tinybert"):
+        rebuilt, again = build()
+    problem = "is missing" if damage == "deleted" else f"has {size // 2:,} bytes, {size:,} when built"
+    assert f"fails its integrity check ({victim.name} {problem}): rebuilding it" in caplog.text
+    assert rebuilt.stat().st_size == size and again == examples
+
+
+def test_left_and_right_truncation_get_caches_of_their_own(tmp_path, real_tokenizer):
+    """The cache's key left out the tokenizer's truncation side: a tokenizer that cuts long texts
+    on the left read the cache of one that cuts them on the right."""
+    words = "one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen"
+    path = write(tmp_path / "train.tsv", f"{words} seventeen eighteen\t1\nshort\t0\n")
+    left = copy.deepcopy(real_tokenizer)
+    left.truncation_side = "left"
+    kept = {side: real_tokenizer.decode(_cache(path, tokenizer, tmp_path)[0]["input_ids"], skip_special_tokens=True)
+            for side, tokenizer in (("right", real_tokenizer), ("left", left))}
+    assert kept == {"right": "one two three four five six seven eight nine ten eleven twelve thirteen fourteen",
+                    "left": "five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
+                            "seventeen eighteen"}

@@ -153,8 +153,8 @@ def test_every_command_on_a_teacher_of_each_family(tmp_path, family, sentiment_r
     corpus = write(tmp_path / "corpus.txt", "a plain sentence of text .\nanother line , longer than that one .\n" * 8)
     shape = write(tmp_path / "student.json", json.dumps(SMALL_STUDENT))
     general = general_distill(encoder, [corpus], tmp_path / "general", student=str(shape), show_progress=False,
-                              config=GeneralConfig(training=_training(batch_size=4), max_length=16, max_steps=2))
-    assert general["complete"] and AutoConfig.from_pretrained(tmp_path / "general").model_type == family
+                              config=GeneralConfig(training=_training(batch_size=4, max_steps=2), max_length=16))
+    assert general["steps"] == 2 and AutoConfig.from_pretrained(tmp_path / "general").model_type == family
 
     stage1 = DistillConfig(stage="intermediate", training=_training(), max_length=32)
     distill(teacher, str(shape), sentiment_rows, tmp_path / "from-sizes", show_progress=False, config=stage1)

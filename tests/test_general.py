@@ -124,16 +124,38 @@ def test_killed_general_run_resumes_to_the_same_weights(tmp_path, encoder_dir, s
 
 def _general_command(encoder_dir, corpus, student_shape, output, batch_size):
     return ["general", "--teacher", str(encoder_dir), "--corpus", str(corpus), "--student", str(student_shape),
-            "--output", str(output), "--max-length", "32", "--batch-size", str(batch_size), "--epochs", "1",
-            "--max-steps", "4", "--lr", "1e-3", "--seed", "5"]
+            "--output", str(output), "--max-length", "32", "--batch-size", str(batch_size), "--epochs", "3",
+            "--max-steps", "25", "--lr", "1e-3", "--seed", "5"]
+
+
+WORDS = "the cat dog film music good bad day night house car tree book water fire".split()
+
+
+def _even_corpus(path, lines):
+    """Lines of 30 single-piece words: at --max-length 32 each line is one example of 30 tokens."""
+    return write(path, "".join(" ".join(WORDS[(i + j) % len(WORDS)] for j in range(30)) + "\n" for i in range(lines)))
+
+
+@pytest.mark.parametrize("examples, accumulation, max_steps", [(88, 1, 25), (80, 3, 4)])
+def test_max_steps_is_exact_and_the_schedule_ends_there(tmp_path, encoder_dir, student_shape, examples, accumulation,
+                                                        max_steps):
+    """11 batches an epoch and --max-steps 25 ran 26 steps; 10 batches with accumulation 3 and
+    --max-steps 4 ran 5 (the budget was turned into fractional epochs, rounded up)."""
+    corpus = _even_corpus(tmp_path / "even.txt", examples)
+    config = GeneralConfig(training=TrainingConfig(epochs=3, batch_size=8, learning_rate=1e-3, log_every=1,
+                                                   gradient_accumulation_steps=accumulation, max_steps=max_steps,
+                                                   checkpoint_every=1000), max_length=32)
+    summary = general_distill(encoder_dir, [corpus], tmp_path / "general", student=str(student_shape), config=config,
+                              show_progress=False)
+    records = [json.loads(line) for line in (tmp_path / "general" / "train_log.jsonl").read_text().splitlines()]
+    assert summary["steps"] == max_steps and [r["step"] for r in records] == list(range(1, max_steps + 1))
+    assert records[-1]["lr"] == 0.0 < records[-2]["lr"]  # the linear decay reaches 0 at the last step, not after
 
 
 def test_two_gloo_processes_match_one_process_with_the_same_global_batch(tmp_path, encoder_dir, student_shape):
-    # every line is 30 single-piece words, so every example has 30 tokens and the mean loss of
-    # the global batch equals the mean of the two processes' means
-    words = "the cat dog film music good bad day night house car tree book water fire".split()
-    corpus = write(tmp_path / "even.txt", "".join(" ".join(words[(i + j) % len(words)] for j in range(30)) + "\n"
-                                                 for i in range(64)))
+    # every example has 30 tokens, so the mean loss of the global batch equals the mean of the two
+    # processes' means; 88 examples: 11 batches an epoch in either run, and --max-steps 25 is exact
+    corpus = _even_corpus(tmp_path / "even.txt", 88)
     environment = {**os.environ, "OMP_NUM_THREADS": "1"}
     single = subprocess.run([sys.executable, "-m", "tinybert.cli",
                              *_general_command(encoder_dir, corpus, student_shape, tmp_path / "one", 8)],
@@ -152,7 +174,8 @@ def test_two_gloo_processes_match_one_process_with_the_same_global_batch(tmp_pat
         # the same up to float rounding in the summation order (gloo all-reduce vs one batch)
         difference = (two[name] - tensor).norm() / tensor.norm().clamp_min(1e-12)
         assert difference < 1e-4, (name, float(difference))
-    assert json.loads((tmp_path / "two" / "training_state.json").read_text())["steps"] == 4
+    for run in ("one", "two"):
+        assert json.loads((tmp_path / run / "training_state.json").read_text())["steps"] == 25
 
 
 DOCUMENT_WORDS = "apple river music winter garden silver forest castle engine yellow window summer".split()

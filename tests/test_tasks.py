@@ -25,6 +25,7 @@ from tinybert.evaluation.measure import evaluate
 from tinybert.inference.export import export_onnx
 from tinybert.finetune import FinetuneConfig, finetune
 from tinybert.evaluation.metrics import TagMetrics, normalize_answer, squad_scores
+from tinybert.evaluation.spans import entities
 from tinybert.inference.predict import predict_file
 from tinybert.resources import demo_word_vectors
 from tinybert.training import TrainingConfig
@@ -154,7 +155,7 @@ def test_entity_metrics_match_a_hand_count():
     space = LabelSpace.of_tags(["O", "B-PER", "I-PER", "B-LOC", "B-ORG"])
     code = {name: i for i, name in enumerate(space.names)}
     gold = [["B-PER", "I-PER", "O", "B-LOC"], ["B-ORG", "O"]]
-    guess = [["B-PER", "I-PER", "O", "B-ORG"], ["I-PER", "O"]]  # one of 3 right; strict IOB2: I- alone is none
+    guess = [["B-PER", "I-PER", "O", "B-ORG"], ["I-PER", "O"]]  # one of 3 right; an I- alone is an entity (PER)
     metrics = TagMetrics(space)
     labels = torch.tensor([[IGNORED] + [code[t] for t in gold[0]], [IGNORED, code["B-ORG"], IGNORED, code["O"], IGNORED]])
     logits = np.zeros((2, 5, len(space.names)))
@@ -164,17 +165,45 @@ def test_entity_metrics_match_a_hand_count():
         logits[1, position, code[tag]] = 1
     metrics.add_batch({"logits": logits}, {"labels": labels})
     result = metrics.result()
-    assert result["precision"] == pytest.approx(1 / 2)  # 2 predicted entities, 1 right
+    assert result["precision"] == pytest.approx(1 / 3)  # 3 predicted entities, 1 right
     assert result["recall"] == pytest.approx(1 / 3)  # 3 gold entities
-    assert result["f1"] == pytest.approx(2 * (1 / 2) * (1 / 3) / (1 / 2 + 1 / 3))
+    assert result["f1"] == pytest.approx(1 / 3)
+    # strict IOB2: the lone I-PER is no entity, so 2 predicted, 1 right
+    assert result["f1_strict"] == pytest.approx(2 * (1 / 2) * (1 / 3) / (1 / 2 + 1 / 3))
+
+
+def test_entity_f1_is_conllevals_with_strict_iob2_beside_it_and_predict_decodes_alike():
+    """Entities were scored in seqeval's strict IOB2 mode only, unlike conlleval and run_ner,
+    while predict decoded them the default way."""
+    space = LabelSpace.of_tags(["O", "B-PER", "I-PER", "B-LOC"])
+    code = {name: i for i, name in enumerate(space.names)}
+    gold, guess = ["B-PER", "I-PER", "O", "B-LOC"], ["I-PER", "I-PER", "O", "B-LOC"]
+    logits = np.zeros((1, 4, len(space.names)))
+    logits[0, range(4), [code[tag] for tag in guess]] = 1
+    metrics = TagMetrics(space)
+    metrics.add_batch({"logits": logits}, {"labels": torch.tensor([[code[tag] for tag in gold]])})
+    result = metrics.result()
+    assert result["f1"] == 1.0 and result["f1_strict"] == pytest.approx(2 / 3)
+    text = "Peter Blackburn in Brussels"
+    words = [(0, 5), (6, 15), (16, 18), (19, 27)]
+    assert [(e["type"], e["text"]) for e in entities(words, guess, [0.5] * 4, text)] == [
+        ("PER", "Peter Blackburn"), ("LOC", "Brussels")]  # the entities the metric counted
 
 
 def test_squad_scores_use_the_official_normalisation():
     assert normalize_answer("The  Cat, sat!") == "cat sat"
-    scores = squad_scores(["the cat", "big cat", "dog", ""], [["Cat"], ["a cat", "big dog"], ["cat"], [""]])
-    # exact: 1, 0, 0, 1 (empty = empty); f1: 1, max(2/3, 1/2), 0, 1
+    predictions, references = ["the cat", "big cat", "dog", ""], [["Cat"], ["a cat", "big dog"], ["cat"], [""]]
+    scores = squad_scores(predictions, references, unanswerable=True)
+    # SQuAD 2.0: exact 1, 0, 0, 1 (no answer where there is none); f1 1, max(2/3, 1/2), 0, 1
     assert scores["exact_match"] == pytest.approx(2 / 4)
     assert scores["f1"] == pytest.approx((1 + 2 / 3 + 0 + 1) / 4)
+
+
+def test_an_answer_that_normalises_to_nothing_has_f1_zero_as_squad_v1_scores_it():
+    """F1 was 1 where prediction and reference both normalise to nothing; the official v1.1 script
+    (which counts common tokens) gives 0, while exact match stays 1."""
+    assert squad_scores(["The"], [["a"]]) == {"f1": 0.0, "exact_match": 1.0}
+    assert squad_scores(["the cat", ""], [["Cat"], [""]]) == {"f1": 0.5, "exact_match": 1.0}
 
 
 def test_ner_augmentation_replaces_only_words_tagged_o(tmp_path, conll_file):
@@ -234,7 +263,9 @@ def test_bad_task_files_stop_with_one_message(tmp_path, capsys, tiny_model_dir, 
     error = capsys.readouterr().err
     assert code == 2, error[-2000:]
     assert "Traceback" not in error and error.count("error: ") == 1 and str(path) in error, error[-2000:]
-    assert not (tmp_path / "out").exists() or not any(p.is_file() for p in (tmp_path / "out").rglob("*"))
+    # nothing written but the empty lock file of the cache that was not built
+    assert not (tmp_path / "out").exists() or not any(p.is_file() and p.suffix != ".lock"
+                                                      for p in (tmp_path / "out").rglob("*"))
 
 
 def _training(**settings):
@@ -404,3 +435,70 @@ def test_question_answering_refuses_a_tokenizer_that_pads_on_the_left(tmp_path, 
     task_data("qa", squad_file, real_tokenizer, 48, options)  # a cache the left-padding tokenizer would share
     with pytest.raises(InputError, match="pads on the right"):
         task_data("qa", squad_file, left, 48, options)
+
+
+def test_a_qa_model_distilled_at_384_is_evaluated_at_384_by_a_bare_evaluate(tmp_path, real_tokenizer, tinybert_cli):
+    """evaluate, predict and export used 128-token windows unless --max-length was repeated."""
+    from transformers import BertForQuestionAnswering
+    torch.manual_seed(0)
+    teacher = tmp_path / "teacher"
+    BertForQuestionAnswering(tiny_bert_config(max_position_embeddings=512)).save_pretrained(teacher)
+    real_tokenizer.save_pretrained(teacher)
+    train = write(tmp_path / "train.json", json.dumps(squad_document()))
+    common = ["--teacher", teacher, "--train", train, "--epochs", "1", "--batch-size", "4"]
+    stage1, stage2 = tmp_path / "stage1", tmp_path / "stage2"
+    done = tinybert_cli("distill", "--stage", "intermediate", *common, "--init-from-teacher", "--layers", "1",
+                        "--max-length", "384", "--output", stage1)
+    assert done.returncode == 0, done.stderr[-3000:]
+    done = tinybert_cli("distill", "--stage", "prediction", *common, "--student", stage1, "--output", stage2)
+    assert done.returncode == 0, done.stderr[-3000:]
+    first = json.loads((stage1 / "tinybert.json").read_text())
+    assert (first["stage"], first["max_length"], first["started_from"]) == ("intermediate", 384, str(teacher))
+    record = json.loads((stage2 / "tinybert.json").read_text())
+    assert record == {"stage": "prediction", "task": "qa", "labels": None, "max_length": 384, "doc_stride": 128,
+                      "teacher": str(teacher), "started_from": str(stage1)}  # stage 2 took stage 1's length
+
+    bare = tinybert_cli("evaluate", "--model", stage2, "--data", train)
+    assert bare.returncode == 0, bare.stderr[-3000:]
+    figures = dict(line.split(None, 1) for line in bare.stdout.splitlines())
+    assert (figures["max_length"], figures["doc_stride"]) == ("384", "128")
+    assert figures["examples"] == figures["questions"] == str(len(QUESTIONS))  # one 384-token window each
+
+    narrow = tinybert_cli("evaluate", "--model", stage2, "--data", train, "--max-length", "64", "--no-latency")
+    figures = dict(line.split(None, 1) for line in narrow.stdout.splitlines())
+    assert figures["max_length"] == "64" and int(figures["examples"]) > len(QUESTIONS)  # the flag wins
+    assert "recorded doc stride 128 does not fit windows of 64 tokens: using 16" in narrow.stderr
+
+    export_onnx(stage2, tmp_path / "onnx", show_progress=False)  # predict from the export reads the record too
+    assert json.loads((tmp_path / "onnx" / "tinybert.json").read_text()) == record
+
+
+def test_an_explicit_doc_stride_that_does_not_fit_is_refused_not_clamped(tmp_path, real_tokenizer, squad_file):
+    with pytest.raises(InputError, match="--doc-stride 64 does not fit windows of 128 tokens"):
+        task_data("qa", squad_file, real_tokenizer, 128, DataOptions(doc_stride=64, cache_dir=str(tmp_path)))
+    assert task_data("qa", squad_file, real_tokenizer, 128, DataOptions(cache_dir=str(tmp_path))).meta[
+        "inputs"]["doc_stride"] == 32  # the default: 128, or a quarter of a window too small for it
+
+
+def test_ner_predict_puts_tags_on_their_words_with_a_tokenizer_that_pads_on_the_left(tmp_path, real_tokenizer):
+    """Tags were read at the positions of the unpadded text: in a batch padded on the left, a
+    shorter text's words took the tags of padding and of their neighbours."""
+    space = LabelSpace.of_tags(["O", "B-PER", "I-PER", "B-LOC"])
+    torch.manual_seed(0)
+    model = BertForTokenClassification(tiny_bert_config(**space.config_fields()))
+    with torch.no_grad():  # no position embeddings: a word's output does not depend on where padding puts it
+        model.bert.embeddings.position_embeddings.weight.zero_()
+    left = copy.deepcopy(real_tokenizer)
+    left.padding_side = "left"
+    texts = write(tmp_path / "in.txt", "Peter Blackburn visited Brussels on Monday with his friends\nEU rejects it\n")
+    found = {}
+    for side, tokenizer in (("right", real_tokenizer), ("left", left)):
+        model.save_pretrained(tmp_path / side)
+        tokenizer.save_pretrained(tmp_path / side)
+        predict_file(tmp_path / side, texts, tmp_path / f"{side}.jsonl", batch_size=2, show_progress=False)
+        found[side] = [[(e["type"], e["start"], e["end"], e["score"]) for e in json.loads(line)["entities"]]
+                       for line in (tmp_path / f"{side}.jsonl").read_text().splitlines()]
+    assert all(found["right"])  # entities in both texts, so misplaced tags would show
+    assert [[entity[:3] for entity in row] for row in found["left"]] == [[e[:3] for e in row] for row in found["right"]]
+    assert [e[3] for row in found["left"] for e in row] == pytest.approx([e[3] for row in found["right"] for e in row],
+                                                                        abs=1e-5)

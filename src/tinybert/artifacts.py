@@ -5,17 +5,29 @@ corpus and task-data caches, augmentation, pipeline stages, converted reference 
 asks one question: is this output complete, and was it made from these inputs? A *stamp*
 answers it: a small JSON file beside the output holding the inputs (settings, and content
 digests of the files read) and their fingerprint, written last and atomically.
+
+Shared outputs (the caches every run of a user reads) are built under a file lock, each builder
+in a staging folder of its own, and checked before reuse: a stamped directory whose files are
+missing or shorter than when it was built is rebuilt, not trusted.
 """
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
+import logging
 import os
 import shutil
+import tempfile
+import uuid
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
+
+from filelock import FileLock, Timeout
+
+logger = logging.getLogger(__name__)
 
 _BLOCK = 1 << 20
 
@@ -57,7 +69,7 @@ def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
     one, never a part."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".tmp")
+    temporary = path.with_name(f"{path.name}.{uuid.uuid4().hex[:8]}.tmp")  # two writers never share one
     try:
         yield temporary
     except BaseException:
@@ -82,20 +94,90 @@ def read_json(path: str | os.PathLike):
 
 
 @contextmanager
+def locked(target: str | os.PathLike) -> Iterator[None]:
+    """Holds the lock of ``target`` (the file ``target.lock`` beside it) for the block: one
+    process at a time builds or replaces it. The lock is taken again freely by its holder."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # one lock object per path in a process, so that the holder may take it again
+    lock = FileLock(target.with_name(target.name + ".lock"), is_singleton=True)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        logger.info("%s: waiting for another process that is building it", target)
+        lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+@contextmanager
 def staged_directory(target: str | os.PathLike) -> Iterator[Path]:
-    """A fresh directory to build ``target`` in; it replaces ``target`` only when the block ends
+    """A fresh directory of this builder's own (a unique name beside ``target``) to build
+    ``target`` in, under ``target``'s lock; it replaces ``target`` only when the block ends
     without an error (and is removed when it does not), so ``target`` is never half-written."""
     target = Path(target)
-    staging = target.with_name(target.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
+    with locked(target):
+        # the lock is held by whoever builds: what another builder left here was killed mid-way
+        for kind in ("partial", "old"):
+            for stale in target.parent.glob(f"{glob.escape(target.name)}.{kind}-*"):
+                shutil.rmtree(stale, ignore_errors=True)
+        staging = Path(tempfile.mkdtemp(prefix=target.name + ".partial-", dir=target.parent))
+        try:
+            yield staging
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        # two renames: a reader sees the old directory, none for an instant, or the new one
+        old = target.with_name(f"{target.name}.old-{uuid.uuid4().hex[:8]}")
+        if target.exists():
+            os.replace(target, old)
+        os.replace(staging, target)
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def build_directory(target: str | os.PathLike, stamp_file: str, inputs, build: Callable[[Path], dict]) -> bool:
+    """Makes directory ``target`` with ``build(staging) -> details`` unless it holds an intact
+    output made from ``inputs``; returns whether it built. The stamp (``stamp_file`` inside it,
+    holding ``details``) lists the size of every file, so a directory with a file missing or cut
+    short is rebuilt, with a warning saying so. Several processes asking at once: one builds,
+    the others wait for it and reuse what it built."""
+    target = Path(target)
+    if _check(target, stamp_file, inputs) is None:
+        return False
+    with locked(target):
+        problem = _check(target, stamp_file, inputs)  # another process may have built it while we waited
+        if problem is None:
+            return False
+        if problem:
+            logger.warning("%s %s: rebuilding it", target, problem)
+        with staged_directory(target) as staging:
+            details = build(staging)
+            sizes = {str(path.relative_to(staging)): path.stat().st_size
+                     for path in sorted(staging.rglob("*")) if path.is_file()}
+            Stamp(staging / stamp_file).write(inputs, file_sizes=sizes, **details)
+    return True
+
+
+def _check(target: Path, stamp_file: str, inputs) -> str | None:
+    """None when ``target`` is intact and made from ``inputs``; otherwise why not ("" when it
+    was never built or was made from other inputs: rebuilding it then is no news)."""
     try:
-        yield staging
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    shutil.rmtree(target, ignore_errors=True)
-    os.replace(staging, target)
+        record = Stamp(target / stamp_file).read()
+    except (ValueError, OSError):
+        return f"fails its integrity check ({stamp_file} is unreadable)"
+    if record is None or record.get("fingerprint") != digest(inputs):
+        return ""
+    if "file_sizes" not in record:
+        return "lists no file sizes to check (an older tinybert built it)"
+    for name, size in record["file_sizes"].items():
+        path = target / name
+        if not path.is_file():
+            return f"fails its integrity check ({name} is missing)"
+        if path.stat().st_size != size:
+            return f"fails its integrity check ({name} has {path.stat().st_size:,} bytes, {size:,} when built)"
+    return None
 
 
 class Stamp:

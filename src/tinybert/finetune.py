@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from accelerate.utils import set_seed
@@ -16,7 +16,9 @@ from .data.batching import model_inputs
 from .data.tasks import detect_task, label_space_of_data, train_and_dev
 from .data.cache import CACHE_DIR, data_fingerprints
 from .evaluation.metrics import selection_metric
+from .data.squad import fitting_stride
 from .models.loading import describe, load_classifier, load_tokenizer, save_model_dir
+from .models.record import model_record
 from .settings import group, option
 from .training import (STATE_FILE, TaskFiles, TrainingConfig, batch_padding, compiled, is_complete, main_process_first,
                        make_accelerator, run_training)
@@ -64,6 +66,7 @@ def finetune(model_dir: str | os.PathLike, train_path: str | os.PathLike, output
     tokenizer = load_tokenizer(model_dir)
     accelerator = make_accelerator(config.training)
     kind = detect_task(train_path, data_options)
+    data_options = replace(data_options, doc_stride=fitting_stride(data_options.doc_stride, config.max_length))
     # one process tokenises, the others then read its cache
     train, dev = main_process_first(accelerator, lambda: train_and_dev(
         kind, train_path, eval_path, tokenizer, config.max_length, data_options, output_dir / CACHE_DIR,
@@ -86,8 +89,10 @@ def finetune(model_dir: str | os.PathLike, train_path: str | os.PathLike, output
                                                device=accelerator.device, show_progress=show_progress,
                                                accelerator=accelerator)
 
+    record = model_record("finetune", label_space, config.max_length, data_options.doc_stride, started_from=model_dir)
+
     def save(unwrapped, _metrics):
-        save_model_dir(unwrapped, tokenizer, output_dir)
+        save_model_dir(unwrapped, tokenizer, output_dir, record)
 
     logger.info("fine-tuning %s on %d examples (%s: %s)", model_dir, len(train), label_space.kind,
                 describe(label_space))

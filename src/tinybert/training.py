@@ -52,6 +52,8 @@ class TaskFiles:
 @dataclass
 class TrainingConfig:
     epochs: float = option(3, "passes over the training data", flags=("--num_train_epochs",))
+    max_steps: int | None = option(None, "stop after exactly this many optimizer steps (or at the end of the "
+                                         "epochs, if sooner); the learning-rate schedule ends there")
     batch_size: int = option(32, "examples per optimizer step and process", flags=("--train_batch_size",))
     learning_rate: float = option(2e-5, "peak learning rate", key="lr", flags=("--learning_rate",))
     schedule: Literal["linear", "constant"] = option("linear", "after warm-up: linear decay to 0, or constant")
@@ -173,6 +175,10 @@ def run_training(*, output_dir: str | os.PathLike, config: TrainingConfig, modul
     batches_per_epoch = math.ceil(len(train_loader) / accelerator.num_processes)
     steps_per_epoch = math.ceil(batches_per_epoch / config.gradient_accumulation_steps)
     total_steps = max(1, math.ceil(steps_per_epoch * config.epochs))
+    if config.max_steps is not None:
+        if config.max_steps < 1:
+            raise InputError(f"--max-steps {config.max_steps} trains nothing", fix="give 1 or more, or leave it out")
+        total_steps = min(total_steps, config.max_steps)
     warmup_steps = int(config.warmup_ratio * total_steps)
     if config.schedule == "linear":
         scheduler = get_linear_schedule_with_warmup(optimizer, warmup_steps, total_steps)

@@ -3,8 +3,9 @@
 Training and evaluation read task data from here, so memory does not grow with the number of
 rows and every process of a multi-GPU run reads only the examples of its own batches. One
 directory per (file, task, tokenizer, max length), in the feature files of ``features.py``,
-stamped in ``meta.json`` with what it was made from; it is rebuilt in place when the file's
-content, the tokenizer, the length or the column options change. Labels are stored as indices
+stamped in ``meta.json`` with what it was made from and each file's size; it is rebuilt in place
+when the file's content, the tokenizer, the length or the column options change, or when a file
+of it is missing or cut short. Runs sharing a cache build it once, under a lock. Labels are stored as indices
 into the file's own label table (in ``meta.json``, with each label's first line), so a cache
 serves any model that reads them. This module holds text classification's cache and what all
 caches share; ``tagging.py`` and ``squad.py`` build those of token classification and QA.
@@ -21,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..artifacts import Stamp, cache_root, digest, digest_file, read_json, staged_directory
+from ..artifacts import build_directory, cache_root, digest, digest_file, read_json
 from ..errors import InputError
 from ..models.tokenizer import tokenizer_digest
 from .formats import report_bad_lines
@@ -83,13 +84,10 @@ def data_fingerprints(train: TokenCache, dev: TokenCache | None) -> dict:
 
 
 def cached_features(path: Path, inputs: dict, directory: Path, build) -> None:
-    """Makes ``directory`` with ``build(staging) -> meta`` unless it was made from ``inputs``
-    (stamped in its meta.json, written last)."""
-    if not Stamp(directory / META_FILE).matches(inputs):
-        with staged_directory(directory) as staging:
-            meta = build(staging)
-            Stamp(staging / META_FILE).write(inputs, **meta)
-        logger.info("%s: %d examples tokenised into %s", path, meta["examples"], directory)
+    """Makes ``directory`` with ``build(staging) -> meta`` unless it holds an intact cache made
+    from ``inputs`` (stamped in its meta.json, written last); one process builds, others wait."""
+    if build_directory(directory, META_FILE, inputs, build):
+        logger.info("%s: %d examples tokenised into %s", path, read_json(directory / META_FILE)["examples"], directory)
 
 
 def cache_directory(path: Path, kind: str, tokenizer, max_length: int, options: DataOptions,

@@ -16,7 +16,7 @@ import numpy as np
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from ..artifacts import Stamp, digest_files, read_json, staged_directory
+from ..artifacts import build_directory, digest_files, read_json
 from ..errors import InputError
 from ..models.tokenizer import tokenizer_digest
 
@@ -62,19 +62,16 @@ class CorpusCache(Dataset):
 def build_corpus_cache(files: list[str | os.PathLike], tokenizer, max_length: int, directory: Path,
                        show_progress: bool = True) -> CorpusCache:
     """Tokenises the corpus files once (streaming) into ``directory``; reused while the files'
-    content, the tokenizer and the length are the same."""
+    content, the tokenizer and the length are the same and its files are intact."""
     paths = [Path(f) for f in files]
     for path in paths:
         if not path.is_file():
             raise InputError("corpus file not found", path=path, fix="check the path")
     inputs = {"files": digest_files(paths), "tokenizer": tokenizer_digest(tokenizer), "max_length": max_length}
-    stamp = Stamp(directory / META_FILE)
-    if stamp.matches(inputs):
-        return CorpusCache(directory)
-    with staged_directory(directory) as staging:
-        meta = _tokenise(paths, tokenizer, max_length, staging, show_progress)
-        Stamp(staging / META_FILE).write(inputs, **meta)
-    logger.info("corpus: %d examples, %d tokens", meta["examples"], meta["tokens"])
+    if build_directory(directory, META_FILE, inputs,
+                       lambda staging: _tokenise(paths, tokenizer, max_length, staging, show_progress)):
+        meta = read_json(directory / META_FILE)
+        logger.info("corpus: %d examples, %d tokens", meta["examples"], meta["tokens"])
     return CorpusCache(directory)
 
 

@@ -24,7 +24,9 @@ class DataOptions:
     task: Literal["auto", "sequence", "token", "qa"] = option(
         "auto", "sequence (a label or score per text), token (a tag per word: CoNLL or JSONL tokens/tags) or qa "
                 "(SQuAD); auto: read from the file")
-    doc_stride: int = option(128, "question answering: tokens shared by consecutive windows of a long context")
+    doc_stride: int | None = option(None, "question answering: tokens shared by consecutive windows of a long "
+                                          "context, below half a window (default: the model's recorded stride, "
+                                          "else 128, or a quarter of --max-length when 128 is too many)")
     cache_dir: str | None = option(None, "where the token caches of task files are kept (default: in the output "
                                          "directory, or ~/.cache/tinybert/tokens)")
 

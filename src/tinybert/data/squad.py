@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -25,7 +26,10 @@ from .features import FeatureFile, FeatureWriter
 from .formats import json_lines, report_bad_lines, utf8_lines
 from .options import DataOptions
 
+logger = logging.getLogger(__name__)
+
 EXAMPLES_FILE = "examples.jsonl"
+DEFAULT_DOC_STRIDE = 128  # BERT's for SQuAD, with 384-token windows
 _CHUNK = 256
 
 
@@ -116,10 +120,24 @@ def _question(record, number: int, require_answers: bool) -> Question:
     return Question(identifier, question, context, answers, impossible, number)
 
 
-def window_stride(stride: int, max_length: int) -> int:
-    """Tokens shared by neighbouring windows: as asked, unless that is half the window or more
-    (windows must move on by more than they share), then a quarter of it."""
-    return stride if stride < max_length // 2 else max_length // 4
+def fitting_stride(given: int | None, max_length: int, recorded: int | None = None) -> int:
+    """Tokens shared by neighbouring windows of ``max_length`` tokens: ``given`` (refused when it
+    is half the window or more: windows must move on by more than they share), else a model's
+    ``recorded`` stride when it fits (a warning when it does not), else 128 (a quarter of the
+    window when 128 does not fit)."""
+    half = max_length // 2
+    if given is not None:
+        if not 0 <= given < half:
+            raise InputError(f"--doc-stride {given} does not fit windows of {max_length} tokens: neighbouring windows "
+                             "must share fewer tokens than half a window", fix=f"use a stride below {half} "
+                             f"(e.g. {max_length // 4}), or a longer --max-length")
+        return given
+    default = DEFAULT_DOC_STRIDE if DEFAULT_DOC_STRIDE < half else max_length // 4
+    if recorded is not None and not 0 <= recorded < half:
+        logger.warning("the model's recorded doc stride %d does not fit windows of %d tokens: using %d", recorded,
+                       max_length, default)
+        return default
+    return default if recorded is None else recorded
 
 
 def _short_questions(tokenizer, questions: list[Question], max_length: int, stride: int) -> list[str]:
@@ -148,8 +166,8 @@ def require_right_padding(tokenizer) -> None:
 def windows(tokenizer, questions: list[Question], max_length: int, stride: int) -> dict:
     """The windows of each question's context, with each context token's characters and the
     answer's token positions in each window (0, 0: not in this window). ``stride``: see
-    ``window_stride``."""
-    stride = window_stride(stride, max_length)
+    ``fitting_stride``."""
+    stride = fitting_stride(stride, max_length)
     require_right_padding(tokenizer)
     encoded = tokenizer(_short_questions(tokenizer, questions, max_length, stride), [q.context for q in questions],
                         truncation="only_second",
@@ -197,7 +215,7 @@ def answer_cache(path: str | Path, tokenizer, max_length: int, options: DataOpti
                  show_progress: bool = True) -> AnswerCache:
     path = Path(path)
     require_right_padding(tokenizer)  # here too: a cache built earlier skips ``windows``
-    options = replace(options, doc_stride=window_stride(options.doc_stride, max_length))
+    options = replace(options, doc_stride=fitting_stride(options.doc_stride, max_length))
     # questions are cut here, not when read: a cut file is a cache of its own
     directory, inputs = cache_directory(path, "qa", tokenizer, max_length, options, default_dir,
                                         doc_stride=options.doc_stride, max_examples=options.max_examples)

@@ -27,7 +27,7 @@ from .formats import json_lines, report_bad_lines, utf8_lines
 from .labels import LabelSpace
 from .options import DataOptions
 
-TAG = re.compile(r"^(O|[BI]-\S+)$")  # IOB2, what seqeval's strict mode scores
+TAG = re.compile(r"^(O|[BI]-\S+)$")  # IOB2: what the metrics (seqeval's default and strict IOB2 modes) read
 _CHUNK = 1024
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -16,6 +16,7 @@ from ..data import train_loader
 from ..data.corpus import build_corpus_cache
 from .distillers import IntermediateDistiller, IntermediateLosses
 from ..models.loading import check_model_dir, load_tokenizer, save_model_dir
+from ..models.record import model_record
 from ..settings import group, option
 from ..models.students import build_student, choose_layer_map
 from ..training import (STATE_FILE, TrainingConfig, batch_padding, compiled, frozen_teacher, is_complete,
@@ -32,7 +33,6 @@ class GeneralConfig:
         epochs=3, batch_size=256, learning_rate=1e-4, schedule="linear", warmup_ratio=0.1, checkpoint_every=500))
     max_length: int = option(128, "tokens per example (lines are packed up to it, longer ones cut)",
                              flags=("--max_seq_length", "--max_seq_len"))
-    max_steps: int | None = option(None, "stop after this many optimizer steps")
     losses: IntermediateLosses = group("losses", IntermediateLosses)
     shared_projection: bool = option(False, "one projection for embeddings and hidden states (the reference "
                                             "code's way)")
@@ -84,12 +84,10 @@ def general_distill(teacher_dir: str | os.PathLike, corpus: list[str | os.PathLi
     # a new seeded order every epoch, as the reference code samples: batches from many documents
     loader = train_loader(dataset, tokenizer, training.batch_size, training.seed, group_by_length=False,
                           pad_to_multiple_of=batch_padding(training))
-    if config.max_steps:
-        steps_per_epoch = len(loader) / training.gradient_accumulation_steps / accelerator.num_processes
-        training = replace(training, epochs=min(training.epochs, config.max_steps / steps_per_epoch))
 
     def save(unwrapped, _metrics):
-        save_model_dir(unwrapped.student, tokenizer, output_dir)
+        save_model_dir(unwrapped.student, tokenizer, output_dir,
+                       model_record("general", None, config.max_length, None, teacher=teacher_dir, started_from=student))
         unwrapped.save_projections(output_dir)
 
     logger.info("general distillation %s → %d-layer student on %d examples, layer map %s", teacher_dir,

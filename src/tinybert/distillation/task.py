@@ -21,6 +21,7 @@ from ..errors import InputError
 from ..evaluation.metrics import selection_metric
 from ..models.loading import (check_model_dir, count_parameters, describe, label_space_of, load_classifier,
                               load_tokenizer, save_model_dir)
+from ..models.record import model_record, read_record, reading_settings
 from ..settings import group, option
 from ..models.students import build_student, choose_layer_map, non_embedding_parameters
 from ..training import (STATE_FILE, TaskFiles, TrainingConfig, batch_padding, compiled, frozen_teacher, is_complete,
@@ -37,8 +38,9 @@ class DistillConfig:
         "intermediate", "intermediate (stage 1: embeddings, hidden states, attention scores) or prediction "
                         "(stage 2: logits)")
     training: TrainingConfig | None = group("training")  # None: the stage's defaults (for_stage)
-    max_length: int | None = option(None, "tokens per example (default 64 for single texts, 128 for pairs and tagging, "
-                                          "384 for QA windows)",
+    max_length: int | None = option(None, "tokens per example (default: in stage 2 the length stage 1 "
+                                          "recorded; else 64 for single texts, 128 for pairs and tagging, 384 for "
+                                          "QA windows)",
                                     flags=("--max_seq_length", "--max_seq_len"))
     losses: IntermediateLosses = group("stage-1 losses", IntermediateLosses)
     temperature: float = option(1.0, "softmax temperature of the logit loss (stage 2)")
@@ -168,6 +170,12 @@ def _task_of(teacher_dir, train_path, options: DataOptions) -> str:
     return kind
 
 
+def _stage_one_record(student: str) -> dict:
+    """The record of a stage-1 output given as the student ({} for anything else)."""
+    record = read_record(student) if Path(student).is_dir() else {}
+    return record if record.get("stage") == "intermediate" else {}
+
+
 def default_length(kind: str, options: DataOptions, path) -> int:
     """The paper's lengths: 64 tokens for a text, 128 for a pair or a sentence to tag, 384 for a
     question with its context (windows of it)."""
@@ -196,7 +204,10 @@ def distill(teacher_dir: str | os.PathLike, student: str, train_path: str | os.P
     data_options = data_options or DataOptions()
     training = config.training or DistillConfig.for_stage(config.stage).training
     kind = _task_of(teacher_dir, train_path, data_options)
-    max_length = config.max_length or default_length(kind, data_options, train_path)
+    # stage 2 reads the data as stage 1 did, unless told otherwise: the length and stride stage 1 recorded
+    recorded = _stage_one_record(student) if config.stage == "prediction" else {}
+    max_length, data_options = reading_settings(recorded, config.max_length, data_options,
+                                                default_length(kind, data_options, train_path))
     config = replace(config, training=training, max_length=max_length)
 
     accelerator = make_accelerator(training)
@@ -232,7 +243,9 @@ def distill(teacher_dir: str | os.PathLike, student: str, train_path: str | os.P
                                                accelerator=accelerator)
 
     def save(unwrapped, _metrics):
-        save_model_dir(unwrapped.student, tokenizer, output_dir)
+        save_model_dir(unwrapped.student, tokenizer, output_dir, model_record(
+            config.stage, label_space, max_length, data_options.doc_stride, teacher=teacher_dir,
+            started_from=teacher_dir if config.init_from_teacher else student))
         if config.stage == "intermediate":
             unwrapped.save_projections(output_dir)
         write_json(output_dir / "distill_config.json", {"teacher": str(teacher_dir), "layer_map": layer_map,

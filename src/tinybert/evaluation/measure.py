@@ -19,7 +19,8 @@ from ..data.tasks import task_data
 from ..data.batching import MODEL_INPUTS, PadToLongest, model_inputs
 from ..errors import InputError
 from .metrics import metrics_for
-from ..models.loading import count_parameters, label_space_of, load_classifier, load_tokenizer
+from ..models.loading import check_model_dir, count_parameters, label_space_of, load_classifier, load_tokenizer
+from ..models.record import read_record, reading_settings
 from ..settings import group, option
 
 LATENCY_EXAMPLES = 32
@@ -118,24 +119,26 @@ def model_size_mb(model_dir: str | os.PathLike) -> float:
     return sum(path.stat().st_size for path in weights) / 1e6
 
 
-def evaluate(model_dir: str | os.PathLike, data_path: str | os.PathLike, *, max_length: int = 128,
+def evaluate(model_dir: str | os.PathLike, data_path: str | os.PathLike, *, max_length: int | None = None,
              batch_size: int = 64, latency: bool = True, data_options: DataOptions | None = None,
              show_progress: bool = True) -> dict:
     """Everything `tinybert evaluate` reports for a fine-tuned model (classifier, tagger or QA) on
     a labelled file of its task, read through its token cache (``data_options.cache_dir``, else
-    ~/.cache/tinybert/tokens)."""
+    ~/.cache/tinybert/tokens). ``max_length`` and the doc stride default to what the model
+    recorded (else 128 tokens)."""
     label_space = label_space_of(model_dir)
     if label_space is None:
         raise InputError("this is a bare encoder with no task head", path=model_dir,
                          fix="evaluate a model written by `tinybert finetune` or `tinybert distill`")
     tokenizer = load_tokenizer(model_dir)
     model = load_classifier(model_dir)
-    options = data_options or DataOptions()
+    max_length, options = reading_settings(read_record(check_model_dir(model_dir)), max_length,
+                                           data_options or DataOptions())
     dataset = task_data(label_space.task, data_path, tokenizer, max_length, options,
                         show_progress=show_progress).labelled(label_space)
-    results = {"model": str(model_dir), "data": str(data_path), "examples": len(dataset)}
+    results = {"model": str(model_dir), "data": str(data_path), "examples": len(dataset), "max_length": max_length}
     if label_space.task == "qa":  # examples are windows of the questions' contexts
-        results["questions"] = dataset.meta["questions"]
+        results.update(doc_stride=options.doc_stride, questions=dataset.meta["questions"])
     results.update(evaluate_dataset(model, dataset, tokenizer, label_space, batch_size, show_progress=show_progress))
     results["params"] = count_parameters(model)
     results["size_mb"] = model_size_mb(model_dir)
@@ -161,7 +164,8 @@ class EvaluateArguments:
     model: str | None = option(None, "fine-tuned model directory", required=True)
     data: str | None = option(None, "labelled data file", required=True)
     json: str | None = option(None, "also write the figures to this JSON file")
-    max_length: int = option(128, "tokens per example (longer ones are truncated)")
+    max_length: int | None = option(None, "tokens per example, longer ones truncated (default: the model's "
+                                          "recorded length, else 128)")
     batch_size: int = option(64, "examples per forward pass")
     no_latency: bool = option(False, "skip the latency measurement")
     data_options: DataOptions = group("reading data", DataOptions)

@@ -19,7 +19,7 @@ _PUNCTUATION = frozenset(string.punctuation)
 def metric_names(label_space: LabelSpace) -> tuple[str, ...]:
     """The metrics that can pick the best epoch (higher is better for each), the default first."""
     if label_space.kind == "token":
-        return ("f1", "precision", "recall")
+        return ("f1", "precision", "recall", "f1_strict")
     if label_space.kind == "qa":
         return ("f1", "exact_match")
     if label_space.is_regression:
@@ -96,8 +96,10 @@ def compute_metrics(logits: np.ndarray, labels: np.ndarray, label_space: LabelSp
 
 
 class TagMetrics:
-    """Entity-level precision, recall and F1 (seqeval, strict IOB2) over the words of each
-    sentence: a word's tag is predicted on its first piece."""
+    """Entity-level precision, recall and F1 over the words of each sentence (a word's tag is
+    predicted on its first piece), counted as conlleval and Hugging Face's run_ner count them:
+    seqeval's default mode, where an I-X that follows no X entity starts one. ``f1_strict`` beside
+    them is seqeval's strict IOB2 mode, where such an I-X is no entity."""
 
     def __init__(self, label_space: LabelSpace):
         self.names = label_space.names
@@ -122,9 +124,10 @@ class TagMetrics:
     def result(self) -> dict:
         from seqeval.metrics import f1_score, precision_score, recall_score
         from seqeval.scheme import IOB2
-        scores = {"f1": f1_score, "precision": precision_score, "recall": recall_score}
-        return {name: float(score(self.gold, self.predicted, mode="strict", scheme=IOB2, zero_division=0))
-                for name, score in scores.items()}
+        scores = {name: float(score(self.gold, self.predicted, zero_division=0))
+                  for name, score in (("f1", f1_score), ("precision", precision_score), ("recall", recall_score))}
+        scores["f1_strict"] = float(f1_score(self.gold, self.predicted, mode="strict", scheme=IOB2, zero_division=0))
+        return scores
 
 
 class AnswerMetrics:
@@ -150,7 +153,7 @@ class AnswerMetrics:
         allow_empty = any(example["impossible"] for example in self.examples)
         answers = self.finder.answers(self.examples, allow_empty)
         return squad_scores([text for text, _, _ in answers],
-                            [example["answers"] or [""] for example in self.examples])
+                            [example["answers"] or [""] for example in self.examples], unanswerable=allow_empty)
 
 
 def metrics_for(label_space: LabelSpace, dataset=None):
@@ -168,10 +171,10 @@ def normalize_answer(text: str) -> str:
     return " ".join(re.sub(r"\b(a|an|the)\b", " ", text).split())
 
 
-def _f1(prediction: str, truth: str) -> float:
+def _f1(prediction: str, truth: str, unanswerable: bool) -> float:
     predicted, gold = normalize_answer(prediction).split(), normalize_answer(truth).split()
-    if not predicted or not gold:
-        return float(predicted == gold)
+    if unanswerable and (not predicted or not gold):
+        return float(predicted == gold)  # SQuAD 2.0's script: no answer is right where there is none
     common = sum((Counter(predicted) & Counter(gold)).values())
     if not common:
         return 0.0
@@ -179,9 +182,11 @@ def _f1(prediction: str, truth: str) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
-def squad_scores(predictions: list[str], references: list[list[str]]) -> dict:
-    """Exact match and F1 (fractions), each the best over a question's reference answers."""
+def squad_scores(predictions: list[str], references: list[list[str]], unanswerable: bool = False) -> dict:
+    """Exact match and F1 (fractions), each the best over a question's reference answers, as the
+    official SQuAD v1.1 script counts them (an answer that normalises to nothing has F1 0), or
+    v2.0's when the file has ``unanswerable`` questions (an empty answer to one scores 1)."""
     exact = [max(float(normalize_answer(p) == normalize_answer(r)) for r in refs)
              for p, refs in zip(predictions, references)]
-    f1 = [max(_f1(p, r) for r in refs) for p, refs in zip(predictions, references)]
+    f1 = [max(_f1(p, r, unanswerable) for r in refs) for p, refs in zip(predictions, references)]
     return {"f1": float(np.mean(f1)), "exact_match": float(np.mean(exact))}

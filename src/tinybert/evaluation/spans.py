@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from seqeval.metrics.sequence_labeling import get_entities
 from tokenizers import pre_tokenizers
 
 from ..data import LabelSpace
@@ -50,25 +51,21 @@ def _texts(path, options: DataOptions):
 
 
 def entities(words: list[tuple[int, int]], tags: list[str], scores: list[float], text: str) -> list[dict]:
-    """IOB2 tags of words (their character spans in ``text``) as entities: B-X starts one, I-X of
-    the same type continues it (an I-X after anything else starts one too)."""
-    found: list[dict] = []
-    for (start, end), tag, score in zip(words, tags, scores):
-        kind = tag[2:]
-        if tag.startswith("I-") and found and found[-1]["type"] == kind and found[-1]["open"]:
-            found[-1].update(end=end, scores=found[-1]["scores"] + [score])
-        elif tag != "O":
-            found.append({"type": kind, "start": start, "end": end, "scores": [score], "open": True})
-        if tag == "O" and found:
-            found[-1]["open"] = False
-    return [{"type": e["type"], "start": e["start"], "end": e["end"], "text": text[e["start"]:e["end"]],
-             "score": round(float(np.mean(e["scores"])), 6)} for e in found]
+    """IOB2 tags of words (their character spans in ``text``) as entities, decoded by seqeval as
+    the metric counts them (its default, conlleval's mode): B-X starts one, I-X continues an X
+    entity, and an I-X after anything else starts one too."""
+    found = []
+    for kind, first, last in get_entities(tags):
+        start, end = words[first][0], words[last][1]
+        found.append({"type": kind, "start": start, "end": end, "text": text[start:end],
+                      "score": round(float(np.mean(scores[first:last + 1])), 6)})
+    return found
 
 
 def tag_texts(model, tokenizer, label_space: LabelSpace, texts: list[tuple[str, list]], max_length: int,
               batch_size: int) -> list[list[dict]]:
     """The entities of each (text, words with their characters): a word's tag is its first piece's
-    (words past ``max_length`` tokens get none)."""
+    (words past ``max_length`` tokens get none), wherever the tokenizer pads."""
     encoded = tokenizer([[word for word, _ in words] for _, words in texts], is_split_into_words=True,
                         truncation=True, max_length=max_length, return_attention_mask=False)
     features = [{"input_ids": ids, **({"token_type_ids": encoded["token_type_ids"][i]} if "token_type_ids" in encoded
@@ -85,7 +82,9 @@ def tag_texts(model, tokenizer, label_space: LabelSpace, texts: list[tuple[str, 
                 if word is not None:
                     first_piece.setdefault(word, position)
             text, words = texts[index]
-            firsts = [probabilities[row, position] for position in first_piece.values()]
+            # padding on the left moves the tokens of a text shorter than the batch to the right
+            shift = probabilities.shape[1] - len(features[index]["input_ids"]) if collate.left else 0
+            firsts = [probabilities[row, shift + position] for position in first_piece.values()]
             tags = [label_space.names[int(p.argmax())] for p in firsts]
             spans = [words[word][1] for word in first_piece]
             results.append(entities(spans, tags, [float(p.max()) for p in firsts], text))

@@ -19,7 +19,9 @@ from ..data import DataOptions, EncodedData
 from ..data.tasks import task_data
 from ..errors import InputError
 from ..evaluation.metrics import default_metric
+from ..models.files import RECORD_FILE
 from ..models.loading import check_model_dir, count_parameters, label_space_of, load_classifier, load_tokenizer
+from ..models.record import read_record, reading_settings
 from ..settings import group, option
 
 logger = logging.getLogger(__name__)
@@ -76,7 +78,8 @@ class ExportArguments:
     int8: bool = option(False, "also write model.int8.onnx (dynamic int8 quantisation)")
     data: str | None = option(None, "labelled dev file for the checks (int8: metric within 1 point); without it "
                                     "fp32 parity is checked on built-in sentences")
-    max_length: int = option(128, "tokens per example of the check data")
+    max_length: int | None = option(None, "tokens per example of the check data (default: the model's recorded "
+                                          "length, else 128)")
     no_latency: bool = option(False, "skip the latency measurement")
     data_options: DataOptions = group("reading data", DataOptions)
 
@@ -86,13 +89,15 @@ class ExportArguments:
 
 
 def export_onnx(model_dir: str | os.PathLike, output_dir: str | os.PathLike, *, int8: bool = False,
-                data: str | os.PathLike | None = None, max_length: int = 128, latency: bool = True,
+                data: str | os.PathLike | None = None, max_length: int | None = None, latency: bool = True,
                 data_options: DataOptions | None = None, show_progress: bool = True) -> dict:
     """Write ``model.onnx`` (and ``model.int8.onnx``) with the tokenizer and config beside them,
     check them against the PyTorch model and return the figures (also in ``export.json``).
 
     ``data``: a labelled file (the dev set) for the parity checks; without it fp32 parity is
-    checked on built-in sentences and the int8 metric check is skipped.
+    checked on built-in sentences and the int8 metric check is skipped. ``max_length`` and the doc
+    stride default to what the model recorded (else 128 tokens); the record is copied beside the
+    ONNX files, so `predict` uses them too.
     """
     model_dir = check_model_dir(model_dir)
     label_space = label_space_of(model_dir)
@@ -103,8 +108,9 @@ def export_onnx(model_dir: str | os.PathLike, output_dir: str | os.PathLike, *, 
     tokenizer = load_tokenizer(model_dir)
     model = load_classifier(model_dir).eval()
     # the check data first: a bad file stops the export before anything is written
+    record = read_record(model_dir)
+    max_length, options = reading_settings(record, max_length, data_options or DataOptions())
     if data is not None:
-        options = data_options or DataOptions()
         dataset = task_data(label_space.task, data, tokenizer, max_length, options, show_progress=show_progress,
                             limit=False).labelled(label_space)
     else:
@@ -116,6 +122,8 @@ def export_onnx(model_dir: str | os.PathLike, output_dir: str | os.PathLike, *, 
     _write_onnx(model, tokenizer, onnx_path, label_space.task)
     tokenizer.save_pretrained(output_dir)
     model.config.save_pretrained(output_dir)
+    if record:
+        write_json(output_dir / RECORD_FILE, record)
     results = {"model": str(model_dir), "onnx": str(onnx_path), "params": count_parameters(model),
                "pytorch_size_mb": measure.model_size_mb(model_dir),
                "onnx_size_mb": onnx_path.stat().st_size / 1e6}

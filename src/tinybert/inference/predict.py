@@ -20,6 +20,7 @@ from ..data import DataOptions, Example, TaskData, encode, report_bad_lines
 from ..errors import InputError
 from .export import ONNX_FILE, OnnxClassifier
 from ..models.loading import check_model_dir, label_space_of, load_classifier, load_tokenizer
+from ..models.record import read_record, reading_settings
 from ..settings import group, option
 from ..evaluation.spans import predict_answers, predict_entities
 
@@ -35,7 +36,8 @@ class PredictArguments:
     input: str | None = option(None, "file of texts", required=True)
     output: str | None = option(None, "TSV, or JSONL when it ends in .jsonl (default: standard output)")
     batch_size: int = option(64, "examples per forward pass")
-    max_length: int = option(128, "tokens per example (longer ones are truncated)")
+    max_length: int | None = option(None, "tokens per example, longer ones truncated (default: the model's "
+                                          "recorded length, else 128)")
     data_options: DataOptions = group("reading data", DataOptions)
 
     def run(self, show_progress: bool = True) -> int:
@@ -44,8 +46,9 @@ class PredictArguments:
 
 
 def load_predictor(model: str | os.PathLike):
-    """(model, tokenizer, label space) for a save_pretrained directory, an export directory or a
-    ``.onnx`` file (whose tokenizer and config lie beside it, as `tinybert export` writes them)."""
+    """(model, tokenizer, label space, record of how it was made) for a save_pretrained directory,
+    an export directory or a ``.onnx`` file (whose tokenizer, config and record lie beside it, as
+    `tinybert export` writes them)."""
     path = Path(model)
     has_weights = path.is_dir() and (any(path.glob("*.safetensors")) or any(path.glob("*.bin")))
     if path.is_dir() and not has_weights and (path / ONNX_FILE).is_file():
@@ -62,18 +65,19 @@ def load_predictor(model: str | os.PathLike):
     if label_space is None:
         raise InputError("no task labels in config.json", path=folder / "config.json",
                          fix="predict with a model written by `tinybert finetune`, `distill` or `export`")
-    return predictor, load_tokenizer(folder), label_space
+    return predictor, load_tokenizer(folder), label_space, read_record(folder)
 
 
 def predict_file(model: str | os.PathLike, input_path: str | os.PathLike, output_path: str | os.PathLike | None = None,
-                 *, batch_size: int = 64, max_length: int = 128, data_options: DataOptions | None = None,
+                 *, batch_size: int = 64, max_length: int | None = None, data_options: DataOptions | None = None,
                  show_progress: bool = True) -> int:
     """Writes one prediction per input row (TSV, or JSONL when ``output_path`` ends in .jsonl;
     standard output when it is None) and returns the number of rows predicted: a label (and
     probabilities) per text, the entities of each text (a token classifier), or the answer to
-    each question of a SQuAD file (a QA model)."""
-    predictor, tokenizer, label_space = load_predictor(model)
-    options = data_options or DataOptions()
+    each question of a SQuAD file (a QA model). ``max_length`` and the doc stride default to what
+    the model recorded (else 128 tokens)."""
+    predictor, tokenizer, label_space, record = load_predictor(model)
+    max_length, options = reading_settings(record, max_length, data_options or DataOptions())
     as_jsonl = output_path is not None and str(output_path).endswith(".jsonl")
     bar = tqdm(desc="predicting", unit="ex", disable=not show_progress, dynamic_ncols=True)
 

@@ -22,7 +22,7 @@ import torch
 from safetensors.torch import save_file
 from transformers import BertConfig, BertModel, BertForSequenceClassification, BertTokenizer
 
-from ..artifacts import Stamp, cache_root, digest, digest_files, staged_directory
+from ..artifacts import build_directory, cache_root, digest, digest_files, staged_directory
 from .files import PROJECTIONS_FILE
 from ..errors import InputError
 from ..settings import option
@@ -33,6 +33,7 @@ logger = logging.getLogger(__name__)
 _WEIGHT_NAME = re.compile(r"^(?:(?:step|epoch)_)?(\d+)_pytorch_model\.bin$")
 _CONFIG_NAMES = ("config.json", "bert_config.json")
 _STANDARD_WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
+CONVERTED_STAMP = "tinybert_converted_from.json"
 
 
 def legacy_weights(path: Path) -> Path | None:
@@ -100,7 +101,13 @@ def convert(input_dir: str | os.PathLike, output_dir: str | os.PathLike,
             tokenizer_from: str | os.PathLike | None = None) -> Path:
     """Writes a plain save_pretrained directory (safetensors, complete config, tokenizer files;
     a ``fit_dense`` projection beside it) from a reference-code directory."""
-    source, output = Path(input_dir), Path(output_dir)
+    output = Path(output_dir)
+    with staged_directory(output) as staging:
+        _convert_into(Path(input_dir), staging, tokenizer_from)
+    return output
+
+
+def _convert_into(source: Path, staging: Path, tokenizer_from) -> None:
     if not source.is_dir():
         raise InputError("directory not found", path=source, fix="check the path")
     config_file = next((source / name for name in _CONFIG_NAMES if (source / name).is_file()), None)
@@ -135,13 +142,11 @@ def convert(input_dir: str | os.PathLike, output_dir: str | os.PathLike,
     else:
         logger.info("%s has no weights (a configuration only): the model is newly initialised", source)
 
-    with staged_directory(output) as staging:
-        model.save_pretrained(staging)
-        _save_tokenizer(source, staging, tokenizer_from)
-        if "fit_dense.weight" in state:
-            save_file({"hidden.weight": state["fit_dense.weight"].contiguous(),
-                       "hidden.bias": state["fit_dense.bias"].contiguous()}, str(staging / PROJECTIONS_FILE))
-    return output
+    model.save_pretrained(staging)
+    _save_tokenizer(source, staging, tokenizer_from)
+    if "fit_dense.weight" in state:
+        save_file({"hidden.weight": state["fit_dense.weight"].contiguous(),
+                   "hidden.bias": state["fit_dense.bias"].contiguous()}, str(staging / PROJECTIONS_FILE))
 
 
 def _save_tokenizer(source: Path, output: Path, tokenizer_from) -> None:
@@ -161,11 +166,12 @@ def resolve_model_dir(path: str | os.PathLike) -> Path:
     if not path.is_dir() or not is_legacy_dir(path):
         return path
     target = cache_root() / "converted" / digest(str(path.resolve()))[:16]
-    stamp = Stamp(target / "tinybert_converted_from.json")
     source = {"files": digest_files((item for item in path.iterdir() if item.is_file()), root=path)}
-    if not stamp.matches(source):
+
+    def build(staging: Path) -> dict:
         logger.warning("%s is in the TinyBERT reference code's layout: converting it once into %s "
                        "(`tinybert convert` writes such a copy where you choose)", path, target)
-        convert(path, target)
-        stamp.write(source, source_dir=str(path))
+        _convert_into(path, staging, None)
+        return {"source_dir": str(path)}
+    build_directory(target, CONVERTED_STAMP, source, build)
     return target

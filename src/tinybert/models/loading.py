@@ -10,10 +10,10 @@ import torch
 from transformers import (AutoConfig, AutoModelForQuestionAnswering, AutoModelForSequenceClassification,
                           AutoModelForTokenClassification)
 
-from ..artifacts import digest_files
+from ..artifacts import digest_files, write_json
 from ..data import LabelSpace
 from ..errors import InputError
-from .files import RUN_RECORDS
+from .files import RECORD_FILE, RUN_RECORDS
 from .legacy import resolve_model_dir
 from .tokenizer import load_tokenizer_files
 
@@ -70,15 +70,17 @@ def load_classifier(model_dir: str | os.PathLike, label_space: LabelSpace | None
     return TASK_MODELS[space.task if space else "sequence"].from_pretrained(path, dtype=torch.float32, **extra)
 
 
-def save_model_dir(model, tokenizer, output_dir: str | os.PathLike) -> None:
+def save_model_dir(model, tokenizer, output_dir: str | os.PathLike, record: dict | None = None) -> None:
     """save_pretrained into a staging directory, then move the files into place: a kill never
     leaves a half-written model (the output directory also holds checkpoints and logs, so it is
-    filled, not replaced)."""
+    filled, not replaced). ``record``: how the model was made (``record.model_record``)."""
     output_dir = Path(output_dir)
     staging = output_dir / ".saving"
     shutil.rmtree(staging, ignore_errors=True)
     model.save_pretrained(staging)
     tokenizer.save_pretrained(staging)
+    if record is not None:
+        write_json(staging / RECORD_FILE, record)
     for item in staging.iterdir():
         os.replace(item, output_dir / item.name)
     staging.rmdir()

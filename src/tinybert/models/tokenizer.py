@@ -31,7 +31,8 @@ def load_tokenizer_files(path: Path, shown: str | os.PathLike | None = None):
 
 
 def tokenizer_digest(tokenizer) -> str:
-    """A fingerprint of everything that decides token ids: vocabulary, normaliser, special tokens."""
+    """A fingerprint of everything that decides token ids: vocabulary, normaliser, special tokens,
+    and which end of a long text truncation cuts."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is not None:
         described = json.loads(backend.to_str())
@@ -40,4 +41,4 @@ def tokenizer_digest(tokenizer) -> str:
         described.pop("padding", None)
     else:
         described = sorted(tokenizer.get_vocab().items())
-    return digest([described, tokenizer.all_special_tokens, type(tokenizer).__name__])
+    return digest([described, tokenizer.all_special_tokens, type(tokenizer).__name__, tokenizer.truncation_side])

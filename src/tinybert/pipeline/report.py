@@ -27,7 +27,7 @@ LOSS_STAGES = {"teacher": "teacher fine-tuning", "intermediate": "distillation s
 
 # the headline metric of each task type: classification, regression, tagging and QA (F1)
 REPORTED_METRICS = ("accuracy", "pearson", "f1")
-SECONDARY_METRICS = ("exact_match",)  # shown beside QA's F1
+SECONDARY_METRICS = ("exact_match", "f1_strict")  # shown beside QA's F1, and NER's
 SMOOTHING = 0.8  # weight of the past in the loss curves' moving average, as TensorBoard's slider
 
 LOSS_PARTS = {"loss": "total", "att": "attention", "hid": "hidden states", "emb": "embeddings", "pred": "logits"}

@@ -194,7 +194,7 @@ def run_pipeline(config: Config) -> dict:
 
     # task distillation, stage 1 then stage 2. Stage 2 shares stage 1's settings that it does not
     # set, except the per-stage ones and the student's shape: it starts from stage 1's output.
-    not_shared = {"epochs", "lr", "metric"} | STUDENT_SHAPE
+    not_shared = {"epochs", "max_steps", "lr", "metric"} | STUDENT_SHAPE
     shared = {key: value for key, value in config.explicit("intermediate").items()
               if key not in not_shared and ("prediction", key) not in config.origins}
     prediction_section = with_values(config.sections["prediction"], shared)

@@ -1,0 +1,57 @@
+"""What a model directory remembers of how it was made: ``tinybert.json`` beside the weights.
+
+It holds the settings a later command needs to use the model as it was trained: the window
+length and (QA) doc stride, the task and its labels, the stage that made it and the teacher it
+came from. evaluate, predict, export and distillation's stage 2 default to them, so a QA model
+distilled on 384-token windows is evaluated on 384-token windows; a setting given explicitly
+still wins. A model from elsewhere has no record: the commands' own defaults apply.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import replace
+from pathlib import Path
+
+from ..data import DataOptions, LabelSpace
+from ..data.squad import fitting_stride
+from ..errors import InputError
+from .files import RECORD_FILE
+
+DEFAULT_LENGTH = 128  # tokens per example where neither the user nor the model says
+
+
+def model_record(stage: str, label_space: LabelSpace | None, max_length: int, doc_stride: int | None,
+                 teacher: str | os.PathLike | None = None, started_from: str | os.PathLike | None = None) -> dict:
+    """The record of a model made by ``stage`` (finetune, general, intermediate or prediction)."""
+    task = label_space.task if label_space is not None else None
+    return {"stage": stage, "task": task, "labels": (label_space.names or None) if label_space is not None else None,
+            "max_length": max_length, "doc_stride": doc_stride if task == "qa" else None,
+            "teacher": None if teacher is None else str(teacher),
+            "started_from": None if started_from is None else str(started_from)}
+
+
+def read_record(model_dir: str | os.PathLike) -> dict:
+    """A model directory's record ({} when it has none)."""
+    path = Path(model_dir) / RECORD_FILE
+    if not path.is_file():
+        return {}
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise InputError(f"not a valid record of how the model was made ({error})", path=path,
+                         fix="repair it, or delete it to use the commands' defaults") from None
+    if not isinstance(record, dict):
+        raise InputError("not a JSON object", path=path, fix="repair it, or delete it to use the commands' defaults")
+    return record
+
+
+def reading_settings(record: dict, max_length: int | None, options: DataOptions,
+                     default_length: int = DEFAULT_LENGTH) -> tuple[int, DataOptions]:
+    """The window length and reading options to use a model with: what was given, else what the
+    model's ``record`` says, else the defaults (a recorded doc stride that does not fit the
+    windows is replaced, with a warning; a given one that does not fit is refused)."""
+    length = max_length or record.get("max_length") or default_length
+    stride = fitting_stride(options.doc_stride, length, record.get("doc_stride"))
+    return length, replace(options, doc_stride=stride)
