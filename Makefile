@@ -33,7 +33,10 @@ constraints:
 	$(PYTHON) -m venv $(CONSTRAINTS_VENV)
 	$(CONSTRAINTS_VENV)/bin/python -m pip install --quiet --upgrade pip
 	$(CONSTRAINTS_VENV)/bin/python -m pip install --quiet '$(TORCH)'
-	$(CONSTRAINTS_VENV)/bin/python -m pip install --quiet '.[test]'
+	echo '$(TORCH)' > $(CONSTRAINTS_VENV)/torch.txt
+	$(CONSTRAINTS_VENV)/bin/python -m pip install --quiet -c $(CONSTRAINTS_VENV)/torch.txt '.[test]'
+	! $(CONSTRAINTS_VENV)/bin/python -m pip freeze | grep -iE '^(nvidia-|triton)' || \
+	  { echo "a CUDA build of torch came in: pin a CPU build with TORCH=..."; exit 1; }
 	{ echo "# Exact versions \`make install\` installs (pip install -c constraints.txt): the set the tests passed"; \
 	  echo "# with. Refresh deliberately with \`make constraints\`, then run \`make test\` and commit this file."; \
 	  $(CONSTRAINTS_VENV)/bin/python -m pip freeze | grep -iv '^tinybert[ =@]' | sed 's/+[A-Za-z0-9.]*$$//'; \

@@ -101,15 +101,21 @@ def test_training_batches_from_the_cache_are_padded_per_batch(tmp_path, real_tok
 
 def test_padding_gives_what_transformers_collator_gives(real_tokenizer):
     from transformers import DataCollatorWithPadding
+    from tinybert.compiling import StaticShapes
     from tinybert.data.batching import PadToLongest
     rng = np.random.default_rng(0)
     for trial in range(20):
         features = [{"input_ids": rng.integers(0, 30000, n).tolist(), "token_type_ids": rng.integers(0, 2, n).tolist(),
                      "labels": float(rng.random()) if trial % 2 else int(rng.integers(0, 3))}
                     for n in rng.integers(1, 20, int(rng.integers(1, 9)))]
-        for multiple in (None, 16):
-            expected = DataCollatorWithPadding(real_tokenizer, pad_to_multiple_of=multiple)(features)
-            padded = PadToLongest(real_tokenizer, multiple)(features)
+        longest = max(len(f["input_ids"]) for f in features)
+        for shapes in (None, StaticShapes((8, 16, 24), rows=8)):  # compiled steps: the next bucket up
+            width = shapes.width(longest) if shapes else None
+            expected = DataCollatorWithPadding(real_tokenizer, padding="max_length" if shapes else True,
+                                               max_length=width)(features)
+            assert expected["input_ids"].shape[1] == (next(b for b in (8, 16, 24) if b >= longest) if shapes
+                                                      else longest)
+            padded = PadToLongest(real_tokenizer, shapes)(features)
             assert padded.keys() == expected.keys()
             for key in expected:
                 assert padded[key].dtype == expected[key].dtype and torch.equal(padded[key], expected[key]), key
@@ -200,3 +206,20 @@ def test_left_and_right_truncation_get_caches_of_their_own(tmp_path, real_tokeni
     assert kept == {"right": "one two three four five six seven eight nine ten eleven twelve thirteen fourteen",
                     "left": "five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
                             "seventeen eighteen"}
+
+
+def test_a_staged_directory_is_readable_as_any_other_and_spares_the_users_folders(tmp_path):
+    """Staging folders were made by mkdtemp, private to the user (0700), and became the cache or
+    converted model itself; stale-folder clean-up took any sibling named TARGET.old-*."""
+    from tinybert.artifacts import staged_directory
+    target = tmp_path / "clean"
+    (tmp_path / "clean.old-2024").mkdir()  # the user's own
+    previous = os.umask(0o022)
+    try:
+        with staged_directory(target) as staging:
+            (staging / "weights.bin").write_bytes(b"x")
+    finally:
+        os.umask(previous)
+    assert (target / "weights.bin").read_bytes() == b"x"
+    assert target.stat().st_mode & 0o777 == 0o755
+    assert (tmp_path / "clean.old-2024").is_dir()

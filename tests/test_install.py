@@ -2,7 +2,8 @@
 and CI runs the suite on a fresh clone, so a release the suite never saw cannot slip in."""
 
 import re
-from importlib.metadata import PackageNotFoundError, version
+import sysconfig
+from importlib.metadata import distributions
 
 from conftest import REPO
 
@@ -17,14 +18,19 @@ def _pins() -> dict[str, str]:
     return pins
 
 
-def test_the_installed_packages_are_the_pinned_versions():
-    pins = _pins()
+def _name(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()  # as pip compares distribution names
+
+
+def test_the_installed_packages_are_exactly_the_pinned_versions():
+    pins = {_name(name): pinned for name, pinned in _pins().items()}
     assert {"torch", "transformers", "accelerate", "tokenizers", "safetensors", "onnxruntime"} <= pins.keys()
-    installed = {}
-    for name in pins:
-        try:
-            installed[name] = version(name).split("+")[0]  # a local build label (+cpu) is the same release
-        except PackageNotFoundError:
-            installed[name] = None
-    assert {name: (pins[name], found) for name, found in installed.items() if found != pins[name]} == {}, \
+    # the environment's own packages (not the demo's assets, which some tests put on the path); a local
+    # build label (+cpu) is the same release
+    site = {sysconfig.get_paths()[kind] for kind in ("purelib", "platlib")}
+    installed = {_name(d.metadata["Name"]): d.version.split("+")[0] for d in distributions(path=sorted(site))}
+    unpinned = set(installed) - set(pins) - {"pip", "setuptools", "tinybert"}
+    assert unpinned == set(), "installed without a pin: run `make constraints` to pin them on purpose"
+    assert {name: (pinned, installed.get(name)) for name, pinned in pins.items() if installed.get(name) != pinned} == {}, \
         "run `make install` (or `make constraints` to move the pins on purpose)"
+    assert not [name for name in installed if name.startswith("nvidia-") or name == "triton"], "a CUDA build of torch"

@@ -471,6 +471,9 @@ def test_a_qa_model_distilled_at_384_is_evaluated_at_384_by_a_bare_evaluate(tmp_
 
     export_onnx(stage2, tmp_path / "onnx", show_progress=False)  # predict from the export reads the record too
     assert json.loads((tmp_path / "onnx" / "tinybert.json").read_text()) == record
+    # a model with no record exported to the same place leaves no record of another model there
+    export_onnx(teacher, tmp_path / "onnx", latency=False, show_progress=False)
+    assert not (tmp_path / "onnx" / "tinybert.json").exists()
 
 
 def test_an_explicit_doc_stride_that_does_not_fit_is_refused_not_clamped(tmp_path, real_tokenizer, squad_file):
@@ -478,6 +481,16 @@ def test_an_explicit_doc_stride_that_does_not_fit_is_refused_not_clamped(tmp_pat
         task_data("qa", squad_file, real_tokenizer, 128, DataOptions(doc_stride=64, cache_dir=str(tmp_path)))
     assert task_data("qa", squad_file, real_tokenizer, 128, DataOptions(cache_dir=str(tmp_path))).meta[
         "inputs"]["doc_stride"] == 32  # the default: 128, or a quarter of a window too small for it
+
+
+def test_a_doc_stride_means_nothing_outside_qa_and_is_not_refused(tmp_path, tiny_model_dir, real_tokenizer):
+    """`evaluate --max-length 64 --doc-stride 32` on a classifier was refused for a stride that
+    does not fit the windows, although a classifier has no windows."""
+    from tinybert.models.record import reading_settings
+    length, options = reading_settings({}, 64, DataOptions(doc_stride=32), "sequence")
+    assert length == 64 and options.doc_stride == 32
+    with pytest.raises(InputError, match="--doc-stride 32 does not fit windows of 64 tokens"):
+        reading_settings({}, 64, DataOptions(doc_stride=32), "qa")
 
 
 def test_ner_predict_puts_tags_on_their_words_with_a_tokenizer_that_pads_on_the_left(tmp_path, real_tokenizer):

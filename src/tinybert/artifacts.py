@@ -19,13 +19,14 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 from filelock import FileLock, Timeout
+
+LOCK_NOTICE_SECONDS = 60
 
 logger = logging.getLogger(__name__)
 
@@ -105,7 +106,15 @@ def locked(target: str | os.PathLike) -> Iterator[None]:
         lock.acquire(timeout=0)
     except Timeout:
         logger.info("%s: waiting for another process that is building it", target)
-        lock.acquire()
+        waited = 0
+        while True:  # a large corpus may take long to build: say so now and then, never give up
+            try:
+                lock.acquire(timeout=LOCK_NOTICE_SECONDS)
+                break
+            except Timeout:
+                waited += LOCK_NOTICE_SECONDS
+                logger.warning("%s: still waiting after %d s for another process that is building it (if none "
+                               "is running, delete %s)", target, waited, lock.lock_file)
     try:
         yield
     finally:
@@ -120,17 +129,20 @@ def staged_directory(target: str | os.PathLike) -> Iterator[Path]:
     target = Path(target)
     with locked(target):
         # the lock is held by whoever builds: what another builder left here was killed mid-way
+        # (hidden names of tinybert's own, so no folder of the user's is taken for one)
         for kind in ("partial", "old"):
-            for stale in target.parent.glob(f"{glob.escape(target.name)}.{kind}-*"):
+            for stale in target.parent.glob(f".{glob.escape(target.name)}.{kind}-*"):
                 shutil.rmtree(stale, ignore_errors=True)
-        staging = Path(tempfile.mkdtemp(prefix=target.name + ".partial-", dir=target.parent))
+        shutil.rmtree(target.with_name(target.name + ".partial"), ignore_errors=True)  # older tinybert's name
+        staging = target.with_name(f".{target.name}.partial-{uuid.uuid4().hex[:8]}")
+        staging.mkdir()  # as any directory made here (mkdtemp would make it private to this user)
         try:
             yield staging
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
         # two renames: a reader sees the old directory, none for an instant, or the new one
-        old = target.with_name(f"{target.name}.old-{uuid.uuid4().hex[:8]}")
+        old = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")
         if target.exists():
             os.replace(target, old)
         os.replace(staging, target)

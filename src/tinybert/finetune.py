@@ -20,8 +20,8 @@ from .data.squad import fitting_stride
 from .models.loading import describe, load_classifier, load_tokenizer, save_model_dir
 from .models.record import model_record
 from .settings import group, option
-from .training import (STATE_FILE, TaskFiles, TrainingConfig, batch_padding, compiled, is_complete, main_process_first,
-                       make_accelerator, run_training)
+from .training import (STATE_FILE, TaskFiles, TrainingConfig, is_complete, main_process_first,
+                       make_accelerator, run_training, shapes_of_run)
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +66,8 @@ def finetune(model_dir: str | os.PathLike, train_path: str | os.PathLike, output
     tokenizer = load_tokenizer(model_dir)
     accelerator = make_accelerator(config.training)
     kind = detect_task(train_path, data_options)
-    data_options = replace(data_options, doc_stride=fitting_stride(data_options.doc_stride, config.max_length))
+    if kind == "qa":
+        data_options = replace(data_options, doc_stride=fitting_stride(data_options.doc_stride, config.max_length))
     # one process tokenises, the others then read its cache
     train, dev = main_process_first(accelerator, lambda: train_and_dev(
         kind, train_path, eval_path, tokenizer, config.max_length, data_options, output_dir / CACHE_DIR,
@@ -76,9 +77,8 @@ def finetune(model_dir: str | os.PathLike, train_path: str | os.PathLike, output
     set_seed(config.training.seed)  # the new classifier head's initialisation depends on it
     model = main_process_first(accelerator, lambda: load_classifier(model_dir, label_space))
     train = train.labelled(label_space)
-    compiled(config.training, model)
-    loader = train_loader(train, tokenizer, config.training.batch_size, config.training.seed,
-                          pad_to_multiple_of=batch_padding(config.training))
+    shapes = shapes_of_run(config.training, accelerator, len(train), config.max_length)
+    loader = train_loader(train, tokenizer, config.training.batch_size, config.training.seed, shapes=shapes)
 
     evaluate = None
     if dev is not None:
@@ -86,8 +86,8 @@ def finetune(model_dir: str | os.PathLike, train_path: str | os.PathLike, output
 
         def evaluate(unwrapped):
             return measure.evaluate_dataset(unwrapped, dev, tokenizer, label_space, config.eval_batch_size,
-                                               device=accelerator.device, show_progress=show_progress,
-                                               accelerator=accelerator)
+                                            device=accelerator.device, show_progress=show_progress,
+                                            accelerator=accelerator, shapes=shapes)
 
     record = model_record("finetune", label_space, config.max_length, data_options.doc_stride, started_from=model_dir)
 
@@ -99,4 +99,4 @@ def finetune(model_dir: str | os.PathLike, train_path: str | os.PathLike, output
     return run_training(output_dir=output_dir, config=config.training, module=model, train_loader=loader,
                         compute_losses=lambda module, batch: {"loss": module(**model_inputs(batch, labels=True)).loss},
                         evaluate=evaluate, metric=metric, on_improved=save, accelerator=accelerator,
-                        description="fine-tuning", inputs=data_fingerprints(train, dev))
+                        description="fine-tuning", inputs=data_fingerprints(train, dev), compiled=shapes is not None)

@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from transformers import get_constant_schedule_with_warmup, get_linear_schedule_with_warmup
 
 from .artifacts import atomic_write, write_json
+from .compiling import CompiledStep, CompileSetting, StaticShapes, compile_option, static_shapes
 from .data import DataOptions
 from .errors import InputError
 from .settings import group, option
@@ -65,8 +66,7 @@ class TrainingConfig:
     mixed_precision: Literal["no", "bf16", "fp16"] = option("no", "bf16/fp16 autocast where the hardware gains "
                                                                   "from it")
     checkpoint_every: int = option(200, "optimizer steps between checkpoints")
-    compile: bool = option(False, "torch.compile the models (batches padded to multiples of 16 tokens, so "
-                                  "shapes repeat); pays on GPUs, after a minute of compiling")
+    compile: CompileSetting = compile_option("each training step (and evaluation)")
     log_every: int = option(10, "optimizer steps between lines of train_log.jsonl")
 
 
@@ -99,16 +99,13 @@ def frozen_teacher(teacher: torch.nn.Module, config: TrainingConfig, accelerator
     return teacher.to(accelerator.device, dtype=half) if half else teacher.to(accelerator.device)
 
 
-def compiled(config: TrainingConfig, *models: torch.nn.Module) -> None:
-    """``--compile``: each model's forward through torch.compile (in place: saving is unchanged)."""
-    if config.compile:
-        for model in models:
-            model.compile()
-
-
-def batch_padding(config: TrainingConfig) -> int | None:
-    """Under --compile batches are padded to multiples of 16 tokens, so a few shapes repeat."""
-    return 16 if config.compile else None
+def shapes_of_run(config: TrainingConfig, accelerator: Accelerator, examples: int,
+                  max_length: int) -> StaticShapes | None:
+    """The static shapes of a run's batches when its steps are compiled (``--compile``), else None."""
+    rows_per_step = config.batch_size * accelerator.num_processes * config.gradient_accumulation_steps
+    return static_shapes(config.compile, accelerator.device, rows=config.batch_size, max_length=max_length,
+                         examples=examples, epochs=config.epochs, max_steps=config.max_steps,
+                         rows_per_step=rows_per_step)
 
 
 def main_process_first(accelerator: Accelerator, build: Callable[[], T]) -> T:
@@ -153,7 +150,7 @@ def run_training(*, output_dir: str | os.PathLike, config: TrainingConfig, modul
                  evaluate: Callable[[torch.nn.Module], dict] | None = None, metric: str | None = None,
                  on_improved: Callable[[torch.nn.Module, dict], None],
                  accelerator: Accelerator | None = None, description: str = "training",
-                 inputs: dict | None = None) -> dict:
+                 inputs: dict | None = None, compiled: bool = False) -> dict:
     """Train ``module`` and return a summary (best metrics, history).
 
     ``compute_losses(module, batch)`` returns a dict with the total ``"loss"`` and any parts to
@@ -161,6 +158,8 @@ def run_training(*, output_dir: str | os.PathLike, config: TrainingConfig, modul
     called with the unwrapped module when ``metric`` improves (or at the end without evaluation).
     Re-running with the same ``output_dir`` resumes from the last checkpoint, if it was made with
     the same settings and ``inputs`` (the data's fingerprint, ...): otherwise it is an error.
+    ``compiled``: ``compute_losses`` gets the module through torch.compile (the batches have
+    static shapes, see ``shapes_of_run``).
     """
     output_dir = Path(output_dir)
     accelerator = accelerator or make_accelerator(config)
@@ -187,9 +186,11 @@ def run_training(*, output_dir: str | os.PathLike, config: TrainingConfig, modul
     else:
         raise ValueError(f"unknown schedule {config.schedule!r}: use 'linear' or 'constant'")
     module, optimizer, loader, scheduler = accelerator.prepare(module, optimizer, train_loader, scheduler)
+    step = CompiledStep(module, accelerator.device, description) if compiled else None
 
     run_inputs = json.loads(json.dumps({"training": {k: v for k, v in asdict(config).items() if k not in RESUME_NEUTRAL},
-                                        "processes": accelerator.num_processes, **(inputs or {})}, default=str))
+                                        "processes": accelerator.num_processes, "compiled": compiled, **(inputs or {})},
+                                       default=str))
     state = {"global_step": 0, "epoch": 0, "batch_in_epoch": 0, "best": None, "history": [], "inputs": run_inputs}
     previous = output_dir / (CHECKPOINT_DIR + ".old")
     if previous.is_dir() and not checkpoint.is_dir():  # killed between the two renames of a checkpoint swap
@@ -243,7 +244,7 @@ def run_training(*, output_dir: str | os.PathLike, config: TrainingConfig, modul
             epoch_loader = accelerator.skip_first_batches(loader, state["batch_in_epoch"])
         for batch in epoch_loader:
             with accelerator.accumulate(module):
-                losses = compute_losses(module, batch)
+                losses = step(compute_losses, batch) if step else compute_losses(module, batch)
                 accelerator.backward(losses["loss"])
                 if accelerator.sync_gradients and config.max_grad_norm:
                     accelerator.clip_grad_norm_(module.parameters(), config.max_grad_norm)
@@ -273,6 +274,8 @@ def run_training(*, output_dir: str | os.PathLike, config: TrainingConfig, modul
         if state["epoch"] < total_epochs and state["global_step"] < total_steps:
             save_checkpoint()  # after the last epoch the run completes at once: no checkpoint to resume from
     progress.close()
+    if step:
+        step.summary()
 
     if evaluate is None:
         if accelerator.is_main_process:

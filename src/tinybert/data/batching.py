@@ -16,6 +16,8 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
+from ..compiling import StaticShapes
+from ..errors import InputError
 from .formats import TaskData
 from .labels import LabelSpace
 from .sampling import EpochSampler, SortedBatches
@@ -128,20 +130,21 @@ def model_inputs(batch: dict, labels: bool = False) -> dict:
 
 
 class PadToLongest:
-    """Pads a batch to its longest example (rounded up to ``pad_to_multiple_of``) and adds the
-    attention mask: the tensors transformers' ``DataCollatorWithPadding`` gives, built with numpy.
-    ``tokenizer.pad`` handles each example in Python, which left an H100 waiting for its batches."""
+    """Pads a batch to its longest example (to a length bucket of ``shapes`` when steps are
+    compiled) and adds the attention mask: the tensors transformers' ``DataCollatorWithPadding``
+    gives, built with numpy. ``tokenizer.pad`` handles each example in Python, which left an H100
+    waiting for its batches."""
 
-    def __init__(self, tokenizer, pad_to_multiple_of: int | None = None):
+    def __init__(self, tokenizer, shapes: StaticShapes | None = None):
         self.pad_id, self.type_pad_id = tokenizer.pad_token_id, tokenizer.pad_token_type_id
         self.left = tokenizer.padding_side == "left"
-        self.multiple = pad_to_multiple_of
+        self.shapes = shapes
 
     def __call__(self, features: list[dict]) -> dict:
         lengths = np.fromiter((len(f["input_ids"]) for f in features), dtype=np.int64, count=len(features))
         width = int(lengths.max())
-        if self.multiple:
-            width = -(-width // self.multiple) * self.multiple
+        if self.shapes:
+            width = self.shapes.width(width)
         columns = np.arange(width)[None, :]
         real = columns >= (width - lengths)[:, None] if self.left else columns < lengths[:, None]
         batch = {}
@@ -166,17 +169,21 @@ def _workers() -> int:
 
 
 def train_loader(dataset, tokenizer, batch_size: int, seed: int = 0, group_by_length: bool = True,
-                 pad_to_multiple_of: int | None = None) -> DataLoader:
+                 shapes: StaticShapes | None = None) -> DataLoader:
     """Batches in a new seeded order every epoch (``loader.sampler.set_epoch``), of similar lengths
-    unless ``group_by_length`` is False, padded to their longest example (rounded up to
-    ``pad_to_multiple_of``). ``dataset`` is an ``EncodedData`` or a ``TokenCache`` (anything
-    indexable with ``lengths``), or the corpus of general distillation. On a GPU, batches are
-    made in pinned memory, so their copies to the device do not wait."""
+    unless ``group_by_length`` is False, padded to their longest example. With ``shapes`` (steps
+    compiled) they are padded to a length bucket and the short last batch is left out.
+    ``dataset`` is an ``EncodedData`` or a ``TokenCache`` (anything indexable with ``lengths``),
+    or the corpus of general distillation. On a GPU, batches are made in pinned memory, so their
+    copies to the device do not wait."""
+    if shapes and len(dataset) < batch_size:
+        raise InputError(f"compiled steps take whole batches of {batch_size}, and the data has {len(dataset)} "
+                         f"examples", fix="use a smaller --batch-size, or --compile never")
     sampler = EpochSampler(len(dataset), batch_size, seed, lengths=dataset.lengths if group_by_length else None)
     workers = _workers()
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, generator=_own_generator(seed),
-                      collate_fn=PadToLongest(tokenizer, pad_to_multiple_of), pin_memory=torch.cuda.is_available(),
-                      num_workers=workers, persistent_workers=workers > 0)
+                      collate_fn=PadToLongest(tokenizer, shapes), pin_memory=torch.cuda.is_available(),
+                      num_workers=workers, persistent_workers=workers > 0, drop_last=shapes is not None)
 
 
 def _own_generator(seed: int = 0) -> torch.Generator:
@@ -186,11 +193,13 @@ def _own_generator(seed: int = 0) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def eval_loader(dataset, tokenizer, batch_size: int, shard: tuple[int, int] = (0, 1)) -> tuple[DataLoader, Iterator[int]]:
+def eval_loader(dataset, tokenizer, batch_size: int, shard: tuple[int, int] = (0, 1),
+                shapes: StaticShapes | None = None) -> tuple[DataLoader, Iterator[int]]:
     """Batches of examples sorted by length, made as they are read (any number of examples), and
     the order they come in (an iterator), to put predictions back in file order. ``shard``: (this
-    process, processes) takes every processes-th batch."""
+    process, processes) takes every processes-th batch. ``shapes``: padded to length buckets."""
     batches = SortedBatches(dataset.lengths, batch_size, shard)
-    loader = DataLoader(dataset, batch_sampler=batches, collate_fn=PadToLongest(tokenizer), generator=_own_generator(),
+    loader = DataLoader(dataset, batch_sampler=batches, collate_fn=PadToLongest(tokenizer, shapes),
+                        generator=_own_generator(),
                         num_workers=_workers(), pin_memory=torch.cuda.is_available())
     return loader, itertools.chain.from_iterable(batches)

@@ -19,8 +19,8 @@ from ..models.loading import check_model_dir, load_tokenizer, save_model_dir
 from ..models.record import model_record
 from ..settings import group, option
 from ..models.students import build_student, choose_layer_map
-from ..training import (STATE_FILE, TrainingConfig, batch_padding, compiled, frozen_teacher, is_complete,
-                        main_process_first, make_accelerator, run_training)
+from ..training import (STATE_FILE, TrainingConfig, frozen_teacher, is_complete, main_process_first,
+                        make_accelerator, run_training, shapes_of_run)
 
 logger = logging.getLogger(__name__)
 
@@ -79,11 +79,11 @@ def general_distill(teacher_dir: str | os.PathLike, corpus: list[str | os.PathLi
     layers_s, layers_t = student_model.config.num_hidden_layers, teacher.config.num_hidden_layers
     layer_map = choose_layer_map(config.layer_map, layers_s, layers_t)
     teacher = frozen_teacher(teacher, training, accelerator)
-    compiled(training, student_model, teacher)
     distiller = IntermediateDistiller(student_model, teacher, layer_map, config.losses, config.shared_projection)
     # a new seeded order every epoch, as the reference code samples: batches from many documents
+    shapes = shapes_of_run(training, accelerator, len(dataset), config.max_length)
     loader = train_loader(dataset, tokenizer, training.batch_size, training.seed, group_by_length=False,
-                          pad_to_multiple_of=batch_padding(training))
+                          shapes=shapes)
 
     def save(unwrapped, _metrics):
         save_model_dir(unwrapped.student, tokenizer, output_dir,
@@ -95,4 +95,4 @@ def general_distill(teacher_dir: str | os.PathLike, corpus: list[str | os.PathLi
     return run_training(output_dir=output_dir, config=training, module=distiller, train_loader=loader,
                         compute_losses=lambda module, batch: module(batch), on_improved=save,
                         accelerator=accelerator, description="general distillation",
-                        inputs={"corpus": dataset.fingerprint})
+                        inputs={"corpus": dataset.fingerprint}, compiled=shapes is not None)

@@ -24,8 +24,8 @@ from ..models.loading import (check_model_dir, count_parameters, describe, label
 from ..models.record import model_record, read_record, reading_settings
 from ..settings import group, option
 from ..models.students import build_student, choose_layer_map, non_embedding_parameters
-from ..training import (STATE_FILE, TaskFiles, TrainingConfig, batch_padding, compiled, frozen_teacher, is_complete,
-                        main_process_first, make_accelerator, run_training)
+from ..training import (STATE_FILE, TaskFiles, TrainingConfig, frozen_teacher, is_complete,
+                        main_process_first, make_accelerator, run_training, shapes_of_run)
 
 logger = logging.getLogger(__name__)
 
@@ -206,7 +206,7 @@ def distill(teacher_dir: str | os.PathLike, student: str, train_path: str | os.P
     kind = _task_of(teacher_dir, train_path, data_options)
     # stage 2 reads the data as stage 1 did, unless told otherwise: the length and stride stage 1 recorded
     recorded = _stage_one_record(student) if config.stage == "prediction" else {}
-    max_length, data_options = reading_settings(recorded, config.max_length, data_options,
+    max_length, data_options = reading_settings(recorded, config.max_length, data_options, kind,
                                                 default_length(kind, data_options, train_path))
     config = replace(config, training=training, max_length=max_length)
 
@@ -219,7 +219,6 @@ def distill(teacher_dir: str | os.PathLike, student: str, train_path: str | os.P
     set_seed(training.seed)
     label_space, teacher, student_model, layer_map = _prepare(teacher_dir, student, train, config)
     teacher = frozen_teacher(teacher, training, accelerator)
-    compiled(training, student_model, teacher)
     if config.stage == "intermediate":
         distiller = IntermediateDistiller(student_model, teacher, layer_map, config.losses, config.shared_projection)
         if Path(student).is_dir():
@@ -230,8 +229,8 @@ def distill(teacher_dir: str | os.PathLike, student: str, train_path: str | os.P
     logger.info("distilling (%s) %s → %s student, layer map %s", config.stage, teacher_dir,
                 f"{student_model.config.num_hidden_layers}-layer", layer_map)
 
-    loader = train_loader(train.labelled(label_space), tokenizer, training.batch_size, training.seed,
-                          pad_to_multiple_of=batch_padding(training))
+    shapes = shapes_of_run(training, accelerator, len(train), max_length)
+    loader = train_loader(train.labelled(label_space), tokenizer, training.batch_size, training.seed, shapes=shapes)
     metric = selection_metric(config.metric, label_space)
     evaluate = None
     if dev is not None:
@@ -239,8 +238,8 @@ def distill(teacher_dir: str | os.PathLike, student: str, train_path: str | os.P
 
         def evaluate(unwrapped):
             return measure.evaluate_dataset(unwrapped.student, dev, tokenizer, label_space, config.eval_batch_size,
-                                               device=accelerator.device, show_progress=show_progress,
-                                               accelerator=accelerator)
+                                            device=accelerator.device, show_progress=show_progress,
+                                            accelerator=accelerator, shapes=shapes)
 
     def save(unwrapped, _metrics):
         save_model_dir(unwrapped.student, tokenizer, output_dir, model_record(
@@ -254,4 +253,4 @@ def distill(teacher_dir: str | os.PathLike, student: str, train_path: str | os.P
     return run_training(output_dir=output_dir, config=training, module=distiller, train_loader=loader,
                         compute_losses=lambda module, batch: module(batch), evaluate=evaluate, metric=metric,
                         on_improved=save, accelerator=accelerator, description=f"distilling ({config.stage})",
-                        inputs={**data_fingerprints(train, dev), "stage": config.stage})
+                        inputs={**data_fingerprints(train, dev), "stage": config.stage}, compiled=shapes is not None)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +14,7 @@ from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 
 from ..artifacts import write_json
+from ..compiling import CompileSetting, StaticShapes, compile_module, compile_option, static_shapes
 from ..data import DataOptions, LabelSpace, eval_loader
 from ..data.tasks import task_data
 from ..data.batching import MODEL_INPUTS, PadToLongest, model_inputs
@@ -28,17 +29,22 @@ OUTPUTS = ("logits", "start_logits", "end_logits")
 LATENCY_RUNS = 5
 
 
-def _outputs_of_batches(model, loader, device, show_progress: bool):
+def _outputs_of_batches(model, loader, device, show_progress: bool, shapes: StaticShapes | None = None):
     """(batch, outputs as float32 numpy arrays) for each batch of ``loader``, the model in eval
-    mode under inference mode. Outputs: ``logits``, or ``start_logits`` and ``end_logits`` (QA)."""
+    mode under inference mode. Outputs: ``logits``, or ``start_logits`` and ``end_logits`` (QA).
+    With ``shapes`` the model runs compiled, each batch filled up to ``shapes.rows`` rows."""
     was_training = model.training
     model.eval()
+    run = compile_module(model, torch.device(device)) if shapes else model
     try:
         with torch.inference_mode():
             for batch in tqdm(loader, desc="evaluating", unit="batch", disable=not show_progress, leave=False):
                 inputs = {key: value.to(device) for key, value in model_inputs(batch).items()}
-                output = model(**inputs)
-                yield batch, {name: getattr(output, name).float().cpu().numpy() for name in OUTPUTS
+                real = len(inputs["input_ids"])
+                if shapes:
+                    inputs, real = shapes.fill_rows(inputs)
+                output = run(**inputs)
+                yield batch, {name: getattr(output, name)[:real].float().cpu().numpy() for name in OUTPUTS
                               if getattr(output, name, None) is not None}
     finally:
         model.train(was_training)
@@ -60,13 +66,16 @@ def predict_logits(model, dataset, tokenizer, batch_size: int = 64, device: torc
 
 
 def evaluate_dataset(model, dataset, tokenizer, label_space: LabelSpace, batch_size: int = 64,
-                     device: torch.device | str = "cpu", show_progress: bool = True, accelerator=None) -> dict:
+                     device: torch.device | str = "cpu", show_progress: bool = True, accelerator=None,
+                     shapes: StaticShapes | None = None) -> dict:
     """The task metrics of ``model`` on a labelled dataset, gathered batch by batch (any size).
     With an ``accelerator`` of several processes each evaluates its share of the batches, and the
-    shares are added up."""
+    shares are added up. ``shapes``: the model runs compiled, on batches of those lengths."""
     processes = accelerator.num_processes if accelerator is not None else 1
     shard = (accelerator.process_index, processes) if processes > 1 else (0, 1)
-    metrics = metrics_of_shard(model, dataset, tokenizer, label_space, batch_size, device, show_progress, shard)
+    shapes = replace(shapes, rows=batch_size) if shapes else None
+    metrics = metrics_of_shard(model, dataset, tokenizer, label_space, batch_size, device, show_progress, shard,
+                               shapes)
     if processes > 1:  # every rank receives every share, its own as a copy: merge the others'
         for rank, other in enumerate(gather_object([metrics])):
             if rank != accelerator.process_index:
@@ -75,10 +84,11 @@ def evaluate_dataset(model, dataset, tokenizer, label_space: LabelSpace, batch_s
 
 
 def metrics_of_shard(model, dataset, tokenizer, label_space: LabelSpace, batch_size: int = 64,
-                     device: torch.device | str = "cpu", show_progress: bool = True, shard: tuple[int, int] = (0, 1)):
+                     device: torch.device | str = "cpu", show_progress: bool = True, shard: tuple[int, int] = (0, 1),
+                     shapes: StaticShapes | None = None):
     metrics = metrics_for(label_space, dataset)
-    loader, _ = eval_loader(dataset, tokenizer, batch_size, shard)
-    for batch, outputs in _outputs_of_batches(model, loader, device, show_progress):
+    loader, _ = eval_loader(dataset, tokenizer, batch_size, shard, shapes)
+    for batch, outputs in _outputs_of_batches(model, loader, device, show_progress, shapes):
         metrics.add_batch(outputs, batch)
     return metrics
 
@@ -121,7 +131,7 @@ def model_size_mb(model_dir: str | os.PathLike) -> float:
 
 def evaluate(model_dir: str | os.PathLike, data_path: str | os.PathLike, *, max_length: int | None = None,
              batch_size: int = 64, latency: bool = True, data_options: DataOptions | None = None,
-             show_progress: bool = True) -> dict:
+             compile: CompileSetting = "auto", show_progress: bool = True) -> dict:
     """Everything `tinybert evaluate` reports for a fine-tuned model (classifier, tagger or QA) on
     a labelled file of its task, read through its token cache (``data_options.cache_dir``, else
     ~/.cache/tinybert/tokens). ``max_length`` and the doc stride default to what the model
@@ -133,13 +143,15 @@ def evaluate(model_dir: str | os.PathLike, data_path: str | os.PathLike, *, max_
     tokenizer = load_tokenizer(model_dir)
     model = load_classifier(model_dir)
     max_length, options = reading_settings(read_record(check_model_dir(model_dir)), max_length,
-                                           data_options or DataOptions())
+                                           data_options or DataOptions(), label_space.task)
     dataset = task_data(label_space.task, data_path, tokenizer, max_length, options,
                         show_progress=show_progress).labelled(label_space)
     results = {"model": str(model_dir), "data": str(data_path), "examples": len(dataset), "max_length": max_length}
     if label_space.task == "qa":  # examples are windows of the questions' contexts
         results.update(doc_stride=options.doc_stride, questions=dataset.meta["questions"])
-    results.update(evaluate_dataset(model, dataset, tokenizer, label_space, batch_size, show_progress=show_progress))
+    shapes = static_shapes(compile, torch.device("cpu"), rows=batch_size, max_length=max_length, examples=len(dataset))
+    results.update(evaluate_dataset(model, dataset, tokenizer, label_space, batch_size, show_progress=show_progress,
+                                    shapes=shapes))
     results["params"] = count_parameters(model)
     results["size_mb"] = model_size_mb(model_dir)
     if latency:
@@ -168,11 +180,13 @@ class EvaluateArguments:
                                           "recorded length, else 128)")
     batch_size: int = option(64, "examples per forward pass")
     no_latency: bool = option(False, "skip the latency measurement")
+    compile: CompileSetting = compile_option("the model's forward pass")
     data_options: DataOptions = group("reading data", DataOptions)
 
     def run(self, show_progress: bool = True) -> dict:
         results = evaluate(self.model, self.data, max_length=self.max_length, batch_size=self.batch_size,
-                           latency=not self.no_latency, data_options=self.data_options, show_progress=show_progress)
+                           latency=not self.no_latency, data_options=self.data_options, compile=self.compile,
+                           show_progress=show_progress)
         if self.json:
             write_json(self.json, results)
         return results

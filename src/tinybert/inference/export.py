@@ -109,7 +109,7 @@ def export_onnx(model_dir: str | os.PathLike, output_dir: str | os.PathLike, *, 
     model = load_classifier(model_dir).eval()
     # the check data first: a bad file stops the export before anything is written
     record = read_record(model_dir)
-    max_length, options = reading_settings(record, max_length, data_options or DataOptions())
+    max_length, options = reading_settings(record, max_length, data_options or DataOptions(), label_space.task)
     if data is not None:
         dataset = task_data(label_space.task, data, tokenizer, max_length, options, show_progress=show_progress,
                             limit=False).labelled(label_space)
@@ -124,6 +124,8 @@ def export_onnx(model_dir: str | os.PathLike, output_dir: str | os.PathLike, *, 
     model.config.save_pretrained(output_dir)
     if record:
         write_json(output_dir / RECORD_FILE, record)
+    else:  # an earlier export's record here would describe another model
+        (output_dir / RECORD_FILE).unlink(missing_ok=True)
     results = {"model": str(model_dir), "onnx": str(onnx_path), "params": count_parameters(model),
                "pytorch_size_mb": measure.model_size_mb(model_dir),
                "onnx_size_mb": onnx_path.stat().st_size / 1e6}

@@ -77,7 +77,7 @@ def predict_file(model: str | os.PathLike, input_path: str | os.PathLike, output
     each question of a SQuAD file (a QA model). ``max_length`` and the doc stride default to what
     the model recorded (else 128 tokens)."""
     predictor, tokenizer, label_space, record = load_predictor(model)
-    max_length, options = reading_settings(record, max_length, data_options or DataOptions())
+    max_length, options = reading_settings(record, max_length, data_options or DataOptions(), label_space.task)
     as_jsonl = output_path is not None and str(output_path).endswith(".jsonl")
     bar = tqdm(desc="predicting", unit="ex", disable=not show_progress, dynamic_ncols=True)
 

@@ -28,8 +28,16 @@ def model_record(stage: str, label_space: LabelSpace | None, max_length: int, do
     task = label_space.task if label_space is not None else None
     return {"stage": stage, "task": task, "labels": (label_space.names or None) if label_space is not None else None,
             "max_length": max_length, "doc_stride": doc_stride if task == "qa" else None,
-            "teacher": None if teacher is None else str(teacher),
-            "started_from": None if started_from is None else str(started_from)}
+            # absolute: the record is read from other working directories
+            "teacher": None if teacher is None else str(Path(teacher).resolve()),
+            "started_from": _where(started_from)}
+
+
+def _where(started_from: str | os.PathLike | None) -> str | None:
+    """A directory's absolute path; a preset or size file's name as given."""
+    if started_from is None:
+        return None
+    return str(Path(started_from).resolve()) if Path(started_from).is_dir() else str(started_from)
 
 
 def read_record(model_dir: str | os.PathLike) -> dict:
@@ -47,11 +55,13 @@ def read_record(model_dir: str | os.PathLike) -> dict:
     return record
 
 
-def reading_settings(record: dict, max_length: int | None, options: DataOptions,
+def reading_settings(record: dict, max_length: int | None, options: DataOptions, task: str,
                      default_length: int = DEFAULT_LENGTH) -> tuple[int, DataOptions]:
-    """The window length and reading options to use a model with: what was given, else what the
-    model's ``record`` says, else the defaults (a recorded doc stride that does not fit the
-    windows is replaced, with a warning; a given one that does not fit is refused)."""
+    """The window length and reading options to use a model of ``task`` with: what was given,
+    else what the model's ``record`` says, else the defaults. For QA a recorded doc stride that
+    does not fit the windows is replaced, with a warning, and a given one is refused; other tasks
+    have no windows, and their stride is left alone."""
     length = max_length or record.get("max_length") or default_length
-    stride = fitting_stride(options.doc_stride, length, record.get("doc_stride"))
-    return length, replace(options, doc_stride=stride)
+    if task != "qa":
+        return length, options
+    return length, replace(options, doc_stride=fitting_stride(options.doc_stride, length, record.get("doc_stride")))

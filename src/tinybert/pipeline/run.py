@@ -21,6 +21,7 @@ from ..errors import InputError
 from ..evaluation.measure import evaluate
 from ..inference.export import export_onnx
 from ..models.loading import digest_model_dir, load_tokenizer, save_model_dir
+from ..models.record import read_record
 from ..settings import with_values
 from .config import SECTIONS, STUDENT_SHAPE, Config
 
@@ -274,11 +275,15 @@ def _baseline(arguments, stage1: DistillConfig, teacher_dir: str, student_start:
 
 def _evaluate_all(models: dict, test_file: str, settings, options, directory: Path) -> None:
     results = {}
+    # every model on the same windows, or retention would compare texts cut differently: the longest
+    # any of them was trained on (the teacher's, usually), so none sees less than it learnt from
+    recorded = [read_record(model_dir).get("max_length") for model_dir in models.values()]
+    max_length = settings.max_length or max((length for length in recorded if length), default=None)
     for name, model_dir in models.items():
         logger.info("evaluating %s on %s", name, test_file)
-        results[name] = evaluate(model_dir, test_file, max_length=settings.max_length,
+        results[name] = evaluate(model_dir, test_file, max_length=max_length,
                                  batch_size=settings.batch_size, latency=not settings.no_latency,
-                                 data_options=options)
+                                 data_options=options, compile=settings.compile)
         summary = Path(model_dir) / "training_state.json"
         if summary.is_file():
             results[name]["dev"] = json.loads(summary.read_text()).get("best")
