@@ -167,9 +167,10 @@ def run_training(*, output_dir: str | os.PathLike, config: TrainingConfig, modul
     output_dir.mkdir(parents=True, exist_ok=True)
     checkpoint = output_dir / CHECKPOINT_DIR
 
-    # on a GPU the fused AdamW: one kernel for every parameter's update
+    # the fused AdamW: one kernel for every parameter's update (on a CPU too: a third of the time of a
+    # small model's update, which runs one operation per parameter otherwise)
     optimizer = torch.optim.AdamW(optimizer_groups(module, config.weight_decay), lr=config.learning_rate,
-                                  fused=accelerator.device.type == "cuda")
+                                  fused=accelerator.device.type in ("cuda", "cpu"))
     # each process sees its shard of the batches
     batches_per_epoch = math.ceil(len(train_loader) / accelerator.num_processes)
     steps_per_epoch = math.ceil(batches_per_epoch / config.gradient_accumulation_steps)
