@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Every GPU figure of issue 15 on a GPU machine that has PyTorch, transformers and accelerate
+# Every GPU figure (issues 15 and 22) on a GPU machine that has PyTorch, transformers and accelerate
 # installed and no network: one JSON line per figure on standard output (and in $OUT/gpu.jsonl
-# when OUT is set). Under 8 minutes on one H100.
+# when OUT is set), and the profile of one general-distillation step in $OUT/profile_general.txt.
+# Its timeouts add up to about 12 minutes.
 #
 #   bench/gpu.sh data DIR        # on a machine with ../shared and the demo teacher: fill DIR
 #   bench/gpu.sh run DIR         # on the GPU machine (DIR carried along): build models, measure
@@ -46,12 +47,12 @@ group() {  # group NAME SECONDS: one group of figures, under a timeout
 }
 "$python" -c 'import sys, torch, transformers, accelerate; print("#", sys.version.split()[0], "torch", torch.__version__, "transformers", transformers.__version__, "accelerate", accelerate.__version__)'
 group prepare 120 --data "$dir" ${TINY:+--tiny}
-group general 90
-group intermediate 100
-group prediction 100
+# most important first; each group in its own process (inductor's cache on disk serves the later ones)
+group intermediate 180   # stage 1 at batch 32: reference style, compiled fp32 and bf16, eager; batch 256
+group prediction 120     # the same for stage 2
+group general 150        # length 128, batch 256: compiled and eager, bf16 and fp32
+group profile 60 --output "${OUT:-$work}/profile_general.txt" ${TINY:+--batch-size 8}
+# host ms per step at negligible arithmetic (CUDA graphs against eager), stage 1 only for time
+timeout 60 "$python" bench/step_overhead.py --stages intermediate --steps 30 2>"$work/overhead.err" | tail -1 \
+    | tee -a "$log" || echo '{"bench/step_overhead.py": "failed"}'
 group augment 60
-# the old bench, which hung on CUDA: it must end, with its JSON line
-timeout 45 "$python" bench/distill_throughput.py --teacher "$work/teacher" --data "$dir/sst2_train.tsv" --steps 10 \
-    2>"$work/throughput.err" | tail -1 | tee -a "$log" || echo '{"bench/distill_throughput.py": "failed"}'
-# torch.compile (--compile) measured once: stage 1 at batch 32 in bf16 ran at 825 examples/s, slower
-# than without it, and general distillation spent over 98 s compiling its first step: not run here.

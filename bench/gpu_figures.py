@@ -1,4 +1,4 @@
-"""The GPU figures of issue 15, one group per call, one JSON line per figure (``bench/gpu.sh`` runs
+"""The GPU figures (issues 15 and 22), one group per call, one JSON line per figure (``bench/gpu.sh`` runs
 them all). Models are random-init of real shapes (speed does not depend on weights): a
 BERT-base-shape teacher (12 × 768) with a 2-class head, the `tinybert-4l-312` student, a
 MiniLM-shape masked LM; the tokenizer is the demo teacher's (BERT's uncased vocabulary).
@@ -9,7 +9,7 @@ are in ``reference_style.py``. MFU counts the FLOPs of the shapes (teacher forwa
 forward and backward, projections, attention products) against a dense bf16 peak.
 
     python bench/gpu_figures.py prepare --work W --data D   # models and data into W
-    python bench/gpu_figures.py general|intermediate|prediction|augment|compile --work W
+    python bench/gpu_figures.py intermediate|prediction|general|profile|augment --work W
 
 It runs on a CPU too (use --tiny to make the models small, for a check of the script).
 """
@@ -31,7 +31,9 @@ BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 REPO = BENCH.parent
 SHARED = REPO.parent / "shared"
-PEAK_BF16 = 989e12  # H100 SXM dense bf16 tensor-core peak (FLOP/s), the MFU denominator
+PEAK_BF16 = 989e12  # H100 SXM dense bf16 tensor-core peak (FLOP/s), the MFU denominator (H200: the same)
+# compiled runs warm up over the first megabatch of length-sorted batches, which holds every length bucket
+COMPILED_WARMUP = 60
 TEACHER = {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "intermediate_size": 3072}
 MLM = {"hidden_size": 384, "num_hidden_layers": 6, "num_attention_heads": 12, "intermediate_size": 1536}
 TINY = {"hidden_size": 48, "num_hidden_layers": 2, "num_attention_heads": 12, "intermediate_size": 96}
@@ -132,6 +134,10 @@ def _timed_run(module, function, timer: StepTimer, *args, **kwargs):
 
 def ours_stage(work: Path, stage: str, batch_size: int, precision: str, steps: int, warmup: int,
                compile_models: bool = False) -> dict:
+    """Task distillation through ``distill``; compiled, the warm-up also takes the first batches of
+    both length buckets (64 and 32 tokens), so that no compiling falls in the timed steps."""
+    if compile_models:
+        warmup = max(warmup, COMPILED_WARMUP)
     import tinybert.distillation.task as distill_module
     from transformers import AutoConfig
     from tinybert.data import DataOptions
@@ -140,7 +146,8 @@ def ours_stage(work: Path, stage: str, batch_size: int, precision: str, steps: i
     rows = sum(1 for _ in open(work / "sst2_train.tsv")) - 1
     training = TrainingConfig(epochs=(warmup + steps + 2) * batch_size / rows, batch_size=batch_size,
                               learning_rate=5e-5, schedule="constant", warmup_ratio=0.0, mixed_precision=precision,
-                              checkpoint_every=10**9, log_every=10**9, compile=compile_models)
+                              checkpoint_every=10**9, log_every=10**9,
+                              compile="always" if compile_models else "never")
     # stage 2 starts from a stage-1 output when the intermediate group made one
     stage1 = work / "stage1_student"
     student = str(stage1) if stage == "prediction" and stage1.is_dir() else str(work / "student.json")
@@ -196,12 +203,14 @@ def reference_stage(work: Path, stage: str, batch_size: int, steps: int, warmup:
 
 def ours_general(work: Path, batch_size: int, precision: str, steps: int, warmup: int,
                  compile_models: bool = False) -> dict:
+    if compile_models:
+        warmup = max(warmup, COMPILED_WARMUP)
     import tinybert.distillation.general as general_module
     from transformers import AutoConfig
     from tinybert.distillation.general import GeneralConfig
     from tinybert.training import TrainingConfig
     training = TrainingConfig(epochs=100, batch_size=batch_size, learning_rate=1e-4, mixed_precision=precision,
-                              checkpoint_every=10**9, log_every=10**9, compile=compile_models,
+                              checkpoint_every=10**9, log_every=10**9, compile="always" if compile_models else "never",
                               max_steps=warmup + steps + 1)
     teacher_config = AutoConfig.from_pretrained(work / "teacher")
     student_config = AutoConfig.for_model("bert", **json.loads((work / "student.json").read_text()))
@@ -211,6 +220,49 @@ def ours_general(work: Path, batch_size: int, precision: str, steps: int, warmup
     return _timed_run(general_module, general_module.general_distill, timer, work / "teacher", [work / "corpus.txt"],
                       output, student=str(work / "student.json"), show_progress=False,
                       config=GeneralConfig(training=training, max_length=128))
+
+
+def profile_general(work: Path, batch_size: int, output: Path, steps: int = 2) -> dict:
+    """One general-distillation step (the BERT-base-shape teacher → 4L-312, length 128, bf16, as
+    the training loop runs it: the teacher cast to bf16, autocast, the fused AdamW) under
+    torch.profiler; the kernels by total device time go to ``output`` (a text table)."""
+    from torch.profiler import ProfilerActivity, profile
+    from transformers import AutoModel
+    from tinybert.distillation.distillers import IntermediateDistiller, IntermediateLosses
+    from tinybert.models.students import build_student, uniform_layer_map
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    teacher = AutoModel.from_pretrained(work / "teacher").to(device, dtype=torch.bfloat16)
+    torch.manual_seed(0)
+    student = build_student(str(work / "student.json"), teacher, None).to(device)
+    distiller = IntermediateDistiller(student, teacher, uniform_layer_map(student.config.num_hidden_layers,
+                                                                          teacher.config.num_hidden_layers),
+                                      IntermediateLosses()).to(device).train()
+    optimizer = torch.optim.AdamW(distiller.parameters(), lr=1e-4, fused=True)
+    ids = torch.randint(1000, 20000, (batch_size, 128), device=device)
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "token_type_ids": torch.zeros_like(ids)}
+
+    def step():
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            loss = distiller(batch)["loss"]
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+
+    for _ in range(3):
+        step()
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as profiler:
+        for _ in range(steps):
+            step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+    sort = "cuda_time_total" if device.type == "cuda" else "cpu_time_total"
+    averages = profiler.key_averages()
+    output.write_text(averages.table(sort_by=sort, row_limit=40))
+    attribute = "device_time_total" if device.type == "cuda" else "cpu_time_total"
+    top = sorted(averages, key=lambda event: getattr(event, attribute, 0), reverse=True)[:10]
+    return {"steps": steps, "table": str(output),
+            "top_ms_per_step": {event.key[:80]: getattr(event, attribute, 0) / 1000 / steps for event in top}}
 
 
 def augment_figures(work: Path, sentences: int) -> dict:
@@ -240,13 +292,15 @@ def augment_figures(work: Path, sentences: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("group", choices=("prepare", "general", "intermediate", "prediction", "augment", "compile"))
+    parser.add_argument("group", choices=("prepare", "general", "intermediate", "prediction", "augment", "profile"))
     parser.add_argument("--work", required=True)
     parser.add_argument("--data", default=None, help="folder with sst2_train.tsv, corpus.txt, vectors.bin, tokenizer/")
     parser.add_argument("--tiny", action="store_true", help="small models, for checking the script on a CPU")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=8)
     parser.add_argument("--sentences", type=int, default=100)
+    parser.add_argument("--output", default=None, help="profile: where the kernel table goes")
+    parser.add_argument("--batch-size", type=int, default=256, help="profile: examples per step")
     args = parser.parse_args()
     os.environ["HF_HUB_OFFLINE"] = "1"
     from transformers.utils import logging as transformers_logging
@@ -258,25 +312,25 @@ def main() -> None:
         return
     common = {"steps": args.steps, "warmup": args.warmup}
     if args.group == "general":
-        for precision in ("bf16", "no"):
-            emit({"figure": "general distillation, length 128, batch 256", "precision": precision, "device": device,
-                  **ours_general(work, 256, precision, **common)})
+        for precision, compiled in (("bf16", True), ("bf16", False), ("no", True), ("no", False)):
+            emit({"figure": "general distillation, length 128, batch 256", "precision": precision,
+                  "compiled": compiled, "device": device, **ours_general(work, 256, precision, compile_models=compiled,
+                                                                          **common)})
     elif args.group in ("intermediate", "prediction"):
         name = {"intermediate": "stage 1", "prediction": "stage 2"}[args.group]
-        for batch_size in (32, 256):
-            for precision in ("no", "bf16"):
-                emit({"figure": f"{name}, ours", "batch_size": batch_size, "precision": precision, "device": device,
-                      **ours_stage(work, args.group, batch_size, precision, **common)})
         emit({"figure": f"{name}, reference style", "batch_size": 32, "precision": "no", "device": device,
               **reference_stage(work, args.group, 32, **common)})
-    elif args.group == "augment":
+        for batch_size, precision, compiled in ((32, "no", True), (32, "bf16", True), (32, "no", False),
+                                                (256, "bf16", True), (256, "no", True)):
+            emit({"figure": f"{name}, ours", "batch_size": batch_size, "precision": precision, "compiled": compiled,
+                  "device": device, **ours_stage(work, args.group, batch_size, precision, compile_models=compiled,
+                                                 **common)})
+    elif args.group == "profile":
+        emit({"figure": "profile of one general-distillation step, length 128, batch 256, bf16", "device": device,
+              **profile_general(work, args.batch_size, Path(args.output or work / "profile.txt"))})
+    else:
         emit({"figure": "augmentation K 15 N 20 p 0.4, SST-2 sentences", "device": device,
               **augment_figures(work, args.sentences)})
-    else:
-        emit({"figure": "stage 1, ours, torch.compile", "batch_size": 32, "precision": "bf16", "device": device,
-              **ours_stage(work, "intermediate", 32, "bf16", compile_models=True, **common)})
-        emit({"figure": "general distillation, torch.compile", "batch_size": 256, "precision": "bf16",
-              "device": device, **ours_general(work, 256, "bf16", compile_models=True, **common)})
 
 
 if __name__ == "__main__":

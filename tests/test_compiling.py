@@ -91,3 +91,25 @@ def test_compiled_steps_give_the_eager_losses_on_the_same_batches(tmp_path, real
                 assert compiled[part] == pytest.approx(eager[part], abs=1e-4), (eager["step"], part)
     if stage == "prediction":
         assert runs["always"]["best"]["accuracy"] == runs["never"]["best"]["accuracy"]
+
+
+@pytest.mark.parametrize("family", ["bert", "deberta-v2", "modernbert"])
+def test_each_distillation_step_is_one_graph_without_breaks(family):
+    """The first step used to install transformers' output hooks inside the traced region (under
+    a lock dynamo cannot trace): the step broke into fragments, recompiled as it went."""
+    from families import family_config
+    from tinybert.data.labels import LabelSpace
+    from tinybert.distillation.distillers import IntermediateDistiller, IntermediateLosses, PredictionDistiller
+    from tinybert.models.loading import TASK_MODELS
+    space = LabelSpace("classification", ["neg", "pos"])
+    torch.manual_seed(0)
+    teacher = TASK_MODELS["sequence"].from_config(family_config(family, space, num_hidden_layers=2))
+    student = TASK_MODELS["sequence"].from_config(family_config(family, space, num_hidden_layers=1, hidden_size=32,
+                                                                intermediate_size=64))
+    batch = {"input_ids": torch.randint(1000, 2000, (2, 8)), "attention_mask": torch.ones(2, 8, dtype=torch.long),
+             "token_type_ids": torch.zeros(2, 8, dtype=torch.long)}
+    for distiller in (IntermediateDistiller(student, teacher, [2], IntermediateLosses()),
+                      PredictionDistiller(student, teacher)):
+        torch._dynamo.reset()
+        explanation = torch._dynamo.explain(distiller.train())(batch)
+        assert (explanation.graph_count, explanation.graph_break_count) == (1, 0), explanation.break_reasons

@@ -28,6 +28,7 @@ import torch
 from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
+from transformers.utils.output_capturing import maybe_install_capturing_hooks
 
 from ..models.families import attention_modules, family_of
 
@@ -94,6 +95,9 @@ def record_attention(model: torch.nn.Module, layers: Iterable[int], records: Rec
     chosen = sorted(set(layers))
     if family.scores == "interface":
         model.set_attn_implementation(IMPLEMENTATION)
+    # transformers installs the hooks that collect hidden states and attentions on the first forward
+    # pass asking for them, under a lock: installed now, a compiled step traces none of it
+    maybe_install_capturing_hooks(model.base_model)
     for index, module in enumerate(attention_modules(model)):
         if index in chosen:
             setattr(module, _RECORDS, records)
