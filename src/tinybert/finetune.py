@@ -19,7 +19,7 @@ from .evaluation.metrics import selection_metric
 from .data.squad import fitting_stride
 from .models.loading import describe, load_classifier, load_tokenizer, save_model_dir
 from .models.record import model_record
-from .settings import group, option
+from .settings import group, option, values_of
 from .training import (STATE_FILE, TaskFiles, TrainingConfig, batch_padding, compiled, is_complete, main_process_first,
                        make_accelerator, run_training)
 
@@ -28,8 +28,9 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class FinetuneConfig:
+    # a teacher trains until dev stops improving, --epochs at most
     training: TrainingConfig = group("training", lambda: TrainingConfig(learning_rate=2e-5, epochs=3,
-                                                                        checkpoint_every=200))
+                                                                        checkpoint_every=200, patience=2))
     max_length: int = option(128, "tokens per example (longer ones are truncated)",
                              flags=("--max_seq_length", "--max_seq_len"))
     metric: str | None = option(None, "dev metric that picks the best epoch (default accuracy; pearson for "
@@ -64,7 +65,7 @@ def finetune(model_dir: str | os.PathLike, train_path: str | os.PathLike, output
         logger.info("%s is already complete; delete it to train again", output_dir)
         return json.loads((output_dir / STATE_FILE).read_text())
     tokenizer = load_tokenizer(model_dir)
-    accelerator = make_accelerator(config.training)
+    accelerator = make_accelerator(config.training, output_dir)
     kind = detect_task(train_path, data_options)
     data_options = replace(data_options, doc_stride=fitting_stride(data_options.doc_stride, config.max_length))
     # one process tokenises, the others then read its cache
@@ -99,4 +100,7 @@ def finetune(model_dir: str | os.PathLike, train_path: str | os.PathLike, output
     return run_training(output_dir=output_dir, config=config.training, module=model, train_loader=loader,
                         compute_losses=lambda module, batch: {"loss": module(**model_inputs(batch, labels=True)).loss},
                         evaluate=evaluate, metric=metric, on_improved=save, accelerator=accelerator,
-                        description="fine-tuning", inputs=data_fingerprints(train, dev))
+                        description="fine-tuning", inputs=data_fingerprints(train, dev),
+                        settings=values_of(FinetuneArguments(
+                            model=str(model_dir), train=str(train_path), eval=eval_path and str(eval_path),
+                            output=str(output_dir), config=config, data_options=data_options)))

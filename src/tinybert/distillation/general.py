@@ -17,7 +17,7 @@ from ..data.corpus import build_corpus_cache
 from .distillers import IntermediateDistiller, IntermediateLosses
 from ..models.loading import check_model_dir, load_tokenizer, save_model_dir
 from ..models.record import model_record
-from ..settings import group, option
+from ..settings import group, option, values_of
 from ..models.students import build_student, choose_layer_map
 from ..training import (STATE_FILE, TrainingConfig, batch_padding, compiled, frozen_teacher, is_complete,
                         main_process_first, make_accelerator, run_training)
@@ -68,7 +68,7 @@ def general_distill(teacher_dir: str | os.PathLike, corpus: list[str | os.PathLi
         logger.info("%s is already complete; delete it to train again", output_dir)
         return json.loads((output_dir / STATE_FILE).read_text())
     training = config.training
-    accelerator = make_accelerator(training)
+    accelerator = make_accelerator(training, output_dir)
     set_seed(training.seed)
     tokenizer = load_tokenizer(teacher_dir)
     teacher, dataset = main_process_first(accelerator, lambda: (
@@ -95,4 +95,6 @@ def general_distill(teacher_dir: str | os.PathLike, corpus: list[str | os.PathLi
     return run_training(output_dir=output_dir, config=training, module=distiller, train_loader=loader,
                         compute_losses=lambda module, batch: module(batch), on_improved=save,
                         accelerator=accelerator, description="general distillation",
-                        inputs={"corpus": dataset.fingerprint})
+                        inputs={"corpus": dataset.fingerprint},
+                        settings=values_of(GeneralArguments(teacher=str(teacher_dir), corpus=[str(c) for c in corpus],
+                                                            student=student, output=str(output_dir), config=config)))

@@ -22,7 +22,7 @@ from ..evaluation.metrics import selection_metric
 from ..models.loading import (check_model_dir, count_parameters, describe, label_space_of, load_classifier,
                               load_tokenizer, save_model_dir)
 from ..models.record import model_record, read_record, reading_settings
-from ..settings import group, option
+from ..settings import group, option, values_of
 from ..models.students import build_student, choose_layer_map, non_embedding_parameters
 from ..training import (STATE_FILE, TaskFiles, TrainingConfig, batch_padding, compiled, frozen_teacher, is_complete,
                         main_process_first, make_accelerator, run_training)
@@ -210,7 +210,7 @@ def distill(teacher_dir: str | os.PathLike, student: str, train_path: str | os.P
                                                 default_length(kind, data_options, train_path))
     config = replace(config, training=training, max_length=max_length)
 
-    accelerator = make_accelerator(training)
+    accelerator = make_accelerator(training, output_dir)
     tokenizer = load_tokenizer(teacher_dir)
     # one process tokenises, the others then read its cache
     train, dev = main_process_first(accelerator, lambda: train_and_dev(
@@ -254,4 +254,8 @@ def distill(teacher_dir: str | os.PathLike, student: str, train_path: str | os.P
     return run_training(output_dir=output_dir, config=training, module=distiller, train_loader=loader,
                         compute_losses=lambda module, batch: module(batch), evaluate=evaluate, metric=metric,
                         on_improved=save, accelerator=accelerator, description=f"distilling ({config.stage})",
-                        inputs={**data_fingerprints(train, dev), "stage": config.stage})
+                        inputs={**data_fingerprints(train, dev), "stage": config.stage},
+                        settings=values_of(DistillArguments(
+                            teacher=str(teacher_dir), student=str(student), train=str(train_path),
+                            eval=eval_path and str(eval_path), output=str(output_dir), config=config,
+                            data_options=data_options)))
