@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from transformers import BertForTokenClassification
+from transformers import AutoTokenizer, BertForTokenClassification
 
 from conftest import tiny_bert_config, write
 from tinybert.augment import AugmentConfig, augment_file
@@ -27,7 +27,7 @@ from tinybert.finetune import FinetuneConfig, finetune
 from tinybert.evaluation.metrics import TagMetrics, normalize_answer, squad_scores
 from tinybert.evaluation.spans import entities
 from tinybert.inference.predict import predict_file
-from tinybert.resources import demo_word_vectors
+from tinybert.resources import demo_teacher_dir, demo_word_vectors
 from tinybert.training import TrainingConfig
 
 CONLL = """-DOCSTART- -X- -X- O
@@ -221,6 +221,12 @@ def test_ner_augmentation_replaces_only_words_tagged_o(tmp_path, conll_file):
         changed += sentence.words != source.words
     assert changed  # O words did change
     assert output.read_text().split("\n")[0].split()[1:] == ["NNP", "B-NP", "B-ORG"]  # middle columns kept
+    # each variant follows a `-DOCSTART- augmented` line; the token cache keeps the mark
+    assert [s.words for s in augmented if not s.augmented] == [s.words for s in original]
+    assert output.read_text().count("-DOCSTART- augmented\n") == len(augmented) - len(original)
+    cache = task_data("token", output, AutoTokenizer.from_pretrained(demo_teacher_dir()), 32, DataOptions(),
+                      tmp_path / "cache")
+    assert cache.origins() == {"original": 2, "augmented": len(augmented) - 2, "unlabeled": 0}
 
 
 def test_qa_augmentation_keeps_answers_and_questions(tmp_path, squad_file):
@@ -234,6 +240,8 @@ def test_qa_augmentation_keeps_answers_and_questions(tmp_path, squad_file):
         answer = question.answers[0]
         assert question.context[answer["answer_start"]:][:len(answer["text"])] == asked[question.question]
     assert any(q.context != CONTEXT for q in questions)
+    assert [q.id for q in questions if not q.augmented] == ["q0", "q1", "q2", "q3"]
+    assert all("-aug" in q.id for q in questions if q.augmented)
 
 
 @pytest.mark.parametrize("name, content, suffix", [

@@ -14,8 +14,9 @@ from accelerate.utils import set_seed
 from ..evaluation import measure
 from ..artifacts import write_json
 from ..data import DataOptions, LabelSpace, train_loader
-from ..data.tasks import detect_task, train_and_dev
+from ..data.tasks import detect_task, task_data, train_and_dev
 from ..data.cache import CACHE_DIR, data_fingerprints
+from ..data.features import Joined
 from .distillers import IntermediateDistiller, IntermediateLosses, PredictionDistiller
 from ..errors import InputError
 from ..evaluation.metrics import selection_metric
@@ -72,11 +73,14 @@ class DistillArguments(TaskFiles):
     student: str = option("tinybert-4l-312", "preset (tinybert-4l-312, tinybert-6l-768), JSON file of sizes, or "
                                              "student directory (a general student, or the stage-1 output for "
                                              "stage 2)", flags=("--student_model",))
+    unlabeled: list[str] | None = option(None, "files of unlabelled in-domain text (texts, words, or questions with "
+                                               "contexts, in any task format) added to the training data; their "
+                                               "labels, if any, are not read")
     config: DistillConfig = group("distillation", DistillConfig)
 
     def run(self, show_progress: bool = True) -> dict:
         return distill(self.teacher, self.student, self.train, self.output, eval_path=self.eval, config=self.config,
-                       data_options=self.data_options, show_progress=show_progress)
+                       data_options=self.data_options, show_progress=show_progress, unlabeled=self.unlabeled)
 
 
 @dataclass
@@ -124,7 +128,7 @@ def _prepare(teacher_dir, student, train_data, config: DistillConfig):
 
 def _check_labels(label_space: LabelSpace, train_data) -> None:
     """The data's labels must be some of the teacher's (classes, or tags), or scores for scores."""
-    if label_space.kind == "qa":
+    if label_space.kind == "qa" or not train_data.raw_labels:  # answers, or text without labels
         return
     if label_space.kind == "token":
         data_labels = LabelSpace.of_tags(train_data.raw_labels)
@@ -180,19 +184,21 @@ def default_length(kind: str, options: DataOptions, path) -> int:
     """The paper's lengths: 64 tokens for a text, 128 for a pair or a sentence to tag, 384 for a
     question with its context (windows of it)."""
     if kind == "sequence":
-        return 128 if options.open(path)[0].has_pairs else 64
+        return 128 if options.open(path, require_labels=False)[0].has_pairs else 64
     return {"token": 128, "qa": 384}[kind]
 
 
 def distill(teacher_dir: str | os.PathLike, student: str, train_path: str | os.PathLike,
             output_dir: str | os.PathLike, eval_path: str | os.PathLike | None = None,
             config: DistillConfig | None = None, data_options: DataOptions | None = None,
-            show_progress: bool = True) -> dict:
+            show_progress: bool = True, unlabeled: list | None = None) -> dict:
     """Run one distillation stage; the student goes to ``output_dir`` as a plain
     save_pretrained classifier (stage 1: with the projections beside it in ``distill_projections.safetensors``).
 
     ``student`` is a preset name (``tinybert-4l-312``, ``tinybert-6l-768``) or a directory (a
-    general student, or the stage-1 output for stage 2).
+    general student, or the stage-1 output for stage 2). Neither stage's loss needs labels: rows of
+    ``train_path`` may lack them, and the files ``unlabeled`` (read whole) join the training data
+    without theirs. The dev set needs its labels.
     """
     config = config or DistillConfig()
     if config.stage not in STAGES:
@@ -204,6 +210,9 @@ def distill(teacher_dir: str | os.PathLike, student: str, train_path: str | os.P
     data_options = data_options or DataOptions()
     training = config.training or DistillConfig.for_stage(config.stage).training
     kind = _task_of(teacher_dir, train_path, data_options)
+    unlabeled = [str(path) for path in unlabeled or ()]
+    for path in unlabeled:
+        _task_of(teacher_dir, path, data_options)
     # stage 2 reads the data as stage 1 did, unless told otherwise: the length and stride stage 1 recorded
     recorded = _stage_one_record(student) if config.stage == "prediction" else {}
     max_length, data_options = reading_settings(recorded, config.max_length, data_options,
@@ -212,10 +221,15 @@ def distill(teacher_dir: str | os.PathLike, student: str, train_path: str | os.P
 
     accelerator = make_accelerator(training, output_dir)
     tokenizer = load_tokenizer(teacher_dir)
-    # one process tokenises, the others then read its cache
-    train, dev = main_process_first(accelerator, lambda: train_and_dev(
-        kind, train_path, eval_path if config.stage == "prediction" else None, tokenizer, max_length, data_options,
-        output_dir / CACHE_DIR, show_progress and accelerator.is_main_process))
+    show = show_progress and accelerator.is_main_process
+
+    def read():
+        train, dev = train_and_dev(kind, train_path, eval_path if config.stage == "prediction" else None, tokenizer,
+                                   max_length, data_options, output_dir / CACHE_DIR, show, labels="optional")
+        return train, dev, [task_data(kind, path, tokenizer, max_length, data_options, output_dir / CACHE_DIR, show,
+                                      limit=False, labels="ignored") for path in unlabeled]
+    train, dev, extra = main_process_first(accelerator, read)  # one process tokenises, the others read its caches
+    training_data = Joined([train, *extra]) if extra else train
     set_seed(training.seed)
     label_space, teacher, student_model, layer_map = _prepare(teacher_dir, student, train, config)
     teacher = frozen_teacher(teacher, training, accelerator)
@@ -227,10 +241,11 @@ def distill(teacher_dir: str | os.PathLike, student: str, train_path: str | os.P
     else:
         distiller = PredictionDistiller(student_model, teacher, config.temperature, label_space.is_regression,
                                         label_space.task)
-    logger.info("distilling (%s) %s → %s student, layer map %s", config.stage, teacher_dir,
-                f"{student_model.config.num_hidden_layers}-layer", layer_map)
+    logger.info("distilling (%s) %s → %s student, layer map %s, on %s", config.stage, teacher_dir,
+                f"{student_model.config.num_hidden_layers}-layer", layer_map,
+                ", ".join(f"{count:,} {origin}" for origin, count in training_data.origins().items()))
 
-    loader = train_loader(train.labelled(label_space), tokenizer, training.batch_size, training.seed,
+    loader = train_loader(training_data.labelled(label_space), tokenizer, training.batch_size, training.seed,
                           pad_to_multiple_of=batch_padding(training))
     metric = selection_metric(config.metric, label_space)
     evaluate = None
@@ -254,8 +269,9 @@ def distill(teacher_dir: str | os.PathLike, student: str, train_path: str | os.P
     return run_training(output_dir=output_dir, config=training, module=distiller, train_loader=loader,
                         compute_losses=lambda module, batch: module(batch), evaluate=evaluate, metric=metric,
                         on_improved=save, accelerator=accelerator, description=f"distilling ({config.stage})",
-                        inputs={**data_fingerprints(train, dev), "stage": config.stage},
+                        inputs={**data_fingerprints(train, dev), "stage": config.stage,
+                                **({"unlabeled": [cache.meta["fingerprint"] for cache in extra]} if extra else {})},
                         settings=values_of(DistillArguments(
                             teacher=str(teacher_dir), student=str(student), train=str(train_path),
                             eval=eval_path and str(eval_path), output=str(output_dir), config=config,
-                            data_options=data_options)))
+                            data_options=data_options, unlabeled=unlabeled or None)))

@@ -30,6 +30,9 @@ class DataSection:
     train: str | None = option(None, "training file (instead of dir)")
     dev: str | None = option(None, "dev file: picks epochs, and the test split when there is none")
     test: str | None = option(None, "test file")
+    unlabeled: list[str] | None = option(None, "files of unlabelled in-domain text added to the distillation stages' "
+                                               "training data (after augmentation), never to the teacher's or the "
+                                               "baseline's")
     options: DataOptions = group("reading data", DataOptions)
 
 
@@ -95,7 +98,7 @@ class Section:
 
 def _distill_section(stage: str, wired: set[str]) -> Section:
     return Section(DistillArguments, DistillArguments(config=DistillConfig.for_stage(stage)),
-                   frozenset(wired | {"teacher", "train", "eval", "output", "stage"} | _DATA_KEYS))
+                   frozenset(wired | {"teacher", "train", "eval", "output", "stage", "unlabeled"} | _DATA_KEYS))
 
 
 SECTIONS: dict[str, Section] = {

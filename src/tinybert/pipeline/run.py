@@ -115,7 +115,7 @@ def _data_files(run: _Run) -> dict[str, str]:
     if not files["train"]:
         raise InputError("no training data: set data.dir (a folder with train.tsv, dev.tsv) or data.train",
                          path=where, fix="add `data: {dir: PATH}` to the config")
-    for name, file in files.items():
+    for name, file in [*files.items(), *(("unlabeled", file) for file in data["unlabeled"] or ())]:
         if file and not Path(file).is_file():
             raise InputError(f"data.{name} file not found: {file}", path=where, fix="check the path")
     if not files["dev"]:
@@ -131,8 +131,9 @@ def run_pipeline(config: Config) -> dict:
     run.directory.mkdir(parents=True, exist_ok=True)
     files = _data_files(run)
     data_identity = {name: {"sha1": digest_file(path)} for name, path in files.items()}
-    # where the task files' token caches are does not change any result: not in the fingerprints
-    data_settings = {key: value for key, value in run.settings("data").items() if key != "cache_dir"}
+    # where the task files' token caches are does not change any result: not in the fingerprints; the
+    # unlabelled text only in those of the stages that read it, by content
+    data_settings = {key: value for key, value in run.settings("data").items() if key not in ("cache_dir", "unlabeled")}
     reading = config.sections["data"].options  # max_examples cuts training data only
     # every stage reads the same files with the same tokenizer: one cache for the run
     reading = replace(reading, cache_dir=reading.cache_dir or str(run.directory / CACHE_DIR))
@@ -192,27 +193,30 @@ def run_pipeline(config: Config) -> dict:
         if augment["compare_without"]:
             trainings.append(("_original_data", files["train"], data_identity["train"], reading))
 
-    # task distillation, stage 1 then stage 2. Stage 2 shares stage 1's settings that it does not
-    # set, except the per-stage ones and the student's shape: it starts from stage 1's output.
+    # task distillation, stage 1 then stage 2, on the training data and any unlabelled text. Stage 2
+    # shares stage 1's settings that it does not set, except the per-stage ones and the student's
+    # shape: it starts from stage 1's output.
     not_shared = {"epochs", "max_steps", "lr", "metric"} | STUDENT_SHAPE
     shared = {key: value for key, value in config.explicit("intermediate").items()
               if key not in not_shared and ("prediction", key) not in config.origins}
     prediction_section = with_values(config.sections["prediction"], shared)
     prediction = run.settings("prediction", prediction_section)
+    unlabeled = run.settings("data")["unlabeled"]
+    extra = {"unlabeled": [content_of(path) for path in unlabeled]} if unlabeled else {}
     for suffix, train_file, train_identity, train_options in trainings:
         inputs = {"settings": intermediate, "student": student_identity, "teacher": teacher_identity,
-                  "data": train_identity, "data_options": data_settings}
+                  "data": train_identity, "data_options": data_settings, **extra}
         stage1 = run.stage("intermediate" + suffix, inputs, lambda d, t=train_file, o=train_options: run.arguments(
             "intermediate", teacher=teacher_dir, student=student_start, train=t, output=str(d),
-            data_options=o).run())
+            data_options=o, unlabeled=unlabeled).run())
         inputs = {"settings": prediction, "stage1": run.fingerprints["intermediate" + suffix],
-                  "teacher": teacher_identity, "data": train_identity, "dev": data_identity["dev"]}
+                  "teacher": teacher_identity, "data": train_identity, "dev": data_identity["dev"], **extra}
         results["student" + suffix] = str(run.stage("student" + suffix, inputs,
                                                     lambda d, t=train_file, s=stage1, o=train_options:
                                                     run.arguments("prediction", prediction_section,
                                                                   teacher=teacher_dir, student=str(s), train=t,
                                                                   eval=files["dev"], output=str(d),
-                                                                  data_options=o).run()))
+                                                                  data_options=o, unlabeled=unlabeled).run()))
 
     # the same student shape and start, fine-tuned on the labels without distillation, with the
     # teacher's recipe where the baseline section does not say otherwise
