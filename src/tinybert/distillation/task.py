@@ -45,6 +45,9 @@ class DistillConfig:
                                     flags=("--max_seq_length", "--max_seq_len"))
     losses: IntermediateLosses = group("stage-1 losses", IntermediateLosses)
     temperature: float = option(1.0, "softmax temperature of the logit loss (stage 2)")
+    hard_label_weight: float = option(0.0, "stage 2: weight α of the gold labels, (1 − α)·soft + α·cross-entropy "
+                                           "against the label (MSE for scores), on original rows only: not on "
+                                           "augmented variants or unlabelled text (0: the paper's soft loss alone)")
     shared_projection: bool = option(False, "one projection for embeddings and hidden states (the reference "
                                             "code's way)")
     layers: int | None = option(None, "student layer count (with a preset or --init-from-teacher)")
@@ -203,6 +206,9 @@ def distill(teacher_dir: str | os.PathLike, student: str, train_path: str | os.P
     config = config or DistillConfig()
     if config.stage not in STAGES:
         raise InputError(f"unknown stage {config.stage!r}", fix="use --stage intermediate or --stage prediction")
+    if not 0 <= config.hard_label_weight <= 1:
+        raise InputError(f"--hard-label-weight {config.hard_label_weight} is not a weight between 0 and 1",
+                         fix="give α from 0 (the teacher alone) to 1 (the gold labels alone)")
     output_dir = Path(output_dir)
     if is_complete(output_dir):
         logger.info("%s is already complete; delete it to distil again", output_dir)
@@ -240,7 +246,7 @@ def distill(teacher_dir: str | os.PathLike, student: str, train_path: str | os.P
             distiller.load_projections(check_model_dir(student, "--student"))
     else:
         distiller = PredictionDistiller(student_model, teacher, config.temperature, label_space.is_regression,
-                                        label_space.task)
+                                        label_space.task, config.hard_label_weight)
     logger.info("distilling (%s) %s → %s student, layer map %s, on %s", config.stage, teacher_dir,
                 f"{student_model.config.num_hidden_layers}-layer", layer_map,
                 ", ".join(f"{count:,} {origin}" for origin, count in training_data.origins().items()))

@@ -30,7 +30,8 @@ REPORTED_METRICS = ("accuracy", "pearson", "f1")
 SECONDARY_METRICS = ("exact_match", "f1_strict")  # shown beside QA's F1, and NER's
 SMOOTHING = 0.8  # weight of the past in the loss curves' moving average, as TensorBoard's slider
 
-LOSS_PARTS = {"loss": "total", "att": "attention", "hid": "hidden states", "emb": "embeddings", "pred": "logits"}
+LOSS_PARTS = {"loss": "total", "att": "attention", "hid": "hidden states", "emb": "embeddings", "pred": "logits",
+              "gold": "gold labels"}
 
 
 def model_rows(results: dict) -> tuple[str, list[dict]]:
