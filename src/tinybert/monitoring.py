@@ -124,7 +124,8 @@ class Monitor:
             return
         step, now = record["step"], time.perf_counter()
         if "eval" in record:
-            values = {f"eval/{name}": value for name, value in record["eval"].items() if isinstance(value, (int, float))}
+            values = {f"eval/{name}": value for name, value in record["eval"].items()
+                      if isinstance(value, (int, float))}
         else:
             values = {f"train/{name}": value for name, value in record.items() if name != "step"}
             if self.last_tracked and step > self.last_tracked[0]:

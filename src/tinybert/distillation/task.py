@@ -22,8 +22,8 @@ from ..errors import InputError
 from ..evaluation.metrics import selection_metric
 from ..models.loading import (check_model_dir, count_parameters, describe, label_space_of, load_classifier,
                               load_tokenizer, save_model_dir)
-from ..models.record import model_record, read_record, reading_settings
-from ..settings import group, option, values_of
+from ..models.record import model_record, read_record, reading_settings, recipe_step
+from ..settings import command_line, group, option, values_of
 from ..models.students import build_student, choose_layer_map, non_embedding_parameters
 from ..training import (STATE_FILE, TaskFiles, TrainingConfig, batch_padding, compiled, frozen_teacher, is_complete,
                         main_process_first, make_accelerator, run_training)
@@ -219,6 +219,7 @@ def distill(teacher_dir: str | os.PathLike, student: str, train_path: str | os.P
     unlabeled = [str(path) for path in unlabeled or ()]
     for path in unlabeled:
         _task_of(teacher_dir, path, data_options)
+    given_options = data_options
     # stage 2 reads the data as stage 1 did, unless told otherwise: the length and stride stage 1 recorded
     recorded = _stage_one_record(student) if config.stage == "prediction" else {}
     max_length, data_options = reading_settings(recorded, config.max_length, data_options,
@@ -263,10 +264,20 @@ def distill(teacher_dir: str | os.PathLike, student: str, train_path: str | os.P
                                                device=accelerator.device, show_progress=show_progress,
                                                accelerator=accelerator)
 
-    def save(unwrapped, _metrics):
+    arguments = DistillArguments(teacher=str(teacher_dir), student=str(student), train=str(train_path),
+                                 eval=eval_path and str(eval_path), output=str(output_dir), config=config,
+                                 data_options=given_options, unlabeled=unlabeled or None)
+    step = recipe_step(config.stage, [train_path, *unlabeled], training_data.origins(), training,
+                       **({"temperature": config.temperature, "hard_label_weight": config.hard_label_weight}
+                          if config.stage == "prediction" else {}))
+    defaults = DistillArguments(config=DistillConfig.for_stage(config.stage))
+
+    def save(unwrapped, metrics):
         save_model_dir(unwrapped.student, tokenizer, output_dir, model_record(
             config.stage, label_space, max_length, data_options.doc_stride, teacher=teacher_dir,
-            started_from=teacher_dir if config.init_from_teacher else student))
+            started_from=teacher_dir if config.init_from_teacher else student, step=step,
+            dev={"data": str(eval_path), "metric": metric, **metrics} if metrics else None,
+            command=command_line("distill", arguments, defaults)))
         if config.stage == "intermediate":
             unwrapped.save_projections(output_dir)
         write_json(output_dir / "distill_config.json", {"teacher": str(teacher_dir), "layer_map": layer_map,
@@ -277,7 +288,4 @@ def distill(teacher_dir: str | os.PathLike, student: str, train_path: str | os.P
                         on_improved=save, accelerator=accelerator, description=f"distilling ({config.stage})",
                         inputs={**data_fingerprints(train, dev), "stage": config.stage,
                                 **({"unlabeled": [cache.meta["fingerprint"] for cache in extra]} if extra else {})},
-                        settings=values_of(DistillArguments(
-                            teacher=str(teacher_dir), student=str(student), train=str(train_path),
-                            eval=eval_path and str(eval_path), output=str(output_dir), config=config,
-                            data_options=data_options, unlabeled=unlabeled or None)))
+                        settings=values_of(arguments))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import os
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -133,6 +134,12 @@ class Config:
     def values(self) -> dict[str, dict]:
         """section → {key: value} ("" for the top level)."""
         return {name: self.section_values(name) for name in SECTIONS}
+
+    @property
+    def command(self) -> str:
+        """The command line that runs this config: its file and the overrides applied to it."""
+        words = [word for where in self.origins.values() if where.startswith("--set ") for word in where.split(" ", 1)]
+        return shlex.join(["tinybert", "pipeline", self.path, *words])
 
     def explicit(self, section: str) -> dict:
         """The keys of a section that the config or --set gave (not defaults)."""

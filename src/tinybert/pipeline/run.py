@@ -20,7 +20,9 @@ from ..distillation.task import DistillConfig, build_initial_student
 from ..errors import InputError
 from ..evaluation.measure import evaluate
 from ..inference.export import export_onnx
+from ..models.card import write_card
 from ..models.loading import digest_model_dir, load_tokenizer, save_model_dir
+from ..models.record import read_record
 from ..settings import with_values
 from .config import SECTIONS, STUDENT_SHAPE, Config
 
@@ -250,6 +252,11 @@ def run_pipeline(config: Config) -> dict:
             latency=not export["no_latency"], data_options=whole_files))
         results["export"] = read_json(export_dir / "export.json")
 
+    augmentation = {key: augment[key] for key in ("variants", "candidates", "probability", "augment_first", "mlm",
+                                                  "word_vectors") if augment[key] is not None} if augment["run"] else {}
+    _write_cards({name: path for name, path in models.items() if name != "teacher" or not finetune["teacher_dir"]},
+                 results["evaluation"], files["test"], augmentation, config.command)
+
     results["stage_seconds"] = dict(run.timings)
     report = run.settings("report")
     if report["run"]:
@@ -274,6 +281,19 @@ def _baseline(arguments, stage1: DistillConfig, teacher_dir: str, student_start:
                        initial)
     replace(arguments, model=str(initial), train=files["train"], eval=files["dev"], output=str(directory),
             data_options=reading).run()
+
+
+def _write_cards(models: dict, evaluated: dict, test_file: str, augmentation: dict, command: str) -> None:
+    """Each model's card again, with what the pipeline measured: test metrics, retention against the
+    teacher, size and latency, the augmentation (for the student distilled on it), the pipeline command."""
+    teacher = evaluated.get("teacher", {})
+    for name, model_dir in models.items():
+        figures, theirs = evaluated.get(name, {}), name != "teacher"
+        write_card(model_dir, read_record(model_dir), {
+            "test": figures, "test_data": test_file, "teacher_test": teacher if theirs else None,
+            "teacher_dev": teacher.get("dev") if theirs else None, "params": figures.get("params"),
+            "size_mb": figures.get("size_mb"), "latency_ms": figures.get("latency_ms_batch1"),
+            "augmentation": augmentation if name == "student" else None, "command": command})
 
 
 def _evaluate_all(models: dict, test_file: str, settings, options, directory: Path) -> None:
