@@ -24,6 +24,7 @@ from ..models.card import write_card
 from ..models.loading import digest_model_dir, load_tokenizer, save_model_dir
 from ..models.record import read_record
 from ..settings import with_values
+from ..training import STATE_FILE
 from .config import SECTIONS, STUDENT_SHAPE, Config
 
 logger = logging.getLogger(__name__)
@@ -252,6 +253,11 @@ def run_pipeline(config: Config) -> dict:
             latency=not export["no_latency"], data_options=whole_files))
         results["export"] = read_json(export_dir / "export.json")
 
+    from .report import warnings_of, write_report  # matplotlib, imported once a run gets this far
+    results["warnings"] = warnings_of(results, read_json(Path(teacher_dir) / STATE_FILE)
+                                      if not finetune["teacher_dir"] else None, finetune)
+    for warning in results["warnings"]:
+        logger.warning(warning)
     augmentation = {key: augment[key] for key in ("variants", "candidates", "probability", "augment_first", "mlm",
                                                   "word_vectors") if augment[key] is not None} if augment["run"] else {}
     _write_cards({name: path for name, path in models.items() if name != "teacher" or not finetune["teacher_dir"]},
@@ -260,7 +266,6 @@ def run_pipeline(config: Config) -> dict:
     results["stage_seconds"] = dict(run.timings)
     report = run.settings("report")
     if report["run"]:
-        from .report import write_report
         # cheap, and it reflects every stage: written on every run
         results["report"] = str(write_report(run.directory, results, title=report["title"]))
     write_json(run.directory / "results.json", results)
