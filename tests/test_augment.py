@@ -9,7 +9,8 @@ import tinybert.augment as augment_module
 from conftest import tiny_bert_config, write
 from tinybert.augment import (STOP_WORDS, AugmentConfig, WordVectors, augment_file,
                               build_augmenter, is_cjk, is_eligible)
-from tinybert.data import read_task_file
+from tinybert.data import DataOptions, read_task_file
+from tinybert.data.tasks import task_data
 from tinybert.errors import InputError
 from tinybert.resources import demo_word_vectors
 
@@ -124,11 +125,12 @@ def sentences_file(tmp_path):
 def test_output_keeps_format_labels_and_original_rows(tmp_path, tiny_mlm, sentences_file):
     output = _augment(tmp_path, sentences_file, "aug.tsv", mlm=tiny_mlm, vectors=demo_word_vectors())
     lines = _rows(output)
-    assert lines[0] == "sentence\tlabel"
+    assert lines[0] == "sentence\tlabel\taugmented"  # the input's columns, and the mark of a variant
     data = read_task_file(output)
     originals = {s: str(i % 2) for i, s in enumerate(SENTENCES)}
     current = None
     for example in data.examples:
+        assert example.augmented == (example.text_a not in originals)
         if example.text_a in originals:
             current = example.text_a
             continue
@@ -141,6 +143,10 @@ def test_output_keeps_format_labels_and_original_rows(tmp_path, tiny_mlm, senten
                 assert after == before  # stop words, punctuation and numbers are never replaced
     assert len(data) > 3 * len(SENTENCES)
     assert [e.text_a for e in data.examples if e.text_a in originals] == SENTENCES  # originals first, in order
+    # the marks survive tokenising: the token cache knows which examples are variants
+    tokenizer = AutoTokenizer.from_pretrained(tiny_mlm)
+    cache = task_data("sequence", output, tokenizer, 32, DataOptions(), tmp_path / "cache")
+    assert cache.origins() == {"original": len(SENTENCES), "augmented": len(data) - len(SENTENCES), "unlabeled": 0}
 
 
 def test_same_seed_same_bytes_whatever_the_batch_size(tmp_path, tiny_mlm, sentences_file):
@@ -156,10 +162,10 @@ def test_augment_first_varies_only_the_first_rows_and_copies_the_rest(tmp_path, 
     vectors = demo_word_vectors()
     whole = _rows(_augment(tmp_path, sentences_file, "all.tsv", tiny_mlm, vectors, chunk_rows=2))
     first_two = _rows(_augment(tmp_path, sentences_file, "two.tsv", tiny_mlm, vectors, chunk_rows=2, augment_first=2))
-    rows_of_first_two = whole.index(f"{SENTENCES[2]}\t0")  # header, two rows and their variants
+    rows_of_first_two = whole.index(f"{SENTENCES[2]}\t0\t0")  # header, two rows and their variants
     # the first two rows come out as in the full run (same variants), every later row once, unvaried
     assert first_two[:rows_of_first_two] == whole[:rows_of_first_two]
-    assert first_two[rows_of_first_two:] == [f"{s}\t{i % 2}" for i, s in enumerate(SENTENCES) if i >= 2]
+    assert first_two[rows_of_first_two:] == [f"{s}\t{i % 2}\t0" for i, s in enumerate(SENTENCES) if i >= 2]
 
 
 def test_pairs_vary_one_field_and_keep_the_other(tmp_path, tiny_mlm):
@@ -168,11 +174,13 @@ def test_pairs_vary_one_field_and_keep_the_other(tmp_path, tiny_mlm):
                    "a wonderful movie about family\tthe movie is bad\tnot_entailment\t1\n")
     output = _augment(tmp_path, source, "aug.tsv", tiny_mlm)
     rows = [line.split("\t") for line in _rows(output)]
-    assert rows[0] == ["sentence1", "sentence2", "label", "idx"]
+    assert rows[0] == ["sentence1", "sentence2", "label", "idx", "augmented"]
     by_original = {"a fox jumps": ("entailment", "0"), "the movie is bad": ("not_entailment", "1")}
     assert len(rows) > 3
     for fields in rows[1:]:
-        assert len(fields) == 4 and (fields[2], fields[3]) == by_original[fields[1]]
+        assert len(fields) == 5 and (fields[2], fields[3]) == by_original[fields[1]]
+        assert fields[4] == ("0" if fields[0] in ("the quick brown fox jumps over the lazy dog",
+                                                  "a wonderful movie about family") else "1")
     second = _augment(tmp_path, source, "aug2.tsv", tiny_mlm, field="second")
     firsts = {line.split("\t")[0] for line in _rows(second)[1:]}
     assert firsts == {"the quick brown fox jumps over the lazy dog", "a wonderful movie about family"}
@@ -188,8 +196,11 @@ def test_chinese_characters_get_chinese_candidates(tmp_path):
     BertTokenizer(vocab={t: i for i, t in enumerate(vocab)}).save_pretrained(path)
     source = write(tmp_path / "zh.txt", "我们喜欢这部电影\t1\n这部 movie 很好看，不错\t0\n")
     output = _augment(tmp_path, source, "zh_aug.txt", mlm=path, variants=10, probability=0.9)
-    rows = [line.split("\t") for line in _rows(output)]
-    variants = [r for r in rows if r[0] not in ("我们喜欢这部电影", "这部 movie 很好看，不错")]
+    # the fork's header-less rows come back with a header naming their columns and the mark
+    header, *rows = [line.split("\t") for line in _rows(output)]
+    assert header == ["text_a", "label", "augmented"]
+    variants = [(text, label) for text, label, mark in rows if mark == "1"]
+    assert {text for text, _, mark in rows if mark == "0"} == {"我们喜欢这部电影", "这部 movie 很好看，不错"}  # originals
     assert variants, "Chinese text must be augmented"
     for text, _ in variants:
         for token in text.split(" "):

@@ -19,6 +19,7 @@ import tinybert.data.cache as cache_module
 from conftest import tiny_bert_config, write
 from tinybert.data import DataOptions, EpochSampler, LabelSpace, encode, read_task_file, task_cache, train_loader
 from tinybert.data.corpus import build_corpus_cache
+from tinybert.data.labels import ORIGINAL
 from tinybert.data.tasks import task_data
 from tinybert.errors import InputError
 
@@ -44,11 +45,13 @@ def test_cached_examples_equal_the_in_memory_encoding(tmp_path, real_tokenizer, 
     cache = _cache(path, real_tokenizer, tmp_path)
     assert LabelSpace.infer(cache) == space and cache.has_pairs == data.has_pairs
     labelled = cache.labelled(space)
-    assert [labelled[i] for i in range(len(labelled))] == expected.features
+    # beside its label, each cached example says where the label comes from: here, an original row
+    original = [{**f, "origin": ORIGINAL} for f in expected.features]
+    assert [labelled[i] for i in range(len(labelled))] == original
     assert cache.lengths.tolist() == expected.lengths
     assert cache.meta["truncated"] == expected.truncated > 0  # long rows are cut to 16 tokens and counted
     first = cache.first(5).labelled(space)
-    assert len(first) == 5 and [first[i] for i in range(5)] == expected.features[:5]
+    assert len(first) == 5 and [first[i] for i in range(5)] == original[:5]
 
 
 def test_a_changed_file_of_the_same_size_rebuilds_the_cache(tmp_path, real_tokenizer):

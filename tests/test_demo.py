@@ -3,6 +3,7 @@ import csv
 import json
 
 import pytest
+from huggingface_hub import ModelCard
 
 from tinybert.data import read_task_file
 from tinybert.demo import run_demo
@@ -45,3 +46,15 @@ def test_quick_demo_end_to_end(tmp_path):
     report = (tmp_path / "demo" / "report.md").read_text()
     assert "ONNX export of the student" in report and "retention" in report
     assert all((tmp_path / "demo" / "plots" / f"{name}.png").is_file() for name in ("losses", "metric", "size"))
+    # every model directory carries a Hub model card; an evaluated model's holds its measured metrics
+    for name in ("teacher", "intermediate", "student"):
+        card = ModelCard.load(tmp_path / "demo" / name / "README.md")
+        assert card.data.library_name == "transformers" and "## How it was made" in card.text
+        if name == "intermediate":  # stage 1 is never evaluated: no results
+            assert card.data.eval_results is None
+            continue
+        measured = {(result.dataset_split, result.metric_type): result.metric_value
+                    for result in card.data.eval_results}
+        best = json.loads((tmp_path / "demo" / name / "training_state.json").read_text())["best"]
+        assert measured[("dev", "accuracy")] == best["accuracy"]
+        assert measured[("test", "accuracy")] == evaluated[name]["accuracy"]

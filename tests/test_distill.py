@@ -200,3 +200,57 @@ def test_cli_plan_and_bad_layer_map(teacher_dir, train_file, tinybert_cli):
     done = tinybert_cli(*base, "--layer-map", "1,2,3")
     assert done.returncode == 2 and "has 3 entries but the student has 4 layers" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("task", ["classification", "regression", "token", "qa"])
+def test_gold_labels_change_stage_twos_loss_only_on_labelled_original_rows(task):
+    """--hard-label-weight 0.5: an original row's loss is ½ soft + ½ cross-entropy against its gold
+    label (MSE for a score, per first piece for tags, start and end for answers); an augmented
+    variant's and unlabelled text's loss is the soft loss alone, as with weight 0."""
+    import torch.nn.functional as F
+    from transformers import BertForQuestionAnswering, BertForTokenClassification
+    from tinybert.data.labels import AUGMENTED, ORIGINAL, UNLABELLED
+    from tinybert.distillation.distillers import PredictionDistiller
+    torch.manual_seed(0)
+    kind = {"classification": BertForSequenceClassification, "regression": BertForSequenceClassification,
+            "token": BertForTokenClassification, "qa": BertForQuestionAnswering}[task]
+    labels = {"regression": 1, "qa": 2}.get(task, 3)
+    teacher, student = (kind(tiny_bert_config(num_labels=labels)).eval() for _ in range(2))
+    ids = torch.tensor([[101, 2307, 2143, 2001, 102], [101, 2204, 2143, 102, 0], [101, 6659, 2143, 2001, 102]])
+    batch = {"input_ids": ids, "attention_mask": (ids > 0).long(),
+             "origin": torch.tensor([ORIGINAL, AUGMENTED, UNLABELLED])}
+    if task == "qa":
+        batch.update(start_positions=torch.tensor([1, 2, 0]), end_positions=torch.tensor([2, 2, 0]))
+    elif task == "token":  # tags on first pieces (-100 elsewhere); unlabelled text's words: -1
+        batch["labels"] = torch.tensor([[-100, 2, 0, 1, -100], [-100, 1, 1, -100, -100], [-100, -1, -1, -1, -100]])
+    else:
+        batch["labels"] = torch.tensor([2.5, 1.0, -100.0]) if task == "regression" else torch.tensor([2, 1, -100])
+
+    def loss(weight, rows):
+        distiller = PredictionDistiller(student, teacher, regression=task == "regression",
+                                        task="sequence" if task in ("classification", "regression") else task,
+                                        hard_label_weight=weight).eval()
+        with torch.no_grad():
+            return distiller({key: value[rows] for key, value in batch.items()})["loss"].item()
+
+    def gold(row):  # the cross-entropy (or squared error) against the gold label, computed here
+        inputs = {key: batch[key][[row]] for key in ("input_ids", "attention_mask")}
+        with torch.no_grad():
+            output = student(**inputs)
+        if task == "qa":
+            return sum(F.cross_entropy(logits, batch[key][[row]]) for logits, key in
+                       ((output.start_logits, "start_positions"), (output.end_logits, "end_positions"))).item() / 2
+        if task == "token":
+            return F.cross_entropy(output.logits[0], batch["labels"][row]).item()
+        if task == "regression":
+            return (output.logits.view(-1) - batch["labels"][row]).square().item()
+        return F.cross_entropy(output.logits, batch["labels"][[row]]).item()
+
+    soft = [loss(0.0, [row]) for row in range(3)]
+    mixed = [loss(0.5, [row]) for row in range(3)]
+    assert mixed[0] == pytest.approx(0.5 * soft[0] + 0.5 * gold(0), rel=1e-5) and mixed[0] != pytest.approx(soft[0])
+    assert mixed[1:] == soft[1:]  # the augmented variant and the unlabelled text: unchanged
+    # in one batch, each row counts as alone (tags: each by its number of words)
+    counted = [3, 2, 3] if task == "token" else [1, 1, 1]
+    assert loss(0.5, [0, 1, 2]) == pytest.approx(sum(n * value for n, value in zip(counted, mixed)) / sum(counted),
+                                                 rel=1e-5)

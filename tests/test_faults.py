@@ -103,6 +103,28 @@ def test_finetune_survives_three_kills(tmp_path, files):
     _same_weights(tmp_path / "straight", tmp_path / "killed")
 
 
+def test_finetune_with_mid_epoch_evaluations_and_patience_survives_three_kills(tmp_path, files):
+    """The evaluations so far and the best one are in the checkpoint: a resumed run evaluates,
+    saves and stops early exactly where an uninterrupted one does."""
+    def scored(numbers):  # scores: dev's Pearson changes at every evaluation
+        return "".join(f"{'a great and warm film' if i % 2 else 'a dull , tired mess'} {'really ' * (i % 5)}\t"
+                       f"{(4.5 if i % 2 else 0.5) + (i % 5) * (0.1 if i % 2 else -0.1):.1f}\n" for i in numbers)
+    train, dev = write(tmp_path / "scores.txt", scored(range(40))), write(tmp_path / "dev.txt", scored(range(40, 56)))
+
+    def make(output):
+        return lambda: finetune(files["encoder"], train, output, eval_path=dev, show_progress=False, config=FinetuneConfig(
+            training=_training(epochs=20, eval_every=3, patience=2), max_length=32))
+    _run(make(tmp_path / "straight"))
+    straight = json.loads((tmp_path / "straight" / "training_state.json").read_text())
+    assert straight["stopped_early"] and any(record["step"] % 3 == 0 and record["epoch"] % 1 for record in
+                                             straight["history"])
+    lines = _log_steps(tmp_path / "straight")()
+    _killed_three_times_then_finished(make, tmp_path / "killed", _log_steps(tmp_path / "killed"), lines, seed=6)
+    killed = json.loads((tmp_path / "killed" / "training_state.json").read_text())
+    assert killed["history"] == straight["history"] and killed["steps"] == straight["steps"]
+    _same_weights(tmp_path / "straight", tmp_path / "killed")
+
+
 @pytest.mark.parametrize("stage", ["intermediate", "prediction"])
 def test_both_distillation_stages_survive_three_kills(tmp_path, files, stage):
     student = str(files["student"])

@@ -1,10 +1,12 @@
 import json
+import shlex
 import subprocess
 import sys
 
 import pytest
 import torch
 from safetensors.torch import load_file
+from huggingface_hub import ModelCard
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 import tinybert.finetune as finetune_module
@@ -13,6 +15,8 @@ from tinybert.evaluation.measure import evaluate
 from tinybert.finetune import FinetuneConfig, finetune
 from tinybert.data import DataOptions
 from tinybert.resources import demo_teacher_dir
+from tinybert.cli import parse
+from tinybert.settings import values_of
 from tinybert.training import TrainingConfig, is_complete
 
 
@@ -109,9 +113,18 @@ def _cli(*args):
 
 def test_cli_finetune_then_evaluate_json(tmp_path, tiny_model_dir, tinybert_cli):
     train = _string_label_data(tmp_path)
-    done = tinybert_cli("finetune", "--model", tiny_model_dir, "--train", train, "--eval", train, "--output",
-                        tmp_path / "m", "--epochs", "1", "--batch-size", "8", "--max-length", "32")
+    argv = ["finetune", "--model", tiny_model_dir, "--train", train, "--eval", train, "--output", tmp_path / "m",
+            "--epochs", "1", "--batch-size", "8", "--max-length", "32"]
+    done = tinybert_cli(*argv)
     assert done.returncode == 0, done.stderr
+    # the model card: the Hub's metadata with the best dev metric, and the command that made the model
+    card = ModelCard.load(tmp_path / "m" / "README.md")
+    best = json.loads((tmp_path / "m" / "training_state.json").read_text())["best"]
+    assert ("dev", "accuracy", best["accuracy"]) in [(r.dataset_split, r.metric_type, r.metric_value)
+                                                     for r in card.data.eval_results]
+    assert card.data.base_model == str(tiny_model_dir) and card.data.pipeline_tag == "text-classification"
+    command = shlex.split(card.text.split("```bash\n")[1].split("\n")[0])
+    assert command[0] == "tinybert" and values_of(parse(command[1:])[1]) == values_of(parse(list(map(str, argv)))[1])
     done = tinybert_cli("evaluate", "--model", tmp_path / "m", "--data", train, "--json", tmp_path / "r.json")
     assert done.returncode == 0, done.stderr
     results = json.loads((tmp_path / "r.json").read_text())

@@ -148,3 +148,58 @@ def test_augment_reruns_for_a_new_seed_but_not_for_batch_size_or_runtime(tmp_pat
     for stage in ("augment", "intermediate", "student"):
         assert f"stage {stage}: settings or inputs changed since it ran; starting it again" in new_seed.stderr
     assert (tmp_path / "run" / "augment" / "train_aug.txt").read_bytes() != augmented
+
+
+def test_the_student_learns_from_originals_variants_and_unlabelled_text_and_the_report_warns_of_a_rising_teacher(
+        tmp_path, tiny_model_dir, tinybert_cli):
+    from huggingface_hub import ModelCard
+    from tinybert.resources import demo_word_vectors
+
+    def scored(numbers):  # scores: the teacher's dev Pearson moves with every epoch
+        return "".join(f"{'a great and warm film' if i % 2 else 'a dull , tired mess'} {'really ' * (i % 5)}\t"
+                       f"{(4.5 if i % 2 else 0.5) + (i % 5) * (0.1 if i % 2 else -0.1):.1f}\n" for i in numbers)
+    train, dev = write(tmp_path / "train.txt", scored(range(32))), write(tmp_path / "dev.txt", scored(range(32, 48)))
+    texts = write(tmp_path / "reviews.txt", "".join(f"{'a warm' if i % 3 else 'a tired'} film, number {i}\n"
+                                                    for i in range(12)))
+    run = tmp_path / "run"
+    config = {"run_dir": str(run), "data": {"train": str(train), "dev": str(dev), "unlabeled": [str(texts)]},
+              "finetune": {"model": str(tiny_model_dir), "epochs": 2, "lr": 1e-3, "batch_size": 8, "max_length": 32},
+              "augment": {"word_vectors": str(demo_word_vectors()), "variants": 2, "augment_first": 8},
+              "intermediate": {"init_from_teacher": True, "layers": 1, "epochs": 1, "batch_size": 8, "max_length": 32,
+                               "log_every": 1},
+              "prediction": {"epochs": 1, "hard_label_weight": 0.5},
+              "baseline": {"run": False}, "evaluate": {"no_latency": True, "max_length": 32}, "export": {"run": False}}
+    result = tinybert_cli("pipeline", write(tmp_path / "pipeline.yaml", yaml.safe_dump(config)))
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    # both stages train on the 32 original rows, the variants augmentation marked, and the 12 unlabelled texts
+    augmented = (run / "augment" / "train_aug.txt").read_text().splitlines()
+    variants = sum(line.endswith("\t1") for line in augmented[1:])
+    assert augmented[0] == "text_a\tlabel\taugmented" and len(augmented) - 1 == 32 + variants and variants > 8
+    expected = {"original": 32, "augmented": variants, "unlabeled": 12}
+    record = json.loads((run / "student" / "tinybert.json").read_text())
+    assert [(step["stage"], step["examples"]) for step in record["recipe"]] == [("intermediate", expected),
+                                                                                ("prediction", expected)]
+    for stage in ("intermediate", "student"):
+        summary = json.loads((run / stage / "training_state.json").read_text())
+        assert summary["steps"] == -(-sum(expected.values()) // 8)  # every row, in batches of 8
+    assert any(r.get("gold", 0) > 0 for r in map(json.loads, (run / "student" / "train_log.jsonl").open()))
+
+    # the teacher was still improving when its 2 epochs ended: the report and the log say so
+    teacher = json.loads((run / "teacher" / "training_state.json").read_text())
+    pearson = [r["eval"]["pearson"] for r in teacher["history"]]
+    assert teacher["metric"] == "pearson" and pearson[1] > pearson[0]
+    warning = f"The teacher's dev pearson was still rising at its last evaluation ({pearson[0]:.4f} → {pearson[1]:.4f})"
+    report = (run / "report.md").read_text()
+    assert warning in report and "Raise finetune.epochs (now 2)" in report and warning in result.stderr
+
+    # each model's card: the Hub's metadata, with the measured dev and test metrics
+    results = json.loads((run / "results.json").read_text())
+    for name in ("teacher", "student"):
+        card = ModelCard.load(run / name / "README.md")
+        measured = {(r.dataset_split, r.metric_type): r.metric_value for r in card.data.eval_results}
+        best = json.loads((run / name / "training_state.json").read_text())["best"]
+        assert measured[("dev", "pearson")] == best["pearson"]
+        assert measured[("test", "pearson")] == results["evaluation"][name]["pearson"]
+        assert "tinybert pipeline" in card.text and "## How it was made" in card.text
+    assert card.data.base_model == str(run / "teacher") and "retention" in card.text

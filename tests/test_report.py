@@ -67,3 +67,16 @@ def test_loss_plot_draws_raw_points_faint_behind_the_smoothed_line(tmp_path, mon
 def test_a_metric_that_is_not_a_number_is_left_out_of_its_plot(tmp_path):
     _, rows = report.model_rows(_results("pearson", {"teacher": 0.9, "student": float("nan")}))
     assert report._plot_bars(rows, "test", "test pearson", tmp_path / "m.png", "{:.4f}", is_metric=True)
+
+
+def test_the_report_warns_when_the_baseline_beats_the_teacher_and_not_otherwise(tmp_path):
+    finetune = {"epochs": 3.0, "patience": 2}
+    beaten = _results("f1", {"teacher": 0.32, "student": 0.31, "baseline": 0.33})
+    [warning] = report.warnings_of(beaten, None, finetune)
+    assert warning.startswith("The baseline (the student fine-tuned on the labels alone) beats the teacher on test "
+                              "(f1 0.3300 against 0.3200): the teacher is under-trained: distillation cannot exceed it")
+    assert "finetune.epochs" in warning
+    assert report.write_report(tmp_path, {**beaten, "warnings": [warning]}).read_text().count(warning) == 1
+    # a teacher that stopped improving before its last evaluation, and a baseline below it: nothing to say
+    settled = {"metric": "f1", "history": [{"step": 4, "eval": {"f1": 0.30}}, {"step": 8, "eval": {"f1": 0.29}}]}
+    assert report.warnings_of(_results("f1", {"teacher": 0.32, "baseline": 0.31}), settled, finetune) == []

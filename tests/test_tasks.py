@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from transformers import BertForTokenClassification
+from transformers import AutoTokenizer, BertForTokenClassification
 
 from conftest import tiny_bert_config, write
 from tinybert.augment import AugmentConfig, augment_file
@@ -27,7 +27,7 @@ from tinybert.finetune import FinetuneConfig, finetune
 from tinybert.evaluation.metrics import TagMetrics, normalize_answer, squad_scores
 from tinybert.evaluation.spans import entities
 from tinybert.inference.predict import predict_file
-from tinybert.resources import demo_word_vectors
+from tinybert.resources import demo_teacher_dir, demo_word_vectors
 from tinybert.training import TrainingConfig
 
 CONLL = """-DOCSTART- -X- -X- O
@@ -221,6 +221,12 @@ def test_ner_augmentation_replaces_only_words_tagged_o(tmp_path, conll_file):
         changed += sentence.words != source.words
     assert changed  # O words did change
     assert output.read_text().split("\n")[0].split()[1:] == ["NNP", "B-NP", "B-ORG"]  # middle columns kept
+    # each variant follows a `-DOCSTART- augmented` line; the token cache keeps the mark
+    assert [s.words for s in augmented if not s.augmented] == [s.words for s in original]
+    assert output.read_text().count("-DOCSTART- augmented\n") == len(augmented) - len(original)
+    cache = task_data("token", output, AutoTokenizer.from_pretrained(demo_teacher_dir()), 32, DataOptions(),
+                      tmp_path / "cache")
+    assert cache.origins() == {"original": 2, "augmented": len(augmented) - 2, "unlabeled": 0}
 
 
 def test_qa_augmentation_keeps_answers_and_questions(tmp_path, squad_file):
@@ -234,6 +240,8 @@ def test_qa_augmentation_keeps_answers_and_questions(tmp_path, squad_file):
         answer = question.answers[0]
         assert question.context[answer["answer_start"]:][:len(answer["text"])] == asked[question.question]
     assert any(q.context != CONTEXT for q in questions)
+    assert [q.id for q in questions if not q.augmented] == ["q0", "q1", "q2", "q3"]
+    assert all("-aug" in q.id for q in questions if q.augmented)
 
 
 @pytest.mark.parametrize("name, content, suffix", [
@@ -385,7 +393,8 @@ def test_stage_two_tag_loss_counts_only_each_words_first_piece(monkeypatch):
     model = BertForTokenClassification(tiny_bert_config(num_labels=3)).eval()
     seen = {}
     monkeypatch.setattr(distillers, "token_soft_cross_entropy",
-                        lambda student, teacher, mask, temperature: seen.setdefault("mask", mask) * 0.0 + student.sum())
+                        lambda student, teacher, mask, temperature, weights: seen.setdefault("mask", mask) * 0.0
+                        + student.sum())
     labels = torch.tensor([[IGNORED, 1, IGNORED, 0, IGNORED, IGNORED]])
     batch = {"input_ids": torch.tensor([[101, 7592, 2088, 2003, 102, 0]]), "attention_mask": torch.tensor([[1] * 5 + [0]]),
              "labels": labels}
@@ -455,8 +464,11 @@ def test_a_qa_model_distilled_at_384_is_evaluated_at_384_by_a_bare_evaluate(tmp_
     first = json.loads((stage1 / "tinybert.json").read_text())
     assert (first["stage"], first["max_length"], first["started_from"]) == ("intermediate", 384, str(teacher))
     record = json.loads((stage2 / "tinybert.json").read_text())
-    assert record == {"stage": "prediction", "task": "qa", "labels": None, "max_length": 384, "doc_stride": 128,
-                      "teacher": str(teacher), "started_from": str(stage1)}  # stage 2 took stage 1's length
+    assert {key: record[key] for key in ("stage", "task", "labels", "max_length", "doc_stride", "teacher",
+                                         "started_from")} == {
+        "stage": "prediction", "task": "qa", "labels": None, "max_length": 384, "doc_stride": 128,
+        "teacher": str(teacher), "started_from": str(stage1)}  # stage 2 took stage 1's length
+    assert [step["stage"] for step in record["recipe"]] == ["intermediate", "prediction"]
 
     bare = tinybert_cli("evaluate", "--model", stage2, "--data", train)
     assert bare.returncode == 0, bare.stderr[-3000:]

@@ -193,8 +193,8 @@ def run_command(command: str, arguments, flags: dict) -> None:
 def _print_summary(summary: dict, output: str) -> None:
     best = summary.get("best")
     if best:
-        print("best dev: " + ", ".join(f"{k} {v:.4f}" for k, v in best.items() if k != "epoch")
-              + f" (epoch {best['epoch']})")
+        print("best dev: " + ", ".join(f"{k} {v:.4f}" for k, v in best.items() if k not in ("epoch", "step"))
+              + f" (epoch {best['epoch']:.4g})")
     print(f"model written to {output}")
 
 

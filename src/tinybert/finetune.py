@@ -18,8 +18,8 @@ from .data.cache import CACHE_DIR, data_fingerprints
 from .evaluation.metrics import selection_metric
 from .data.squad import fitting_stride
 from .models.loading import describe, load_classifier, load_tokenizer, save_model_dir
-from .models.record import model_record
-from .settings import group, option
+from .models.record import model_record, recipe_step
+from .settings import command_line, group, option, values_of
 from .training import (STATE_FILE, TaskFiles, TrainingConfig, is_complete, main_process_first,
                        make_accelerator, run_training, shapes_of_run)
 
@@ -28,8 +28,9 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class FinetuneConfig:
+    # a teacher trains until dev stops improving, --epochs at most
     training: TrainingConfig = group("training", lambda: TrainingConfig(learning_rate=2e-5, epochs=3,
-                                                                        checkpoint_every=200))
+                                                                        checkpoint_every=200, patience=2))
     max_length: int = option(128, "tokens per example (longer ones are truncated)",
                              flags=("--max_seq_length", "--max_seq_len"))
     metric: str | None = option(None, "dev metric that picks the best epoch (default accuracy; pearson for "
@@ -63,8 +64,11 @@ def finetune(model_dir: str | os.PathLike, train_path: str | os.PathLike, output
     if is_complete(output_dir):
         logger.info("%s is already complete; delete it to train again", output_dir)
         return json.loads((output_dir / STATE_FILE).read_text())
+    # the run's settings as given: the trackers' hyper-parameters, the command on the model card
+    arguments = FinetuneArguments(model=str(model_dir), train=str(train_path), eval=eval_path and str(eval_path),
+                                  output=str(output_dir), config=config, data_options=data_options)
     tokenizer = load_tokenizer(model_dir)
-    accelerator = make_accelerator(config.training)
+    accelerator = make_accelerator(config.training, output_dir)
     kind = detect_task(train_path, data_options)
     if kind == "qa":
         data_options = replace(data_options, doc_stride=fitting_stride(data_options.doc_stride, config.max_length))
@@ -89,14 +93,18 @@ def finetune(model_dir: str | os.PathLike, train_path: str | os.PathLike, output
                                             device=accelerator.device, show_progress=show_progress,
                                             accelerator=accelerator, shapes=shapes)
 
-    record = model_record("finetune", label_space, config.max_length, data_options.doc_stride, started_from=model_dir)
+    step = recipe_step("finetune", [train_path], train.origins(), config.training, patience=config.training.patience)
 
-    def save(unwrapped, _metrics):
-        save_model_dir(unwrapped, tokenizer, output_dir, record)
+    def save(unwrapped, metrics):
+        save_model_dir(unwrapped, tokenizer, output_dir, model_record(
+            "finetune", label_space, config.max_length, data_options.doc_stride, started_from=model_dir, step=step,
+            dev={"data": str(eval_path), "metric": metric, **metrics} if metrics else None,
+            command=command_line("finetune", arguments, FinetuneArguments())))
 
     logger.info("fine-tuning %s on %d examples (%s: %s)", model_dir, len(train), label_space.kind,
                 describe(label_space))
     return run_training(output_dir=output_dir, config=config.training, module=model, train_loader=loader,
                         compute_losses=lambda module, batch: {"loss": module(**model_inputs(batch, labels=True)).loss},
                         evaluate=evaluate, metric=metric, on_improved=save, accelerator=accelerator,
-                        description="fine-tuning", inputs=data_fingerprints(train, dev), compiled=shapes is not None)
+                        description="fine-tuning", inputs=data_fingerprints(train, dev), settings=values_of(arguments),
+                        compiled=shapes is not None)

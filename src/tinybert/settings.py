@@ -16,6 +16,7 @@ import argparse
 import dataclasses
 import difflib
 import math
+import shlex
 import types
 import typing
 from dataclasses import dataclass
@@ -275,3 +276,22 @@ def _text_converter(setting: Setting):
 def given_values(namespace: argparse.Namespace, settings: list[Setting]) -> dict[str, Any]:
     """The settings the command line gave, by key."""
     return {s.key: getattr(namespace, s.key) for s in settings if hasattr(namespace, s.key)}
+
+
+def command_line(command: str, instance, defaults) -> str:
+    """``tinybert COMMAND`` with the options that give ``instance``'s settings: those that differ
+    from ``defaults``'s, and the required ones."""
+    given, default = values_of(instance), values_of(defaults)
+    words = ["tinybert", command]
+    for setting in settings_of(type(instance)):
+        value = given[setting.key]
+        if value is None or value is False or (value == default[setting.key] and not setting.required):
+            continue
+        values = [str(item) for item in value] if isinstance(value, list) else [] if value is True else [str(value)]
+        if setting.positional:
+            words += values
+        elif setting.repeat:
+            words += [part for item in values for part in (f"--{setting.key.replace('_', '-')}", item)]
+        else:
+            words += [f"--{setting.key.replace('_', '-')}", *values]
+    return shlex.join(words)

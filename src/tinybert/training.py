@@ -2,8 +2,9 @@
 
 It owns what every stage needs: AdamW without decay on biases/LayerNorm, a linear or constant
 schedule with warm-up, gradient clipping and accumulation, mixed precision, progress with
-running losses, a JSONL log, checkpoints that a killed run resumes from exactly, evaluation
-after every epoch and a callback when the tracked metric improves.
+running losses, a JSONL log, checkpoints that a killed run resumes from exactly, and (through
+``monitoring``) experiment trackers, dev evaluations with a callback when the tracked metric
+improves, and early stopping.
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ from .artifacts import atomic_write, write_json
 from .compiling import CompiledStep, CompileSetting, StaticShapes, compile_option, static_shapes
 from .data import DataOptions
 from .errors import InputError
-from .settings import group, option
+from .monitoring import Monitor, tracking_options
+from .settings import group, option, values_of
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -37,7 +39,7 @@ STATE_FILE = "training_state.json"
 LOG_FILE = "train_log.jsonl"
 CHECKPOINT_DIR = "checkpoint"
 # settings that do not change the trained weights, so a checkpoint may resume under other values
-RESUME_NEUTRAL = frozenset({"checkpoint_every", "log_every"})
+RESUME_NEUTRAL = frozenset({"checkpoint_every", "log_every", "report_to"})
 
 
 @dataclass
@@ -68,9 +70,17 @@ class TrainingConfig:
     checkpoint_every: int = option(200, "optimizer steps between checkpoints")
     compile: CompileSetting = compile_option("each training step (and evaluation)")
     log_every: int = option(10, "optimizer steps between lines of train_log.jsonl")
+    report_to: list[str] = option(help="experiment trackers, through accelerate: tensorboard, mlflow, wandb, aim, "
+                                       "comet_ml, clearml, dvclive, swanlab, trackio, all or none (default none); "
+                                       "files under the output directory unless a tracker's settings say otherwise",
+                                  default_factory=list)
+    patience: int = option(0, "with a dev set: stop after N evaluations without improvement (0: never); --epochs "
+                              "is then the cap")
+    eval_every: int | None = option(None, "with a dev set: also evaluate every N optimizer steps (default: at epoch "
+                                          "ends only)")
 
 
-def make_accelerator(config: TrainingConfig) -> Accelerator:
+def make_accelerator(config: TrainingConfig, output_dir: str | os.PathLike | None = None) -> Accelerator:
     # Distillation leaves the student's pooler and task head out of the loss: DDP must allow that.
     # Under torchrun without GPUs accelerate only goes distributed (gloo) when told it is on CPU.
     multi_cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
@@ -89,7 +99,8 @@ def make_accelerator(config: TrainingConfig) -> Accelerator:
     return Accelerator(cpu=multi_cpu, mixed_precision=config.mixed_precision, step_scheduler_with_optimizer=False,
                        gradient_accumulation_steps=config.gradient_accumulation_steps,
                        dataloader_config=DataLoaderConfiguration(non_blocking=True),
-                       kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+                       kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+                       **tracking_options(config.report_to, output_dir))
 
 
 def frozen_teacher(teacher: torch.nn.Module, config: TrainingConfig, accelerator: Accelerator) -> torch.nn.Module:
@@ -150,19 +161,20 @@ def run_training(*, output_dir: str | os.PathLike, config: TrainingConfig, modul
                  evaluate: Callable[[torch.nn.Module], dict] | None = None, metric: str | None = None,
                  on_improved: Callable[[torch.nn.Module, dict], None],
                  accelerator: Accelerator | None = None, description: str = "training",
-                 inputs: dict | None = None, compiled: bool = False) -> dict:
+                 inputs: dict | None = None, settings: dict | None = None, compiled: bool = False) -> dict:
     """Train ``module`` and return a summary (best metrics, history).
 
     ``compute_losses(module, batch)`` returns a dict with the total ``"loss"`` and any parts to
-    log. ``evaluate(unwrapped_module)`` returns metrics after each epoch; ``on_improved`` is
-    called with the unwrapped module when ``metric`` improves (or at the end without evaluation).
+    log. ``evaluate(unwrapped_module)`` returns metrics after each epoch (and every
+    ``config.eval_every`` steps); ``on_improved`` is called with the unwrapped module when ``metric``
+    improves (or at the end without evaluation). ``settings``: the run's, for experiment trackers.
     Re-running with the same ``output_dir`` resumes from the last checkpoint, if it was made with
     the same settings and ``inputs`` (the data's fingerprint, ...): otherwise it is an error.
     ``compiled``: ``compute_losses`` gets the module through torch.compile (the batches have
     static shapes, see ``shapes_of_run``).
     """
     output_dir = Path(output_dir)
-    accelerator = accelerator or make_accelerator(config)
+    accelerator = accelerator or make_accelerator(config, output_dir)
     set_seed(config.seed)
     output_dir.mkdir(parents=True, exist_ok=True)
     checkpoint = output_dir / CHECKPOINT_DIR
@@ -208,6 +220,8 @@ def run_training(*, output_dir: str | os.PathLike, config: TrainingConfig, modul
                     state["epoch"] + 1, state["batch_in_epoch"])
     if accelerator.is_main_process:  # a run starting afresh keeps no lines of an earlier attempt
         _truncate_log(output_dir / LOG_FILE, state["global_step"])
+    monitor = Monitor(accelerator, config, evaluate, metric, on_improved, batches_per_epoch)
+    monitor.start(state, output_dir, settings or values_of(config))
 
     log_file = open(output_dir / LOG_FILE, "a") if accelerator.is_main_process else None
     progress = tqdm(total=total_steps, initial=state["global_step"], desc=description, unit="step",
@@ -235,9 +249,10 @@ def run_training(*, output_dir: str | os.PathLike, config: TrainingConfig, modul
         if log_file:
             log_file.write(json.dumps(record) + "\n")
             log_file.flush()
+        monitor.track(record)
 
     module.train()
-    while state["epoch"] < total_epochs and state["global_step"] < total_steps:
+    while state["epoch"] < total_epochs and state["global_step"] < total_steps and not monitor.stopped(state):
         epoch = state["epoch"]
         loader.set_epoch(epoch)
         epoch_loader = loader
@@ -265,24 +280,26 @@ def run_training(*, output_dir: str | os.PathLike, config: TrainingConfig, modul
                 progress.set_postfix({name: f"{float(value):.4g}" for name, value in running.items()}, refresh=False)
                 log({"step": state["global_step"], "epoch": epoch + state["batch_in_epoch"] / batches_per_epoch,
                      "lr": scheduler.get_last_lr()[0], **{k: float(v.detach()) for k, v in losses.items()}})
-            if state["global_step"] >= total_steps:
+            monitor.after_step(state, module, log)
+            if state["global_step"] >= total_steps or monitor.stopped(state):
                 break
             if state["global_step"] % config.checkpoint_every == 0:
                 save_checkpoint()
         state["epoch"] += 1
         state["batch_in_epoch"] = 0
-        _end_of_epoch(state, accelerator, module, evaluate, metric, on_improved, log)
-        if state["epoch"] < total_epochs and state["global_step"] < total_steps:
+        monitor.evaluate(state, module, log)
+        if state["epoch"] < total_epochs and state["global_step"] < total_steps and not monitor.stopped(state):
             save_checkpoint()  # after the last epoch the run completes at once: no checkpoint to resume from
     progress.close()
     if step:
         step.summary()
+    monitor.finish(state, "--max-steps" if state["global_step"] == config.max_steps else "--epochs")
 
     if evaluate is None:
         if accelerator.is_main_process:
             on_improved(accelerator.unwrap_model(module), {})
     summary = {"complete": True, "best": state["best"], "metric": metric, "history": state["history"],
-               "steps": state["global_step"], "config": asdict(config)}
+               "steps": state["global_step"], "stopped_early": monitor.stopped(state), "config": asdict(config)}
     if accelerator.is_main_process:
         if log_file:
             log_file.close()
@@ -291,28 +308,6 @@ def run_training(*, output_dir: str | os.PathLike, config: TrainingConfig, modul
         shutil.rmtree(previous, ignore_errors=True)
     accelerator.wait_for_everyone()
     return summary
-
-
-def _end_of_epoch(state, accelerator, module, evaluate, metric, on_improved, log) -> None:
-    if evaluate is None:
-        return
-    unwrapped = accelerator.unwrap_model(module)
-    metrics = evaluate(unwrapped)
-    module.train()
-    record = {"step": state["global_step"], "epoch": state["epoch"], "eval": metrics}
-    state["history"].append(record)
-    log(record)
-    value = metrics[metric]
-    improved = state["best"] is None or value > state["best"][metric]
-    message = f"epoch {state['epoch']}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
-    if improved:
-        state["best"] = {**metrics, "epoch": state["epoch"]}
-        if accelerator.is_main_process:
-            on_improved(unwrapped, metrics)
-        message += " (best so far, saved)"
-    if accelerator.is_main_process:
-        tqdm.write(message)
-    accelerator.wait_for_everyone()
 
 
 def _changes(old: dict, new: dict) -> str:

@@ -1,5 +1,6 @@
 """`tinybert augment`: a task file in, every row followed by its variants out, in the same
-format; streamed, and resumed after a kill from the last finished chunk of rows."""
+format with the variants marked (``data.writing.marked``); streamed, and resumed after a kill
+from the last finished chunk of rows."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..artifacts import digest_file
-from ..data import DataOptions, count_lines, format_row, header_line, report_bad_lines
+from ..data import DataOptions, count_lines, format_row, header_line, marked, report_bad_lines
+from ..data.formats import MARK
 from ..data.tasks import detect_task
 from ..errors import InputError
 from ..models.loading import digest_model_dir
@@ -36,8 +38,8 @@ def augment_file(input_path: str | os.PathLike, output_path: str | os.PathLike, 
                  mlm_dir: str | os.PathLike | None = None, word_vectors: str | os.PathLike | None = None,
                  config: AugmentConfig | None = None, data_options: DataOptions | None = None,
                  augmenter: Augmenter | None = None, show_progress: bool = True) -> dict:
-    """Writes every row followed by its variants (same label, the other text of a pair unchanged)
-    to ``output_path`` in the input's format. Streams the input; after a kill, the same call
+    """Writes every row followed by its variants (same label, the other text of a pair unchanged,
+    marked as variants) to ``output_path`` in the input's format. Streams the input; after a kill, the same call
     continues from the last finished chunk of rows."""
     config = config or AugmentConfig()
     options = data_options or DataOptions()
@@ -54,6 +56,7 @@ def augment_file(input_path: str | os.PathLike, output_path: str | os.PathLike, 
         write = augment_tagged if kind == "token" else augment_questions
         return write(input_path, output_path, augmenter, inputs, options, show_progress)
     layout, rows = options.open(input_path, require_labels=False)
+    output_layout = marked(layout)
     if config.field == "second" and not layout.has_pairs:
         raise InputError("--field second needs sentence pairs", path=input_path,
                          fix="drop --field second, or give a file of pairs")
@@ -74,16 +77,16 @@ def augment_file(input_path: str | os.PathLike, output_path: str | os.PathLike, 
         texts = [row.example.text_b if second else row.example.text_a for row in to_vary]
         lines, written = [], 0
         for row, (words, candidates) in zip(to_vary, augmenter.word_candidates(texts)):
-            lines.append(format_row(layout, row))
+            lines.append(format_row(output_layout, row))
             for variant in augmenter.variants(words, candidates, random.Random(f"{config.seed}:{row.line}")):
-                lines.append(format_row(layout, row, text_b=variant) if second else
-                             format_row(layout, row, text_a=variant))
+                lines.append(format_row(output_layout, row, text_b=variant, variant=True) if second else
+                             format_row(output_layout, row, text_a=variant, variant=True))
                 written += 1
-        lines.extend(format_row(layout, row) for row in to_copy)
+        lines.extend(format_row(output_layout, row) for row in to_copy)
         return "".join(lines), written
 
     return resumable_stream(rows, render, output_path, inputs, config.chunk_rows, count_lines(input_path),
-                            header_line(layout) or "", show_progress)
+                            header_line(output_layout) or "", show_progress)
 
 
 def output_inputs(input_path, mlm_dir, word_vectors, config: AugmentConfig, options: DataOptions) -> dict:
@@ -91,7 +94,7 @@ def output_inputs(input_path, mlm_dir, word_vectors, config: AugmentConfig, opti
     return {"input": digest_file(input_path), "mlm": digest_model_dir(mlm_dir) if mlm_dir else None,
             "word_vectors": digest_file(word_vectors) if word_vectors else None,
             "config": {k: v for k, v in vars(config).items() if k not in OUTPUT_NEUTRAL_SETTINGS},
-            "reading": vars(options)}
+            "reading": vars(options), "marks": MARK}  # output without the marks is not resumed
 
 
 @dataclass

@@ -5,6 +5,8 @@ only words tagged O are replaced, one word for one word, so every tag stays on i
 QA (SQuAD JSON): every paragraph as it is, then, for each of its questions, variants of the
 context as paragraphs of their own; only context words outside the question's answers are
 replaced (the question never), and the answers' character offsets are recomputed.
+Variants are marked: ``"augmented": true`` in a JSONL sentence or a SQuAD question, and a
+``-DOCSTART- augmented`` line before a CoNLL sentence (a document break every CoNLL reader skips).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from pathlib import Path
 from tokenizers import pre_tokenizers
 
 from ..artifacts import atomic_write
-from ..data.formats import report_bad_lines
+from ..data.formats import MARK, report_bad_lines
 from ..data.squad import paragraphs_of, read_document, read_questions
 from ..data.tagging import read_sentences
 from ..errors import InputError
@@ -44,11 +46,11 @@ def augment_tagged(input_path: str, output_path: Path, augmenter: Augmenter, inp
         found = augmenter.candidates_of([s.words for s in good[:vary]], replaceable[:vary])
         out, written = [], 0
         for index, sentence in enumerate(good):
-            out.append(_sentence(sentence, sentence.words, jsonl, columns))
+            out.append(_sentence(sentence, sentence.words, jsonl, columns, sentence.augmented))
             if index < vary:
                 for words in augmenter.variant_words(sentence.words, found[index],
                                                      random.Random(f"{config.seed}:{sentence.line}")):
-                    out.append(_sentence(sentence, words, jsonl, columns))
+                    out.append(_sentence(sentence, words, jsonl, columns, True))
                     written += 1
         return "".join(out), written
 
@@ -62,12 +64,13 @@ def _columns(path: str) -> dict[int, list[str]]:
                 if line.strip() and not line.startswith("-DOCSTART-")}
 
 
-def _sentence(sentence, words: list[str], jsonl: bool, columns: dict[int, list[str]]) -> str:
+def _sentence(sentence, words: list[str], jsonl: bool, columns: dict[int, list[str]], variant: bool) -> str:
     if jsonl:
-        return json.dumps({"tokens": words, "tags": sentence.tags}, ensure_ascii=False) + "\n"
+        return json.dumps({"tokens": words, "tags": sentence.tags, **({MARK: True} if variant else {})},
+                          ensure_ascii=False) + "\n"
     lines = [" ".join([word, *columns.get(sentence.line + i, []), tag])
              for i, (word, tag) in enumerate(zip(words, sentence.tags))]
-    return "\n".join(lines) + "\n\n"
+    return (f"-DOCSTART- {MARK}\n\n" if variant else "") + "\n".join(lines) + "\n\n"
 
 
 def augment_questions(input_path: str, output_path: Path, augmenter: Augmenter, inputs: dict, options,
@@ -108,7 +111,7 @@ def augment_questions(input_path: str, output_path: Path, augmenter: Augmenter, 
                 rng = random.Random(f"{config.seed}:{question.get('id')}")
                 for number, new in enumerate(augmenter.variant_words(words, found, rng)):
                     text, moved = _rebuilt(context, spans, new)
-                    qas = [{**question, "id": f"{question.get('id')}-aug{number + 1}",
+                    qas = [{**question, "id": f"{question.get('id')}-aug{number + 1}", MARK: True,
                             "answers": [{"text": a["text"], "answer_start": moved(a["answer_start"])}
                                         for a in question.get("answers", [])]}]
                     out.append(json.dumps({"title": title, "paragraph": {"context": text, "qas": qas}},

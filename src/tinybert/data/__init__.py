@@ -6,8 +6,8 @@ from .formats import Example, Layout, Row, TaskData, open_task_file, read_task_f
 from .options import DataOptions, TaskLabels, count_lines
 from .labels import LabelSpace
 from .sampling import EpochSampler
-from .writing import format_row, header_line
+from .writing import format_row, header_line, marked
 
 __all__ = ["DataOptions", "EncodedData", "EpochSampler", "Example", "LabelSpace", "Layout", "Row", "TaskData",
            "TaskLabels", "TokenCache", "count_lines", "encode", "eval_loader", "format_row", "header_line",
-           "open_task_file", "read_task_file", "report_bad_lines", "task_cache", "train_loader"]
+           "marked", "open_task_file", "read_task_file", "report_bad_lines", "task_cache", "train_loader"]

@@ -6,9 +6,11 @@ directory per (file, task, tokenizer, max length), in the feature files of ``fea
 stamped in ``meta.json`` with what it was made from and each file's size; it is rebuilt in place
 when the file's content, the tokenizer, the length or the column options change, or when a file
 of it is missing or cut short. Runs sharing a cache build it once, under a lock. Labels are stored as indices
-into the file's own label table (in ``meta.json``, with each label's first line), so a cache
-serves any model that reads them. This module holds text classification's cache and what all
-caches share; ``tagging.py`` and ``squad.py`` build those of token classification and QA.
+into the file's own label table (in ``meta.json``, with each label's first line; -1: none), so a
+cache serves any model that reads them; beside each, where its label comes from (an original row,
+an augmented variant, unlabelled text: ``labels.ORIGINAL`` ...). This module holds text
+classification's cache and what all caches share; ``tagging.py`` and ``squad.py`` build those of
+token classification and QA.
 """
 
 from __future__ import annotations
@@ -27,15 +29,15 @@ from ..errors import InputError
 from ..models.tokenizer import tokenizer_digest
 from .formats import report_bad_lines
 from .options import DataOptions, TaskLabels, count_lines
-from .labels import LabelSpace
-from .batching import TextEncoder, warn_truncated
+from .labels import LabelSpace, origin_of
+from .batching import IGNORED_LABEL, TextEncoder, warn_truncated
 from .features import FeatureFile, FeatureWriter
 
 logger = logging.getLogger(__name__)
 
 META_FILE = "meta.json"
 CACHE_DIR = "token_cache"  # inside a stage's output directory, unless --cache-dir says otherwise
-VERSION = 3
+VERSION = 4
 _CHUNK_ROWS = 2048
 _SKIPPED_SHOWN = 100
 
@@ -58,7 +60,7 @@ class TokenCache(FeatureFile):
         if self.count == self.meta["examples"]:
             return table
         used = np.unique(self.column("label", self.count))
-        return {self.meta["labels"][i]: self.meta["label_lines"][i] for i in used}
+        return {self.meta["labels"][i]: self.meta["label_lines"][i] for i in used if i >= 0}
 
     def labelled(self, label_space: LabelSpace) -> "TokenCache":
         """A view whose examples carry their label encoded in ``label_space`` (an unknown label is
@@ -66,6 +68,8 @@ class TokenCache(FeatureFile):
         view = copy.copy(self)
         view._label_values = [label_space.encode_value(raw, self.path, line)
                               for raw, line in zip(self.meta["labels"], self.meta["label_lines"])]
+        # last, so that a row without a label (index -1) reads it: a placeholder of the labels' type no loss reads
+        view._label_values.append(float(IGNORED_LABEL) if label_space.is_regression else IGNORED_LABEL)
         return view
 
     def __getitem__(self, index: int) -> dict:
@@ -106,14 +110,16 @@ def cache_directory(path: Path, kind: str, tokenizer, max_length: int, options: 
 
 
 def task_cache(path: str | os.PathLike, tokenizer, max_length: int, options: DataOptions,
-               default_dir: str | os.PathLike | None = None, show_progress: bool = True) -> TokenCache:
+               default_dir: str | os.PathLike | None = None, show_progress: bool = True,
+               labels: str = "required") -> TokenCache:
     """The token cache of a text-classification file, in ``options.cache_dir`` (else
     ``default_dir``, else the user cache), built now unless one made from the same inputs is
-    there. ``options.max_examples`` is not applied here (``TokenCache.first`` does)."""
+    there. ``options.max_examples`` is not applied here (``TokenCache.first`` does). ``labels``:
+    required, optional or ignored (see ``labels.py``)."""
     path = Path(path)
-    directory, inputs = cache_directory(path, "sequence", tokenizer, max_length, options, default_dir)
+    directory, inputs = cache_directory(path, "sequence", tokenizer, max_length, options, default_dir, labels=labels)
     cached_features(path, inputs, directory,
-                    lambda staging: _build(path, tokenizer, max_length, options, staging, show_progress))
+                    lambda staging: _build(path, tokenizer, max_length, options, staging, show_progress, labels))
     cache = TokenCache(directory)
     # what the build said, said again on every use of the cache
     if cache.meta["skipped"]:
@@ -169,12 +175,13 @@ def write_in_chunks(path: Path, records, writer: FeatureWriter, add, options: Da
     return {**meta, "skipped": skipped, "skipped_lines": bad}
 
 
-def _build(path: Path, tokenizer, max_length: int, options: DataOptions, staging: Path, show_progress: bool) -> dict:
+def _build(path: Path, tokenizer, max_length: int, options: DataOptions, staging: Path, show_progress: bool,
+           labels: str) -> dict:
     check_length(max_length)
-    layout, rows = options.open(path)
+    layout, rows = options.open(path, require_labels=labels == "required")
     pairs = layout.has_pairs
     encoder = TextEncoder(tokenizer, max_length)
-    writer = FeatureWriter(staging, token_columns(tokenizer), {"label": "<i4"}, max_length)
+    writer = FeatureWriter(staging, token_columns(tokenizer), {"label": "<i4", "origin": "<u1"}, max_length)
     table: dict[str, int] = {}
     first_lines: list[int] = []
     truncated = 0
@@ -185,16 +192,19 @@ def _build(path: Path, tokenizer, max_length: int, options: DataOptions, staging
         if not good:
             return
         tokens = encoder([e.text_a for e in good], [e.text_b or "" for e in good] if pairs else None)
-        for example in good:
-            if example.label not in table:
-                table[example.label] = len(table)
+        read = [e.label if labels != "ignored" else None for e in good]
+        for example, label in zip(good, read):
+            if label is not None and label not in table:
+                table[label] = len(table)
                 first_lines.append(example.line)
         writer.add({"input_ids": tokens.input_ids, "token_type_ids": tokens.token_type_ids},
-                   {"label": [table[e.label] for e in good]})
+                   {"label": [-1 if label is None else table[label] for label in read],
+                    "origin": [origin_of(e.augmented, label is not None) for e, label in zip(good, read)]})
         truncated += tokens.truncated
 
     meta = write_in_chunks(path, rows, writer, add, options, show_progress, _CHUNK_ROWS, "no usable examples",
                            "check the file's format and columns")
-    LabelSpace.infer(TaskLabels(str(path), dict(zip(table, first_lines))))  # labels no model can read: stop here
+    if table:  # labels no model can read: stop here
+        LabelSpace.infer(TaskLabels(str(path), dict(zip(table, first_lines))))
     return {**meta, "source": str(path), "pairs": pairs, "labels": list(table), "label_lines": first_lines,
             "truncated": truncated}

@@ -3,7 +3,8 @@
 A *token column* holds one value per token (token ids, token types, a tag per token, a character
 offset per token), all examples one after another in a flat file, with the offsets of each
 example in ``offsets.bin``; an *example column* holds one value per example (a label, an answer's
-positions). ``lengths.bin`` holds the tokens per example, what length-grouped batching sorts by.
+positions, where the example's label comes from). ``lengths.bin`` holds the tokens per example,
+what length-grouped batching sorts by.
 Reads are positioned (``os.pread``), so a process holds only what its batches need.
 """
 
@@ -15,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 from torch.utils.data import Dataset
+
+from .labels import ORIGINS
 
 
 class FeatureWriter:
@@ -82,6 +85,11 @@ class FeatureFile(Dataset):
             view.count, view.lengths = count, self.lengths[:count]
         return view
 
+    def origins(self) -> dict[str, int]:
+        """How many examples in view are original rows, augmented variants and unlabelled text."""
+        counts = np.bincount(self.column("origin", self.count), minlength=len(ORIGINS))
+        return dict(zip(ORIGINS, map(int, counts)))
+
     def column(self, name: str, count: int | None = None) -> np.ndarray:
         """A whole example column (for the few that are needed at once, e.g. to list labels)."""
         return np.fromfile(self.directory / f"{name}.bin", dtype=self._example[name], count=-1 if count is None else count)
@@ -99,3 +107,27 @@ class FeatureFile(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         return self.row(index)
+
+
+class Joined(Dataset):
+    """Feature files read as one dataset, one after the other (a training file and files of
+    unlabelled text); ``lengths`` and ``labelled`` as each part's."""
+
+    def __init__(self, parts: list):
+        self.parts = parts
+        self.lengths = np.concatenate([part.lengths for part in parts])
+        self.starts = np.cumsum([0] + [len(part) for part in parts])
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    def __getitem__(self, index: int) -> dict:
+        part = int(np.searchsorted(self.starts, index, side="right")) - 1
+        return self.parts[part][index - int(self.starts[part])]
+
+    def labelled(self, label_space) -> "Joined":
+        return Joined([part.labelled(label_space) for part in self.parts])
+
+    def origins(self) -> dict[str, int]:
+        counts = [part.origins() for part in self.parts]
+        return {name: sum(count[name] for count in counts) for name in ORIGINS}

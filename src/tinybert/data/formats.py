@@ -32,6 +32,8 @@ TEXT_COLUMNS = ("sentence1", "question", "question1", "premise", "text_a", "sent
 PAIR_COLUMNS = ("sentence2", "text_b", "question2", "hypothesis", "sentence")
 LABEL_COLUMNS = ("label", "labels", "score", "gold_label", "target", "class", "category")
 KNOWN_COLUMNS = frozenset(TEXT_COLUMNS + PAIR_COLUMNS + LABEL_COLUMNS + ("idx", "index", "id"))
+# The column (or JSON key) `tinybert augment` marks its variants with: 1 (true) on a variant
+MARK = "augmented"
 
 _BAD_LINES_SHOWN = 5
 _PEEK_LINES = 1000  # lines read ahead to find a header-less file's field count
@@ -43,6 +45,7 @@ class Example:
     text_b: str | None
     label: str | None  # raw text of the label; interpreted by a LabelSpace
     line: int  # 1-based line number in the source file, for error messages
+    augmented: bool = False  # a variant written by `tinybert augment`
 
 
 @dataclass
@@ -237,7 +240,7 @@ def _pick_columns(path: str, header: list[str], text_column, pair_column, label_
     return text, pair, label
 
 
-def _row(number, fields, text_a, text_b, label, require_labels) -> Row:
+def _row(number, fields, text_a, text_b, label, require_labels, augmented=False) -> Row:
     text_a = (text_a or "").strip()
     text_b = None if text_b is None else text_b.strip()
     label = None if label is None else str(label).strip()
@@ -247,7 +250,7 @@ def _row(number, fields, text_a, text_b, label, require_labels) -> Row:
         return Row(number, fields, None, "the second text of the pair is empty")
     if require_labels and not label:
         return Row(number, fields, None, "the label is empty")
-    return Row(number, fields, Example(text_a, text_b, label or None, number))
+    return Row(number, fields, Example(text_a, text_b, label or None, number, augmented))
 
 
 def _delimited_rows(path, lines, delimiter, text_column, pair_column, label_column, require_labels):
@@ -262,6 +265,7 @@ def _delimited_rows(path, lines, delimiter, text_column, pair_column, label_colu
     text, pair, label = _pick_columns(path, header, text_column, pair_column, label_column, require_labels)
     index = {name: i for i, name in enumerate(header)}
     layout = Layout(path, "tsv" if delimiter == "\t" else "csv", header, text, pair, label)
+    mark = index.get(MARK)
 
     def rows():
         for number, fields in records:
@@ -269,7 +273,8 @@ def _delimited_rows(path, lines, delimiter, text_column, pair_column, label_colu
                 yield Row(number, fields, None, f"{len(fields)} fields where the header has {len(header)}")
                 continue
             yield _row(number, fields, fields[index[text]], fields[index[pair]] if pair else None,
-                       fields[index[label]] if label else None, require_labels)
+                       fields[index[label]] if label else None, require_labels, mark is not None and
+                       fields[mark] == "1")
     return layout, rows()
 
 
@@ -292,7 +297,7 @@ def _jsonl_rows(path, lines, text_column, pair_column, label_column, require_lab
                 yield Row(number, record, None, f"missing key {missing[0]!r}")
                 continue
             yield _row(number, record, record[text], record[pair] if pair else None,
-                       record[label] if label else None, require_labels)
+                       record[label] if label else None, require_labels, record.get(MARK) is True)
     return layout, rows()
 
 

@@ -21,6 +21,19 @@ def _parses_as_number(value: str) -> bool:
 
 TASKS = ("sequence", "token", "qa")
 
+# Where a training example's label comes from, kept for every example in the token caches: only an
+# original row's label is known to be right (an augmented variant keeps its row's label, which
+# its new words may have made wrong; unlabelled text has none). Stage 2's gold-label loss reads it.
+ORIGINAL, AUGMENTED, UNLABELLED = 0, 1, 2
+ORIGINS = ("original", "augmented", "unlabeled")  # their names, in that order
+# What reading a file asks of its labels (the readers' and caches' ``labels`` argument): every row
+# has one ("required": fine-tuning, evaluation), a row may lack one ("optional": distillation's
+# training data), or none is read ("ignored": unlabelled text given as such).
+
+
+def origin_of(augmented: bool, labelled: bool) -> int:
+    return AUGMENTED if augmented else ORIGINAL if labelled else UNLABELLED
+
 
 @dataclass
 class LabelSpace:

@@ -23,7 +23,8 @@ from ..artifacts import read_json
 from ..errors import InputError
 from .cache import cache_directory, cached_features, check_length, token_columns
 from .features import FeatureFile, FeatureWriter
-from .formats import json_lines, report_bad_lines, utf8_lines
+from .formats import MARK, json_lines, report_bad_lines, utf8_lines
+from .labels import origin_of
 from .options import DataOptions
 
 logger = logging.getLogger(__name__)
@@ -42,20 +43,27 @@ class Question:
     impossible: bool = False
     line: int = 1
     problem: str | None = None
+    augmented: bool = False  # a variant written by `tinybert augment`
+
+    @property
+    def labelled(self) -> bool:
+        return bool(self.answers) or self.impossible
 
 
-def read_questions(path: str | Path, require_answers: bool = True) -> list[Question]:
+def read_questions(path: str | Path, labels: str = "required") -> list[Question]:
     """Every question of a SQuAD JSON or JSONL file (a SQuAD file is one JSON document: it is read
-    whole). Malformed questions carry a ``problem``."""
+    whole). Malformed questions carry a ``problem``. ``labels``: every question needs its answers
+    (or ``is_impossible``), a question without any is unlabelled (``optional``), or answers are not
+    read (``ignored``)."""
     path = Path(path)
     if path.suffix.lower() == ".jsonl":
         return [Question("", "", "", line=number, problem=problem) if problem else
-                _question(record, number, require_answers) for number, record, problem in json_lines(str(path))]
+                _question(record, number, labels) for number, record, problem in json_lines(str(path))]
     questions = []
     for _, paragraph in paragraphs_of(read_document(path), path):
         for record in paragraph["qas"]:
             questions.append(_question({**record, "context": paragraph.get("context")} if isinstance(record, dict)
-                                       else record, len(questions) + 1, require_answers))
+                                       else record, len(questions) + 1, labels))
     return questions
 
 
@@ -93,8 +101,8 @@ def _parse(path: Path, text: str, line: int):
                          fix="give SQuAD JSON, or one JSON object per line") from None
 
 
-def _question(record, number: int, require_answers: bool) -> Question:
-    """A question and its answers, checked (the answers only when they are needed)."""
+def _question(record, number: int, labels: str) -> Question:
+    """A question and its answers, checked (the answers only when they are read)."""
     if not isinstance(record, dict):
         return Question("", "", "", line=number, problem="not a JSON object")
     question, context = record.get("question"), record.get("context")
@@ -103,8 +111,9 @@ def _question(record, number: int, require_answers: bool) -> Question:
         return Question(identifier, "", "", line=number, problem=f"question {identifier}: no question or context text")
     impossible = bool(record.get("is_impossible", False))
     answers = record.get("answers") or []
-    if not require_answers:  # predicting: answers given are ignored
-        return Question(identifier, question, context, [], impossible, number)
+    variant = record.get(MARK) is True
+    if labels == "ignored":  # predicting, or unlabelled text given as such: answers given are not read
+        return Question(identifier, question, context, [], False, number, augmented=variant)
     if not isinstance(answers, list) or not all(isinstance(answer, dict) for answer in answers):
         return Question(identifier, question, context, line=number,
                         problem=f"question {identifier}: \"answers\" is not a list of {{text, answer_start}}")
@@ -114,10 +123,10 @@ def _question(record, number: int, require_answers: bool) -> Question:
                 or context[start:start + len(text)] != text:
             return Question(identifier, question, context, line=number,
                             problem=f"question {identifier}: answer {text!r} is not at character {start} of its context")
-    if not answers and not impossible:
+    if not answers and not impossible and labels == "required":
         return Question(identifier, question, context, line=number,
                         problem=f"question {identifier}: no answer (and not marked is_impossible)")
-    return Question(identifier, question, context, answers, impossible, number)
+    return Question(identifier, question, context, answers, impossible, number, augmented=variant)
 
 
 def fitting_stride(given: int | None, max_length: int, recorded: int | None = None) -> int:
@@ -212,27 +221,28 @@ class AnswerCache(FeatureFile):
 
 
 def answer_cache(path: str | Path, tokenizer, max_length: int, options: DataOptions, default_dir=None,
-                 show_progress: bool = True) -> AnswerCache:
+                 show_progress: bool = True, labels: str = "required") -> AnswerCache:
     path = Path(path)
     require_right_padding(tokenizer)  # here too: a cache built earlier skips ``windows``
     options = replace(options, doc_stride=fitting_stride(options.doc_stride, max_length))
     # questions are cut here, not when read: a cut file is a cache of its own
     directory, inputs = cache_directory(path, "qa", tokenizer, max_length, options, default_dir,
-                                        doc_stride=options.doc_stride, max_examples=options.max_examples)
+                                        doc_stride=options.doc_stride, max_examples=options.max_examples, labels=labels)
     cached_features(path, inputs, directory, lambda staging: _build(path, tokenizer, max_length, options, staging,
-                                                                   show_progress))
+                                                                   show_progress, labels))
     cache = AnswerCache(directory, read_json(directory / "meta.json"))
     if cache.meta["skipped"]:
         report_bad_lines(str(path), cache.meta["skipped_lines"], True, total=cache.meta["skipped"])
     return cache
 
 
-def _build(path: Path, tokenizer, max_length: int, options: DataOptions, staging: Path, show_progress: bool) -> dict:
+def _build(path: Path, tokenizer, max_length: int, options: DataOptions, staging: Path, show_progress: bool,
+           labels: str) -> dict:
     check_length(max_length)
     if not getattr(tokenizer, "is_fast", False):
         raise InputError("question answering needs a fast tokenizer (its character offsets map answers back)",
                          path=path, fix="use a model directory with a tokenizer.json")
-    questions = read_questions(path)
+    questions = read_questions(path, labels)
     bad = [(q.line, q.problem) for q in questions if q.problem]
     if bad and not options.skip_bad_lines:
         report_bad_lines(str(path), bad[:100], False, total=len(bad))
@@ -240,12 +250,14 @@ def _build(path: Path, tokenizer, max_length: int, options: DataOptions, staging
     if not good:
         raise InputError("no questions", path=path, fix="give SQuAD JSON or JSONL questions with contexts")
     writer = FeatureWriter(staging, token_columns(tokenizer, offset_start="<i4", offset_end="<i4"),
-                           {"example": "<i4", "start_positions": "<i4", "end_positions": "<i4"}, max_length)
+                           {"example": "<i4", "start_positions": "<i4", "end_positions": "<i4", "origin": "<u1"},
+                           max_length)
     with open(staging / EXAMPLES_FILE, "w", encoding="utf-8") as table:
         for start in tqdm(range(0, len(good), _CHUNK), desc=f"tokenising {path.name}", unit="chunk",
                           disable=not show_progress, leave=False):
             chunk = good[start:start + _CHUNK]
             columns = windows(tokenizer, chunk, max_length, options.doc_stride)
+            columns["origin"] = [origin_of(chunk[i].augmented, chunk[i].labelled) for i in columns["example"]]
             columns["example"] = [start + i for i in columns["example"]]
             writer.add(columns, columns)
             table.writelines(json.dumps({"id": q.id, "question": q.question, "context": q.context,

@@ -18,7 +18,8 @@ _PEEK = 1 << 16
 
 def detect_task(path: str | Path, options: DataOptions) -> str:
     """``options.task``, or what the file looks like: SQuAD JSON or JSONL questions → qa; CoNLL
-    columns ending in IOB2 tags, or JSONL with tokens → token; anything else → sequence."""
+    columns ending in IOB2 tags, bare words one per line in sentences, or JSONL with tokens → token;
+    anything else → sequence."""
     if options.task != "auto":
         return options.task
     path = Path(path)
@@ -38,31 +39,36 @@ def detect_task(path: str | Path, options: DataOptions) -> str:
         if suffix == ".json":
             return "qa" if '"paragraphs"' in head else "sequence"
         return "qa" if isinstance(record, dict) and {"question", "context"} <= record.keys() else "sequence"
-    lines = [line for line in head.splitlines()[:-1] if line.strip()][:50]
+    complete = head.splitlines()[:-1]
+    lines = [line for line in complete if line.strip()][:50]
     # a word first, not `text<TAB>label`
     one_word_first = "\t" not in lines[0] or " " not in lines[0].split("\t")[0] if lines else False
-    if one_word_first and (lines[0].startswith("-DOCSTART-") or all(
-            len(line.split()) >= 2 and TAG.match(line.split()[-1]) for line in lines)):
+    words = [line.split() for line in lines if not line.startswith("-DOCSTART-")]
+    tagged = all(len(fields) >= 2 and TAG.match(fields[-1]) for fields in words)
+    bare = all(len(fields) == 1 for fields in words) and any(not line.strip() for line in complete)
+    if one_word_first and (lines[0].startswith("-DOCSTART-") or tagged or bare):
         return "token"
     return "sequence"
 
 
 def task_data(kind: str, path, tokenizer, max_length: int, options: DataOptions, default_dir=None,
-              show_progress: bool = True, limit: bool = True):
+              show_progress: bool = True, limit: bool = True, labels: str = "required"):
     """The token cache of a file of task ``kind``; ``options.max_examples`` cuts it unless ``limit``
-    is False (a dev set is read whole)."""
+    is False (a dev set is read whole). ``labels``: required, optional or ignored (see ``labels.py``)."""
     if kind == "qa":
         return answer_cache(path, tokenizer, max_length, replace(options, max_examples=options.max_examples
-                                                                 if limit else None), default_dir, show_progress)
+                                                                 if limit else None), default_dir, show_progress,
+                            labels)
     build = tag_cache if kind == "token" else task_cache
-    cache = build(path, tokenizer, max_length, options, default_dir, show_progress=show_progress)
+    cache = build(path, tokenizer, max_length, options, default_dir, show_progress=show_progress, labels=labels)
     return cache.first(options.max_examples if limit else None)
 
 
 def train_and_dev(kind: str, train_path, eval_path, tokenizer, max_length: int, options: DataOptions,
-                  default_dir=None, show_progress: bool = True):
-    """The training data's cache (cut to ``max_examples``) and the dev data's (whole, or None)."""
-    train = task_data(kind, train_path, tokenizer, max_length, options, default_dir, show_progress)
+                  default_dir=None, show_progress: bool = True, labels: str = "required"):
+    """The training data's cache (cut to ``max_examples``; its rows' ``labels`` as asked) and the
+    dev data's (whole and labelled, or None)."""
+    train = task_data(kind, train_path, tokenizer, max_length, options, default_dir, show_progress, labels=labels)
     dev = task_data(kind, eval_path, tokenizer, max_length, options, default_dir, show_progress, limit=False) \
         if eval_path else None
     return train, dev

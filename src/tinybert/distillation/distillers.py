@@ -23,8 +23,9 @@ from safetensors.torch import load_file, save_file
 from .attention import captured, record_attention
 from ..errors import InputError
 from ..data.batching import IGNORED_LABEL, model_inputs
-from .losses import (attention_loss, hidden_loss, prediction_loss, relation_loss, span_soft_cross_entropy,
-                     token_soft_cross_entropy)
+from ..data.labels import ORIGINAL
+from .losses import (attention_loss, gold_label_loss, hidden_loss, prediction_loss, relation_loss,
+                     span_soft_cross_entropy, token_gold_label_loss, token_soft_cross_entropy)
 from ..models.files import PROJECTIONS_FILE
 from ..settings import option
 
@@ -144,16 +145,22 @@ class IntermediateDistiller(_TeacherAndStudent):
 class PredictionDistiller(_TeacherAndStudent):
     """Soft cross-entropy against the teacher's predictions: its class distribution (MSE against
     its output for regression), its tag distribution at each word's first piece (``task="token"``), or its
-    distributions of where the answer starts and ends (``task="qa"``)."""
+    distributions of where the answer starts and ends (``task="qa"``). With ``hard_label_weight`` α,
+    (1 − α)·soft + α·cross-entropy against the gold labels on original rows (``origin`` ORIGINAL):
+    not on augmented variants, whose label their new words may have made wrong, nor unlabelled text."""
 
-    def __init__(self, student, teacher, temperature: float = 1.0, regression: bool = False, task: str = "sequence"):
+    def __init__(self, student, teacher, temperature: float = 1.0, regression: bool = False, task: str = "sequence",
+                 hard_label_weight: float = 0.0):
         super().__init__(student, teacher)
         self.temperature = temperature
         self.regression = regression
         self.task = task
+        self.hard_label_weight = hard_label_weight
 
     def forward(self, batch: dict) -> dict:
         labels = batch.get("labels")
+        gold = batch["origin"] == ORIGINAL if self.hard_label_weight else None
+        positions = (batch.get("start_positions"), batch.get("end_positions"))
         batch = model_inputs(batch)
         with torch.no_grad():
             teacher = self.teacher(**batch)
@@ -162,12 +169,24 @@ class PredictionDistiller(_TeacherAndStudent):
         if self.task == "token" and labels is not None:
             # the teacher was trained on each word's first piece only: elsewhere its tags mean nothing
             mask = labels != IGNORED_LABEL
+        soft_weights = None if gold is None else 1 - self.hard_label_weight * gold.float()
         if self.task == "qa":
-            loss = (span_soft_cross_entropy(student.start_logits, teacher.start_logits, mask, self.temperature)
+            loss = (span_soft_cross_entropy(student.start_logits, teacher.start_logits, mask, self.temperature,
+                                            soft_weights)
                     + span_soft_cross_entropy(student.end_logits, teacher.end_logits, mask,
-                                              self.temperature)) / 2
+                                              self.temperature, soft_weights)) / 2
         elif self.task == "token":
-            loss = token_soft_cross_entropy(student.logits, teacher.logits, mask, self.temperature)
+            loss = token_soft_cross_entropy(student.logits, teacher.logits, mask, self.temperature, soft_weights)
         else:
-            loss = prediction_loss(student.logits, teacher.logits, self.regression, self.temperature)
-        return {"loss": loss, "pred": loss}
+            loss = prediction_loss(student.logits, teacher.logits, self.regression, self.temperature, soft_weights)
+        if gold is None:
+            return {"loss": loss, "pred": loss}
+        weights = self.hard_label_weight * gold.float()
+        if self.task == "qa":
+            hard = sum(gold_label_loss(logits, targets, weights, attention_mask=mask)
+                       for logits, targets in zip((student.start_logits, student.end_logits), positions)) / 2
+        elif self.task == "token":  # a word without a tag (-1, unlabelled text) counts in no gold loss
+            hard = token_gold_label_loss(student.logits, labels.where(labels >= 0, IGNORED_LABEL), mask, weights)
+        else:
+            hard = gold_label_loss(student.logits, labels, weights, self.regression)
+        return {"loss": loss + hard, "pred": loss, "gold": hard}

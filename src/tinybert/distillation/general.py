@@ -16,8 +16,8 @@ from ..data import train_loader
 from ..data.corpus import build_corpus_cache
 from .distillers import IntermediateDistiller, IntermediateLosses
 from ..models.loading import check_model_dir, load_tokenizer, save_model_dir
-from ..models.record import model_record
-from ..settings import group, option
+from ..models.record import model_record, recipe_step
+from ..settings import command_line, group, option, values_of
 from ..models.students import build_student, choose_layer_map
 from ..training import (STATE_FILE, TrainingConfig, frozen_teacher, is_complete, main_process_first,
                         make_accelerator, run_training, shapes_of_run)
@@ -68,7 +68,7 @@ def general_distill(teacher_dir: str | os.PathLike, corpus: list[str | os.PathLi
         logger.info("%s is already complete; delete it to train again", output_dir)
         return json.loads((output_dir / STATE_FILE).read_text())
     training = config.training
-    accelerator = make_accelerator(training)
+    accelerator = make_accelerator(training, output_dir)
     set_seed(training.seed)
     tokenizer = load_tokenizer(teacher_dir)
     teacher, dataset = main_process_first(accelerator, lambda: (
@@ -85,9 +85,14 @@ def general_distill(teacher_dir: str | os.PathLike, corpus: list[str | os.PathLi
     loader = train_loader(dataset, tokenizer, training.batch_size, training.seed, group_by_length=False,
                           shapes=shapes)
 
+    arguments = GeneralArguments(teacher=str(teacher_dir), corpus=[str(path) for path in corpus], student=student,
+                                 output=str(output_dir), config=config)
+    step = recipe_step("general", corpus, len(dataset), training)
+
     def save(unwrapped, _metrics):
-        save_model_dir(unwrapped.student, tokenizer, output_dir,
-                       model_record("general", None, config.max_length, None, teacher=teacher_dir, started_from=student))
+        save_model_dir(unwrapped.student, tokenizer, output_dir, model_record(
+            "general", None, config.max_length, None, teacher=teacher_dir, started_from=student, step=step,
+            command=command_line("general", arguments, GeneralArguments())))
         unwrapped.save_projections(output_dir)
 
     logger.info("general distillation %s → %d-layer student on %d examples, layer map %s", teacher_dir,
@@ -95,4 +100,5 @@ def general_distill(teacher_dir: str | os.PathLike, corpus: list[str | os.PathLi
     return run_training(output_dir=output_dir, config=training, module=distiller, train_loader=loader,
                         compute_losses=lambda module, batch: module(batch), on_improved=save,
                         accelerator=accelerator, description="general distillation",
-                        inputs={"corpus": dataset.fingerprint}, compiled=shapes is not None)
+                        inputs={"corpus": dataset.fingerprint}, settings=values_of(arguments),
+                        compiled=shapes is not None)

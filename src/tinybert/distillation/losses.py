@@ -3,7 +3,9 @@
 Each is a small pure function of tensors. Padding never counts: masked keys and padded query
 rows are excluded from the attention loss (the reference forgot the query rows), padded tokens
 from the hidden and embedding losses, so the loss of an example does not depend on how long
-the other examples in its batch are.
+the other examples in its batch are. The prediction losses take optional per-example
+``weights``: stage 2 with gold labels is (1 − α)·soft + α·hard on the examples whose label is
+known to be right, the soft loss alone on the others.
 """
 
 from __future__ import annotations
@@ -78,43 +80,76 @@ def hidden_loss(student_hidden: torch.Tensor, teacher_hidden: torch.Tensor, atte
     return squared.sum() / (mask.sum() * projected.shape[-1])
 
 
+def _mean(per_example: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+    return (per_example if weights is None else per_example * weights).mean()
+
+
 @in_float32
 def soft_cross_entropy(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
-                       temperature: float = 1.0) -> torch.Tensor:
+                       temperature: float = 1.0, weights: torch.Tensor | None = None) -> torch.Tensor:
     """−Σ softmax(z_T/t)·log_softmax(z_S/t), mean over the batch (not also over the classes,
     as the reference code did)."""
     targets = F.softmax(teacher_logits.float() / temperature, dim=-1)
-    return -(targets * F.log_softmax(student_logits.float() / temperature, dim=-1)).sum(-1).mean()
+    return _mean(-(targets * F.log_softmax(student_logits.float() / temperature, dim=-1)).sum(-1), weights)
 
 
 @in_float32
 def prediction_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, regression: bool,
-                    temperature: float = 1.0) -> torch.Tensor:
+                    temperature: float = 1.0, weights: torch.Tensor | None = None) -> torch.Tensor:
     """Soft cross-entropy for classes; for regression, MSE against the *teacher's* output (the
     reference code used the gold labels)."""
     if regression:
-        return F.mse_loss(student_logits.float().view(-1), teacher_logits.float().view(-1))
-    return soft_cross_entropy(student_logits, teacher_logits, temperature)
+        return _mean((student_logits.float().view(-1) - teacher_logits.float().view(-1)).square(), weights)
+    return soft_cross_entropy(student_logits, teacher_logits, temperature, weights)
 
 
 @in_float32
 def token_soft_cross_entropy(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
-                             attention_mask: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+                             attention_mask: torch.Tensor, temperature: float = 1.0,
+                             weights: torch.Tensor | None = None) -> torch.Tensor:
     """Soft cross-entropy of each counted token's tag distribution (batch, tokens, tags), averaged
     over the tokens the mask counts (token classification's stage 2: each word's first piece)."""
     targets = F.softmax(teacher_logits.float() / temperature, dim=-1)
     per_token = -(targets * F.log_softmax(student_logits.float() / temperature, dim=-1)).sum(-1)
     mask = attention_mask.float()
-    return (per_token * mask).sum() / mask.sum().clamp(min=1)  # a batch may count no token at all
+    counted = mask if weights is None else mask * weights[:, None]
+    return (per_token * counted).sum() / mask.sum().clamp(min=1)  # a batch may count no token at all
 
 
 @in_float32
 def span_soft_cross_entropy(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
-                            attention_mask: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+                            attention_mask: torch.Tensor, temperature: float = 1.0,
+                            weights: torch.Tensor | None = None) -> torch.Tensor:
     """Soft cross-entropy between distributions over a window's real positions (batch, tokens):
     where the answer starts, or ends (extractive QA's stage 2, once for each)."""
     padding = (attention_mask == 0)
     # scaled before masking: the smallest float divided by a temperature below 1 would overflow to -inf
     student = (student_logits.float() / temperature).masked_fill(padding, torch.finfo(torch.float32).min)
     teacher = (teacher_logits.float() / temperature).masked_fill(padding, torch.finfo(torch.float32).min)
-    return -(F.softmax(teacher, dim=-1) * F.log_softmax(student, dim=-1)).sum(-1).mean()
+    return _mean(-(F.softmax(teacher, dim=-1) * F.log_softmax(student, dim=-1)).sum(-1), weights)
+
+
+@in_float32
+def gold_label_loss(student_logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor,
+                    regression: bool = False, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """The hard half of stage 2 with gold labels (TextBrewer's ``hard_label_weight``, the HF
+    distillation example's ``alpha_ce``): cross-entropy against each example's gold class (MSE
+    against its gold score for regression; with ``attention_mask``, over a window's real positions
+    against the answer's start or end), times its weight (α where the label is known to be right,
+    0 elsewhere), mean over the batch."""
+    if regression:
+        return _mean((student_logits.float().view(-1) - labels.float()).square(), weights)
+    logits = student_logits.float()
+    if attention_mask is not None:
+        logits = logits.masked_fill(attention_mask == 0, torch.finfo(torch.float32).min)
+    return _mean(F.cross_entropy(logits, labels, reduction="none"), weights)  # label -100: 0
+
+
+@in_float32
+def token_gold_label_loss(student_logits: torch.Tensor, tags: torch.Tensor, attention_mask: torch.Tensor,
+                          weights: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of each counted token (batch, tokens, tags) against its gold tag (-100: none),
+    times its example's weight, averaged over the counted tokens as ``token_soft_cross_entropy`` is."""
+    per_token = F.cross_entropy(student_logits.float().transpose(1, 2), tags, reduction="none")
+    mask = attention_mask.float()
+    return (per_token * mask * weights[:, None]).sum() / mask.sum().clamp(min=1)

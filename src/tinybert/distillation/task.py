@@ -14,15 +14,16 @@ from accelerate.utils import set_seed
 from ..evaluation import measure
 from ..artifacts import write_json
 from ..data import DataOptions, LabelSpace, train_loader
-from ..data.tasks import detect_task, train_and_dev
+from ..data.tasks import detect_task, task_data, train_and_dev
 from ..data.cache import CACHE_DIR, data_fingerprints
+from ..data.features import Joined
 from .distillers import IntermediateDistiller, IntermediateLosses, PredictionDistiller
 from ..errors import InputError
 from ..evaluation.metrics import selection_metric
 from ..models.loading import (check_model_dir, count_parameters, describe, label_space_of, load_classifier,
                               load_tokenizer, save_model_dir)
-from ..models.record import model_record, read_record, reading_settings
-from ..settings import group, option
+from ..models.record import model_record, read_record, reading_settings, recipe_step
+from ..settings import command_line, group, option, values_of
 from ..models.students import build_student, choose_layer_map, non_embedding_parameters
 from ..training import (STATE_FILE, TaskFiles, TrainingConfig, frozen_teacher, is_complete,
                         main_process_first, make_accelerator, run_training, shapes_of_run)
@@ -44,6 +45,9 @@ class DistillConfig:
                                     flags=("--max_seq_length", "--max_seq_len"))
     losses: IntermediateLosses = group("stage-1 losses", IntermediateLosses)
     temperature: float = option(1.0, "softmax temperature of the logit loss (stage 2)")
+    hard_label_weight: float = option(0.0, "stage 2: weight α of the gold labels, (1 − α)·soft + α·cross-entropy "
+                                           "against the label (MSE for scores), on original rows only: not on "
+                                           "augmented variants or unlabelled text (0: the paper's soft loss alone)")
     shared_projection: bool = option(False, "one projection for embeddings and hidden states (the reference "
                                             "code's way)")
     layers: int | None = option(None, "student layer count (with a preset or --init-from-teacher)")
@@ -72,11 +76,14 @@ class DistillArguments(TaskFiles):
     student: str = option("tinybert-4l-312", "preset (tinybert-4l-312, tinybert-6l-768), JSON file of sizes, or "
                                              "student directory (a general student, or the stage-1 output for "
                                              "stage 2)", flags=("--student_model",))
+    unlabeled: list[str] | None = option(None, "files of unlabelled in-domain text (texts, words, or questions with "
+                                               "contexts, in any task format) added to the training data; their "
+                                               "labels, if any, are not read")
     config: DistillConfig = group("distillation", DistillConfig)
 
     def run(self, show_progress: bool = True) -> dict:
         return distill(self.teacher, self.student, self.train, self.output, eval_path=self.eval, config=self.config,
-                       data_options=self.data_options, show_progress=show_progress)
+                       data_options=self.data_options, show_progress=show_progress, unlabeled=self.unlabeled)
 
 
 @dataclass
@@ -124,7 +131,7 @@ def _prepare(teacher_dir, student, train_data, config: DistillConfig):
 
 def _check_labels(label_space: LabelSpace, train_data) -> None:
     """The data's labels must be some of the teacher's (classes, or tags), or scores for scores."""
-    if label_space.kind == "qa":
+    if label_space.kind == "qa" or not train_data.raw_labels:  # answers, or text without labels
         return
     if label_space.kind == "token":
         data_labels = LabelSpace.of_tags(train_data.raw_labels)
@@ -180,23 +187,28 @@ def default_length(kind: str, options: DataOptions, path) -> int:
     """The paper's lengths: 64 tokens for a text, 128 for a pair or a sentence to tag, 384 for a
     question with its context (windows of it)."""
     if kind == "sequence":
-        return 128 if options.open(path)[0].has_pairs else 64
+        return 128 if options.open(path, require_labels=False)[0].has_pairs else 64
     return {"token": 128, "qa": 384}[kind]
 
 
 def distill(teacher_dir: str | os.PathLike, student: str, train_path: str | os.PathLike,
             output_dir: str | os.PathLike, eval_path: str | os.PathLike | None = None,
             config: DistillConfig | None = None, data_options: DataOptions | None = None,
-            show_progress: bool = True) -> dict:
+            show_progress: bool = True, unlabeled: list | None = None) -> dict:
     """Run one distillation stage; the student goes to ``output_dir`` as a plain
     save_pretrained classifier (stage 1: with the projections beside it in ``distill_projections.safetensors``).
 
     ``student`` is a preset name (``tinybert-4l-312``, ``tinybert-6l-768``) or a directory (a
-    general student, or the stage-1 output for stage 2).
+    general student, or the stage-1 output for stage 2). Neither stage's loss needs labels: rows of
+    ``train_path`` may lack them, and the files ``unlabeled`` (read whole) join the training data
+    without theirs. The dev set needs its labels.
     """
     config = config or DistillConfig()
     if config.stage not in STAGES:
         raise InputError(f"unknown stage {config.stage!r}", fix="use --stage intermediate or --stage prediction")
+    if not 0 <= config.hard_label_weight <= 1:
+        raise InputError(f"--hard-label-weight {config.hard_label_weight} is not a weight between 0 and 1",
+                         fix="give α from 0 (the teacher alone) to 1 (the gold labels alone)")
     output_dir = Path(output_dir)
     if is_complete(output_dir):
         logger.info("%s is already complete; delete it to distil again", output_dir)
@@ -204,18 +216,27 @@ def distill(teacher_dir: str | os.PathLike, student: str, train_path: str | os.P
     data_options = data_options or DataOptions()
     training = config.training or DistillConfig.for_stage(config.stage).training
     kind = _task_of(teacher_dir, train_path, data_options)
+    unlabeled = [str(path) for path in unlabeled or ()]
+    for path in unlabeled:
+        _task_of(teacher_dir, path, data_options)
+    given_options = data_options
     # stage 2 reads the data as stage 1 did, unless told otherwise: the length and stride stage 1 recorded
     recorded = _stage_one_record(student) if config.stage == "prediction" else {}
     max_length, data_options = reading_settings(recorded, config.max_length, data_options, kind,
                                                 default_length(kind, data_options, train_path))
     config = replace(config, training=training, max_length=max_length)
 
-    accelerator = make_accelerator(training)
+    accelerator = make_accelerator(training, output_dir)
     tokenizer = load_tokenizer(teacher_dir)
-    # one process tokenises, the others then read its cache
-    train, dev = main_process_first(accelerator, lambda: train_and_dev(
-        kind, train_path, eval_path if config.stage == "prediction" else None, tokenizer, max_length, data_options,
-        output_dir / CACHE_DIR, show_progress and accelerator.is_main_process))
+    show = show_progress and accelerator.is_main_process
+
+    def read():
+        train, dev = train_and_dev(kind, train_path, eval_path if config.stage == "prediction" else None, tokenizer,
+                                   max_length, data_options, output_dir / CACHE_DIR, show, labels="optional")
+        return train, dev, [task_data(kind, path, tokenizer, max_length, data_options, output_dir / CACHE_DIR, show,
+                                      limit=False, labels="ignored") for path in unlabeled]
+    train, dev, extra = main_process_first(accelerator, read)  # one process tokenises, the others read its caches
+    training_data = Joined([train, *extra]) if extra else train
     set_seed(training.seed)
     label_space, teacher, student_model, layer_map = _prepare(teacher_dir, student, train, config)
     teacher = frozen_teacher(teacher, training, accelerator)
@@ -225,12 +246,14 @@ def distill(teacher_dir: str | os.PathLike, student: str, train_path: str | os.P
             distiller.load_projections(check_model_dir(student, "--student"))
     else:
         distiller = PredictionDistiller(student_model, teacher, config.temperature, label_space.is_regression,
-                                        label_space.task)
-    logger.info("distilling (%s) %s → %s student, layer map %s", config.stage, teacher_dir,
-                f"{student_model.config.num_hidden_layers}-layer", layer_map)
+                                        label_space.task, config.hard_label_weight)
+    logger.info("distilling (%s) %s → %s student, layer map %s, on %s", config.stage, teacher_dir,
+                f"{student_model.config.num_hidden_layers}-layer", layer_map,
+                ", ".join(f"{count:,} {origin}" for origin, count in training_data.origins().items()))
 
-    shapes = shapes_of_run(training, accelerator, len(train), max_length)
-    loader = train_loader(train.labelled(label_space), tokenizer, training.batch_size, training.seed, shapes=shapes)
+    shapes = shapes_of_run(training, accelerator, len(training_data), max_length)
+    loader = train_loader(training_data.labelled(label_space), tokenizer, training.batch_size, training.seed,
+                          shapes=shapes)
     metric = selection_metric(config.metric, label_space)
     evaluate = None
     if dev is not None:
@@ -241,10 +264,20 @@ def distill(teacher_dir: str | os.PathLike, student: str, train_path: str | os.P
                                             device=accelerator.device, show_progress=show_progress,
                                             accelerator=accelerator, shapes=shapes)
 
-    def save(unwrapped, _metrics):
+    arguments = DistillArguments(teacher=str(teacher_dir), student=str(student), train=str(train_path),
+                                 eval=eval_path and str(eval_path), output=str(output_dir), config=config,
+                                 data_options=given_options, unlabeled=unlabeled or None)
+    step = recipe_step(config.stage, [train_path, *unlabeled], training_data.origins(), training,
+                       **({"temperature": config.temperature, "hard_label_weight": config.hard_label_weight}
+                          if config.stage == "prediction" else {}))
+    defaults = DistillArguments(config=DistillConfig.for_stage(config.stage))
+
+    def save(unwrapped, metrics):
         save_model_dir(unwrapped.student, tokenizer, output_dir, model_record(
             config.stage, label_space, max_length, data_options.doc_stride, teacher=teacher_dir,
-            started_from=teacher_dir if config.init_from_teacher else student))
+            started_from=teacher_dir if config.init_from_teacher else student, step=step,
+            dev={"data": str(eval_path), "metric": metric, **metrics} if metrics else None,
+            command=command_line("distill", arguments, defaults)))
         if config.stage == "intermediate":
             unwrapped.save_projections(output_dir)
         write_json(output_dir / "distill_config.json", {"teacher": str(teacher_dir), "layer_map": layer_map,
@@ -253,4 +286,6 @@ def distill(teacher_dir: str | os.PathLike, student: str, train_path: str | os.P
     return run_training(output_dir=output_dir, config=training, module=distiller, train_loader=loader,
                         compute_losses=lambda module, batch: module(batch), evaluate=evaluate, metric=metric,
                         on_improved=save, accelerator=accelerator, description=f"distilling ({config.stage})",
-                        inputs={**data_fingerprints(train, dev), "stage": config.stage}, compiled=shapes is not None)
+                        inputs={**data_fingerprints(train, dev), "stage": config.stage,
+                                **({"unlabeled": [cache.meta["fingerprint"] for cache in extra]} if extra else {})},
+                        settings=values_of(arguments), compiled=shapes is not None)

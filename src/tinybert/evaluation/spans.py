@@ -35,7 +35,7 @@ def _texts(path, options: DataOptions):
     CoNLL splits words (at spaces and punctuation), so that tags fall on the words they were
     trained on."""
     if detect_task(path, options) == "token":
-        for sentence in read_sentences(path, require_tags=False):
+        for sentence in read_sentences(path, labels="ignored"):
             if sentence.problem:
                 report_bad_lines(str(path), [(sentence.line, sentence.problem)], options.skip_bad_lines)
                 continue
@@ -111,7 +111,7 @@ def predict_entities(model, tokenizer, label_space, input_path, handle, as_jsonl
 def predict_answers(model, tokenizer, input_path, handle, as_jsonl: bool, max_length: int, batch_size: int,
                     options: DataOptions, bar) -> int:
     """The answer of every question of a SQuAD JSON or JSONL file (answers given there are ignored)."""
-    questions = read_questions(Path(input_path), require_answers=False)
+    questions = read_questions(Path(input_path), labels="ignored")
     bad = [(q.line, q.problem) for q in questions if q.problem]
     if bad:
         report_bad_lines(str(input_path), bad, options.skip_bad_lines)

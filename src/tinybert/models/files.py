@@ -8,5 +8,9 @@ PROJECTIONS_FILE = "distill_projections.safetensors"
 # predict, export and the next stage do with the model.
 RECORD_FILE = "tinybert.json"
 
+# The model card (the Hub's README.md with its metadata block): written from the record and, in a
+# pipeline, the evaluation.
+CARD_FILE = "README.md"
+
 # files a run leaves beside a model: they say how it was made, not what it computes
-RUN_RECORDS = ("train_log.jsonl", "training_state.json", "pipeline_stage.json", "pipeline_started.json")
+RUN_RECORDS = ("train_log.jsonl", "training_state.json", "pipeline_stage.json", "pipeline_started.json", CARD_FILE)

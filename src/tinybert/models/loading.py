@@ -13,6 +13,7 @@ from transformers import (AutoConfig, AutoModelForQuestionAnswering, AutoModelFo
 from ..artifacts import digest_files, write_json
 from ..data import LabelSpace
 from ..errors import InputError
+from .card import write_card
 from .files import RECORD_FILE, RUN_RECORDS
 from .legacy import resolve_model_dir
 from .tokenizer import load_tokenizer_files
@@ -73,7 +74,8 @@ def load_classifier(model_dir: str | os.PathLike, label_space: LabelSpace | None
 def save_model_dir(model, tokenizer, output_dir: str | os.PathLike, record: dict | None = None) -> None:
     """save_pretrained into a staging directory, then move the files into place: a kill never
     leaves a half-written model (the output directory also holds checkpoints and logs, so it is
-    filled, not replaced). ``record``: how the model was made (``record.model_record``)."""
+    filled, not replaced). ``record``: how the model was made (``record.model_record``), also
+    written as the model card."""
     output_dir = Path(output_dir)
     staging = output_dir / ".saving"
     shutil.rmtree(staging, ignore_errors=True)
@@ -84,6 +86,8 @@ def save_model_dir(model, tokenizer, output_dir: str | os.PathLike, record: dict
     for item in staging.iterdir():
         os.replace(item, output_dir / item.name)
     staging.rmdir()
+    if record is not None:
+        write_card(output_dir, record, {"params": count_parameters(model)})
 
 
 def digest_model_dir(path: str | os.PathLike) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import os
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +31,9 @@ class DataSection:
     train: str | None = option(None, "training file (instead of dir)")
     dev: str | None = option(None, "dev file: picks epochs, and the test split when there is none")
     test: str | None = option(None, "test file")
+    unlabeled: list[str] | None = option(None, "files of unlabelled in-domain text added to the distillation stages' "
+                                               "training data (after augmentation), never to the teacher's or the "
+                                               "baseline's")
     options: DataOptions = group("reading data", DataOptions)
 
 
@@ -95,7 +99,7 @@ class Section:
 
 def _distill_section(stage: str, wired: set[str]) -> Section:
     return Section(DistillArguments, DistillArguments(config=DistillConfig.for_stage(stage)),
-                   frozenset(wired | {"teacher", "train", "eval", "output", "stage"} | _DATA_KEYS))
+                   frozenset(wired | {"teacher", "train", "eval", "output", "stage", "unlabeled"} | _DATA_KEYS))
 
 
 SECTIONS: dict[str, Section] = {
@@ -130,6 +134,12 @@ class Config:
     def values(self) -> dict[str, dict]:
         """section → {key: value} ("" for the top level)."""
         return {name: self.section_values(name) for name in SECTIONS}
+
+    @property
+    def command(self) -> str:
+        """The command line that runs this config: its file and the overrides applied to it."""
+        words = [word for where in self.origins.values() if where.startswith("--set ") for word in where.split(" ", 1)]
+        return shlex.join(["tinybert", "pipeline", self.path, *words])
 
     def explicit(self, section: str) -> dict:
         """The keys of a section that the config or --set gave (not defaults)."""

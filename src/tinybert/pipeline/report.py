@@ -15,6 +15,7 @@ matplotlib.use("Agg")  # files only: no display needed, none opened
 import matplotlib.pyplot as plt  # noqa: E402
 
 from ..artifacts import atomic_write  # noqa: E402
+from ..monitoring import still_rising  # noqa: E402
 
 MODEL_NAMES = {"teacher": "teacher", "student": "distilled student",
                "student_original_data": "distilled student, no augmentation",
@@ -30,7 +31,8 @@ REPORTED_METRICS = ("accuracy", "pearson", "f1")
 SECONDARY_METRICS = ("exact_match", "f1_strict")  # shown beside QA's F1, and NER's
 SMOOTHING = 0.8  # weight of the past in the loss curves' moving average, as TensorBoard's slider
 
-LOSS_PARTS = {"loss": "total", "att": "attention", "hid": "hidden states", "emb": "embeddings", "pred": "logits"}
+LOSS_PARTS = {"loss": "total", "att": "attention", "hid": "hidden states", "emb": "embeddings", "pred": "logits",
+              "gold": "gold labels"}
 
 
 def model_rows(results: dict) -> tuple[str, list[dict]]:
@@ -59,6 +61,29 @@ def model_rows(results: dict) -> tuple[str, list[dict]]:
                      "latency_ms": export.get("latency_ms_batch1", {}).get("onnx_int8"),
                      "retention": None})
     return metric, rows
+
+
+def warnings_of(results: dict, teacher_training: dict | None, finetune: dict) -> list[str]:
+    """What the report warns of, in words, naming the settings to change: a teacher whose dev metric
+    was still rising when its training ended (``teacher_training``: its training summary, when the
+    pipeline trained it), and a baseline that beats the teacher."""
+    found = []
+    metric = (teacher_training or {}).get("metric")
+    rising = still_rising(teacher_training.get("history") or [], metric) if metric else None
+    if rising:
+        stop = (f"finetune.patience (now {finetune['patience']}) then stops it" if finetune["patience"] else
+                "set finetune.patience (e.g. 2) to stop it")
+        found.append(f"The teacher's dev {metric} was still rising at its last evaluation ({rising[0]:.4f} → "
+                     f"{rising[1]:.4f}): the teacher is probably under-trained, and distillation cannot exceed it. "
+                     f"Raise finetune.epochs (now {finetune['epochs']:g}); {stop} once dev stops improving.")
+    metric, rows = model_rows(results)
+    test = {row["key"]: row["test"] for row in rows if row["test"] is not None}
+    if "teacher" in test and test.get("baseline", -math.inf) > test["teacher"]:
+        found.append(f"The baseline (the student fine-tuned on the labels alone) beats the teacher on test ({metric} "
+                     f"{test['baseline']:.4f} against {test['teacher']:.4f}): the teacher is under-trained: "
+                     "distillation cannot exceed it. Train the teacher longer or harder (finetune.epochs, "
+                     "finetune.lr), or start it from a stronger model (finetune.model).")
+    return found
 
 
 def _cell(value, kind: str = "") -> str:
@@ -195,6 +220,8 @@ def write_report(run_dir: str | os.PathLike, results: dict, title: str = "TinyBE
     blocks: list[tuple] = [("h1", title), ("p", f"Run directory: {run_dir}. Data: "
                                                 + ", ".join(f"{k} {v}" for k, v in results.get("data", {}).items()))]
     header, body = _table(results)
+    if results.get("warnings"):
+        blocks += [("h2", "Warnings")] + [("p", warning) for warning in results["warnings"]]
     blocks += [("h2", "Models"), ("table", header, body),
                ("p", "Retention is the student's test metric as a share of the teacher's. Latency: median "
                      "milliseconds per example at batch 1 on this machine's CPU.")]

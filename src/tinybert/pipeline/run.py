@@ -20,9 +20,11 @@ from ..distillation.task import DistillConfig, build_initial_student
 from ..errors import InputError
 from ..evaluation.measure import evaluate
 from ..inference.export import export_onnx
+from ..models.card import write_card
 from ..models.loading import digest_model_dir, load_tokenizer, save_model_dir
 from ..models.record import read_record
 from ..settings import with_values
+from ..training import STATE_FILE
 from .config import SECTIONS, STUDENT_SHAPE, Config
 
 logger = logging.getLogger(__name__)
@@ -116,7 +118,7 @@ def _data_files(run: _Run) -> dict[str, str]:
     if not files["train"]:
         raise InputError("no training data: set data.dir (a folder with train.tsv, dev.tsv) or data.train",
                          path=where, fix="add `data: {dir: PATH}` to the config")
-    for name, file in files.items():
+    for name, file in [*files.items(), *(("unlabeled", file) for file in data["unlabeled"] or ())]:
         if file and not Path(file).is_file():
             raise InputError(f"data.{name} file not found: {file}", path=where, fix="check the path")
     if not files["dev"]:
@@ -132,8 +134,9 @@ def run_pipeline(config: Config) -> dict:
     run.directory.mkdir(parents=True, exist_ok=True)
     files = _data_files(run)
     data_identity = {name: {"sha1": digest_file(path)} for name, path in files.items()}
-    # where the task files' token caches are does not change any result: not in the fingerprints
-    data_settings = {key: value for key, value in run.settings("data").items() if key != "cache_dir"}
+    # where the task files' token caches are does not change any result: not in the fingerprints; the
+    # unlabelled text only in those of the stages that read it, by content
+    data_settings = {key: value for key, value in run.settings("data").items() if key not in ("cache_dir", "unlabeled")}
     reading = config.sections["data"].options  # max_examples cuts training data only
     # every stage reads the same files with the same tokenizer: one cache for the run
     reading = replace(reading, cache_dir=reading.cache_dir or str(run.directory / CACHE_DIR))
@@ -193,27 +196,30 @@ def run_pipeline(config: Config) -> dict:
         if augment["compare_without"]:
             trainings.append(("_original_data", files["train"], data_identity["train"], reading))
 
-    # task distillation, stage 1 then stage 2. Stage 2 shares stage 1's settings that it does not
-    # set, except the per-stage ones and the student's shape: it starts from stage 1's output.
+    # task distillation, stage 1 then stage 2, on the training data and any unlabelled text. Stage 2
+    # shares stage 1's settings that it does not set, except the per-stage ones and the student's
+    # shape: it starts from stage 1's output.
     not_shared = {"epochs", "max_steps", "lr", "metric"} | STUDENT_SHAPE
     shared = {key: value for key, value in config.explicit("intermediate").items()
               if key not in not_shared and ("prediction", key) not in config.origins}
     prediction_section = with_values(config.sections["prediction"], shared)
     prediction = run.settings("prediction", prediction_section)
+    unlabeled = run.settings("data")["unlabeled"]
+    extra = {"unlabeled": [content_of(path) for path in unlabeled]} if unlabeled else {}
     for suffix, train_file, train_identity, train_options in trainings:
         inputs = {"settings": intermediate, "student": student_identity, "teacher": teacher_identity,
-                  "data": train_identity, "data_options": data_settings}
+                  "data": train_identity, "data_options": data_settings, **extra}
         stage1 = run.stage("intermediate" + suffix, inputs, lambda d, t=train_file, o=train_options: run.arguments(
             "intermediate", teacher=teacher_dir, student=student_start, train=t, output=str(d),
-            data_options=o).run())
+            data_options=o, unlabeled=unlabeled).run())
         inputs = {"settings": prediction, "stage1": run.fingerprints["intermediate" + suffix],
-                  "teacher": teacher_identity, "data": train_identity, "dev": data_identity["dev"]}
+                  "teacher": teacher_identity, "data": train_identity, "dev": data_identity["dev"], **extra}
         results["student" + suffix] = str(run.stage("student" + suffix, inputs,
                                                     lambda d, t=train_file, s=stage1, o=train_options:
                                                     run.arguments("prediction", prediction_section,
                                                                   teacher=teacher_dir, student=str(s), train=t,
                                                                   eval=files["dev"], output=str(d),
-                                                                  data_options=o).run()))
+                                                                  data_options=o, unlabeled=unlabeled).run()))
 
     # the same student shape and start, fine-tuned on the labels without distillation, with the
     # teacher's recipe where the baseline section does not say otherwise
@@ -247,10 +253,19 @@ def run_pipeline(config: Config) -> dict:
             latency=not export["no_latency"], data_options=whole_files))
         results["export"] = read_json(export_dir / "export.json")
 
+    from .report import warnings_of, write_report  # matplotlib, imported once a run gets this far
+    results["warnings"] = warnings_of(results, read_json(Path(teacher_dir) / STATE_FILE)
+                                      if not finetune["teacher_dir"] else None, finetune)
+    for warning in results["warnings"]:
+        logger.warning(warning)
+    augmentation = {key: augment[key] for key in ("variants", "candidates", "probability", "augment_first", "mlm",
+                                                  "word_vectors") if augment[key] is not None} if augment["run"] else {}
+    _write_cards({name: path for name, path in models.items() if name != "teacher" or not finetune["teacher_dir"]},
+                 results["evaluation"], files["test"], augmentation, config.command)
+
     results["stage_seconds"] = dict(run.timings)
     report = run.settings("report")
     if report["run"]:
-        from .report import write_report
         # cheap, and it reflects every stage: written on every run
         results["report"] = str(write_report(run.directory, results, title=report["title"]))
     write_json(run.directory / "results.json", results)
@@ -271,6 +286,19 @@ def _baseline(arguments, stage1: DistillConfig, teacher_dir: str, student_start:
                        initial)
     replace(arguments, model=str(initial), train=files["train"], eval=files["dev"], output=str(directory),
             data_options=reading).run()
+
+
+def _write_cards(models: dict, evaluated: dict, test_file: str, augmentation: dict, command: str) -> None:
+    """Each model's card again, with what the pipeline measured: test metrics, retention against the
+    teacher, size and latency, the augmentation (for the student distilled on it), the pipeline command."""
+    teacher = evaluated.get("teacher", {})
+    for name, model_dir in models.items():
+        figures, theirs = evaluated.get(name, {}), name != "teacher"
+        write_card(model_dir, read_record(model_dir), {
+            "test": figures, "test_data": test_file, "teacher_test": teacher if theirs else None,
+            "teacher_dev": teacher.get("dev") if theirs else None, "params": figures.get("params"),
+            "size_mb": figures.get("size_mb"), "latency_ms": figures.get("latency_ms_batch1"),
+            "augmentation": augmentation if name == "student" else None, "command": command})
 
 
 def _evaluate_all(models: dict, test_file: str, settings, options, directory: Path) -> None:

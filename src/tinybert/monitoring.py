@@ -1,0 +1,185 @@
+"""What a training run reports while it runs, and when it stops.
+
+Experiment trackers (``--report-to``) through accelerate's own tracking: the run's settings as
+hyper-parameters, every logged loss part, the learning rate and the throughput under ``train/``,
+each dev evaluation under ``eval/``; offline by default, under the output directory. Dev
+evaluations at every epoch end and every ``--eval-every`` steps, the best one kept; early
+stopping after ``--patience`` evaluations without improvement; a warning when the dev metric was
+still rising at the last evaluation. What a resumed run needs (the evaluations so far and the
+best one) lives in the training state the loop checkpoints, so a killed run resumes and stops
+exactly where an uninterrupted one does.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+
+from accelerate.tracking import LOGGER_TYPE_TO_CLASS, get_available_trackers
+from tqdm.auto import tqdm
+
+from .errors import InputError
+
+logger = logging.getLogger(__name__)
+
+# the trackers' project: TensorBoard's folder in the output directory, MLflow's experiment, W&B's project
+PROJECT = "tinybert"
+
+
+def trackers(report_to: list[str]) -> list[str]:
+    """The trackers ``--report-to`` names (``all``: every one installed; ``none`` or nothing: none).
+    A name accelerate does not know, or one whose package is missing, is an error before training."""
+    names = [name.strip().lower() for item in report_to for name in str(item).split(",")]
+    names = [name for name in dict.fromkeys(names) if name and name != "none"]
+    known = list(LOGGER_TYPE_TO_CLASS)
+    installed = [str(tracker) for tracker in get_available_trackers()]
+    unknown = [name for name in names if name not in known and name != "all"]
+    if unknown:
+        raise InputError(f"--report-to {unknown[0]}: not a tracker accelerate supports",
+                         fix=f"use one or more of {', '.join(known)}, or all, or none")
+    if "all" in names:
+        if not installed:
+            logger.warning("--report-to all: no tracker is installed, so nothing is tracked (pip install tensorboard)")
+        return installed
+    missing = [name for name in names if name not in installed]
+    if missing:
+        raise InputError(f"--report-to {missing[0]} needs the {missing[0]} package, which is not installed",
+                         fix=f"pip install {missing[0]}, or leave {missing[0]} out of --report-to")
+    return names
+
+
+def tracking_options(report_to: list[str], output_dir: str | os.PathLike | None) -> dict:
+    """The ``Accelerator`` arguments that log to the trackers ``report_to`` names, under ``output_dir``."""
+    names = trackers(report_to)
+    return {"log_with": names, "project_dir": str(output_dir)} if names else {}
+
+
+def _offline(names: list[str], output_dir: Path, resumed_step: int) -> dict:
+    """Each tracker's start arguments: files under the output directory unless its own environment
+    variables say otherwise (MLflow's file store, W&B offline); a resumed run hides what it repeats."""
+    options: dict[str, dict] = {}
+    if "tensorboard" in names and resumed_step:  # steps after the checkpoint are logged again
+        options["tensorboard"] = {"purge_step": resumed_step + 1}
+    if "mlflow" in names:
+        store = output_dir.resolve() / "mlruns"
+        if "MLFLOW_TRACKING_URI" not in os.environ:
+            import mlflow
+            mlflow.set_tracking_uri(store.as_uri())
+        options["mlflow"] = {"logging_dir": str(store), "run_name": output_dir.name}
+    if "wandb" in names:
+        options["wandb"] = {"dir": str(output_dir), "name": output_dir.name,
+                            "mode": os.environ.get("WANDB_MODE", "offline")}
+    return options
+
+
+def _hyperparameter(value):
+    """A setting as trackers take it: a number, text, switch or None (lists joined by commas)."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return ",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
+
+
+def still_rising(history: list[dict], metric: str) -> tuple[float, float] | None:
+    """(previous, last) dev metric when the last evaluation was the best so far, above the one
+    before it: the model was still learning when training stopped. None otherwise, or with fewer
+    than two evaluations."""
+    values = [record["eval"][metric] for record in history if metric in record.get("eval", {})]
+    if len(values) < 2 or values[-1] <= max(values[:-1]):
+        return None
+    return values[-2], values[-1]
+
+
+class Monitor:
+    """Trackers, dev evaluations, the best one, and early stopping for one run of the training loop.
+
+    ``evaluate(unwrapped_module)`` returns dev metrics; ``on_improved(unwrapped_module, metrics)``
+    is called on the main process when ``metric`` improves."""
+
+    def __init__(self, accelerator, config, evaluate, metric: str | None, on_improved, batches_per_epoch: int):
+        self.accelerator = accelerator
+        self.evaluate_model = evaluate
+        self.metric = metric
+        self.on_improved = on_improved
+        self.patience = config.patience if evaluate is not None else 0
+        self.eval_every = config.eval_every if evaluate is not None else None
+        self.batches_per_epoch = batches_per_epoch
+        self.examples_per_step = config.batch_size * config.gradient_accumulation_steps * accelerator.num_processes
+        self.last_tracked: tuple[int, float] | None = None  # (step, time): throughput between two records
+
+    def start(self, state: dict, output_dir: Path, settings: dict) -> None:
+        """Starts the trackers, with ``settings`` as the run's hyper-parameters."""
+        if self.accelerator.log_with:
+            self.accelerator.init_trackers(
+                PROJECT, config={key: _hyperparameter(value) for key, value in settings.items()},
+                init_kwargs=_offline([str(name) for name in self.accelerator.log_with], output_dir,
+                                     state["global_step"]))
+        self.last_tracked = (state["global_step"], time.perf_counter())
+
+    def track(self, record: dict) -> None:
+        """One record of the training log to the trackers: loss parts, learning rate and examples per
+        second under ``train/``, or an evaluation's metrics under ``eval/``."""
+        if not self.accelerator.trackers:
+            return
+        step, now = record["step"], time.perf_counter()
+        if "eval" in record:
+            values = {f"eval/{name}": value for name, value in record["eval"].items()
+                      if isinstance(value, (int, float))}
+        else:
+            values = {f"train/{name}": value for name, value in record.items() if name != "step"}
+            if self.last_tracked and step > self.last_tracked[0]:
+                values["train/examples_per_s"] = ((step - self.last_tracked[0]) * self.examples_per_step
+                                                  / (now - self.last_tracked[1]))
+        self.accelerator.log(values, step=step)
+        self.last_tracked = (step, now)  # after an evaluation too: its time is not training's
+
+    def after_step(self, state: dict, module, log) -> None:
+        """Evaluates every ``--eval-every`` optimizer steps, within epochs."""
+        if self.eval_every and state["global_step"] % self.eval_every == 0:
+            self.evaluate(state, module, log, epoch=state["epoch"] + state["batch_in_epoch"] / self.batches_per_epoch)
+
+    def evaluate(self, state: dict, module, log, epoch: float | None = None) -> None:
+        """Evaluates on the dev set (at most once per step), records it in ``state``, saves an
+        improvement, and says when ``--patience`` has run out."""
+        history = state["history"]
+        if self.evaluate_model is None or (history and history[-1]["step"] == state["global_step"]):
+            return
+        epoch = state["epoch"] if epoch is None else epoch
+        unwrapped = self.accelerator.unwrap_model(module)
+        metrics = self.evaluate_model(unwrapped)
+        module.train()
+        record = {"step": state["global_step"], "epoch": epoch, "eval": metrics}
+        history.append(record)
+        log(record)
+        improved = state["best"] is None or metrics[self.metric] > state["best"][self.metric]
+        message = f"epoch {epoch:.4g} (step {state['global_step']}): " + ", ".join(
+            f"{k} {v:.4f}" for k, v in metrics.items())
+        if improved:
+            state["best"] = {**metrics, "epoch": epoch, "step": state["global_step"]}
+            if self.accelerator.is_main_process:
+                self.on_improved(unwrapped, metrics)
+            message += " (best so far, saved)"
+        elif self.stopped(state):
+            message += (f"; {self.patience} evaluation(s) without improvement on the best {self.metric} "
+                        f"{state['best'][self.metric]:.4f}: stopping early (--patience {self.patience})")
+        if self.accelerator.is_main_process:
+            tqdm.write(message)
+        self.accelerator.wait_for_everyone()
+
+    def stopped(self, state: dict) -> bool:
+        """Whether the last ``--patience`` evaluations all failed to improve on the best."""
+        best = state["best"]
+        return bool(self.patience) and best is not None and \
+            sum(record["step"] > best["step"] for record in state["history"]) >= self.patience
+
+    def finish(self, state: dict, cap: str) -> None:
+        """Warns when the dev metric was still rising at the last evaluation (``cap``: the setting
+        that ended training), and closes the trackers."""
+        rising = still_rising(state["history"], self.metric) if self.evaluate_model is not None else None
+        if rising and self.accelerator.is_main_process:
+            logger.warning("dev %s was still rising at the last evaluation (%.4f → %.4f): the model is probably "
+                           "under-trained; train longer (raise %s; with --patience training stops by itself once "
+                           "dev stops improving)", self.metric, *rising, cap)
+        for tracker in self.accelerator.trackers:
+            tracker.finish()

@@ -1,0 +1,104 @@
+"""Experiment trackers (--report-to), dev evaluations every --eval-every steps, and --patience."""
+
+import json
+
+import pytest
+import torch
+import yaml
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from transformers import BertForSequenceClassification
+
+from conftest import tiny_bert_config, write
+
+LABELS = {"num_labels": 2, "id2label": {0: "neg", 1: "pos"}, "label2id": {"neg": 0, "pos": 1}}
+SHAPE = {"num_hidden_layers": 2, "hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 4}
+
+
+def _rows(count, offset=0):
+    return "".join(f"{'a great and warm film' if i % 2 else 'a dull , tired mess'} {'really ' * (i % 5)}\t"
+                   f"{'pos' if i % 2 else 'neg'}\n" for i in range(offset, offset + count))
+
+
+def _log(directory):
+    return [json.loads(line) for line in (directory / "train_log.jsonl").read_text().splitlines()]
+
+
+def _scalars(directory):
+    """tag → {step: value} of every scalar in the TensorBoard event files under ``directory``."""
+    found = {}
+    for events in sorted(directory.rglob("events.out.tfevents.*")):
+        accumulator = EventAccumulator(str(events), size_guidance={"scalars": 0})
+        accumulator.Reload()
+        for tag in accumulator.Tags()["scalars"]:
+            found.setdefault(tag, {}).update({event.step: event.value for event in accumulator.Scalars(tag)})
+    return found
+
+
+def test_distill_writes_every_logged_loss_and_evaluation_to_tensorboard(tmp_path, real_tokenizer, tinybert_cli):
+    torch.manual_seed(1)
+    teacher = tmp_path / "teacher"
+    BertForSequenceClassification(tiny_bert_config(num_hidden_layers=4, hidden_size=64, intermediate_size=128,
+                                                   **LABELS)).save_pretrained(teacher)
+    real_tokenizer.save_pretrained(teacher)
+    train, dev = write(tmp_path / "train.txt", _rows(32)), write(tmp_path / "dev.txt", _rows(8, 32))
+    student = write(tmp_path / "student.json", json.dumps(SHAPE))
+    common = ["--teacher", teacher, "--train", train, "--batch-size", "8", "--max-length", "32", "--log-every", "1",
+              "--report-to", "tensorboard"]
+    stage1, stage2 = tmp_path / "stage1", tmp_path / "stage2"
+    first = tinybert_cli("distill", "--stage", "intermediate", "--student", student, "--output", stage1, "--epochs", "1",
+                         *common)
+    assert first.returncode == 0, first.stderr[-2000:]
+    second = tinybert_cli("distill", "--stage", "prediction", "--student", stage1, "--eval", dev, "--output", stage2,
+                          "--epochs", "2", "--eval-every", "3", *common)
+    assert second.returncode == 0, second.stderr[-2000:]
+
+    for run, parts in ((stage1, {"loss", "att", "hid", "emb"}), (stage2, {"loss", "pred"})):
+        scalars = _scalars(run / "tinybert")
+        records = _log(run)
+        losses = [record for record in records if "loss" in record]
+        assert len(losses) == 4 * (1 if run == stage1 else 2)  # every step, as logged
+        for record in losses:
+            assert set(record) - {"step", "epoch", "lr"} == parts
+            for name in parts | {"lr", "epoch"}:
+                assert scalars[f"train/{name}"][record["step"]] == pytest.approx(record[name], rel=1e-6), name
+        assert all(value > 0 for value in scalars["train/examples_per_s"].values())
+        for record in (record for record in records if "eval" in record):
+            for name, value in record["eval"].items():
+                assert scalars[f"eval/{name}"][record["step"]] == pytest.approx(value, rel=1e-6)
+    # stage 2 evaluated at steps 3 and 6 (--eval-every 3) and at each epoch's end (4 and 8)
+    assert [record["step"] for record in _log(stage2) if "eval" in record] == [3, 4, 6, 8]
+    # the run's settings are its hyper-parameters
+    settings = yaml.safe_load(next((stage2 / "tinybert").rglob("hparams.yml")).read_text())
+    assert settings["stage"] == "prediction" and settings["eval_every"] == 3 and settings["report_to"] == "tensorboard"
+
+
+@pytest.mark.parametrize("trackers, message", [
+    (["wandb"], "--report-to wandb needs the wandb package, which is not installed\n  fix: pip install wandb"),
+    (["tensorbord"], "--report-to tensorbord: not a tracker accelerate supports"),
+])
+def test_a_missing_or_unknown_tracker_is_one_message_before_training(tmp_path, tiny_model_dir, tinybert_cli,
+                                                                     trackers, message):
+    train = write(tmp_path / "train.txt", _rows(16))
+    result = tinybert_cli("finetune", "--model", tiny_model_dir, "--train", train, "--output", tmp_path / "out",
+                          "--report-to", *trackers)
+    assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_finetune_with_patience_stops_once_dev_stops_improving(tmp_path, tiny_model_dir, tinybert_cli):
+    def scored(count, offset=0):  # scores: dev's Pearson moves with every epoch, where accuracy would jump
+        return "".join(f"{'a great and warm film' if i % 2 else 'a dull , tired mess'} {'really ' * (i % 5)}\t"
+                       f"{(4.5 if i % 2 else 0.5) + (i % 5) * (0.1 if i % 2 else -0.1):.1f}\n"
+                       for i in range(offset, offset + count))
+    train, dev = write(tmp_path / "train.txt", scored(32)), write(tmp_path / "dev.txt", scored(16, 32))
+    result = tinybert_cli("finetune", "--model", tiny_model_dir, "--train", train, "--eval", dev, "--output",
+                          tmp_path / "out", "--patience", "1", "--epochs", "50", "--batch-size", "8", "--lr", "1e-3",
+                          "--max-length", "32")
+    assert result.returncode == 0, result.stderr[-2000:]
+    summary = json.loads((tmp_path / "out" / "training_state.json").read_text())
+    pearson = [record["eval"]["pearson"] for record in summary["history"]]
+    # dev improved, then one evaluation did not improve on the best, and training ended there: far from 50 epochs
+    assert pearson[-2] > pearson[0] and pearson[-2] == max(pearson) > pearson[-1]
+    assert summary["stopped_early"] and len(pearson) < 50 and summary["steps"] == 4 * len(pearson)
+    assert summary["best"]["pearson"] == pearson[-2]
+    assert "stopping early (--patience 1)" in result.stdout + result.stderr
