@@ -52,14 +52,24 @@ ALL_MASK_ATTENTION_FUNCTIONS.register("tinybert_test_spy", sdpa_mask)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_captured_scores_are_what_each_familys_softmax_receives(family):
+def test_captured_scores_are_what_each_familys_softmax_receives(family, monkeypatch):
+    """Equal to the scores each family hands its softmax where the layer attends (ModernBERT's
+    layers 1 and 3 here are local: keys beyond the window are left out, as padded keys are), and
+    0 where it does not."""
     model = AutoModel.from_config(family_config(family)).eval()
     batch = _batch()
     with torch.no_grad():
-        if family == "deberta-v2":  # its own attention: the softmax of the captured scores is its weights
+        if family == "deberta-v2":  # its own attention: spy on what its softmax receives
+            softmax, inputs = torch.nn.functional.softmax, []
+            monkeypatch.setattr(torch.nn.functional, "softmax",
+                                lambda scores, *a, **k: inputs.append(scores) or softmax(scores, *a, **k))
             reference = model(**batch, output_attentions=True)
-            expected = [reference.attentions[1], reference.attentions[3]]
+            monkeypatch.undo()
+            expected, weights = [inputs[1], inputs[3]], [reference.attentions[1], reference.attentions[3]]
         else:
+            model.set_attn_implementation("eager")
+            eager = model(**batch, output_attentions=True)
+            weights = [eager.attentions[1], eager.attentions[3]]
             _SPIED.clear()
             model.set_attn_implementation("tinybert_test_spy")
             reference = model(**batch)
@@ -69,15 +79,17 @@ def test_captured_scores_are_what_each_familys_softmax_receives(family):
     scores = captured(ours, layers)
     assert sorted(scores) == [1, 3]
     real = batch["attention_mask"].bool()
-    for layer, target in zip((1, 3), expected):
+    for layer, target, attended in zip((1, 3), expected, weights):
         assert scores[layer].shape == (2, 4, 9, 9)
-        if family == "deberta-v2":
-            key_mask, pairs = real[:, None, None, :], real[:, None, :, None] & real[:, None, None, :]
-            weights = torch.softmax(scores[layer].masked_fill(~key_mask, float("-inf")), dim=-1)
-            torch.testing.assert_close(weights.masked_fill(~pairs, 0), target.masked_fill(~pairs, 0),
-                                       atol=1e-6, rtol=1e-5)
-        else:
-            torch.testing.assert_close(scores[layer], target, atol=1e-6, rtol=1e-5)
+        # the real queries' pairs: exactly 0 after the softmax where the layer's mask leaves a key out
+        queries = real[:, None, :, None].expand_as(attended)
+        attends, left_out = (attended > 0) & queries, (attended == 0) & queries
+        torch.testing.assert_close(scores[layer][attends], target[attends], atol=1e-6, rtol=1e-5)
+        assert left_out.any() and not scores[layer][left_out].any()
+        if family == "modernbert":  # a local layer leaves keys out of an example without padding too
+            assert left_out[0].any()
+        if family == "modernbert":  # its local layers leave out more than padding
+            assert (~attends[0]).any()
     # recording changes nothing the model computes
     torch.testing.assert_close(ours.last_hidden_state[real], reference.last_hidden_state[real], atol=1e-5, rtol=1e-5)
 
@@ -122,10 +134,12 @@ def test_a_student_of_other_sizes_stays_in_the_teachers_family(family):
     assert len(attention_modules(student)) == 4
     if family == "deberta-v2":
         assert config.relative_attention and config.position_buckets == 16 and config.pooler_hidden_size == 312
-    if family == "modernbert":  # the teacher's rhythm of global and local layers, continued
-        assert config.layer_types == ["full_attention", "sliding_attention"] * 2
-    if family == "electra":
+    if family == "modernbert":  # each layer attends as the teacher layer it learns from (6 → 4: 2, 3, 5, 6)
+        assert config.layer_types == [teacher.config.layer_types[layer - 1] for layer in (2, 3, 5, 6)]
+    if family == "electra":  # narrower embeddings than layers stay; embeddings as wide as the layers follow
         assert config.embedding_size == 32
+        wide = AutoModel.from_config(family_config(family, num_hidden_layers=6, embedding_size=64))
+        assert build_student("tinybert-4l-312", wide, None).config.embedding_size == 312
 
 
 def _training(**settings):

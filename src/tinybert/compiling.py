@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Literal
 
@@ -27,6 +28,7 @@ logger = logging.getLogger(__name__)
 # On a GPU compiling takes a minute or two; it repays itself only over this many steps.
 COMPILE_MIN_STEPS = 3000
 SHORTEST_BUCKET = 32
+RECOMPILE_LIMIT = 64
 
 # not on/off: YAML reads those as booleans
 CompileSetting = Literal["auto", "always", "never"]
@@ -89,33 +91,46 @@ def static_shapes(setting: CompileSetting, device: torch.device, *, rows: int, m
     return StaticShapes(length_buckets(max_length), rows) if compiled else None
 
 
-def compile_module(module: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+def compile_module(module: torch.nn.Module, device: torch.device, cuda_graphs: bool = True) -> torch.nn.Module:
     """``module`` through torch.compile for static shapes; on a GPU its launches are replayed as
-    CUDA graphs."""
-    return torch.compile(module, dynamic=False, mode="reduce-overhead" if device.type == "cuda" else None)
+    CUDA graphs unless ``cuda_graphs`` is False (gradients accumulated over several batches would
+    live in the graphs' memory, which each replay overwrites)."""
+    # two compiled graphs (training and evaluation) per length bucket, and a pipeline's stages in one
+    # process, share transformers' wrapper functions: dynamo's default of 8 graphs each would fall
+    # back to eager code, with only a warning
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
+    graphs = device.type == "cuda" and cuda_graphs
+    return torch.compile(module, dynamic=False, mode="reduce-overhead" if graphs else None)
 
 
 class CompiledStep:
-    """``compute(module, batch)`` with ``module`` through torch.compile. The first call of each new
-    shape (the one that compiles) is timed and logged, and ``summary`` says once how long
-    compiling took in all."""
+    """``compute(module, batch)`` with ``module`` through torch.compile. ``first_of_shape(batch)``
+    times the step (forward and backward) that compiles for a new shape, and ``summary`` says once
+    how long compiling took in all."""
 
-    def __init__(self, module: torch.nn.Module, device: torch.device, what: str):
-        self.module = compile_module(module, device)
+    def __init__(self, module: torch.nn.Module, device: torch.device, what: str, cuda_graphs: bool = True):
+        self.module = compile_module(module, device, cuda_graphs)
         self.what = what
         self.seconds: dict[tuple, float] = {}
 
     def __call__(self, compute, batch: dict) -> dict:
-        shape = tuple(batch["input_ids"].shape)
-        start = time.perf_counter()
         outputs = compute(self.module, batch)
         # on a GPU the outputs live in the CUDA graphs' memory, which the next step overwrites
-        outputs = {name: value.clone() for name, value in outputs.items()}
-        if shape not in self.seconds:
-            self.seconds[shape] = time.perf_counter() - start
-            logger.info("%s: compiled the step for batches of %s in %.1f s", self.what, " × ".join(map(str, shape)),
-                        self.seconds[shape])
-        return outputs
+        return {name: value.clone() for name, value in outputs.items()}
+
+    @contextmanager
+    def first_of_shape(self, batch: dict):
+        """Times the block when the batch's shape is new (its forward compiles at once, its backward
+        when first run)."""
+        shape = tuple(batch["input_ids"].shape)
+        if shape in self.seconds:
+            yield
+            return
+        start = time.perf_counter()
+        yield
+        self.seconds[shape] = time.perf_counter() - start
+        logger.info("%s: compiled the step for batches of %s in %.1f s", self.what, " × ".join(map(str, shape)),
+                    self.seconds[shape])
 
     def summary(self) -> None:
         logger.info("%s: compiling took %.1f s for %d shape(s) (%s)", self.what, sum(self.seconds.values()),

@@ -14,6 +14,7 @@ import logging
 import math
 import os
 import shutil
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Literal, TypeVar
@@ -39,7 +40,8 @@ STATE_FILE = "training_state.json"
 LOG_FILE = "train_log.jsonl"
 CHECKPOINT_DIR = "checkpoint"
 # settings that do not change the trained weights, so a checkpoint may resume under other values
-RESUME_NEUTRAL = frozenset({"checkpoint_every", "log_every", "report_to"})
+# (``compile`` is how the user said it; whether the run compiles, which shapes its batches, is checked)
+RESUME_NEUTRAL = frozenset({"checkpoint_every", "log_every", "compile", "report_to"})
 
 
 @dataclass
@@ -183,8 +185,9 @@ def run_training(*, output_dir: str | os.PathLike, config: TrainingConfig, modul
     # small model's update, which runs one operation per parameter otherwise)
     optimizer = torch.optim.AdamW(optimizer_groups(module, config.weight_decay), lr=config.learning_rate,
                                   fused=accelerator.device.type in ("cuda", "cpu"))
-    # each process sees its shard of the batches
-    batches_per_epoch = math.ceil(len(train_loader) / accelerator.num_processes)
+    # each process sees its shard of the batches (whole shards only when the loader drops short batches)
+    shard = math.floor if train_loader.drop_last else math.ceil
+    batches_per_epoch = shard(len(train_loader) / accelerator.num_processes)
     steps_per_epoch = math.ceil(batches_per_epoch / config.gradient_accumulation_steps)
     total_steps = max(1, math.ceil(steps_per_epoch * config.epochs))
     if config.max_steps is not None:
@@ -199,7 +202,8 @@ def run_training(*, output_dir: str | os.PathLike, config: TrainingConfig, modul
     else:
         raise ValueError(f"unknown schedule {config.schedule!r}: use 'linear' or 'constant'")
     module, optimizer, loader, scheduler = accelerator.prepare(module, optimizer, train_loader, scheduler)
-    step = CompiledStep(module, accelerator.device, description) if compiled else None
+    step = CompiledStep(module, accelerator.device, description,
+                        cuda_graphs=config.gradient_accumulation_steps == 1) if compiled else None
 
     run_inputs = json.loads(json.dumps({"training": {k: v for k, v in asdict(config).items() if k not in RESUME_NEUTRAL},
                                         "processes": accelerator.num_processes, "compiled": compiled, **(inputs or {})},
@@ -259,7 +263,7 @@ def run_training(*, output_dir: str | os.PathLike, config: TrainingConfig, modul
         if state["batch_in_epoch"]:
             epoch_loader = accelerator.skip_first_batches(loader, state["batch_in_epoch"])
         for batch in epoch_loader:
-            with accelerator.accumulate(module):
+            with accelerator.accumulate(module), step.first_of_shape(batch) if step else nullcontext():
                 losses = step(compute_losses, batch) if step else compute_losses(module, batch)
                 accelerator.backward(losses["loss"])
                 if accelerator.sync_gradients and config.max_grad_norm:

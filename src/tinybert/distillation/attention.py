@@ -10,7 +10,9 @@ state written during the forward pass) and every other layer keeps its fast atte
 - ``"scores"``: the pre-softmax scores (batch, heads, queries, keys), the quantity the layer's
   softmax receives before its mask. In families that route attention through transformers'
   ``AttentionInterface`` that is QKᵀ·scaling, computed in our plug-in (after rotary embeddings
-  in ModernBERT); unmarked layers go straight to SDPA. DeBERTa forms its scores itself, as
+  in ModernBERT); unmarked layers go straight to SDPA. In every family, pairs the layer's mask
+  leaves out (padded keys, and keys beyond a ModernBERT local layer's window) are recorded as 0,
+  so that the loss asks nothing of them. DeBERTa forms its scores itself, as
   (content·content + content·position + position·content) / √(3d): the whole sum is what its
   softmax receives, so the whole sum is what the student learns (the relative-position terms are
   how DeBERTa attends; leaving them out would teach a quantity the teacher never uses).
@@ -28,6 +30,7 @@ import torch
 from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
+from transformers.models.deberta_v2.modeling_deberta_v2 import scaled_size_sqrt
 from transformers.utils.output_capturing import maybe_install_capturing_hooks
 
 from ..models.families import attention_modules, family_of
@@ -47,16 +50,19 @@ def _attention_with_records(module, query, key, value, attention_mask, scaling=N
     if scaling is None:
         scaling = query.size(-1) ** -0.5
     scores = torch.matmul(query, key.transpose(2, 3)) * scaling
-    masked = scores
+    masked = recorded = scores
     if attention_mask is not None:  # sdpa's mask: True where a query may attend
         if attention_mask.dtype == torch.bool:
             masked = scores.masked_fill(~attention_mask, torch.finfo(scores.dtype).min)
+            # pairs the layer never attends (beyond a local layer's window) recorded as 0 in both
+            # models: the loss then asks nothing of them
+            recorded = scores.masked_fill(~attention_mask, 0)
         else:
             masked = scores + attention_mask
     weights = torch.nn.functional.softmax(masked, dim=-1)
     weights = torch.nn.functional.dropout(weights, p=dropout, training=module.training)
     output = torch.matmul(weights, value).transpose(1, 2).contiguous()
-    return output, scores
+    return output, recorded
 
 
 AttentionInterface.register(IMPLEMENTATION, _attention_with_records)
@@ -65,27 +71,30 @@ ALL_MASK_ATTENTION_FUNCTIONS.register(IMPLEMENTATION, sdpa_mask)
 
 def _disentangled_with_records(self, hidden_states, attention_mask, output_attentions=False, query_states=None,
                                relative_pos=None, rel_embeddings=None):
-    """DeBERTa-v2's ``DisentangledSelfAttention.forward`` for a marked layer: the same arithmetic
-    (its own projections and relative-position terms), answering with the records instead of
-    the softmax weights."""
+    """DeBERTa-v2's ``DisentangledSelfAttention.forward``, the same arithmetic in the same order
+    (its own projections and relative-position terms), answering with the layer's records
+    instead of its softmax weights, and with nothing on a layer that records nothing (the
+    weights of every layer would otherwise be kept until the loss is computed)."""
     heads = self.num_attention_heads
     query = self.transpose_for_scores(self.query_proj(hidden_states if query_states is None else query_states), heads)
     key = self.transpose_for_scores(self.key_proj(hidden_states), heads)
     value = self.transpose_for_scores(self.value_proj(hidden_states), heads)
     scale_factor = 1 + ("c2p" in self.pos_att_type) + ("p2c" in self.pos_att_type)
-    scores = torch.bmm(query, key.transpose(-1, -2)) / (query.size(-1) * scale_factor) ** 0.5
+    scale = scaled_size_sqrt(query, scale_factor)
+    scores = torch.bmm(query, key.transpose(-1, -2) / scale.to(dtype=query.dtype))
     if self.relative_attention:
         scores = scores + self.disentangled_attention_bias(query, key, relative_pos, self.pos_dropout(rel_embeddings),
                                                            scale_factor)
     scores = scores.view(-1, heads, scores.size(-2), scores.size(-1))
-    weights = torch.softmax(scores.masked_fill(~attention_mask.bool(), torch.finfo(scores.dtype).min), dim=-1)
+    attends = attention_mask.bool()
+    weights = torch.softmax(scores.masked_fill(~attends, torch.finfo(query.dtype).min), dim=-1)
     context = torch.bmm(self.dropout(weights).view(-1, weights.size(-2), weights.size(-1)), value)
     batch, length = hidden_states.shape[:2]
     context = context.view(batch, heads, length, -1).permute(0, 2, 1, 3).reshape(batch, length, -1)
-    if self._tinybert_records == "relations":
-        by_head = (state.view(batch, heads, length, -1) for state in (query, key, value))
-        return context, tuple(by_head)
-    return context, scores
+    records = getattr(self, _RECORDS, None)
+    if records == "relations":
+        return context, tuple(state.view(batch, heads, length, -1) for state in (query, key, value))
+    return context, scores.masked_fill(~attends, 0) if records == "scores" else None
 
 
 def record_attention(model: torch.nn.Module, layers: Iterable[int], records: Records = "scores") -> list[int]:
@@ -99,13 +108,12 @@ def record_attention(model: torch.nn.Module, layers: Iterable[int], records: Rec
     # pass asking for them, under a lock: installed now, a compiled step traces none of it
     maybe_install_capturing_hooks(model.base_model)
     for index, module in enumerate(attention_modules(model)):
+        if family.scores == "disentangled":
+            module.forward = MethodType(_disentangled_with_records, module)
         if index in chosen:
             setattr(module, _RECORDS, records)
-            if family.scores == "disentangled":
-                module.forward = MethodType(_disentangled_with_records, module)
         elif hasattr(module, _RECORDS):
             delattr(module, _RECORDS)
-            module.__dict__.pop("forward", None)
     return chosen
 
 
@@ -113,6 +121,6 @@ def captured(outputs, layers: list[int]) -> dict[int, torch.Tensor | tuple[torch
     """The records of a forward pass with ``output_attentions=True``, by layer index: ``layers``
     as ``record_attention`` returned them."""
     found = outputs.attentions
-    if len(found) != len(layers):  # DeBERTa's encoder keeps an answer from every layer
+    if len(found) != len(layers):  # DeBERTa's encoder keeps an answer (None or records) from every layer
         found = [found[index] for index in layers]
     return dict(zip(layers, found))

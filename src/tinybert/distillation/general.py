@@ -75,7 +75,7 @@ def general_distill(teacher_dir: str | os.PathLike, corpus: list[str | os.PathLi
         AutoModel.from_pretrained(check_model_dir(teacher_dir, "--teacher"), dtype=torch.float32).eval(),
         build_corpus_cache(corpus, tokenizer, config.max_length, output_dir / CACHE_DIR,
                            show_progress=show_progress and accelerator.is_main_process)))
-    student_model = build_student(student, teacher, None, layers=config.layers)
+    student_model = build_student(student, teacher, None, layers=config.layers, layer_map=config.layer_map)
     layers_s, layers_t = student_model.config.num_hidden_layers, teacher.config.num_hidden_layers
     layer_map = choose_layer_map(config.layer_map, layers_s, layers_t)
     teacher = frozen_teacher(teacher, training, accelerator)

@@ -124,7 +124,7 @@ def _prepare(teacher_dir, student, train_data, config: DistillConfig):
         student_model = build_student(student, teacher, label_space, layers=len(layer_map),
                                       init_from_teacher=True, layer_map=layer_map)
     else:
-        student_model = build_student(student, teacher, label_space, layers=config.layers)
+        student_model = build_student(student, teacher, label_space, layers=config.layers, layer_map=config.layer_map)
         layer_map = choose_layer_map(config.layer_map, student_model.config.num_hidden_layers, teacher_layers)
     return label_space, teacher, student_model, layer_map
 

@@ -46,9 +46,9 @@ FAMILIES: dict[str, Family] = {
     "bert": _BERT_LIKE,
     "roberta": _BERT_LIKE,
     "xlm-roberta": _BERT_LIKE,
-    # its embeddings may be narrower than its layers (embedding_size, then a projection): both are
-    # configuration, inherited like any other field
-    "electra": _BERT_LIKE,
+    # its embeddings may be narrower than its layers (embedding_size, then a projection): narrower
+    # ones (ELECTRA-small's 128 under 256) stay, as wide as the layers (base, large) they follow the student's width
+    "electra": Family(layers="encoder.layer", attention="attention.self", follow_width=("embedding_size",)),
     "deberta-v2": Family(layers="encoder.layer", attention="attention.self", scores="disentangled",
                          follow_width=("pooler_hidden_size",), derived=("attention_head_size",)),
     "distilbert": Family(layers="transformer.layer", attention="attention",

@@ -57,12 +57,12 @@ def choose_layer_map(layer_map: str | list[int] | None, student_layers: int, tea
     return uniform_layer_map(student_layers, teacher_layers)
 
 
-def student_config(teacher_config, shape: dict, label_space: LabelSpace | None, teacher_layers: list[int] | None = None):
+def student_config(teacher_config, shape: dict, label_space: LabelSpace | None, teacher_layers: list[int]):
     """The teacher's configuration (its family and everything it sets: relative positions,
     rotary bases, embedding width, activation, ...) with the student's ``shape`` (BERT's field
     names) and task. ``teacher_layers``: the 1-based teacher layer each student layer is copied
-    from, whose per-layer settings (ModernBERT's local or global attention) the student keeps;
-    without it a student of another depth repeats the teacher's pattern of layers."""
+    from or learns from, whose per-layer settings (ModernBERT's local or global attention) it
+    takes, so that the attention it learns from works as its own."""
     family = family_of(teacher_config)
     values = {name: value for name, value in teacher_config.to_dict().items() if name not in _NOT_INHERITED}
     resized = any(shape.get(name, config_value(teacher_config, name)) != config_value(teacher_config, name)
@@ -73,22 +73,12 @@ def student_config(teacher_config, shape: dict, label_space: LabelSpace | None, 
         if values.get(name) == teacher_config.hidden_size:
             values[name] = shape.get("hidden_size", teacher_config.hidden_size)
     values.update({config_name(teacher_config, name): value for name, value in shape.items()})
-    depth = shape.get("num_hidden_layers", teacher_config.num_hidden_layers)
     for name in family.per_layer:
         per_layer = list(getattr(teacher_config, name))
-        values[name] = ([per_layer[layer - 1] for layer in teacher_layers] if teacher_layers
-                        else _repeat_pattern(per_layer, depth))
+        values[name] = [per_layer[layer - 1] for layer in teacher_layers]
     if label_space is not None:
         values.update(label_space.config_fields())
     return AutoConfig.for_model(values.pop("model_type"), **values)
-
-
-def _repeat_pattern(per_layer: list, depth: int) -> list:
-    """The shortest repeating pattern of a per-layer list, continued to ``depth`` layers (a
-    ModernBERT with global attention every third layer gives a student the same rhythm)."""
-    period = next(p for p in range(1, len(per_layer) + 1)
-                  if all(value == per_layer[i % p] for i, value in enumerate(per_layer)))
-    return [per_layer[i % period] for i in range(depth)]
 
 
 def _new_model(config, label_space: LabelSpace | None):
@@ -98,30 +88,37 @@ def _new_model(config, label_space: LabelSpace | None):
 
 
 def build_student(student: str, teacher, label_space: LabelSpace | None, *, layers: int | None = None,
-                  init_from_teacher: bool = False, layer_map: list[int] | None = None):
-    """A student classifier (a bare encoder when ``label_space`` is None): a preset name, a JSON file of sizes, an existing directory, or
-    (``init_from_teacher``) the teacher's embeddings and mapped layers. ``layers`` overrides the
-    layer count of a preset or of the teacher copy."""
+                  init_from_teacher: bool = False, layer_map: str | list[int] | None = None):
+    """A student classifier (a bare encoder when ``label_space`` is None): a preset name, a JSON
+    file of sizes, an existing directory, or (``init_from_teacher``) the teacher's embeddings and
+    mapped layers. ``layers`` overrides the layer count of a preset or of the teacher copy. A new
+    student's layers take the per-layer settings (ModernBERT's local or global attention) of the
+    teacher layers ``layer_map`` (default: uniform) gives them to learn from."""
     teacher_config = teacher.config
+    teachers = teacher_config.num_hidden_layers
     if init_from_teacher:
-        mapping = layer_map or uniform_layer_map(layers or teacher_config.num_hidden_layers,
-                                                 teacher_config.num_hidden_layers)
+        given = len(layer_map.split(",") if isinstance(layer_map, str) else layer_map) if layer_map else None
+        mapping = choose_layer_map(layer_map, layers or given or teachers, teachers)
         shape = {"num_hidden_layers": len(mapping)}
         model = _new_model(student_config(teacher_config, shape, label_space, teacher_layers=mapping), label_space)
         copy_teacher_layers(teacher, model, mapping)
         return model
     if student in STUDENT_PRESETS or str(student).endswith(".json"):
         shape = dict(STUDENT_PRESETS[student]) if student in STUDENT_PRESETS else _read_shape(student)
-        if layers:
-            shape["num_hidden_layers"] = layers
-        return _new_model(student_config(teacher_config, shape, label_space), label_space)
-    path = check_model_dir(student, "--student")
-    if not any(path.glob("*.safetensors")) and not any(path.glob("*.bin")):
+    else:
+        path = check_model_dir(student, "--student")
+        if any(path.glob("*.safetensors")) or any(path.glob("*.bin")):
+            return _existing_student(path, teacher_config, label_space, layers)
         # a configuration without weights (how the reference code names a student's size)
         config = AutoConfig.from_pretrained(path)
         shape = {name: config_value(config, name) for name in _SHAPE_FIELDS}
-        shape["num_hidden_layers"] = layers or shape["num_hidden_layers"]
-        return _new_model(student_config(teacher_config, shape, label_space), label_space)
+    shape["num_hidden_layers"] = layers or shape.get("num_hidden_layers", teachers)
+    mapping = choose_layer_map(layer_map, shape["num_hidden_layers"], teachers)
+    return _new_model(student_config(teacher_config, shape, label_space, teacher_layers=mapping), label_space)
+
+
+def _existing_student(path: Path, teacher_config, label_space: LabelSpace | None, layers: int | None):
+    """A student directory with weights (a general or stage-1 student), as it is."""
     if layers:
         raise InputError("--layers applies to a preset or --init-from-teacher, not to an existing student",
                          path=path, fix="drop --layers, or use a preset name")
