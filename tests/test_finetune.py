@@ -64,6 +64,12 @@ def test_regression_finetune_stores_problem_type_and_reports_pearson(tmp_path, t
     assert {"pearson", "spearman"} <= results.keys() and "accuracy" not in results
 
 
+def test_show_progress_false_shows_no_training_bar(tmp_path, tiny_model_dir, capfd):
+    finetune(tiny_model_dir, _string_label_data(tmp_path), tmp_path / "out", config=_tiny_config(epochs=1),
+             show_progress=False)
+    assert "fine-tuning" not in capfd.readouterr().err
+
+
 def _string_label_data(tmp_path):
     rows = "".join(f"{'great fun' if i % 2 else 'awful mess'} number {i}\t{'pos' if i % 2 else 'neg'}\n"
                    for i in range(48))

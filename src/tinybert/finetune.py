@@ -107,4 +107,4 @@ def finetune(model_dir: str | os.PathLike, train_path: str | os.PathLike, output
                         compute_losses=lambda module, batch: {"loss": module(**model_inputs(batch, labels=True)).loss},
                         evaluate=evaluate, metric=metric, on_improved=save, accelerator=accelerator,
                         description="fine-tuning", inputs=data_fingerprints(train, dev), settings=values_of(arguments),
-                        compiled=shapes is not None)
+                        compiled=shapes is not None, show_progress=show_progress)

@@ -163,7 +163,8 @@ def run_training(*, output_dir: str | os.PathLike, config: TrainingConfig, modul
                  evaluate: Callable[[torch.nn.Module], dict] | None = None, metric: str | None = None,
                  on_improved: Callable[[torch.nn.Module, dict], None],
                  accelerator: Accelerator | None = None, description: str = "training",
-                 inputs: dict | None = None, settings: dict | None = None, compiled: bool = False) -> dict:
+                 inputs: dict | None = None, settings: dict | None = None, compiled: bool = False,
+                 show_progress: bool = True) -> dict:
     """Train ``module`` and return a summary (best metrics, history).
 
     ``compute_losses(module, batch)`` returns a dict with the total ``"loss"`` and any parts to
@@ -229,7 +230,7 @@ def run_training(*, output_dir: str | os.PathLike, config: TrainingConfig, modul
 
     log_file = open(output_dir / LOG_FILE, "a") if accelerator.is_main_process else None
     progress = tqdm(total=total_steps, initial=state["global_step"], desc=description, unit="step",
-                    disable=not accelerator.is_main_process, dynamic_ncols=True)
+                    disable=not (show_progress and accelerator.is_main_process), dynamic_ncols=True)
     running: dict[str, float] = {}
     total_epochs = math.ceil(config.epochs)
 

@@ -101,4 +101,4 @@ def general_distill(teacher_dir: str | os.PathLike, corpus: list[str | os.PathLi
                         compute_losses=lambda module, batch: module(batch), on_improved=save,
                         accelerator=accelerator, description="general distillation",
                         inputs={"corpus": dataset.fingerprint}, settings=values_of(arguments),
-                        compiled=shapes is not None)
+                        compiled=shapes is not None, show_progress=show_progress)
