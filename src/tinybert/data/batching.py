@@ -153,6 +153,12 @@ class PadToLongest:
                 padded = np.full((len(features), width), self._padding(key), dtype=np.int64)
                 padded[real] = np.concatenate([f[key] for f in features])
                 batch[key] = torch.from_numpy(padded)
+            elif isinstance(value, np.ndarray) and value.ndim == 2:  # a vector per token (teacher outputs): 0-padded
+                padded = np.zeros((len(features), width, value.shape[1]), dtype=value.dtype)
+                padded[real] = np.concatenate([f[key] for f in features])
+                batch[key] = torch.from_numpy(padded)
+            elif isinstance(value, np.ndarray):  # a vector per example
+                batch[key] = torch.from_numpy(np.stack([f[key] for f in features]))
             else:  # a value per example
                 values = [f[key] for f in features]
                 batch[key] = torch.tensor(values, dtype=torch.float32 if isinstance(values[0], float) else torch.int64)

@@ -15,6 +15,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Literal
 
 import torch
@@ -24,6 +25,7 @@ from .attention import captured, record_attention
 from ..errors import InputError
 from ..data.batching import IGNORED_LABEL, model_inputs
 from ..data.labels import ORIGINAL
+from .teacher_outputs import OUTPUTS_KEY
 from .losses import (attention_loss, gold_label_loss, hidden_loss, prediction_loss, relation_loss,
                      span_soft_cross_entropy, token_gold_label_loss, token_soft_cross_entropy)
 from ..models.files import PROJECTIONS_FILE
@@ -161,9 +163,8 @@ class PredictionDistiller(_TeacherAndStudent):
         labels = batch.get("labels")
         gold = batch["origin"] == ORIGINAL if self.hard_label_weight else None
         positions = (batch.get("start_positions"), batch.get("end_positions"))
+        teacher = self._teacher_outputs(batch)
         batch = model_inputs(batch)
-        with torch.no_grad():
-            teacher = self.teacher(**batch)
         student = self.student(**batch)
         mask = batch["attention_mask"]
         if self.task == "token" and labels is not None:
@@ -190,3 +191,14 @@ class PredictionDistiller(_TeacherAndStudent):
         else:
             hard = gold_label_loss(student.logits, labels, weights, self.regression)
         return {"loss": loss + hard, "pred": loss, "gold": hard}
+
+    def _teacher_outputs(self, batch: dict):
+        """The teacher's outputs for the batch: read from their cache when the batch carries them
+        (logits, or start and end logits side by side), else computed now."""
+        cached = batch.get(OUTPUTS_KEY)
+        if cached is None:
+            with torch.no_grad():
+                return self.teacher(**model_inputs(batch))
+        if self.task == "qa":
+            return SimpleNamespace(start_logits=cached[..., 0], end_logits=cached[..., 1])
+        return SimpleNamespace(logits=cached)

@@ -18,6 +18,7 @@ from ..data.tasks import detect_task, task_data, train_and_dev
 from ..data.cache import CACHE_DIR, data_fingerprints
 from ..data.features import Joined
 from .distillers import IntermediateDistiller, IntermediateLosses, PredictionDistiller
+from .teacher_outputs import WithTeacherOutputs, teacher_outputs
 from ..errors import InputError
 from ..evaluation.metrics import selection_metric
 from ..models.loading import (check_model_dir, count_parameters, describe, label_space_of, load_classifier,
@@ -48,6 +49,8 @@ class DistillConfig:
     hard_label_weight: float = option(0.0, "stage 2: weight α of the gold labels, (1 − α)·soft + α·cross-entropy "
                                            "against the label (MSE for scores), on original rows only: not on "
                                            "augmented variants or unlabelled text (0: the paper's soft loss alone)")
+    no_teacher_cache: bool = option(False, "stage 2: run the teacher at every step, instead of reading its outputs "
+                                           "from a cache made by one pass (beside the token cache)")
     shared_projection: bool = option(False, "one projection for embeddings and hidden states (the reference "
                                             "code's way)")
     layers: int | None = option(None, "student layer count (with a preset or --init-from-teacher)")
@@ -251,9 +254,16 @@ def distill(teacher_dir: str | os.PathLike, student: str, train_path: str | os.P
                 f"{student_model.config.num_hidden_layers}-layer", layer_map,
                 ", ".join(f"{count:,} {origin}" for origin, count in training_data.origins().items()))
 
+    training_rows = training_data.labelled(label_space)
+    if config.stage == "prediction" and not config.no_teacher_cache:
+        cache_root = data_options.cache_dir or output_dir / CACHE_DIR
+        outputs = main_process_first(accelerator, lambda: teacher_outputs(
+            teacher, teacher_dir, training_rows, label_space.task, tokenizer, cache_root,
+            precision=training.mixed_precision, accelerator=accelerator, batch_size=config.eval_batch_size,
+            show_progress=show))
+        training_rows = WithTeacherOutputs(training_rows, outputs) if outputs else training_rows
     shapes = shapes_of_run(training, accelerator, len(training_data), max_length)
-    loader = train_loader(training_data.labelled(label_space), tokenizer, training.batch_size, training.seed,
-                          shapes=shapes)
+    loader = train_loader(training_rows, tokenizer, training.batch_size, training.seed, shapes=shapes)
     metric = selection_metric(config.metric, label_space)
     evaluate = None
     if dev is not None:
@@ -288,4 +298,4 @@ def distill(teacher_dir: str | os.PathLike, student: str, train_path: str | os.P
                         on_improved=save, accelerator=accelerator, description=f"distilling ({config.stage})",
                         inputs={**data_fingerprints(train, dev), "stage": config.stage,
                                 **({"unlabeled": [cache.meta["fingerprint"] for cache in extra]} if extra else {})},
-                        settings=values_of(arguments), compiled=shapes is not None)
+                        settings=values_of(arguments), compiled=shapes is not None, show_progress=show_progress)

@@ -1,0 +1,92 @@
+"""Stage 2 reads the teacher's outputs from a cache made once: the same student as running the
+teacher at every step, and a cache never reused for another teacher, data file or length."""
+
+import json
+import logging
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import BertForQuestionAnswering, BertForSequenceClassification, BertForTokenClassification
+
+from conftest import tiny_bert_config, write
+from test_tasks import CONLL, TAGS, squad_document
+from tinybert.data import DataOptions
+from tinybert.data.labels import LabelSpace
+from tinybert.distillation.task import DistillConfig, distill
+from tinybert.training import TrainingConfig
+
+SENTIMENT = LabelSpace("classification", ["neg", "pos"])
+MODELS = {"sequence": BertForSequenceClassification, "token": BertForTokenClassification,
+          "qa": BertForQuestionAnswering}
+
+
+def _teacher(path, real_tokenizer, space, seed=1):
+    torch.manual_seed(seed)
+    model = MODELS[space.task](tiny_bert_config(num_hidden_layers=2, **space.config_fields()))
+    head = model.qa_outputs if space.task == "qa" else model.classifier
+    with torch.no_grad():  # confident outputs, so that the soft loss and its gradients are far from uniform's
+        head.weight.mul_(30)
+    model.save_pretrained(path)
+    real_tokenizer.save_pretrained(path)
+    return path
+
+
+def _data(tmp_path, task, rows=24):
+    if task == "token":
+        return write(tmp_path / "train.txt", CONLL * 16)
+    if task == "qa":
+        return write(tmp_path / "train.json", json.dumps(squad_document(repeat=2)))
+    return write(tmp_path / "train.txt", "".join(f"{'a great and warm film' if i % 2 else 'a dull , tired mess'} "
+                                                f"{'really ' * (i % 5)}\t{'pos' if i % 2 else 'neg'}\n"
+                                                for i in range(rows)))
+
+
+def _caches(directory) -> list:
+    return [path for path in directory.glob("teacher-outputs-*") if path.is_dir()]
+
+
+def _stage2(teacher, train, output, *, cached=True, max_length=48, cache=None, seed=3):
+    training = TrainingConfig(epochs=2, batch_size=8, learning_rate=1e-3, log_every=1, seed=seed)
+    config = DistillConfig(stage="prediction", training=training, max_length=max_length, init_from_teacher=True,
+                           layers=1, no_teacher_cache=not cached)
+    return distill(teacher, "unused", train, output, config=config, show_progress=False,
+                   data_options=DataOptions(cache_dir=str(cache)) if cache else None)
+
+
+@pytest.mark.parametrize("task", ["sequence", "token", "qa"])
+def test_stage_2_from_the_cache_trains_the_student_running_the_teacher_would(tmp_path, real_tokenizer, task):
+    space = {"sequence": SENTIMENT, "token": LabelSpace.of_tags(TAGS), "qa": LabelSpace("qa", [])}[task]
+    teacher, train = _teacher(tmp_path / "teacher", real_tokenizer, space), _data(tmp_path, task)
+    _stage2(teacher, train, tmp_path / "live", cached=False)
+    _stage2(teacher, train, tmp_path / "cached")
+    assert not _caches(tmp_path / "live" / "token_cache")
+    assert len(_caches(tmp_path / "cached" / "token_cache")) == 1
+    live, cached = load_file(tmp_path / "live" / "model.safetensors"), load_file(tmp_path / "cached" / "model.safetensors")
+    assert live.keys() == cached.keys()
+    for name in live:
+        torch.testing.assert_close(cached[name], live[name], atol=1e-5, rtol=0)
+    losses = {run: [json.loads(line)["pred"] for line in (tmp_path / run / "train_log.jsonl").read_text().splitlines()
+                    if '"pred"' in line] for run in ("live", "cached")}
+    assert len(losses["live"]) >= 4 and losses["cached"] == pytest.approx(losses["live"], abs=1e-5)
+
+
+def test_a_changed_teacher_data_file_or_length_never_reuses_a_cache(tmp_path, real_tokenizer, caplog):
+    cache = tmp_path / "shared_cache"
+    teacher, train = _teacher(tmp_path / "teacher", real_tokenizer, SENTIMENT), _data(tmp_path, "sequence")
+
+    def built(output, **settings) -> bool:
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="tinybert"):
+            _stage2(settings.pop("teacher", teacher), settings.pop("train", train), tmp_path / output,
+                    cache=cache, **settings)
+        return "computing the teacher's outputs" in caplog.text
+
+    assert built("first")
+    assert not built("again")  # the same teacher, data and length: reused
+    assert built("other-length", max_length=40)
+    other_data = write(tmp_path / "train2.txt", train.read_text().replace("warm", "cold"))
+    assert built("other-data", train=other_data)
+    other_teacher = _teacher(tmp_path / "teacher2", real_tokenizer, SENTIMENT, seed=2)
+    assert built("other-teacher", teacher=other_teacher)
+    assert len(_caches(cache)) == 4
