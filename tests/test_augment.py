@@ -1,4 +1,8 @@
+import json
+import os
 import struct
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -304,3 +308,63 @@ def test_malformed_line_stops_with_its_number(tmp_path, tiny_mlm):
     augment_file(source, output, mlm_dir=tiny_mlm, config=AugmentConfig(variants=2),
                  data_options=DataOptions(skip_bad_lines=True), show_progress=False)
     assert all(not line.startswith("\t") for line in _rows(output))
+
+
+def _launched(program: list, source, output, tiny_mlm, port: int) -> subprocess.CompletedProcess:
+    """``tinybert augment`` on two gloo processes, one thread each (torchrun's default)."""
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                           str(port), *program, "augment", "--input", str(source), "--output", str(output), "--mlm",
+                           str(tiny_mlm), "--word-vectors", str(demo_word_vectors()), "--candidates", "5",
+                           "--variants", "6", "--seed", "7", "--chunk-rows", "3"],
+                          capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=240)
+
+
+@pytest.fixture
+def twenty_rows(tmp_path):
+    # 7 chunks of 3 rows, the last one short: the processes get 4 and 3
+    rows = [f"{sentence} {number}" for number in range(4) for sentence in SENTENCES]
+    return write(tmp_path / "twenty.tsv", "sentence\tlabel\n" + "".join(f"{s}\t{i % 2}\n" for i, s in enumerate(rows)))
+
+
+def _one_thread_run(tmp_path, tiny_mlm, source):
+    """One process, with the launched processes' thread count (sums, hence near-ties, depend on it)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _augment(tmp_path, source, "single.tsv", tiny_mlm, demo_word_vectors(), chunk_rows=3)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_two_processes_write_the_bytes_one_process_writes(tmp_path, tiny_mlm, twenty_rows):
+    single = _one_thread_run(tmp_path, tiny_mlm, twenty_rows)
+    done = _launched(["-m", "tinybert.cli"], twenty_rows, tmp_path / "double.tsv", tiny_mlm, 29541)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (tmp_path / "double.tsv").read_bytes() == single.read_bytes()
+    assert not list(tmp_path.glob("double.tsv.*"))  # the shares and their records are gone
+    assert done.stdout.count("20 rows → ") == 2  # each process reports the whole run's counts
+
+
+def test_a_killed_two_process_run_resumes_each_share_to_the_same_bytes(tmp_path, tiny_mlm, twenty_rows):
+    single = _one_thread_run(tmp_path, tiny_mlm, twenty_rows)
+    # the second process dies (as if killed) on its third chunk, after writing two; the launcher stops the other
+    dying = write(tmp_path / "dying.py", """
+import os, sys
+import tinybert.augment as augment
+real, calls = augment.Augmenter.word_candidates, []
+def word_candidates(self, texts):
+    calls.append(1)
+    if os.environ["RANK"] == "1" and len(calls) == 3:
+        os._exit(9)
+    return real(self, texts)
+augment.Augmenter.word_candidates = word_candidates
+from tinybert.cli import main
+sys.exit(main(sys.argv[1:]))
+""")
+    killed = _launched([str(dying)], twenty_rows, tmp_path / "double.tsv", tiny_mlm, 29542)
+    assert killed.returncode != 0 and not (tmp_path / "double.tsv").exists()
+    record = json.loads((tmp_path / "double.tsv.share-1-of-2.progress.json").read_text())
+    assert len(record["state"]["ends"]) == 2
+    done = _launched(["-m", "tinybert.cli"], twenty_rows, tmp_path / "double.tsv", tiny_mlm, 29543)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "resuming" in done.stderr and (tmp_path / "double.tsv").read_bytes() == single.read_bytes()

@@ -60,7 +60,9 @@ class MaskedLMCandidates:
         except (OSError, ValueError) as error:
             raise InputError(f"cannot load a masked LM ({error})", path=path,
                              fix="pass --mlm a directory that AutoModelForMaskedLM loads") from None
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        # under torchrun / accelerate launch, each process on its own GPU
+        self.device = torch.device(device or (f"cuda:{os.environ.get('LOCAL_RANK', 0)}" if torch.cuda.is_available()
+                                              else "cpu"))
         self.model.to(self.device)
         self.k = k
         self.batch_size = batch_size

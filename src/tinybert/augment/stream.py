@@ -1,13 +1,22 @@
-"""Writing augmented output a chunk at a time, resumably: what every augmentation driver shares."""
+"""Writing augmented output a chunk at a time, resumably: what every augmentation driver shares.
+
+Launched on several processes (``torchrun`` / ``accelerate launch``), chunk k of the input goes to
+process k mod P, which writes it to its own share file (OUTPUT.share-R-of-P) and records where each
+of its chunks ends; once every process is done, the main one joins the chunks in input order.
+Each chunk is rendered from its rows alone (variants are seeded per row, and the rows counted
+before it are given), so the joined file is the one a single process writes, byte for byte.
+"""
 
 from __future__ import annotations
 
 import itertools
 import logging
+import math
 import os
 import time
 from pathlib import Path
 
+import torch
 from tqdm.auto import tqdm
 
 from ..artifacts import Stamp
@@ -17,43 +26,145 @@ logger = logging.getLogger(__name__)
 
 def resumable_stream(units, render, output_path: Path, inputs: dict, chunk_size: int, total: int | None,
                      header: str, show_progress: bool, finish=None) -> dict:
-    """Writes ``render(chunk, state) -> (text, variants)`` for consecutive chunks of ``units`` to
-    OUTPUT.partial, each chunk synced to disk and then recorded (units and bytes done) in
-    OUTPUT.progress.json; run again with the same inputs, it continues after the last recorded
-    chunk. At the end OUTPUT.partial becomes OUTPUT (through ``finish(partial, output)`` where the
-    format needs a closing step)."""
-    partial = output_path.with_name(output_path.name + ".partial")
-    progress = Stamp(output_path.with_name(output_path.name + ".progress.json"))
-    state = {"rows": 0, "bytes": 0, "written": 0}
-    if partial.exists() and progress.matches(inputs):
-        state = progress.read()["state"]
-        logger.info("resuming %s after %d rows", output_path, state["rows"])
+    """Writes ``render(chunk, state) -> (text, variants)`` for consecutive chunks of ``units``
+    (``state["rows"]``: the units before the chunk) to OUTPUT.partial, each chunk synced to disk
+    and then recorded (units and bytes done) in OUTPUT.progress.json; run again with the same
+    inputs, it continues after the last recorded chunk. At the end OUTPUT.partial becomes OUTPUT
+    (through ``finish(partial, output)`` where the format needs a closing step). Under several
+    processes each writes its share of the chunks, and the main process joins them."""
     output_path.parent.mkdir(parents=True, exist_ok=True)
-    handle = open(partial, "r+b" if state["bytes"] else "wb")
-    handle.truncate(state["bytes"])
-    handle.seek(state["bytes"])
-    if not state["bytes"]:
-        handle.write(header.encode("utf-8"))
-    bar = tqdm(total=total, initial=state["rows"], desc="augmenting", unit="sent", disable=not show_progress,
-               dynamic_ncols=True)
-    started, done_before = time.perf_counter(), state["rows"]
-    remaining = itertools.islice(units, done_before, None)
-    while chunk := list(itertools.islice(remaining, chunk_size)):
-        text, written = render(chunk, state)
-        handle.write(text.encode("utf-8"))
-        handle.flush()
-        os.fsync(handle.fileno())
-        state.update(rows=state["rows"] + len(chunk), bytes=handle.tell(), written=state["written"] + written)
-        progress.write(inputs, state=state)
-        bar.update(len(chunk))
-    bar.close()
-    handle.close()
+    started = time.perf_counter()
+    processes = _launched_processes()
+    if processes is None:
+        rows, written, done_before = _write_share(units, render, output_path, inputs, chunk_size, total, header,
+                                                  show_progress, rank=0, count=1)
+    else:
+        rows, written, done_before = _sharded(units, render, output_path, inputs, chunk_size, total, header,
+                                              show_progress, processes)
+        if not processes.is_main_process:
+            return _summary(rows, written, done_before, started)
+    partial = _partial(output_path)
     if finish is None:
         os.replace(partial, output_path)
     else:
         finish(partial, output_path)
         partial.unlink()
-    progress.path.unlink(missing_ok=True)
+    _progress(output_path).path.unlink(missing_ok=True)
+    if processes is not None:  # kept until now: a run killed while joining joins them again
+        for rank in range(processes.num_processes):
+            share = _share(output_path, rank, processes.num_processes)
+            share.unlink()
+            _share_record(share).path.unlink()
+    return _summary(rows, written, done_before, started)
+
+
+def _summary(rows: int, written: int, done_before: int, started: float) -> dict:
     seconds = time.perf_counter() - started
-    return {"rows": state["rows"], "written": state["written"], "seconds": seconds,
-            "rows_per_s": (state["rows"] - done_before) / seconds if seconds else None, "complete": True}
+    return {"rows": rows, "written": written, "seconds": seconds,
+            "rows_per_s": (rows - done_before) / seconds if seconds else None, "complete": True}
+
+
+def _partial(output_path: Path) -> Path:
+    return output_path.with_name(output_path.name + ".partial")
+
+
+def _progress(output_path: Path) -> Stamp:
+    return Stamp(output_path.with_name(output_path.name + ".progress.json"))
+
+
+def _share(output_path: Path, rank: int, count: int) -> Path:
+    return output_path.with_name(f"{output_path.name}.share-{rank}-of-{count}")
+
+
+def _share_record(share: Path) -> Stamp:
+    return Stamp(share.with_name(share.name + ".progress.json"))
+
+
+def _launched_processes():
+    """accelerate's view of the processes when launched on several (gloo on CPU), else None."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    from accelerate import PartialState
+    return PartialState(cpu=not torch.cuda.is_available())
+
+
+def _write_share(units, render, output_path: Path, inputs: dict, chunk_size: int, total: int | None, header: str,
+                 show_progress: bool, rank: int, count: int) -> tuple[int, int, int]:
+    """Renders chunks rank, rank + count, rank + 2·count, … of ``units`` into this process's file
+    (OUTPUT.partial for a single process, else its share), resuming after its last recorded chunk;
+    returns (units rendered, variants written, units already done when it started)."""
+    single = count == 1
+    target = _partial(output_path) if single else _share(output_path, rank, count)
+    progress = _progress(output_path) if single else _share_record(target)
+    if not single:  # which chunks a share holds depends on their size and the number of processes
+        inputs = {**inputs, "chunk_size": chunk_size, "share": [rank, count]}
+    state = {"rows": 0, "bytes": 0, "written": 0}
+    if target.exists() and progress.matches(inputs):
+        state = progress.read()["state"]
+        logger.info("resuming %s after %d rows", target, state["rows"])
+    if not single:
+        state.setdefault("ends", [])  # where each of its chunks ends in the share, for the join
+    handle = open(target, "r+b" if state["bytes"] else "wb")
+    handle.truncate(state["bytes"])
+    handle.seek(state["bytes"])
+    if single and not state["bytes"]:
+        handle.write(header.encode("utf-8"))
+    share_total = total if single or total is None else math.ceil(total / count)
+    bar = tqdm(total=share_total, initial=state["rows"], desc="augmenting" if single else
+               f"augmenting (share {rank + 1} of {count})", unit="sent", disable=not show_progress, dynamic_ncols=True)
+    done_before = state["rows"]
+    # a single process goes on after the units it did (whatever chunk size did them); a share after its chunks
+    position = state["rows"] if single else 0  # the units before the next chunk
+    remaining = itertools.islice(units, position, None)
+    for index, chunk in enumerate(iter(lambda: list(itertools.islice(remaining, chunk_size)), [])):
+        if single or (index % count == rank and index // count >= len(state["ends"])):
+            text, written = render(chunk, {"rows": position})
+            handle.write(text.encode("utf-8"))
+            handle.flush()
+            os.fsync(handle.fileno())
+            state.update(rows=state["rows"] + len(chunk), bytes=handle.tell(), written=state["written"] + written)
+            if not single:
+                state["ends"] = [*state["ends"], handle.tell()]
+            progress.write(inputs, state=state)
+            bar.update(len(chunk))
+        position += len(chunk)
+    progress.write(inputs, state=state)  # also for a share given no chunk: the join reads every share's record
+    bar.close()
+    handle.close()
+    return state["rows"], state["written"], done_before
+
+
+def _sharded(units, render, output_path: Path, inputs: dict, chunk_size: int, total: int | None, header: str,
+             show_progress: bool, processes) -> tuple[int, int, int]:
+    """Every process writes its share; the main one then joins the shares' chunks in input order
+    into OUTPUT.partial. Returns the whole run's counts on every process."""
+    from accelerate.utils import gather_object
+
+    rank, count = processes.process_index, processes.num_processes
+    counts = _write_share(units, render, output_path, inputs, chunk_size, total, header,
+                          show_progress and processes.is_main_process, rank, count)
+    every = gather_object([counts])  # also waits for every share to be written
+    if processes.is_main_process:
+        _join(output_path, header, count)
+    processes.wait_for_everyone()
+    return tuple(sum(column) for column in zip(*every))
+
+
+def _join(output_path: Path, header: str, count: int) -> None:
+    """OUTPUT.partial made of the header and every share's chunks in input order (chunk k is the
+    k // count-th of share k mod count)."""
+    shares = [_share(output_path, rank, count) for rank in range(count)]
+    states = [_share_record(share).read()["state"] for share in shares]
+    handles = [open(share, "rb") for share in shares]
+    with open(_partial(output_path), "wb") as joined:
+        joined.write(header.encode("utf-8"))
+        for index in range(sum(len(state["ends"]) for state in states)):
+            share, own = index % count, index // count
+            ends = states[share]["ends"]
+            start = ends[own - 1] if own else 0
+            handles[share].seek(start)
+            joined.write(handles[share].read(ends[own] - start))
+        joined.flush()
+        os.fsync(joined.fileno())
+    for handle in handles:
+        handle.close()
