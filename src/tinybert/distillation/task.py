@@ -270,6 +270,7 @@ def distill(teacher_dir: str | os.PathLike, student: str, train_path: str | os.P
     step = recipe_step(config.stage, [train_path, *unlabeled], training_data.origins(), training,
                        **({"temperature": config.temperature, "hard_label_weight": config.hard_label_weight}
                           if config.stage == "prediction" else {}))
+    # what `tinybert distill --stage STAGE` defaults to: the card's command gives the stage and what differs
     defaults = DistillArguments(config=DistillConfig.for_stage(config.stage))
 
     def save(unwrapped, metrics):
@@ -277,7 +278,7 @@ def distill(teacher_dir: str | os.PathLike, student: str, train_path: str | os.P
             config.stage, label_space, max_length, data_options.doc_stride, teacher=teacher_dir,
             started_from=teacher_dir if config.init_from_teacher else student, step=step,
             dev={"data": str(eval_path), "metric": metric, **metrics} if metrics else None,
-            command=command_line("distill", arguments, defaults)))
+            command=command_line("distill", arguments, defaults, always=("stage",))))
         if config.stage == "intermediate":
             unwrapped.save_projections(output_dir)
         write_json(output_dir / "distill_config.json", {"teacher": str(teacher_dir), "layer_map": layer_map,
