@@ -267,9 +267,13 @@ def distill(teacher_dir: str | os.PathLike, student: str, train_path: str | os.P
     arguments = DistillArguments(teacher=str(teacher_dir), student=str(student), train=str(train_path),
                                  eval=eval_path and str(eval_path), output=str(output_dir), config=config,
                                  data_options=given_options, unlabeled=unlabeled or None)
+    # the stage's loss settings change the trained weights: a checkpoint resumes only under its own
+    if config.stage == "prediction":
+        losses = {"temperature": config.temperature, "hard_label_weight": config.hard_label_weight}
+    else:
+        losses = {**asdict(config.losses), "shared_projection": config.shared_projection}
     step = recipe_step(config.stage, [train_path, *unlabeled], training_data.origins(), training,
-                       **({"temperature": config.temperature, "hard_label_weight": config.hard_label_weight}
-                          if config.stage == "prediction" else {}))
+                       **(losses if config.stage == "prediction" else {}))
     # what `tinybert distill --stage STAGE` defaults to: the card's command gives the stage and what differs
     defaults = DistillArguments(config=DistillConfig.for_stage(config.stage))
 
@@ -287,6 +291,6 @@ def distill(teacher_dir: str | os.PathLike, student: str, train_path: str | os.P
     return run_training(output_dir=output_dir, config=training, module=distiller, train_loader=loader,
                         compute_losses=lambda module, batch: module(batch), evaluate=evaluate, metric=metric,
                         on_improved=save, accelerator=accelerator, description=f"distilling ({config.stage})",
-                        inputs={**data_fingerprints(train, dev), "stage": config.stage,
+                        inputs={**data_fingerprints(train, dev), "stage": config.stage, "losses": losses,
                                 **({"unlabeled": [cache.meta["fingerprint"] for cache in extra]} if extra else {})},
                         settings=values_of(arguments), compiled=shapes is not None)
