@@ -203,3 +203,44 @@ def test_the_student_learns_from_originals_variants_and_unlabelled_text_and_the_
         assert measured[("test", "pearson")] == results["evaluation"][name]["pearson"]
         assert "tinybert pipeline" in card.text and "## How it was made" in card.text
     assert card.data.base_model == str(run / "teacher") and "retention" in card.text
+
+
+class _Stopped(Exception):
+    pass
+
+
+def _run_stages(config_path, monkeypatch, *stages):
+    """Runs the pipeline of ``config_path`` in this process, as far as the first stage not in ``stages``."""
+    from tinybert.pipeline import run as run_module
+    real = run_module._Run.stage
+
+    def only(self, name, inputs, action):
+        if name not in stages:
+            raise _Stopped(name)
+        return real(self, name, inputs, action)
+    monkeypatch.setattr(run_module._Run, "stage", only)
+    with pytest.raises(_Stopped):
+        run_module.run_pipeline(load_config(config_path))
+    monkeypatch.setattr(run_module._Run, "stage", real)
+
+
+def test_an_augmented_file_from_before_rows_were_marked_is_made_again(tmp_path, tiny_model_dir, monkeypatch, caplog):
+    from tinybert.artifacts import Stamp
+    from tinybert.resources import demo_word_vectors
+    train, dev = _data(tmp_path)
+    config = write(tmp_path / "pipeline.yaml", yaml.safe_dump({
+        "run_dir": str(tmp_path / "run"), "data": {"train": str(train), "dev": str(dev), "max_examples": 8},
+        "finetune": {"teacher_dir": str(tiny_model_dir)},
+        "augment": {"word_vectors": str(demo_word_vectors()), "variants": 1}}))
+    _run_stages(config, monkeypatch, "augment")
+    augmented = tmp_path / "run" / "augment" / "train_aug.txt"
+    assert augmented.read_text().splitlines()[0] == "text_a\tlabel\taugmented"
+    # as an older tinybert left it: no mark column, and a stamp whose inputs say nothing of marks
+    augmented.write_text("".join(line.rsplit("\t", 1)[0] + "\n" for line in augmented.read_text().splitlines()[1:]))
+    done = Stamp(tmp_path / "run" / "augment" / DONE_FILE)
+    old = done.read()
+    done.write({key: value for key, value in old["inputs"].items() if key != "marks"}, seconds=old["seconds"])
+    with caplog.at_level("INFO", logger="tinybert"):
+        _run_stages(config, monkeypatch, "augment")
+    assert "stage augment: settings or inputs changed since it ran; starting it again" in caplog.text
+    assert augmented.read_text().splitlines()[0] == "text_a\tlabel\taugmented"

@@ -15,6 +15,7 @@ from .. import resources
 from ..artifacts import Stamp, digest, digest_file, read_json, write_json
 from ..augment import OUTPUT_NEUTRAL_SETTINGS
 from ..data.cache import CACHE_DIR
+from ..data.formats import MARK
 from ..data.tasks import scan_labels
 from ..distillation.task import DistillConfig, build_initial_student
 from ..errors import InputError
@@ -182,8 +183,10 @@ def run_pipeline(config: Config) -> dict:
         augmented = "train_aug" + Path(files["train"]).suffix
         not_fingerprinted = {"run", "compare_without"} | OUTPUT_NEUTRAL_SETTINGS
         settings = {key: value for key, value in augment.items() if key not in not_fingerprinted}
+        # the mark of augmented rows: a file written before rows were marked (or marked otherwise) is rebuilt
         inputs = {"settings": settings, "data": data_identity["train"], "data_options": data_settings,
-                  "mlm": content_of(augment["mlm"]), "word_vectors": content_of(augment["word_vectors"])}
+                  "mlm": content_of(augment["mlm"]), "word_vectors": content_of(augment["word_vectors"]),
+                  "marks": MARK}
         # data.max_examples cuts the training data before it is augmented (augment.max_examples may cut
         # it further, never beyond what the teacher saw); the stages then train on all of the augmented file
         limits = [limit for limit in (reading.max_examples, augment["max_examples"]) if limit]
