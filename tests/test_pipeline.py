@@ -244,3 +244,38 @@ def test_an_augmented_file_from_before_rows_were_marked_is_made_again(tmp_path, 
         _run_stages(config, monkeypatch, "augment")
     assert "stage augment: settings or inputs changed since it ran; starting it again" in caplog.text
     assert augmented.read_text().splitlines()[0] == "text_a\tlabel\taugmented"
+
+
+def test_trackers_are_checked_before_the_first_stage_and_logging_settings_redo_no_stage(tmp_path, real_tokenizer,
+                                                                                         tinybert_cli):
+    import torch
+    from transformers import BertForSequenceClassification
+    from conftest import tiny_bert_config
+    torch.manual_seed(1)
+    teacher = tmp_path / "teacher"
+    BertForSequenceClassification(tiny_bert_config(num_labels=2, id2label={0: "neg", 1: "pos"},
+                                                   label2id={"neg": 0, "pos": 1})).save_pretrained(teacher)
+    real_tokenizer.save_pretrained(teacher)
+    train, dev = _data(tmp_path)
+    run = tmp_path / "run"
+    config = write(tmp_path / "pipeline.yaml", yaml.safe_dump({
+        "run_dir": str(run), "data": {"train": str(train), "dev": str(dev), "max_examples": 16},
+        "finetune": {"teacher_dir": str(teacher)}, "augment": {"run": False}, "baseline": {"run": False},
+        "intermediate": {"init_from_teacher": True, "layers": 1, "epochs": 1, "batch_size": 8, "max_length": 32},
+        "prediction": {"epochs": 1}, "evaluate": {"no_latency": True, "max_length": 32},
+        "export": {"run": False}, "report": {"run": False}}))
+    # stage 2's tracker is missing: said before stage 1 starts, not once it is done
+    refused = tinybert_cli("pipeline", config, "--set", "prediction.report_to=[wandb]")
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr, refused.stderr[-2000:]
+    assert "prediction.report_to wandb needs the wandb package" in refused.stderr
+    assert not (run / "intermediate").exists()
+
+    first = tinybert_cli("pipeline", config)
+    assert first.returncode == 0, first.stderr[-3000:]
+    # how often a stage logs or saves, whether it compiles and where it reports change none of its results
+    again = tinybert_cli("pipeline", config, "--set", "intermediate.log_every=1", "--set",
+                         "intermediate.checkpoint_every=3", "--set", "intermediate.compile=never", "--set",
+                         "prediction.report_to=[tensorboard]")
+    assert again.returncode == 0, again.stderr[-3000:]
+    for stage in ("intermediate", "student", "evaluate"):
+        assert f"stage {stage}: already complete, skipped" in again.stderr

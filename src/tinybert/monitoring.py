@@ -28,31 +28,31 @@ logger = logging.getLogger(__name__)
 PROJECT = "tinybert"
 
 
-def trackers(report_to: list[str]) -> list[str]:
+def trackers(report_to: list[str], setting: str = "--report-to") -> list[str]:
     """The trackers ``--report-to`` names (``all``: every one installed; ``none`` or nothing: none).
-    A name accelerate does not know, or one whose package is missing, is an error before training."""
+    A name accelerate does not know, or one whose package is missing, is an error before training
+    (``setting``: how the message names the setting, e.g. a pipeline's ``prediction.report_to``)."""
     names = [name.strip().lower() for item in report_to for name in str(item).split(",")]
     names = [name for name in dict.fromkeys(names) if name and name != "none"]
     known = list(LOGGER_TYPE_TO_CLASS)
     installed = [str(tracker) for tracker in get_available_trackers()]
     unknown = [name for name in names if name not in known and name != "all"]
     if unknown:
-        raise InputError(f"--report-to {unknown[0]}: not a tracker accelerate supports",
+        raise InputError(f"{setting} {unknown[0]}: not a tracker accelerate supports",
                          fix=f"use one or more of {', '.join(known)}, or all, or none")
     if "all" in names:
         if not installed:
-            logger.warning("--report-to all: no tracker is installed, so nothing is tracked (pip install tensorboard)")
+            logger.warning("%s all: no tracker is installed, so nothing is tracked (pip install tensorboard)", setting)
         return installed
     missing = [name for name in names if name not in installed]
     if missing:
-        raise InputError(f"--report-to {missing[0]} needs the {missing[0]} package, which is not installed",
-                         fix=f"pip install {missing[0]}, or leave {missing[0]} out of --report-to")
+        raise InputError(f"{setting} {missing[0]} needs the {missing[0]} package, which is not installed",
+                         fix=f"pip install {missing[0]}, or leave {missing[0]} out of {setting}")
     return names
 
 
-def tracking_options(report_to: list[str], output_dir: str | os.PathLike | None) -> dict:
-    """The ``Accelerator`` arguments that log to the trackers ``report_to`` names, under ``output_dir``."""
-    names = trackers(report_to)
+def tracking_options(names: list[str], output_dir: str | os.PathLike | None) -> dict:
+    """The ``Accelerator`` arguments that log to the trackers ``names`` (see ``trackers``), under ``output_dir``."""
     return {"log_with": names, "project_dir": str(output_dir)} if names else {}
 
 

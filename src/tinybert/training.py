@@ -30,7 +30,7 @@ from .artifacts import atomic_write, write_json
 from .compiling import CompiledStep, CompileSetting, StaticShapes, compile_option, static_shapes
 from .data import DataOptions
 from .errors import InputError
-from .monitoring import Monitor, tracking_options
+from .monitoring import Monitor, trackers, tracking_options
 from .settings import group, option, values_of
 
 logger = logging.getLogger(__name__)
@@ -82,7 +82,14 @@ class TrainingConfig:
                                           "ends only)")
 
 
+def check_training(config: TrainingConfig, section: str | None = None) -> list[str]:
+    """Refuses training settings no run can use, before anything is read or written; returns the
+    trackers to log to. ``section``: the pipeline section they come from (named instead of the flags)."""
+    return trackers(config.report_to, f"{section}.report_to" if section else "--report-to")
+
+
 def make_accelerator(config: TrainingConfig, output_dir: str | os.PathLike | None = None) -> Accelerator:
+    names = check_training(config)
     # Distillation leaves the student's pooler and task head out of the loss: DDP must allow that.
     # Under torchrun without GPUs accelerate only goes distributed (gloo) when told it is on CPU.
     multi_cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
@@ -102,7 +109,7 @@ def make_accelerator(config: TrainingConfig, output_dir: str | os.PathLike | Non
                        gradient_accumulation_steps=config.gradient_accumulation_steps,
                        dataloader_config=DataLoaderConfiguration(non_blocking=True),
                        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
-                       **tracking_options(config.report_to, output_dir))
+                       **tracking_options(names, output_dir))
 
 
 def frozen_teacher(teacher: torch.nn.Module, config: TrainingConfig, accelerator: Accelerator) -> torch.nn.Module:
