@@ -58,9 +58,12 @@ def tracking_options(names: list[str], output_dir: str | os.PathLike | None) -> 
 
 def _offline(names: list[str], output_dir: Path, resumed_step: int) -> dict:
     """Each tracker's start arguments: files under the output directory unless its own environment
-    variables say otherwise (MLflow's file store, W&B offline); a resumed run hides what it repeats."""
+    variables say otherwise (MLflow's file store, W&B offline). TensorBoard hides the points of an
+    earlier attempt that this run logs again: after the checkpoint a resumed run starts from, all of
+    them when a run starts afresh where one ran before (killed before its first checkpoint, or its
+    checkpoint deleted)."""
     options: dict[str, dict] = {}
-    if "tensorboard" in names and resumed_step:  # steps after the checkpoint are logged again
+    if "tensorboard" in names:
         options["tensorboard"] = {"purge_step": resumed_step + 1}
     if "mlflow" in names:
         store = output_dir.resolve() / "mlruns"
