@@ -92,6 +92,16 @@ def test_the_task_is_read_from_the_file(tmp_path, conll_file, squad_file):
     assert detect_task(conll_file, DataOptions(task="sequence")) == "sequence"
 
 
+def test_texts_without_a_label_column_and_a_blank_line_are_no_tagging_file(tmp_path):
+    # one text a line, no spaces in them (Chinese), a blank line among them: texts, unless a tagger reads them
+    texts = write(tmp_path / "texts.txt", "这部电影很好看\n情节很无聊\n\n演员很出色\n")
+    assert detect_task(texts, DataOptions()) == "sequence"
+    assert detect_task(texts, DataOptions(), expected="sequence") == "sequence"
+    # bare words in sentences: a tagger's unlabelled text
+    words = write(tmp_path / "words.txt", "EU\nrejects\nGerman\ncall\n\nPeter\nBlackburn\n")
+    assert detect_task(words, DataOptions(), expected="token") == "token"
+
+
 def test_conll_sentences_skip_docstart_and_split_on_blank_lines(conll_file):
     sentences = list(read_sentences(conll_file))
     assert [s.words[:2] for s in sentences] == [["EU", "rejects"], ["Peter", "Blackburn"]]

@@ -170,7 +170,7 @@ def plan(teacher_dir, student, train_data, config: DistillConfig) -> Plan:
 def _task_of(teacher_dir, train_path, options: DataOptions) -> str:
     """The teacher's task, which the data must be of."""
     space = label_space_of(teacher_dir)
-    kind = detect_task(train_path, options)
+    kind = detect_task(train_path, options, expected=space.task if space else None)
     if space is not None and space.task != kind:
         raise InputError(f"the teacher was fine-tuned for a {space.task} task, the data is a {kind} task",
                          path=train_path, fix="distil on data of the teacher's task (or say --task)")
