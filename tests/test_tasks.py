@@ -370,6 +370,17 @@ def test_a_bad_line_leaves_its_whole_sentence_out(tmp_path):
     assert sentences[0].line == 2
 
 
+def test_a_skipped_variant_leaves_its_mark_behind(tmp_path, real_tokenizer):
+    # an augmented variant with a bad line, then an original sentence: the original is no variant
+    path = write(tmp_path / "t.txt", "-DOCSTART- augmented\n\nEU B-ORG\nrejects\n\nPeter B-PER\nBlackburn I-PER\n\n")
+    sentences = list(read_sentences(path))
+    assert [(s.words, s.problem is None, s.augmented) for s in sentences] == [
+        ([], False, False), (["Peter", "Blackburn"], True, False)]
+    cache = task_data("token", path, real_tokenizer, 32, DataOptions(skip_bad_lines=True), tmp_path / "cache",
+                      show_progress=False)
+    assert cache.origins() == {"original": 1, "augmented": 0, "unlabeled": 0}
+
+
 def test_tab_separated_conll_is_token_classification_and_iobes_is_refused(tmp_path):
     assert detect_task(write(tmp_path / "t.txt", "EU\tNNP\tB-ORG\nrejects\tVBZ\tO\n\n"), DataOptions()) == "token"
     sentence = next(read_sentences(write(tmp_path / "s.txt", "EU S-ORG\n\n")))
