@@ -128,3 +128,25 @@ def test_a_run_started_afresh_over_an_earlier_ones_events_leaves_one_point_per_s
     points = _points(output / "tinybert")["train/loss"]
     assert [step for step, _ in points] == [step for step, _ in losses] == [1, 2, 3, 4]  # the second run's only
     assert [value for _, value in points] == pytest.approx([value for _, value in losses], rel=1e-6)
+
+
+def test_patience_running_out_at_the_last_epoch_is_no_early_stop(tmp_path, tiny_model_dir, tinybert_cli, monkeypatch):
+    from tinybert.evaluation import measure
+    scores = iter([0.5, 0.6, 0.55])  # dev improves, then falls at the third and last epoch
+    monkeypatch.setattr(measure, "evaluate_dataset", lambda *args, **kwargs: dict.fromkeys(
+        ("accuracy", "f1", "mcc", "pearson", "spearman"), next(scores)))
+    train, dev = write(tmp_path / "train.txt", _rows(16)), write(tmp_path / "dev.txt", _rows(8, 16))
+    result = tinybert_cli("finetune", "--model", tiny_model_dir, "--train", train, "--eval", dev, "--output",
+                          tmp_path / "out", "--patience", "1", "--epochs", "3", "--batch-size", "8", "--max-length", "32")
+    assert result.returncode == 0, result.stderr[-2000:]
+    summary = json.loads((tmp_path / "out" / "training_state.json").read_text())
+    assert len(summary["history"]) == 3 and summary["steps"] == 6 and not summary["stopped_early"]
+    assert "stopping early" not in result.stdout + result.stderr
+
+
+def test_a_negative_patience_is_one_message_before_training(tmp_path, tiny_model_dir, tinybert_cli):
+    train = write(tmp_path / "train.txt", _rows(16))
+    result = tinybert_cli("finetune", "--model", tiny_model_dir, "--train", train, "--eval", train, "--output",
+                          tmp_path / "out", "--patience", "-1")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "--patience -1 is no number of evaluations" in result.stderr and not (tmp_path / "out").exists()

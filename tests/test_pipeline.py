@@ -104,6 +104,13 @@ def test_bad_configs_are_clear_errors(tmp_path, text, overrides, message):
     assert message in str(error.value)
 
 
+def test_a_training_setting_no_run_can_use_is_refused_before_any_stage(tmp_path, pipeline_config):
+    from tinybert.pipeline.config import check_training_sections
+    # stage 2 takes stage 1's patience: the message names where it was given
+    with pytest.raises(InputError, match=r"--set intermediate.patience=-1: intermediate.patience -1 is no number"):
+        check_training_sections(load_config(pipeline_config, ["intermediate.patience=-1"]))
+
+
 def test_show_config_and_quick_overrides(tmp_path, pipeline_config, tinybert_cli):
     config = write(tmp_path / "q.yaml", pipeline_config.read_text() + "quick:\n  finetune.epochs: 1\n  run_dir: elsewhere\n")
     shown = yaml.safe_load(tinybert_cli("pipeline", config, "--quick", "--show-config", "--set", "finetune.lr=0.5").stdout)

@@ -16,6 +16,7 @@ import logging
 import os
 import time
 from pathlib import Path
+from typing import Callable
 
 from accelerate.tracking import LOGGER_TYPE_TO_CLASS, get_available_trackers
 from tqdm.auto import tqdm
@@ -49,6 +50,20 @@ def trackers(report_to: list[str], setting: str = "--report-to") -> list[str]:
         raise InputError(f"{setting} {missing[0]} needs the {missing[0]} package, which is not installed",
                          fix=f"pip install {missing[0]}, or leave {missing[0]} out of {setting}")
     return names
+
+
+def _flag(key: str) -> str:
+    return "--" + key.replace("_", "-")
+
+
+def check_training(config, name: Callable[[str], str] = _flag) -> list[str]:
+    """Refuses what a ``TrainingConfig`` asks of reporting and stopping that no run can do, before
+    anything is read or written; returns the trackers to log to. ``name(key)``: how a message names
+    a setting (a flag; a pipeline's section.key)."""
+    if config.patience < 0:
+        raise InputError(f"{name('patience')} {config.patience} is no number of evaluations",
+                         fix="give 0 (never stop early) or the evaluations without improvement to stop after")
+    return trackers(config.report_to, name("report_to"))
 
 
 def tracking_options(names: list[str], output_dir: str | os.PathLike | None) -> dict:
@@ -100,8 +115,10 @@ class Monitor:
     ``evaluate(unwrapped_module)`` returns dev metrics; ``on_improved(unwrapped_module, metrics)``
     is called on the main process when ``metric`` improves."""
 
-    def __init__(self, accelerator, config, evaluate, metric: str | None, on_improved, batches_per_epoch: int):
+    def __init__(self, accelerator, config, evaluate, metric: str | None, on_improved, batches_per_epoch: int,
+                 total_steps: int):
         self.accelerator = accelerator
+        self.total_steps = total_steps
         self.evaluate_model = evaluate
         self.metric = metric
         self.on_improved = on_improved
@@ -171,9 +188,10 @@ class Monitor:
         self.accelerator.wait_for_everyone()
 
     def stopped(self, state: dict) -> bool:
-        """Whether the last ``--patience`` evaluations all failed to improve on the best."""
+        """Whether the last ``--patience`` evaluations all failed to improve on the best before the
+        run's last step (a run that reaches it ends as planned: that is no early stop)."""
         best = state["best"]
-        return bool(self.patience) and best is not None and \
+        return bool(self.patience) and best is not None and state["global_step"] < self.total_steps and \
             sum(record["step"] > best["step"] for record in state["history"]) >= self.patience
 
     def finish(self, state: dict, cap: str) -> None:

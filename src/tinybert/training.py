@@ -30,7 +30,7 @@ from .artifacts import atomic_write, write_json
 from .compiling import CompiledStep, CompileSetting, StaticShapes, compile_option, static_shapes
 from .data import DataOptions
 from .errors import InputError
-from .monitoring import Monitor, trackers, tracking_options
+from .monitoring import Monitor, check_training, tracking_options
 from .settings import group, option, values_of
 
 logger = logging.getLogger(__name__)
@@ -80,12 +80,6 @@ class TrainingConfig:
                               "is then the cap")
     eval_every: int | None = option(None, "with a dev set: also evaluate every N optimizer steps (default: at epoch "
                                           "ends only)")
-
-
-def check_training(config: TrainingConfig, section: str | None = None) -> list[str]:
-    """Refuses training settings no run can use, before anything is read or written; returns the
-    trackers to log to. ``section``: the pipeline section they come from (named instead of the flags)."""
-    return trackers(config.report_to, f"{section}.report_to" if section else "--report-to")
 
 
 def make_accelerator(config: TrainingConfig, output_dir: str | os.PathLike | None = None) -> Accelerator:
@@ -231,7 +225,7 @@ def run_training(*, output_dir: str | os.PathLike, config: TrainingConfig, modul
                     state["epoch"] + 1, state["batch_in_epoch"])
     if accelerator.is_main_process:  # a run starting afresh keeps no lines of an earlier attempt
         _truncate_log(output_dir / LOG_FILE, state["global_step"])
-    monitor = Monitor(accelerator, config, evaluate, metric, on_improved, batches_per_epoch)
+    monitor = Monitor(accelerator, config, evaluate, metric, on_improved, batches_per_epoch, total_steps)
     monitor.start(state, output_dir, settings or values_of(config))
 
     log_file = open(output_dir / LOG_FILE, "a") if accelerator.is_main_process else None

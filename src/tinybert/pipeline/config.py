@@ -20,10 +20,10 @@ from ..distillation.task import DistillArguments, DistillConfig
 from ..errors import InputError
 from ..evaluation.measure import EvaluateArguments
 from ..inference.export import ExportArguments
+from ..monitoring import check_training
 from ..finetune import FinetuneArguments
 from ..distillation.general import GeneralArguments
 from ..settings import closest, convert, group, option, settings_of, values_of, with_values
-from ..training import check_training
 
 
 @dataclass
@@ -177,13 +177,14 @@ def check_training_sections(config: Config) -> None:
         training["finetune"] = sections["finetune"].arguments.config.training
     if values["baseline"]["run"]:
         training["baseline"] = config.baseline_section().arguments.config.training
-    for name, settings in training.items():
-        given_in = name if (name, "report_to") in config.origins else SHARES_WITH.get(name, name)
+    for section, settings in training.items():
+        def named(key, section=section):  # where it was given: stage 2's value may be stage 1's
+            return f"{section if (section, key) in config.origins else SHARES_WITH.get(section, section)}.{key}"
         try:
-            check_training(settings, given_in)
-        except InputError as error:
-            raise InputError(error.problem, path=config.origins.get((given_in, "report_to"), config.path),
-                             fix=error.fix) from None
+            check_training(settings, named)
+        except InputError as error:  # its message starts with the setting's section.key: say where that was given
+            setting = tuple(error.problem.split(" ", 1)[0].split(".", 1))
+            raise InputError(error.problem, path=config.origins.get(setting, config.path), fix=error.fix) from None
 
 
 def load_config(path: str | os.PathLike, overrides=(), quick: bool = False) -> Config:
