@@ -1,4 +1,6 @@
 import json
+import shlex
+from dataclasses import replace
 
 import pytest
 import torch
@@ -6,11 +8,14 @@ from safetensors.torch import load_file
 from transformers import AutoModelForSequenceClassification, BertForSequenceClassification
 
 from conftest import tiny_bert_config, write
+from tinybert.cli import parse
+from tinybert.distillation import task as task_module
 from tinybert.distillation.task import DistillConfig, distill, plan
 from tinybert.distillation.distillers import IntermediateLosses
 from tinybert.models.files import PROJECTIONS_FILE
 from tinybert.data import read_task_file
 from tinybert.errors import InputError
+from tinybert.settings import values_of
 from tinybert.training import TrainingConfig
 
 LABELS = {"num_labels": 2, "id2label": {0: "neg", 1: "pos"}, "label2id": {"neg": 0, "pos": 1}}
@@ -77,6 +82,65 @@ def test_two_stages_train_and_write_plain_models(tmp_path, teacher_dir, train_fi
     assert summary["best"] is not None and "accuracy" in summary["best"]
     model = AutoModelForSequenceClassification.from_pretrained(stage2)
     assert model.config.num_hidden_layers == 2 and model.config.hidden_size == 32
+
+
+def test_each_stages_recorded_command_reads_back_to_its_settings(tmp_path, teacher_dir, train_file, student_shape,
+                                                                tinybert_cli):
+    common = ["--teacher", teacher_dir, "--train", train_file, "--max-length", "32", "--batch-size", "16"]
+    stage1 = ["distill", "--student", student_shape, "--output", tmp_path / "stage1", "--epochs", "1", *common]
+    stage2 = ["distill", "--stage", "prediction", "--student", tmp_path / "stage1", "--eval", train_file, "--output",
+              tmp_path / "stage2", "--hard-label-weight", "0.5", "--report-to", "none", *common]
+    for argv, output in ((stage1, "stage1"), (stage2, "stage2")):
+        argv = [str(word) for word in argv]
+        done = tinybert_cli(*argv)
+        assert done.returncode == 0, done.stderr[-2000:]
+        command = shlex.split(json.loads((tmp_path / output / "tinybert.json").read_text())["command"])
+        # stage 2's own schedule (3 epochs, lr 3e-5, linear) and its stage, not stage 1's defaults
+        assert command[:2] == ["tinybert", "distill"] and values_of(parse(command[1:])[1]) == values_of(parse(argv)[1])
+
+
+def _interrupt_after_three_batches(monkeypatch, *args, **kwargs):
+    """``distill(*args, **kwargs)`` killed at its fourth batch, with a checkpoint left behind."""
+    real = task_module.run_training
+
+    def dies_after_three_batches(**kwargs):
+        count, compute = {"n": 0}, kwargs["compute_losses"]
+
+        def compute_or_die(module, batch):
+            count["n"] += 1
+            if count["n"] > 3:
+                raise KeyboardInterrupt
+            return compute(module, batch)
+        return real(**{**kwargs, "compute_losses": compute_or_die})
+    monkeypatch.setattr(task_module, "run_training", dies_after_three_batches)
+    with pytest.raises(KeyboardInterrupt):
+        distill(*args, **kwargs)
+    monkeypatch.setattr(task_module, "run_training", real)
+
+
+def test_a_stage_2_checkpoint_resumes_only_with_its_loss_weights(tmp_path, teacher_dir, train_file, student_shape,
+                                                                 monkeypatch):
+    distill(teacher_dir, str(student_shape), train_file, tmp_path / "stage1", config=_config("intermediate", epochs=1),
+            show_progress=False)
+    config = _config("prediction", epochs=1, checkpoint_every=2)
+    _interrupt_after_three_batches(monkeypatch, teacher_dir, str(tmp_path / "stage1"), train_file,
+                                   tmp_path / "stage2", config=config, show_progress=False)
+    for changed, message in (({"hard_label_weight": 0.5}, "hard_label_weight 0.0 → 0.5"),
+                             ({"temperature": 2.0}, "temperature 1.0 → 2.0")):
+        with pytest.raises(InputError, match=message):
+            distill(teacher_dir, str(tmp_path / "stage1"), train_file, tmp_path / "stage2",
+                    config=replace(config, **changed), show_progress=False)
+    distill(teacher_dir, str(tmp_path / "stage1"), train_file, tmp_path / "stage2", config=config, show_progress=False)
+
+
+def test_a_stage_1_checkpoint_resumes_only_with_its_loss_weights(tmp_path, teacher_dir, train_file, student_shape,
+                                                                 monkeypatch):
+    config = _config("intermediate", epochs=1, checkpoint_every=2)
+    _interrupt_after_three_batches(monkeypatch, teacher_dir, str(student_shape), train_file, tmp_path / "stage1",
+                                   config=config, show_progress=False)
+    changed = replace(config, losses=IntermediateLosses(hidden=2.0))
+    with pytest.raises(InputError, match="hidden 1.0 → 2.0"):
+        distill(teacher_dir, str(student_shape), train_file, tmp_path / "stage1", config=changed, show_progress=False)
 
 
 def test_init_from_teacher_copies_mapped_layers(tmp_path, teacher_dir, train_file):

@@ -128,7 +128,9 @@ def test_cli_finetune_then_evaluate_json(tmp_path, tiny_model_dir, tinybert_cli)
     best = json.loads((tmp_path / "m" / "training_state.json").read_text())["best"]
     assert ("dev", "accuracy", best["accuracy"]) in [(r.dataset_split, r.metric_type, r.metric_value)
                                                      for r in card.data.eval_results]
-    assert card.data.base_model == str(tiny_model_dir) and card.data.pipeline_tag == "text-classification"
+    # a local folder is no Hub model to link to: the page names it, the metadata does not
+    assert card.data.base_model is None and card.data.pipeline_tag == "text-classification"
+    assert f"Base model: `{tiny_model_dir}`" in card.text
     command = shlex.split(card.text.split("```bash\n")[1].split("\n")[0])
     assert command[0] == "tinybert" and values_of(parse(command[1:])[1]) == values_of(parse(list(map(str, argv)))[1])
     done = tinybert_cli("evaluate", "--model", tmp_path / "m", "--data", train, "--json", tmp_path / "r.json")
@@ -137,6 +139,20 @@ def test_cli_finetune_then_evaluate_json(tmp_path, tiny_model_dir, tinybert_cli)
     for key in ("accuracy", "f1", "mcc", "params", "size_mb", "latency_ms_batch1", "examples_per_s_batch32"):
         assert key in results
     assert "accuracy" in done.stdout
+
+
+@pytest.mark.parametrize("base, linked", [("google-bert/bert-base-uncased", "google-bert/bert-base-uncased"),
+                                          ("/models/bert-base", None), ("runs/pipeline/teacher", None),
+                                          ("./bert/base", None), ("bert-base", None)])
+def test_the_cards_metadata_links_only_a_hub_model_and_names_no_folder_as_a_dataset(tmp_path, base, linked):
+    from tinybert.models.card import write_card
+    record = {"stage": "finetune", "task": "sequence", "labels": ["neg", "pos"], "max_length": 32, "base_model": base,
+              "dev": {"data": "/home/me/data/sst2/dev.tsv", "metric": "accuracy", "accuracy": 0.75}}
+    write_card(tmp_path, record, {"test": {"accuracy": 0.5}, "test_data": "/home/me/data/sst2/test.tsv"})
+    card = ModelCard.load(tmp_path / "README.md")
+    assert card.data.base_model == linked
+    assert [(r.dataset_type, r.dataset_name, r.dataset_split) for r in card.data.eval_results] == [
+        ("local", "dev.tsv", "dev"), ("local", "test.tsv", "test")]
 
 
 def test_cli_bad_input_exits_2_without_traceback(tmp_path, tiny_model_dir):

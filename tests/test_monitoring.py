@@ -102,3 +102,51 @@ def test_finetune_with_patience_stops_once_dev_stops_improving(tmp_path, tiny_mo
     assert summary["stopped_early"] and len(pearson) < 50 and summary["steps"] == 4 * len(pearson)
     assert summary["best"]["pearson"] == pearson[-2]
     assert "stopping early (--patience 1)" in result.stdout + result.stderr
+
+
+def _points(directory):
+    """tag → [(step, value), ...] of the scalars of one TensorBoard folder, read as TensorBoard reads
+    it: a writer started again with a purge step hides the earlier points from that step on."""
+    accumulator = EventAccumulator(str(directory), size_guidance={"scalars": 0})
+    accumulator.Reload()
+    return {tag: [(event.step, event.value) for event in accumulator.Scalars(tag)]
+            for tag in accumulator.Tags()["scalars"]}
+
+
+def test_a_run_started_afresh_over_an_earlier_ones_events_leaves_one_point_per_step(tmp_path, tiny_model_dir,
+                                                                                    tinybert_cli):
+    train, output = write(tmp_path / "train.txt", _rows(16)), tmp_path / "out"
+    argv = ["finetune", "--model", tiny_model_dir, "--train", train, "--output", output, "--epochs", "2",
+            "--batch-size", "8", "--max-length", "32", "--log-every", "1", "--report-to", "tensorboard"]
+    first = tinybert_cli(*argv)
+    assert first.returncode == 0, first.stderr[-2000:]
+    # as after a kill before the first checkpoint, or a checkpoint deleted to train from the start
+    (output / "training_state.json").unlink()
+    second = tinybert_cli(*argv, "--lr", "1e-3")
+    assert second.returncode == 0, second.stderr[-2000:]
+    losses = [(record["step"], record["loss"]) for record in _log(output) if "loss" in record]
+    points = _points(output / "tinybert")["train/loss"]
+    assert [step for step, _ in points] == [step for step, _ in losses] == [1, 2, 3, 4]  # the second run's only
+    assert [value for _, value in points] == pytest.approx([value for _, value in losses], rel=1e-6)
+
+
+def test_patience_running_out_at_the_last_epoch_is_no_early_stop(tmp_path, tiny_model_dir, tinybert_cli, monkeypatch):
+    from tinybert.evaluation import measure
+    scores = iter([0.5, 0.6, 0.55])  # dev improves, then falls at the third and last epoch
+    monkeypatch.setattr(measure, "evaluate_dataset", lambda *args, **kwargs: dict.fromkeys(
+        ("accuracy", "f1", "mcc", "pearson", "spearman"), next(scores)))
+    train, dev = write(tmp_path / "train.txt", _rows(16)), write(tmp_path / "dev.txt", _rows(8, 16))
+    result = tinybert_cli("finetune", "--model", tiny_model_dir, "--train", train, "--eval", dev, "--output",
+                          tmp_path / "out", "--patience", "1", "--epochs", "3", "--batch-size", "8", "--max-length", "32")
+    assert result.returncode == 0, result.stderr[-2000:]
+    summary = json.loads((tmp_path / "out" / "training_state.json").read_text())
+    assert len(summary["history"]) == 3 and summary["steps"] == 6 and not summary["stopped_early"]
+    assert "stopping early" not in result.stdout + result.stderr
+
+
+def test_a_negative_patience_is_one_message_before_training(tmp_path, tiny_model_dir, tinybert_cli):
+    train = write(tmp_path / "train.txt", _rows(16))
+    result = tinybert_cli("finetune", "--model", tiny_model_dir, "--train", train, "--eval", train, "--output",
+                          tmp_path / "out", "--patience", "-1")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "--patience -1 is no number of evaluations" in result.stderr and not (tmp_path / "out").exists()

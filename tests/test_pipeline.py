@@ -104,6 +104,13 @@ def test_bad_configs_are_clear_errors(tmp_path, text, overrides, message):
     assert message in str(error.value)
 
 
+def test_a_training_setting_no_run_can_use_is_refused_before_any_stage(tmp_path, pipeline_config):
+    from tinybert.pipeline.config import check_training_sections
+    # stage 2 takes stage 1's patience: the message names where it was given
+    with pytest.raises(InputError, match=r"--set intermediate.patience=-1: intermediate.patience -1 is no number"):
+        check_training_sections(load_config(pipeline_config, ["intermediate.patience=-1"]))
+
+
 def test_show_config_and_quick_overrides(tmp_path, pipeline_config, tinybert_cli):
     config = write(tmp_path / "q.yaml", pipeline_config.read_text() + "quick:\n  finetune.epochs: 1\n  run_dir: elsewhere\n")
     shown = yaml.safe_load(tinybert_cli("pipeline", config, "--quick", "--show-config", "--set", "finetune.lr=0.5").stdout)
@@ -202,4 +209,80 @@ def test_the_student_learns_from_originals_variants_and_unlabelled_text_and_the_
         assert measured[("dev", "pearson")] == best["pearson"]
         assert measured[("test", "pearson")] == results["evaluation"][name]["pearson"]
         assert "tinybert pipeline" in card.text and "## How it was made" in card.text
-    assert card.data.base_model == str(run / "teacher") and "retention" in card.text
+    assert card.data.base_model is None and f"Base model: `{run / 'teacher'}`" in card.text and "retention" in card.text
+
+
+class _Stopped(Exception):
+    pass
+
+
+def _run_stages(config_path, monkeypatch, *stages):
+    """Runs the pipeline of ``config_path`` in this process, as far as the first stage not in ``stages``."""
+    from tinybert.pipeline import run as run_module
+    real = run_module._Run.stage
+
+    def only(self, name, inputs, action):
+        if name not in stages:
+            raise _Stopped(name)
+        return real(self, name, inputs, action)
+    monkeypatch.setattr(run_module._Run, "stage", only)
+    with pytest.raises(_Stopped):
+        run_module.run_pipeline(load_config(config_path))
+    monkeypatch.setattr(run_module._Run, "stage", real)
+
+
+def test_an_augmented_file_from_before_rows_were_marked_is_made_again(tmp_path, tiny_model_dir, monkeypatch, caplog):
+    from tinybert.artifacts import Stamp
+    from tinybert.resources import demo_word_vectors
+    train, dev = _data(tmp_path)
+    config = write(tmp_path / "pipeline.yaml", yaml.safe_dump({
+        "run_dir": str(tmp_path / "run"), "data": {"train": str(train), "dev": str(dev), "max_examples": 8},
+        "finetune": {"teacher_dir": str(tiny_model_dir)},
+        "augment": {"word_vectors": str(demo_word_vectors()), "variants": 1}}))
+    _run_stages(config, monkeypatch, "augment")
+    augmented = tmp_path / "run" / "augment" / "train_aug.txt"
+    assert augmented.read_text().splitlines()[0] == "text_a\tlabel\taugmented"
+    # as an older tinybert left it: no mark column, and a stamp whose inputs say nothing of marks
+    augmented.write_text("".join(line.rsplit("\t", 1)[0] + "\n" for line in augmented.read_text().splitlines()[1:]))
+    done = Stamp(tmp_path / "run" / "augment" / DONE_FILE)
+    old = done.read()
+    done.write({key: value for key, value in old["inputs"].items() if key != "marks"}, seconds=old["seconds"])
+    with caplog.at_level("INFO", logger="tinybert"):
+        _run_stages(config, monkeypatch, "augment")
+    assert "stage augment: settings or inputs changed since it ran; starting it again" in caplog.text
+    assert augmented.read_text().splitlines()[0] == "text_a\tlabel\taugmented"
+
+
+def test_trackers_are_checked_before_the_first_stage_and_logging_settings_redo_no_stage(tmp_path, real_tokenizer,
+                                                                                         tinybert_cli):
+    import torch
+    from transformers import BertForSequenceClassification
+    from conftest import tiny_bert_config
+    torch.manual_seed(1)
+    teacher = tmp_path / "teacher"
+    BertForSequenceClassification(tiny_bert_config(num_labels=2, id2label={0: "neg", 1: "pos"},
+                                                   label2id={"neg": 0, "pos": 1})).save_pretrained(teacher)
+    real_tokenizer.save_pretrained(teacher)
+    train, dev = _data(tmp_path)
+    run = tmp_path / "run"
+    config = write(tmp_path / "pipeline.yaml", yaml.safe_dump({
+        "run_dir": str(run), "data": {"train": str(train), "dev": str(dev), "max_examples": 16},
+        "finetune": {"teacher_dir": str(teacher)}, "augment": {"run": False}, "baseline": {"run": False},
+        "intermediate": {"init_from_teacher": True, "layers": 1, "epochs": 1, "batch_size": 8, "max_length": 32},
+        "prediction": {"epochs": 1}, "evaluate": {"no_latency": True, "max_length": 32},
+        "export": {"run": False}, "report": {"run": False}}))
+    # stage 2's tracker is missing: said before stage 1 starts, not once it is done
+    refused = tinybert_cli("pipeline", config, "--set", "prediction.report_to=[wandb]")
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr, refused.stderr[-2000:]
+    assert "prediction.report_to wandb needs the wandb package" in refused.stderr
+    assert not (run / "intermediate").exists()
+
+    first = tinybert_cli("pipeline", config)
+    assert first.returncode == 0, first.stderr[-3000:]
+    # how often a stage logs or saves, whether it compiles and where it reports change none of its results
+    again = tinybert_cli("pipeline", config, "--set", "intermediate.log_every=1", "--set",
+                         "intermediate.checkpoint_every=3", "--set", "intermediate.compile=never", "--set",
+                         "prediction.report_to=[tensorboard]")
+    assert again.returncode == 0, again.stderr[-3000:]
+    for stage in ("intermediate", "student", "evaluate"):
+        assert f"stage {stage}: already complete, skipped" in again.stderr

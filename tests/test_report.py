@@ -80,3 +80,8 @@ def test_the_report_warns_when_the_baseline_beats_the_teacher_and_not_otherwise(
     # a teacher that stopped improving before its last evaluation, and a baseline below it: nothing to say
     settled = {"metric": "f1", "history": [{"step": 4, "eval": {"f1": 0.30}}, {"step": 8, "eval": {"f1": 0.29}}]}
     assert report.warnings_of(_results("f1", {"teacher": 0.32, "baseline": 0.31}), settled, finetune) == []
+
+    # a teacher given as finetune.teacher_dir: the pipeline's fine-tuning settings are not what made it
+    [given] = report.warnings_of(beaten, None, {**finetune, "teacher_dir": "teachers/sst2"})
+    assert "the teacher is under-trained" in given and "Train the teacher of finetune.teacher_dir" in given
+    assert "(finetune.epochs, finetune.lr)" not in given

@@ -92,6 +92,16 @@ def test_the_task_is_read_from_the_file(tmp_path, conll_file, squad_file):
     assert detect_task(conll_file, DataOptions(task="sequence")) == "sequence"
 
 
+def test_texts_without_a_label_column_and_a_blank_line_are_no_tagging_file(tmp_path):
+    # one text a line, no spaces in them (Chinese), a blank line among them: texts, unless a tagger reads them
+    texts = write(tmp_path / "texts.txt", "这部电影很好看\n情节很无聊\n\n演员很出色\n")
+    assert detect_task(texts, DataOptions()) == "sequence"
+    assert detect_task(texts, DataOptions(), expected="sequence") == "sequence"
+    # bare words in sentences: a tagger's unlabelled text
+    words = write(tmp_path / "words.txt", "EU\nrejects\nGerman\ncall\n\nPeter\nBlackburn\n")
+    assert detect_task(words, DataOptions(), expected="token") == "token"
+
+
 def test_conll_sentences_skip_docstart_and_split_on_blank_lines(conll_file):
     sentences = list(read_sentences(conll_file))
     assert [s.words[:2] for s in sentences] == [["EU", "rejects"], ["Peter", "Blackburn"]]
@@ -358,6 +368,17 @@ def test_a_bad_line_leaves_its_whole_sentence_out(tmp_path):
     sentences = list(read_sentences(path))
     assert [(s.words, s.problem is None) for s in sentences] == [([], False), (["Peter"], True)]
     assert sentences[0].line == 2
+
+
+def test_a_skipped_variant_leaves_its_mark_behind(tmp_path, real_tokenizer):
+    # an augmented variant with a bad line, then an original sentence: the original is no variant
+    path = write(tmp_path / "t.txt", "-DOCSTART- augmented\n\nEU B-ORG\nrejects\n\nPeter B-PER\nBlackburn I-PER\n\n")
+    sentences = list(read_sentences(path))
+    assert [(s.words, s.problem is None, s.augmented) for s in sentences] == [
+        ([], False, False), (["Peter", "Blackburn"], True, False)]
+    cache = task_data("token", path, real_tokenizer, 32, DataOptions(skip_bad_lines=True), tmp_path / "cache",
+                      show_progress=False)
+    assert cache.origins() == {"original": 1, "augmented": 0, "unlabeled": 0}
 
 
 def test_tab_separated_conll_is_token_classification_and_iobes_is_refused(tmp_path):

@@ -86,3 +86,16 @@ def test_words_or_questions_with_contexts_are_enough_to_distil_a_tagger_or_a_qa_
                                                                 training=TrainingConfig(**training)))
     # every word's first piece (every window) counted in the loss: it is no zero from an empty mask
     assert all(loss > 0 for loss in _losses(tmp_path / "stage2", "pred")) and "f1" in summary["best"]
+
+
+def test_unlabelled_files_are_read_without_a_label_column(tmp_path, real_tokenizer):
+    # --label-column names the labelled data's column: text given as unlabelled need not have it,
+    # and a row without a label is no bad row there
+    options = DataOptions(label_column="sentiment")
+    files = [write(tmp_path / "texts.tsv", "text\na warm film\na tired mess\n"),
+             write(tmp_path / "texts.csv", "text\na warm film\na tired mess\n"),
+             write(tmp_path / "texts.jsonl", '{"text": "a warm film", "label": "pos"}\n{"text": "a tired mess"}\n')]
+    for path in files:
+        cache = task_data("sequence", path, real_tokenizer, 32, options, tmp_path / "cache", show_progress=False,
+                          limit=False, labels="ignored")
+        assert cache.origins() == {"original": 0, "augmented": 0, "unlabeled": 2}, path

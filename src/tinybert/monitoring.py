@@ -16,6 +16,7 @@ import logging
 import os
 import time
 from pathlib import Path
+from typing import Callable
 
 from accelerate.tracking import LOGGER_TYPE_TO_CLASS, get_available_trackers
 from tqdm.auto import tqdm
@@ -28,39 +29,56 @@ logger = logging.getLogger(__name__)
 PROJECT = "tinybert"
 
 
-def trackers(report_to: list[str]) -> list[str]:
+def trackers(report_to: list[str], setting: str = "--report-to") -> list[str]:
     """The trackers ``--report-to`` names (``all``: every one installed; ``none`` or nothing: none).
-    A name accelerate does not know, or one whose package is missing, is an error before training."""
+    A name accelerate does not know, or one whose package is missing, is an error before training
+    (``setting``: how the message names the setting, e.g. a pipeline's ``prediction.report_to``)."""
     names = [name.strip().lower() for item in report_to for name in str(item).split(",")]
     names = [name for name in dict.fromkeys(names) if name and name != "none"]
     known = list(LOGGER_TYPE_TO_CLASS)
     installed = [str(tracker) for tracker in get_available_trackers()]
     unknown = [name for name in names if name not in known and name != "all"]
     if unknown:
-        raise InputError(f"--report-to {unknown[0]}: not a tracker accelerate supports",
+        raise InputError(f"{setting} {unknown[0]}: not a tracker accelerate supports",
                          fix=f"use one or more of {', '.join(known)}, or all, or none")
     if "all" in names:
         if not installed:
-            logger.warning("--report-to all: no tracker is installed, so nothing is tracked (pip install tensorboard)")
+            logger.warning("%s all: no tracker is installed, so nothing is tracked (pip install tensorboard)", setting)
         return installed
     missing = [name for name in names if name not in installed]
     if missing:
-        raise InputError(f"--report-to {missing[0]} needs the {missing[0]} package, which is not installed",
-                         fix=f"pip install {missing[0]}, or leave {missing[0]} out of --report-to")
+        raise InputError(f"{setting} {missing[0]} needs the {missing[0]} package, which is not installed",
+                         fix=f"pip install {missing[0]}, or leave {missing[0]} out of {setting}")
     return names
 
 
-def tracking_options(report_to: list[str], output_dir: str | os.PathLike | None) -> dict:
-    """The ``Accelerator`` arguments that log to the trackers ``report_to`` names, under ``output_dir``."""
-    names = trackers(report_to)
+def _flag(key: str) -> str:
+    return "--" + key.replace("_", "-")
+
+
+def check_training(config, name: Callable[[str], str] = _flag) -> list[str]:
+    """Refuses what a ``TrainingConfig`` asks of reporting and stopping that no run can do, before
+    anything is read or written; returns the trackers to log to. ``name(key)``: how a message names
+    a setting (a flag; a pipeline's section.key)."""
+    if config.patience < 0:
+        raise InputError(f"{name('patience')} {config.patience} is no number of evaluations",
+                         fix="give 0 (never stop early) or the evaluations without improvement to stop after")
+    return trackers(config.report_to, name("report_to"))
+
+
+def tracking_options(names: list[str], output_dir: str | os.PathLike | None) -> dict:
+    """The ``Accelerator`` arguments that log to the trackers ``names`` (see ``trackers``), under ``output_dir``."""
     return {"log_with": names, "project_dir": str(output_dir)} if names else {}
 
 
 def _offline(names: list[str], output_dir: Path, resumed_step: int) -> dict:
     """Each tracker's start arguments: files under the output directory unless its own environment
-    variables say otherwise (MLflow's file store, W&B offline); a resumed run hides what it repeats."""
+    variables say otherwise (MLflow's file store, W&B offline). TensorBoard hides the points of an
+    earlier attempt that this run logs again: after the checkpoint a resumed run starts from, all of
+    them when a run starts afresh where one ran before (killed before its first checkpoint, or its
+    checkpoint deleted)."""
     options: dict[str, dict] = {}
-    if "tensorboard" in names and resumed_step:  # steps after the checkpoint are logged again
+    if "tensorboard" in names:
         options["tensorboard"] = {"purge_step": resumed_step + 1}
     if "mlflow" in names:
         store = output_dir.resolve() / "mlruns"
@@ -97,8 +115,10 @@ class Monitor:
     ``evaluate(unwrapped_module)`` returns dev metrics; ``on_improved(unwrapped_module, metrics)``
     is called on the main process when ``metric`` improves."""
 
-    def __init__(self, accelerator, config, evaluate, metric: str | None, on_improved, batches_per_epoch: int):
+    def __init__(self, accelerator, config, evaluate, metric: str | None, on_improved, batches_per_epoch: int,
+                 total_steps: int):
         self.accelerator = accelerator
+        self.total_steps = total_steps
         self.evaluate_model = evaluate
         self.metric = metric
         self.on_improved = on_improved
@@ -168,9 +188,10 @@ class Monitor:
         self.accelerator.wait_for_everyone()
 
     def stopped(self, state: dict) -> bool:
-        """Whether the last ``--patience`` evaluations all failed to improve on the best."""
+        """Whether the last ``--patience`` evaluations all failed to improve on the best before the
+        run's last step (a run that reaches it ends as planned: that is no early stop)."""
         best = state["best"]
-        return bool(self.patience) and best is not None and \
+        return bool(self.patience) and best is not None and state["global_step"] < self.total_steps and \
             sum(record["step"] > best["step"] for record in state["history"]) >= self.patience
 
     def finish(self, state: dict, cap: str) -> None:

@@ -278,14 +278,17 @@ def given_values(namespace: argparse.Namespace, settings: list[Setting]) -> dict
     return {s.key: getattr(namespace, s.key) for s in settings if hasattr(namespace, s.key)}
 
 
-def command_line(command: str, instance, defaults) -> str:
+def command_line(command: str, instance, defaults, always: tuple[str, ...] = ()) -> str:
     """``tinybert COMMAND`` with the options that give ``instance``'s settings: those that differ
-    from ``defaults``'s, and the required ones."""
+    from ``defaults``'s (the command line's defaults for that case: distillation's depend on the
+    stage), the required ones and those named in ``always`` (the setting that picks the defaults, so
+    the command reads back under the same ones)."""
     given, default = values_of(instance), values_of(defaults)
     words = ["tinybert", command]
     for setting in settings_of(type(instance)):
         value = given[setting.key]
-        if value is None or value is False or (value == default[setting.key] and not setting.required):
+        if value is None or value is False or (value == default[setting.key] and not setting.required
+                                               and setting.key not in always):
             continue
         values = [str(item) for item in value] if isinstance(value, list) else [] if value is True else [str(value)]
         if setting.positional:

@@ -30,7 +30,7 @@ from .artifacts import atomic_write, write_json
 from .compiling import CompiledStep, CompileSetting, StaticShapes, compile_option, static_shapes
 from .data import DataOptions
 from .errors import InputError
-from .monitoring import Monitor, tracking_options
+from .monitoring import Monitor, check_training, tracking_options
 from .settings import group, option, values_of
 
 logger = logging.getLogger(__name__)
@@ -83,6 +83,7 @@ class TrainingConfig:
 
 
 def make_accelerator(config: TrainingConfig, output_dir: str | os.PathLike | None = None) -> Accelerator:
+    names = check_training(config)
     # Distillation leaves the student's pooler and task head out of the loss: DDP must allow that.
     # Under torchrun without GPUs accelerate only goes distributed (gloo) when told it is on CPU.
     multi_cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
@@ -102,7 +103,7 @@ def make_accelerator(config: TrainingConfig, output_dir: str | os.PathLike | Non
                        gradient_accumulation_steps=config.gradient_accumulation_steps,
                        dataloader_config=DataLoaderConfiguration(non_blocking=True),
                        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
-                       **tracking_options(config.report_to, output_dir))
+                       **tracking_options(names, output_dir))
 
 
 def frozen_teacher(teacher: torch.nn.Module, config: TrainingConfig, accelerator: Accelerator) -> torch.nn.Module:
@@ -225,7 +226,7 @@ def run_training(*, output_dir: str | os.PathLike, config: TrainingConfig, modul
                     state["epoch"] + 1, state["batch_in_epoch"])
     if accelerator.is_main_process:  # a run starting afresh keeps no lines of an earlier attempt
         _truncate_log(output_dir / LOG_FILE, state["global_step"])
-    monitor = Monitor(accelerator, config, evaluate, metric, on_improved, batches_per_epoch)
+    monitor = Monitor(accelerator, config, evaluate, metric, on_improved, batches_per_epoch, total_steps)
     monitor.start(state, output_dir, settings or values_of(config))
 
     log_file = open(output_dir / LOG_FILE, "a") if accelerator.is_main_process else None

@@ -178,7 +178,7 @@ def write_in_chunks(path: Path, records, writer: FeatureWriter, add, options: Da
 def _build(path: Path, tokenizer, max_length: int, options: DataOptions, staging: Path, show_progress: bool,
            labels: str) -> dict:
     check_length(max_length)
-    layout, rows = options.open(path, require_labels=labels == "required")
+    layout, rows = options.open(path, require_labels=labels == "required", read_labels=labels != "ignored")
     pairs = layout.has_pairs
     encoder = TextEncoder(tokenizer, max_length)
     writer = FeatureWriter(staging, token_columns(tokenizer), {"label": "<i4", "origin": "<u1"}, max_length)

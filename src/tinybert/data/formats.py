@@ -118,8 +118,10 @@ class Row:
 
 def open_task_file(path: str | os.PathLike, *, text_column: str | None = None,
                    pair_column: str | None = None, label_column: str | None = None,
-                   require_labels: bool = True) -> tuple[Layout, Iterator[Row]]:
-    """The file's layout and a stream of its rows (malformed rows carry a ``problem``)."""
+                   require_labels: bool = True, read_labels: bool = True) -> tuple[Layout, Iterator[Row]]:
+    """The file's layout and a stream of its rows (malformed rows carry a ``problem``). Without
+    ``read_labels`` (unlabelled text given as such) no label column is looked for: not even
+    ``label_column``, which names the labelled files' column."""
     path = str(path)
     if not os.path.isfile(path):
         raise InputError("file not found", path=path, fix="check the path")
@@ -131,12 +133,12 @@ def open_task_file(path: str | os.PathLike, *, text_column: str | None = None,
     suffix = Path(path).suffix.lower()
     columns = (text_column, pair_column, label_column)
     if suffix in (".jsonl", ".json"):
-        return _jsonl_rows(path, lines, *columns, require_labels)
+        return _jsonl_rows(path, lines, *columns, require_labels, read_labels)
     if suffix == ".csv":
-        return _delimited_rows(path, lines, ",", *columns, require_labels)
+        return _delimited_rows(path, lines, ",", *columns, require_labels, read_labels)
     first = next(line for _, line in peeked if line.strip())
     if _has_header(first.rstrip("\r\n").split("\t"), columns):
-        return _delimited_rows(path, lines, "\t", *columns, require_labels)
+        return _delimited_rows(path, lines, "\t", *columns, require_labels, read_labels)
     return _fork_rows(path, peeked, lines, require_labels)
 
 
@@ -212,7 +214,7 @@ def _has_header(first_fields: list[str], columns: Sequence[str | None]) -> bool:
 
 
 def _pick_columns(path: str, header: list[str], text_column, pair_column, label_column,
-                  require_labels: bool) -> tuple[str, str | None, str | None]:
+                  require_labels: bool, read_labels: bool) -> tuple[str, str | None, str | None]:
     lowered = {name.strip().lower(): name for name in header}
 
     def named(option: str, value: str | None) -> str | None:
@@ -230,7 +232,7 @@ def _pick_columns(path: str, header: list[str], text_column, pair_column, label_
     if text is None:
         raise InputError(f"no text column among {', '.join(header)}", path=path, line=1,
                          fix="name it with --text-column")
-    label = named("--label-column", label_column) or first_of(LABEL_COLUMNS, {text})
+    label = (named("--label-column", label_column) or first_of(LABEL_COLUMNS, {text})) if read_labels else None
     if label is None and require_labels:
         raise InputError(f"no label column among {', '.join(header)}", path=path, line=1,
                          fix="name it with --label-column (e.g. --label-column label)")
@@ -253,7 +255,7 @@ def _row(number, fields, text_a, text_b, label, require_labels, augmented=False)
     return Row(number, fields, Example(text_a, text_b, label or None, number, augmented))
 
 
-def _delimited_rows(path, lines, delimiter, text_column, pair_column, label_column, require_labels):
+def _delimited_rows(path, lines, delimiter, text_column, pair_column, label_column, require_labels, read_labels):
     if delimiter == "\t":
         # GLUE files contain unbalanced quotes: fields are split on tabs only.
         records = ((number, line.rstrip("\r\n").split("\t")) for number, line in lines if line.strip())
@@ -262,7 +264,8 @@ def _delimited_rows(path, lines, delimiter, text_column, pair_column, label_colu
         records = ((reader.line_num, record) for record in reader if any(field.strip() for field in record))
     _, header = next(records)
     header = [name.strip() for name in header]
-    text, pair, label = _pick_columns(path, header, text_column, pair_column, label_column, require_labels)
+    text, pair, label = _pick_columns(path, header, text_column, pair_column, label_column, require_labels,
+                                      read_labels)
     index = {name: i for i, name in enumerate(header)}
     layout = Layout(path, "tsv" if delimiter == "\t" else "csv", header, text, pair, label)
     mark = index.get(MARK)
@@ -278,13 +281,14 @@ def _delimited_rows(path, lines, delimiter, text_column, pair_column, label_colu
     return layout, rows()
 
 
-def _jsonl_rows(path, lines, text_column, pair_column, label_column, require_labels):
+def _jsonl_rows(path, lines, text_column, pair_column, label_column, require_labels, read_labels):
     parsed = ((number, _parse_json(line)) for number, line in lines if line.strip())
     first = next(((n, r) for n, r in parsed if isinstance(r, dict)), None)
     if first is None:
         raise InputError("no JSON object on any line", path=path, fix="write one JSON object per line")
     header = list(first[1])
-    text, pair, label = _pick_columns(path, header, text_column, pair_column, label_column, require_labels)
+    text, pair, label = _pick_columns(path, header, text_column, pair_column, label_column, require_labels,
+                                      read_labels)
     layout = Layout(path, "jsonl", header, text, pair, label)
 
     def rows():

@@ -30,9 +30,9 @@ class DataOptions:
     cache_dir: str | None = option(None, "where the token caches of task files are kept (default: in the output "
                                          "directory, or ~/.cache/tinybert/tokens)")
 
-    def open(self, path, require_labels: bool = True) -> tuple[Layout, Iterator[Row]]:
+    def open(self, path, require_labels: bool = True, read_labels: bool = True) -> tuple[Layout, Iterator[Row]]:
         return open_task_file(path, text_column=self.text_column, pair_column=self.pair_column,
-                              label_column=self.label_column, require_labels=require_labels)
+                              label_column=self.label_column, require_labels=require_labels, read_labels=read_labels)
 
     def labels(self, path) -> "TaskLabels":
         """The distinct labels of a file (of its first ``max_examples`` rows), read streaming."""

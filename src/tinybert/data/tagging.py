@@ -55,8 +55,9 @@ def read_sentences(path: str | Path, labels: str = "required") -> Iterator[Sente
     for number, line in utf8_lines(str(path)):
         fields = line.split()
         if not fields or fields[0] == "-DOCSTART-":
-            if words and not broken:
-                yield _tagged(words, tags, start, labels, variant)
+            if start is not None:  # a sentence ends here: its mark goes with it, even when a bad line left it out
+                if words and not broken:
+                    yield _tagged(words, tags, start, labels, variant)
                 variant = False
             words, tags, start, broken = [], [], None, False
             variant = variant or fields[1:] == [MARK]

@@ -16,10 +16,12 @@ from .tagging import TAG, read_sentences, tag_cache
 _PEEK = 1 << 16
 
 
-def detect_task(path: str | Path, options: DataOptions) -> str:
+def detect_task(path: str | Path, options: DataOptions, expected: str | None = None) -> str:
     """``options.task``, or what the file looks like: SQuAD JSON or JSONL questions → qa; CoNLL
-    columns ending in IOB2 tags, bare words one per line in sentences, or JSONL with tokens → token;
-    anything else → sequence."""
+    columns ending in IOB2 tags, or JSONL with tokens → token; anything else → sequence. Lines of
+    one word each with blank lines between them are bare words in sentences (a tagger's unlabelled
+    text) only when ``expected`` (the model's task) is token: alone they are as likely texts without
+    a label column (a Chinese sentence has no spaces) with a blank line among them."""
     if options.task != "auto":
         return options.task
     path = Path(path)
@@ -45,7 +47,8 @@ def detect_task(path: str | Path, options: DataOptions) -> str:
     one_word_first = "\t" not in lines[0] or " " not in lines[0].split("\t")[0] if lines else False
     words = [line.split() for line in lines if not line.startswith("-DOCSTART-")]
     tagged = all(len(fields) >= 2 and TAG.match(fields[-1]) for fields in words)
-    bare = all(len(fields) == 1 for fields in words) and any(not line.strip() for line in complete)
+    bare = expected == "token" and all(len(fields) == 1 for fields in words) and any(not line.strip()
+                                                                                    for line in complete)
     if one_word_first and (lines[0].startswith("-DOCSTART-") or tagged or bare):
         return "token"
     return "sequence"

@@ -173,7 +173,7 @@ def plan(teacher_dir, student, train_data, config: DistillConfig) -> Plan:
 def _task_of(teacher_dir, train_path, options: DataOptions) -> str:
     """The teacher's task, which the data must be of."""
     space = label_space_of(teacher_dir)
-    kind = detect_task(train_path, options)
+    kind = detect_task(train_path, options, expected=space.task if space else None)
     if space is not None and space.task != kind:
         raise InputError(f"the teacher was fine-tuned for a {space.task} task, the data is a {kind} task",
                          path=train_path, fix="distil on data of the teacher's task (or say --task)")
@@ -277,9 +277,14 @@ def distill(teacher_dir: str | os.PathLike, student: str, train_path: str | os.P
     arguments = DistillArguments(teacher=str(teacher_dir), student=str(student), train=str(train_path),
                                  eval=eval_path and str(eval_path), output=str(output_dir), config=config,
                                  data_options=given_options, unlabeled=unlabeled or None)
+    # the stage's loss settings change the trained weights: a checkpoint resumes only under its own
+    if config.stage == "prediction":
+        losses = {"temperature": config.temperature, "hard_label_weight": config.hard_label_weight}
+    else:
+        losses = {**asdict(config.losses), "shared_projection": config.shared_projection}
     step = recipe_step(config.stage, [train_path, *unlabeled], training_data.origins(), training,
-                       **({"temperature": config.temperature, "hard_label_weight": config.hard_label_weight}
-                          if config.stage == "prediction" else {}))
+                       **(losses if config.stage == "prediction" else {}))
+    # what `tinybert distill --stage STAGE` defaults to: the card's command gives the stage and what differs
     defaults = DistillArguments(config=DistillConfig.for_stage(config.stage))
 
     def save(unwrapped, metrics):
@@ -287,7 +292,7 @@ def distill(teacher_dir: str | os.PathLike, student: str, train_path: str | os.P
             config.stage, label_space, max_length, data_options.doc_stride, teacher=teacher_dir,
             started_from=teacher_dir if config.init_from_teacher else student, step=step,
             dev={"data": str(eval_path), "metric": metric, **metrics} if metrics else None,
-            command=command_line("distill", arguments, defaults)))
+            command=command_line("distill", arguments, defaults, always=("stage",))))
         if config.stage == "intermediate":
             unwrapped.save_projections(output_dir)
         write_json(output_dir / "distill_config.json", {"teacher": str(teacher_dir), "layer_map": layer_map,
@@ -296,6 +301,6 @@ def distill(teacher_dir: str | os.PathLike, student: str, train_path: str | os.P
     return run_training(output_dir=output_dir, config=training, module=distiller, train_loader=loader,
                         compute_losses=lambda module, batch: module(batch), evaluate=evaluate, metric=metric,
                         on_improved=save, accelerator=accelerator, description=f"distilling ({config.stage})",
-                        inputs={**data_fingerprints(train, dev), "stage": config.stage,
+                        inputs={**data_fingerprints(train, dev), "stage": config.stage, "losses": losses,
                                 **({"unlabeled": [cache.meta["fingerprint"] for cache in extra]} if extra else {})},
                         settings=values_of(arguments), compiled=shapes is not None, show_progress=show_progress)

@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
+from huggingface_hub.utils import HFValidationError, validate_repo_id
 
 from ..artifacts import atomic_write
 from .files import CARD_FILE
@@ -27,6 +28,9 @@ STAGES = {"finetune": "fine-tuned on the task's labels", "general": "general dis
 NOT_METRICS = {"epoch", "step", "examples", "questions", "max_length", "doc_stride", "params", "size_mb",
                "latency_ms_batch1", "examples_per_s_batch32"}
 LOWER_IS_BETTER = {"mse"}
+# the model index's dataset type names a Hub dataset: the user's own files are none, and their
+# folder's name is no dataset either; one fixed type says so (the file's name is the dataset's name)
+LOCAL_DATASET = "local"
 
 
 def write_card(model_dir: str | os.PathLike, record: dict, figures: dict | None = None) -> None:
@@ -37,15 +41,28 @@ def write_card(model_dir: str | os.PathLike, record: dict, figures: dict | None 
     model_dir = Path(model_dir)
     task = PIPELINE_TAGS.get(record.get("task"), "feature-extraction")
     dev, test = record.get("dev") or {}, figures.get("test") or {}
-    results = [EvalResult(task_type=task, dataset_type=Path(data).parent.name or "local", dataset_name=Path(data).name,
+    results = [EvalResult(task_type=task, dataset_type=LOCAL_DATASET, dataset_name=Path(data).name,
                           dataset_split=split, metric_type=name, metric_value=value)
                for split, data, metrics in (("dev", dev.get("data"), dev), ("test", figures.get("test_data"), test))
                if data for name, value in metrics.items() if _is_metric(name, value)]
-    metadata = ModelCardData(library_name="transformers", pipeline_tag=task, base_model=record.get("base_model"),
+    metadata = ModelCardData(library_name="transformers", pipeline_tag=task,
+                             base_model=hub_id(record.get("base_model")),
                              tags=["tinybert", "distillation" if record.get("teacher") else "fine-tuned"],
                              model_name=model_dir.name, eval_results=results or None)
     page = "\n".join(_page(model_dir.name, record, figures)) + "\n"
     atomic_write(model_dir / CARD_FILE, str(ModelCard(f"---\n{metadata.to_yaml()}\n---\n\n{page}")))
+
+
+def hub_id(model: str | None) -> str | None:
+    """``model`` when it reads as a Hub model id, ``org/name`` (a folder of that name, the Hub's model
+    downloaded there); None for any other path: the Hub's ``base_model`` links to a model on the Hub."""
+    if not model or model.count("/") != 1 or model.startswith((".", "~")):
+        return None
+    try:
+        validate_repo_id(model)
+    except HFValidationError:
+        return None
+    return model
 
 
 def _is_metric(name: str, value) -> bool:

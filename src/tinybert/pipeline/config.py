@@ -20,6 +20,7 @@ from ..distillation.task import DistillArguments, DistillConfig
 from ..errors import InputError
 from ..evaluation.measure import EvaluateArguments
 from ..inference.export import ExportArguments
+from ..monitoring import check_training
 from ..finetune import FinetuneArguments
 from ..distillation.general import GeneralArguments
 from ..settings import closest, convert, group, option, settings_of, values_of, with_values
@@ -144,6 +145,46 @@ class Config:
     def explicit(self, section: str) -> dict:
         """The keys of a section that the config or --set gave (not defaults)."""
         return {key: value for key, value in self.section_values(section).items() if (section, key) in self.origins}
+
+    def prediction_section(self):
+        """Stage 2's section: it shares stage 1's settings that it does not set, except the per-stage
+        ones and the student's shape (it starts from stage 1's output)."""
+        not_shared = {"epochs", "max_steps", "lr", "metric"} | STUDENT_SHAPE
+        shared = {key: value for key, value in self.explicit("intermediate").items()
+                  if key not in not_shared and ("prediction", key) not in self.origins}
+        return with_values(self.sections["prediction"], shared)
+
+    def baseline_section(self):
+        """The baseline's section: the teacher's recipe where the baseline section does not say otherwise."""
+        recipe = {key: value for key, value in self.explicit("finetune").items()
+                  if key in SECTIONS["baseline"].keys and ("baseline", key) not in self.origins}
+        return with_values(self.sections["baseline"], recipe)
+
+
+# where a section's unset keys come from: the section it shares them with
+SHARES_WITH = {"prediction": "intermediate", "baseline": "finetune"}
+
+
+def check_training_sections(config: Config) -> None:
+    """Every training stage the run will reach checks its settings (trackers installed, ...) now,
+    not when it reaches them, perhaps hours in."""
+    values, sections = config.values, config.sections
+    training = {"intermediate": sections["intermediate"].config.training,
+                "prediction": config.prediction_section().config.training}
+    if values["general"]["run"] and not values["general"]["student_dir"]:
+        training["general"] = sections["general"].arguments.config.training
+    if not values["finetune"]["teacher_dir"]:
+        training["finetune"] = sections["finetune"].arguments.config.training
+    if values["baseline"]["run"]:
+        training["baseline"] = config.baseline_section().arguments.config.training
+    for section, settings in training.items():
+        def named(key, section=section):  # where it was given: stage 2's value may be stage 1's
+            return f"{section if (section, key) in config.origins else SHARES_WITH.get(section, section)}.{key}"
+        try:
+            check_training(settings, named)
+        except InputError as error:  # its message starts with the setting's section.key: say where that was given
+            setting = tuple(error.problem.split(" ", 1)[0].split(".", 1))
+            raise InputError(error.problem, path=config.origins.get(setting, config.path), fix=error.fix) from None
 
 
 def load_config(path: str | os.PathLike, overrides=(), quick: bool = False) -> Config:

@@ -66,7 +66,8 @@ def model_rows(results: dict) -> tuple[str, list[dict]]:
 def warnings_of(results: dict, teacher_training: dict | None, finetune: dict) -> list[str]:
     """What the report warns of, in words, naming the settings to change: a teacher whose dev metric
     was still rising when its training ended (``teacher_training``: its training summary, when the
-    pipeline trained it), and a baseline that beats the teacher."""
+    pipeline trained it), and a baseline that beats the teacher (fine-tuned here, or given as
+    ``finetune.teacher_dir``)."""
     found = []
     metric = (teacher_training or {}).get("metric")
     rising = still_rising(teacher_training.get("history") or [], metric) if metric else None
@@ -81,8 +82,11 @@ def warnings_of(results: dict, teacher_training: dict | None, finetune: dict) ->
     if "teacher" in test and test.get("baseline", -math.inf) > test["teacher"]:
         found.append(f"The baseline (the student fine-tuned on the labels alone) beats the teacher on test ({metric} "
                      f"{test['baseline']:.4f} against {test['teacher']:.4f}): the teacher is under-trained: "
-                     "distillation cannot exceed it. Train the teacher longer or harder (finetune.epochs, "
-                     "finetune.lr), or start it from a stronger model (finetune.model).")
+                     "distillation cannot exceed it. " + (
+                         "Train the teacher of finetune.teacher_dir longer or harder, or leave finetune.teacher_dir "
+                         "out to fine-tune one here (finetune.model, finetune.epochs)." if finetune.get("teacher_dir")
+                         else "Train the teacher longer or harder (finetune.epochs, finetune.lr), or start it from a "
+                              "stronger model (finetune.model)."))
     return found
 
 

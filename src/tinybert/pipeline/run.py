@@ -15,6 +15,7 @@ from .. import resources
 from ..artifacts import Stamp, digest, digest_file, read_json, write_json
 from ..augment import OUTPUT_NEUTRAL_SETTINGS
 from ..data.cache import CACHE_DIR
+from ..data.formats import MARK
 from ..data.tasks import scan_labels
 from ..distillation.task import DistillConfig, build_initial_student
 from ..errors import InputError
@@ -23,9 +24,8 @@ from ..inference.export import export_onnx
 from ..models.card import write_card
 from ..models.loading import digest_model_dir, load_tokenizer, save_model_dir
 from ..models.record import read_record
-from ..settings import with_values
-from ..training import STATE_FILE
-from .config import SECTIONS, STUDENT_SHAPE, Config
+from ..training import RESUME_NEUTRAL, STATE_FILE
+from .config import STUDENT_SHAPE, Config, check_training_sections
 
 logger = logging.getLogger(__name__)
 
@@ -128,8 +128,15 @@ def _data_files(run: _Run) -> dict[str, str]:
     return files
 
 
+def _fingerprinted(settings: dict) -> dict:
+    """A training stage's settings that change what it makes: not how often it logs or saves a
+    checkpoint, whether it compiles, or where it reports (its checkpoints resume under other values too)."""
+    return {key: value for key, value in settings.items() if key not in RESUME_NEUTRAL}
+
+
 def run_pipeline(config: Config) -> dict:
     """Runs every stage the config enables and returns the paths and figures of the run."""
+    check_training_sections(config)
     run = _Run(config)
     run.directory.mkdir(parents=True, exist_ok=True)
     files = _data_files(run)
@@ -154,7 +161,7 @@ def run_pipeline(config: Config) -> dict:
             raise InputError("general.run is true but general.corpus names no text files", path=config.path,
                              fix="set general.corpus (plain-text files), or general.student_dir, or general.run: false")
         teacher_base = general["teacher"] or finetune["model"]
-        inputs = {"settings": general, "teacher": content_of(teacher_base), "student": student_identity,
+        inputs = {"settings": _fingerprinted(general), "teacher": content_of(teacher_base), "student": student_identity,
                   "corpus": [content_of(path) for path in general["corpus"]]}
         student_start = str(run.stage("general", inputs, lambda d: run.arguments(
             "general", teacher=teacher_base, output=str(d)).run()))
@@ -168,7 +175,7 @@ def run_pipeline(config: Config) -> dict:
         if not finetune["model"]:
             raise InputError("no teacher: set finetune.model (an encoder to fine-tune) or finetune.teacher_dir",
                              path=config.path, fix="e.g. `finetune: {model: bundled:minilm}`")
-        inputs = {"settings": finetune, "model": content_of(finetune["model"]), "data": data_identity,
+        inputs = {"settings": _fingerprinted(finetune), "model": content_of(finetune["model"]), "data": data_identity,
                   "data_options": data_settings}
         teacher_dir = str(run.stage("teacher", inputs, lambda d: run.arguments(
             "finetune", train=files["train"], eval=files["dev"], output=str(d), data_options=reading).run()))
@@ -182,8 +189,10 @@ def run_pipeline(config: Config) -> dict:
         augmented = "train_aug" + Path(files["train"]).suffix
         not_fingerprinted = {"run", "compare_without"} | OUTPUT_NEUTRAL_SETTINGS
         settings = {key: value for key, value in augment.items() if key not in not_fingerprinted}
+        # the mark of augmented rows: a file written before rows were marked (or marked otherwise) is rebuilt
         inputs = {"settings": settings, "data": data_identity["train"], "data_options": data_settings,
-                  "mlm": content_of(augment["mlm"]), "word_vectors": content_of(augment["word_vectors"])}
+                  "mlm": content_of(augment["mlm"]), "word_vectors": content_of(augment["word_vectors"]),
+                  "marks": MARK}
         # data.max_examples cuts the training data before it is augmented (augment.max_examples may cut
         # it further, never beyond what the teacher saw); the stages then train on all of the augmented file
         limits = [limit for limit in (reading.max_examples, augment["max_examples"]) if limit]
@@ -196,23 +205,18 @@ def run_pipeline(config: Config) -> dict:
         if augment["compare_without"]:
             trainings.append(("_original_data", files["train"], data_identity["train"], reading))
 
-    # task distillation, stage 1 then stage 2, on the training data and any unlabelled text. Stage 2
-    # shares stage 1's settings that it does not set, except the per-stage ones and the student's
-    # shape: it starts from stage 1's output.
-    not_shared = {"epochs", "max_steps", "lr", "metric"} | STUDENT_SHAPE
-    shared = {key: value for key, value in config.explicit("intermediate").items()
-              if key not in not_shared and ("prediction", key) not in config.origins}
-    prediction_section = with_values(config.sections["prediction"], shared)
+    # task distillation, stage 1 then stage 2, on the training data and any unlabelled text
+    prediction_section = config.prediction_section()
     prediction = run.settings("prediction", prediction_section)
     unlabeled = run.settings("data")["unlabeled"]
     extra = {"unlabeled": [content_of(path) for path in unlabeled]} if unlabeled else {}
     for suffix, train_file, train_identity, train_options in trainings:
-        inputs = {"settings": intermediate, "student": student_identity, "teacher": teacher_identity,
+        inputs = {"settings": _fingerprinted(intermediate), "student": student_identity, "teacher": teacher_identity,
                   "data": train_identity, "data_options": data_settings, **extra}
         stage1 = run.stage("intermediate" + suffix, inputs, lambda d, t=train_file, o=train_options: run.arguments(
             "intermediate", teacher=teacher_dir, student=student_start, train=t, output=str(d),
             data_options=o, unlabeled=unlabeled).run())
-        inputs = {"settings": prediction, "stage1": run.fingerprints["intermediate" + suffix],
+        inputs = {"settings": _fingerprinted(prediction), "stage1": run.fingerprints["intermediate" + suffix],
                   "teacher": teacher_identity, "data": train_identity, "dev": data_identity["dev"], **extra}
         results["student" + suffix] = str(run.stage("student" + suffix, inputs,
                                                     lambda d, t=train_file, s=stage1, o=train_options:
@@ -221,13 +225,10 @@ def run_pipeline(config: Config) -> dict:
                                                                   eval=files["dev"], output=str(d),
                                                                   data_options=o, unlabeled=unlabeled).run()))
 
-    # the same student shape and start, fine-tuned on the labels without distillation, with the
-    # teacher's recipe where the baseline section does not say otherwise
+    # the same student shape and start, fine-tuned on the labels without distillation
     if config.section_values("baseline")["run"]:
-        recipe = {key: value for key, value in config.explicit("finetune").items()
-                  if key in SECTIONS["baseline"].keys and ("baseline", key) not in config.origins}
-        baseline_section = with_values(config.sections["baseline"], recipe)
-        inputs = {"settings": run.settings("baseline", baseline_section),
+        baseline_section = config.baseline_section()
+        inputs = {"settings": _fingerprinted(run.settings("baseline", baseline_section)),
                   "student": {k: intermediate[k] for k in STUDENT_SHAPE}, "student_start": student_identity,
                   "teacher": teacher_identity, "data": data_identity, "data_options": data_settings}
         results["baseline"] = str(run.stage("baseline", inputs, lambda d: _baseline(
