@@ -5,8 +5,8 @@ weights) with a 2-class head and the demo teacher's tokenizer, distilled into a 
 the same SST-2 rows for the same steps, through ``distill`` as users run it: once running the
 teacher at every step (``no_teacher_cache``), once reading its outputs from the cache. The cache
 is built by the second run before its first step; its build time is reported apart and left out
-of the cached run's examples/s (it is paid once per teacher and data file, and the pipeline's
-stage 2 and its no-augmentation run share it). Steps are timed after warm-up ones.
+of the cached run's examples/s (it is paid once per teacher and training file, and runs given
+the same ``--cache-dir`` share it). Steps are timed after warm-up ones.
 
     .venv/bin/python bench/stage2_speed.py [--rows 1024] [--steps 20] [--batch-size 32]
 

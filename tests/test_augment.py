@@ -338,8 +338,18 @@ def _one_thread_run(tmp_path, tiny_mlm, source):
 
 def test_two_processes_write_the_bytes_one_process_writes(tmp_path, tiny_mlm, twenty_rows):
     single = _one_thread_run(tmp_path, tiny_mlm, twenty_rows)
-    done = _launched(["-m", "tinybert.cli"], twenty_rows, tmp_path / "double.tsv", tiny_mlm, 29541)
+    # each process, once the command returns, finds the whole file (the main one joined it first)
+    checked = write(tmp_path / "checked.py", """
+import os, sys
+from tinybert.cli import main
+code = main(sys.argv[1:])
+output = sys.argv[sys.argv.index("--output") + 1]
+print(f"rank {os.environ['RANK']} found the output: {os.path.isfile(output)}")
+sys.exit(code)
+""")
+    done = _launched([str(checked)], twenty_rows, tmp_path / "double.tsv", tiny_mlm, 29541)
     assert done.returncode == 0, done.stderr[-3000:]
+    assert "rank 0 found the output: True" in done.stdout and "rank 1 found the output: True" in done.stdout
     assert (tmp_path / "double.tsv").read_bytes() == single.read_bytes()
     assert not list(tmp_path.glob("double.tsv.*"))  # the shares and their records are gone
     assert done.stdout.count("20 rows → ") == 2  # each process reports the whole run's counts

@@ -279,10 +279,11 @@ def test_trackers_are_checked_before_the_first_stage_and_logging_settings_redo_n
 
     first = tinybert_cli("pipeline", config)
     assert first.returncode == 0, first.stderr[-3000:]
-    # how often a stage logs or saves, whether it compiles and where it reports change none of its results
+    # how often a stage logs or saves, whether it compiles, where it reports and whether stage 2 reads the
+    # teacher's outputs from their cache change none of its results
     again = tinybert_cli("pipeline", config, "--set", "intermediate.log_every=1", "--set",
                          "intermediate.checkpoint_every=3", "--set", "intermediate.compile=never", "--set",
-                         "prediction.report_to=[tensorboard]")
+                         "prediction.report_to=[tensorboard]", "--set", "prediction.no_teacher_cache=true")
     assert again.returncode == 0, again.stderr[-3000:]
     for stage in ("intermediate", "student", "evaluate"):
         assert f"stage {stage}: already complete, skipped" in again.stderr

@@ -3,6 +3,11 @@ teacher at every step, and a cache never reused for another teacher, data file o
 
 import json
 import logging
+import os
+import subprocess
+import sys
+
+import numpy as np
 
 import pytest
 import torch
@@ -90,3 +95,25 @@ def test_a_changed_teacher_data_file_or_length_never_reuses_a_cache(tmp_path, re
     other_teacher = _teacher(tmp_path / "teacher2", real_tokenizer, SENTIMENT, seed=2)
     assert built("other-teacher", teacher=other_teacher)
     assert len(_caches(cache)) == 4
+    _teacher(tmp_path / "teacher", real_tokenizer, SENTIMENT, seed=5)  # retrained where it was
+    assert built("retrained")
+    assert len(_caches(cache)) == 4  # rebuilt in place, not beside the old one
+
+
+def test_two_processes_share_the_pass_and_gather_the_outputs_one_process_computes(tmp_path, real_tokenizer):
+    teacher, train = _teacher(tmp_path / "teacher", real_tokenizer, SENTIMENT), _data(tmp_path, "sequence", rows=40)
+    _stage2(teacher, train, tmp_path / "one", cache=tmp_path / "one-cache")
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                           "29544", "-m", "tinybert.cli", "distill", "--stage", "prediction", "--teacher", str(teacher),
+                           "--student", "unused", "--init-from-teacher", "--layers", "1", "--train", str(train),
+                           "--output", str(tmp_path / "two"), "--cache-dir", str(tmp_path / "two-cache"),
+                           "--max-length", "48", "--epochs", "1", "--batch-size", "4", "--eval-batch-size", "8"],
+                          capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (one,), (two,) = _caches(tmp_path / "one-cache"), _caches(tmp_path / "two-cache")
+    assert not [path for path in (tmp_path / "two-cache").iterdir() if ".share-" in path.name]  # shares removed
+    single = np.fromfile(one / "outputs.f32", dtype=np.float32)
+    gathered = np.fromfile(two / "outputs.f32", dtype=np.float32)
+    # each example's logits where they belong: rows differ from each other far more than the tolerance
+    assert single.shape == gathered.shape == (40 * 2,) and np.ptp(single[0::2]) > 100 * 1e-6
+    np.testing.assert_allclose(gathered, single, atol=1e-6, rtol=0)

@@ -172,6 +172,11 @@ def build_directory(target: str | os.PathLike, stamp_file: str, inputs, build: C
     return True
 
 
+def is_built(target: str | os.PathLike, stamp_file: str, inputs) -> bool:
+    """Whether ``target`` holds an intact output made from ``inputs`` (what ``build_directory`` reuses)."""
+    return _check(Path(target), stamp_file, inputs) is None
+
+
 def _check(target: Path, stamp_file: str, inputs) -> str | None:
     """None when ``target`` is intact and made from ``inputs``; otherwise why not ("" when it
     was never built or was made from other inputs: rebuilding it then is no news)."""

@@ -19,7 +19,7 @@ from ..errors import InputError
 from ..models.loading import digest_model_dir
 from ..settings import group, option
 from .algorithm import OUTPUT_NEUTRAL_SETTINGS, AugmentConfig, Augmenter, build_augmenter
-from .stream import resumable_stream
+from .stream import remove_shares, resumable_stream
 from .structured import augment_questions, augment_tagged
 
 logger = logging.getLogger(__name__)
@@ -48,6 +48,7 @@ def augment_file(input_path: str | os.PathLike, output_path: str | os.PathLike, 
         raise InputError(f"unknown field {config.field!r}", fix="use --field first or --field second")
     if output_path.exists() and not output_path.with_name(output_path.name + ".partial").exists():
         logger.info("%s already exists; delete it to augment again", output_path)
+        remove_shares(output_path)  # left by a launched run killed as it finished
         return {"rows": None, "written": None, "complete": True}
     kind = detect_task(input_path, options)
     if kind != "sequence":  # tags or answers: only the words that carry none change

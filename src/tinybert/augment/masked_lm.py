@@ -60,8 +60,9 @@ class MaskedLMCandidates:
         except (OSError, ValueError) as error:
             raise InputError(f"cannot load a masked LM ({error})", path=path,
                              fix="pass --mlm a directory that AutoModelForMaskedLM loads") from None
-        # under torchrun / accelerate launch, each process on its own GPU
-        self.device = torch.device(device or (f"cuda:{os.environ.get('LOCAL_RANK', 0)}" if torch.cuda.is_available()
+        # under torchrun / accelerate launch, each process on its own GPU (of those it sees)
+        local = int(os.environ.get("LOCAL_RANK", 0))
+        self.device = torch.device(device or (f"cuda:{local % torch.cuda.device_count()}" if torch.cuda.is_available()
                                               else "cpu"))
         self.model.to(self.device)
         self.k = k

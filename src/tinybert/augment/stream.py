@@ -4,14 +4,17 @@ Launched on several processes (``torchrun`` / ``accelerate launch``), chunk k of
 process k mod P, which writes it to its own share file (OUTPUT.share-R-of-P) and records where each
 of its chunks ends; once every process is done, the main one joins the chunks in input order.
 Each chunk is rendered from its rows alone (variants are seeded per row, and the rows counted
-before it are given), so the joined file is the one a single process writes, byte for byte.
+before it are given), so the joined file is the one a single process writes, byte for byte where
+the arithmetic is (the same threads per process: sums in another order may break a near-tie
+between two candidates differently).
 """
 
 from __future__ import annotations
 
+import contextlib
+import glob
 import itertools
 import logging
-import math
 import os
 import time
 from pathlib import Path
@@ -31,18 +34,30 @@ def resumable_stream(units, render, output_path: Path, inputs: dict, chunk_size:
     and then recorded (units and bytes done) in OUTPUT.progress.json; run again with the same
     inputs, it continues after the last recorded chunk. At the end OUTPUT.partial becomes OUTPUT
     (through ``finish(partial, output)`` where the format needs a closing step). Under several
-    processes each writes its share of the chunks, and the main process joins them."""
+    processes each writes its share of the chunks, the main process joins them, and every
+    process returns once OUTPUT is complete."""
     output_path.parent.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     processes = _launched_processes()
     if processes is None:
-        rows, written, done_before = _write_share(units, render, output_path, inputs, chunk_size, total, header,
-                                                  show_progress, rank=0, count=1)
-    else:
-        rows, written, done_before = _sharded(units, render, output_path, inputs, chunk_size, total, header,
-                                              show_progress, processes)
-        if not processes.is_main_process:
-            return _summary(rows, written, done_before, started)
+        counts = _write_share(units, render, output_path, inputs, chunk_size, total, header, show_progress, 0, 1)
+        _complete(output_path, finish)
+        return _summary(*counts, started)
+    from accelerate.utils import gather_object
+
+    rank, count = processes.process_index, processes.num_processes
+    counts = _write_share(units, render, output_path, inputs, chunk_size, total, header,
+                          show_progress and processes.is_main_process, rank, count)
+    every = gather_object([counts])  # also waits for every share to be written
+    if processes.is_main_process:
+        _join(output_path, header, count)
+        _complete(output_path, finish)
+    processes.wait_for_everyone()
+    return _summary(*(sum(column) for column in zip(*every)), started)
+
+
+def _complete(output_path: Path, finish) -> None:
+    """OUTPUT.partial becomes OUTPUT; then what resuming needed goes."""
     partial = _partial(output_path)
     if finish is None:
         os.replace(partial, output_path)
@@ -50,12 +65,13 @@ def resumable_stream(units, render, output_path: Path, inputs: dict, chunk_size:
         finish(partial, output_path)
         partial.unlink()
     _progress(output_path).path.unlink(missing_ok=True)
-    if processes is not None:  # kept until now: a run killed while joining joins them again
-        for rank in range(processes.num_processes):
-            share = _share(output_path, rank, processes.num_processes)
-            share.unlink()
-            _share_record(share).path.unlink()
-    return _summary(rows, written, done_before, started)
+    remove_shares(output_path)  # kept until now: a run killed while joining joins them again
+
+
+def remove_shares(output_path: Path) -> None:
+    """Deletes what processes of a launched run left beside OUTPUT (of any process count)."""
+    for leftover in output_path.parent.glob(glob.escape(output_path.name) + ".share-*"):
+        leftover.unlink(missing_ok=True)
 
 
 def _summary(rows: int, written: int, done_before: int, started: float) -> dict:
@@ -88,6 +104,13 @@ def _launched_processes():
     return PartialState(cpu=not torch.cuda.is_available())
 
 
+def _rows_of_share(total: int | None, chunk_size: int, rank: int, count: int) -> int | None:
+    """How many of ``total`` units fall in chunks rank, rank + count, … (for the progress bar)."""
+    if total is None:
+        return None
+    return sum(min(chunk_size, total - start) for start in range(rank * chunk_size, total, count * chunk_size))
+
+
 def _write_share(units, render, output_path: Path, inputs: dict, chunk_size: int, total: int | None, header: str,
                  show_progress: bool, rank: int, count: int) -> tuple[int, int, int]:
     """Renders chunks rank, rank + count, rank + 2·count, … of ``units`` into this process's file
@@ -104,59 +127,48 @@ def _write_share(units, render, output_path: Path, inputs: dict, chunk_size: int
         logger.info("resuming %s after %d rows", target, state["rows"])
     if not single:
         state.setdefault("ends", [])  # where each of its chunks ends in the share, for the join
-    handle = open(target, "r+b" if state["bytes"] else "wb")
-    handle.truncate(state["bytes"])
-    handle.seek(state["bytes"])
-    if single and not state["bytes"]:
-        handle.write(header.encode("utf-8"))
-    share_total = total if single or total is None else math.ceil(total / count)
-    bar = tqdm(total=share_total, initial=state["rows"], desc="augmenting" if single else
-               f"augmenting (share {rank + 1} of {count})", unit="sent", disable=not show_progress, dynamic_ncols=True)
     done_before = state["rows"]
     # a single process goes on after the units it did (whatever chunk size did them); a share after its chunks
     position = state["rows"] if single else 0  # the units before the next chunk
     remaining = itertools.islice(units, position, None)
-    for index, chunk in enumerate(iter(lambda: list(itertools.islice(remaining, chunk_size)), [])):
-        if single or (index % count == rank and index // count >= len(state["ends"])):
-            text, written = render(chunk, {"rows": position})
-            handle.write(text.encode("utf-8"))
-            handle.flush()
-            os.fsync(handle.fileno())
-            state.update(rows=state["rows"] + len(chunk), bytes=handle.tell(), written=state["written"] + written)
-            if not single:
-                state["ends"] = [*state["ends"], handle.tell()]
-            progress.write(inputs, state=state)
-            bar.update(len(chunk))
-        position += len(chunk)
+    with contextlib.ExitStack() as stack:
+        handle = stack.enter_context(open(target, "r+b" if state["bytes"] else "wb"))
+        handle.truncate(state["bytes"])
+        handle.seek(state["bytes"])
+        if single and not state["bytes"]:
+            handle.write(header.encode("utf-8"))
+        bar = stack.enter_context(tqdm(
+            total=total if single else _rows_of_share(total, chunk_size, rank, count), initial=state["rows"],
+            desc="augmenting" if single else f"augmenting (share {rank + 1} of {count})", unit="sent",
+            disable=not show_progress, dynamic_ncols=True))
+        for index, chunk in enumerate(iter(lambda: list(itertools.islice(remaining, chunk_size)), [])):
+            if single or (index % count == rank and index // count >= len(state["ends"])):
+                text, written = render(chunk, {"rows": position})
+                handle.write(text.encode("utf-8"))
+                handle.flush()
+                os.fsync(handle.fileno())
+                state.update(rows=state["rows"] + len(chunk), bytes=handle.tell(),
+                             written=state["written"] + written)
+                if not single:
+                    state["ends"] = [*state["ends"], handle.tell()]
+                progress.write(inputs, state=state)
+                bar.update(len(chunk))
+            position += len(chunk)
     progress.write(inputs, state=state)  # also for a share given no chunk: the join reads every share's record
-    bar.close()
-    handle.close()
     return state["rows"], state["written"], done_before
-
-
-def _sharded(units, render, output_path: Path, inputs: dict, chunk_size: int, total: int | None, header: str,
-             show_progress: bool, processes) -> tuple[int, int, int]:
-    """Every process writes its share; the main one then joins the shares' chunks in input order
-    into OUTPUT.partial. Returns the whole run's counts on every process."""
-    from accelerate.utils import gather_object
-
-    rank, count = processes.process_index, processes.num_processes
-    counts = _write_share(units, render, output_path, inputs, chunk_size, total, header,
-                          show_progress and processes.is_main_process, rank, count)
-    every = gather_object([counts])  # also waits for every share to be written
-    if processes.is_main_process:
-        _join(output_path, header, count)
-    processes.wait_for_everyone()
-    return tuple(sum(column) for column in zip(*every))
 
 
 def _join(output_path: Path, header: str, count: int) -> None:
     """OUTPUT.partial made of the header and every share's chunks in input order (chunk k is the
     k // count-th of share k mod count)."""
+    # a single process's record of OUTPUT.partial no longer describes it
+    _progress(output_path).path.unlink(missing_ok=True)
     shares = [_share(output_path, rank, count) for rank in range(count)]
     states = [_share_record(share).read()["state"] for share in shares]
-    handles = [open(share, "rb") for share in shares]
-    with open(_partial(output_path), "wb") as joined:
+    joining = output_path.with_name(output_path.name + ".joining")
+    with contextlib.ExitStack() as stack:
+        handles = [stack.enter_context(open(share, "rb")) for share in shares]
+        joined = stack.enter_context(open(joining, "wb"))
         joined.write(header.encode("utf-8"))
         for index in range(sum(len(state["ends"]) for state in states)):
             share, own = index % count, index // count
@@ -166,5 +178,4 @@ def _join(output_path: Path, header: str, count: int) -> None:
             joined.write(handles[share].read(ends[own] - start))
         joined.flush()
         os.fsync(joined.fileno())
-    for handle in handles:
-        handle.close()
+    os.replace(joining, _partial(output_path))

@@ -34,6 +34,10 @@ logger = logging.getLogger(__name__)
 STAGES = ("intermediate", "prediction")
 
 
+# settings that change how fast a stage runs, not the student it makes
+SPEED_ONLY = frozenset({"no_teacher_cache"})
+
+
 @dataclass
 class DistillConfig:
     stage: Literal["intermediate", "prediction"] = option(
@@ -257,10 +261,9 @@ def distill(teacher_dir: str | os.PathLike, student: str, train_path: str | os.P
     training_rows = training_data.labelled(label_space)
     if config.stage == "prediction" and not config.no_teacher_cache:
         cache_root = data_options.cache_dir or output_dir / CACHE_DIR
-        outputs = main_process_first(accelerator, lambda: teacher_outputs(
-            teacher, teacher_dir, training_rows, label_space.task, tokenizer, cache_root,
-            precision=training.mixed_precision, accelerator=accelerator, batch_size=config.eval_batch_size,
-            show_progress=show))
+        outputs = teacher_outputs(teacher, teacher_dir, training_rows, label_space.task, tokenizer, cache_root,
+                                  precision=training.mixed_precision, accelerator=accelerator,
+                                  batch_size=config.eval_batch_size, show_progress=show)
         training_rows = WithTeacherOutputs(training_rows, outputs) if outputs else training_rows
     shapes = shapes_of_run(training, accelerator, len(training_data), max_length)
     loader = train_loader(training_rows, tokenizer, training.batch_size, training.seed, shapes=shapes)

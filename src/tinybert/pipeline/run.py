@@ -17,7 +17,7 @@ from ..augment import OUTPUT_NEUTRAL_SETTINGS
 from ..data.cache import CACHE_DIR
 from ..data.formats import MARK
 from ..data.tasks import scan_labels
-from ..distillation.task import DistillConfig, build_initial_student
+from ..distillation.task import SPEED_ONLY, DistillConfig, build_initial_student
 from ..errors import InputError
 from ..evaluation.measure import evaluate
 from ..inference.export import export_onnx
@@ -130,8 +130,9 @@ def _data_files(run: _Run) -> dict[str, str]:
 
 def _fingerprinted(settings: dict) -> dict:
     """A training stage's settings that change what it makes: not how often it logs or saves a
-    checkpoint, whether it compiles, or where it reports (its checkpoints resume under other values too)."""
-    return {key: value for key, value in settings.items() if key not in RESUME_NEUTRAL}
+    checkpoint, whether it compiles, where it reports (its checkpoints resume under other values
+    too), or whether stage 2 reads the teacher's outputs from their cache."""
+    return {key: value for key, value in settings.items() if key not in RESUME_NEUTRAL | SPEED_ONLY}
 
 
 def run_pipeline(config: Config) -> dict:
