@@ -509,6 +509,26 @@ def test_a_qa_model_distilled_at_384_is_evaluated_at_384_by_a_bare_evaluate(tmp_
     assert not (tmp_path / "onnx" / "tinybert.json").exists()
 
 
+def test_stage_1_reads_questions_in_the_windows_the_qa_teacher_was_trained_on(tmp_path, real_tokenizer):
+    from transformers import BertForQuestionAnswering
+    from tinybert.models.loading import save_model_dir
+    from tinybert.models.record import model_record
+    torch.manual_seed(0)
+    teacher = tmp_path / "teacher"
+    # a teacher fine-tuned on 96-token windows with a stride of 40 (not the distillation defaults, 384 and 128)
+    save_model_dir(BertForQuestionAnswering(tiny_bert_config()), real_tokenizer, teacher,
+                   model_record("finetune", LabelSpace("qa", []), 96, 40))
+    train = write(tmp_path / "train.json", json.dumps(squad_document()))
+    config = DistillConfig(stage="intermediate", init_from_teacher=True, layers=1,
+                           training=TrainingConfig(epochs=1, batch_size=4))
+    distill(teacher, "unused", train, tmp_path / "stage1", config=config, show_progress=False)
+    record = json.loads((tmp_path / "stage1" / "tinybert.json").read_text())
+    assert (record["max_length"], record["doc_stride"]) == (96, 40)
+    wider = DistillConfig(**{**config.__dict__, "max_length": 128})
+    distill(teacher, "unused", train, tmp_path / "wider", config=wider, show_progress=False)  # the flag wins
+    assert json.loads((tmp_path / "wider" / "tinybert.json").read_text())["max_length"] == 128
+
+
 def test_an_explicit_doc_stride_that_does_not_fit_is_refused_not_clamped(tmp_path, real_tokenizer, squad_file):
     with pytest.raises(InputError, match="--doc-stride 64 does not fit windows of 128 tokens"):
         task_data("qa", squad_file, real_tokenizer, 128, DataOptions(doc_stride=64, cache_dir=str(tmp_path)))

@@ -190,6 +190,16 @@ def _stage_one_record(student: str) -> dict:
     return record if record.get("stage") == "intermediate" else {}
 
 
+def _recorded_reading(stage: str, teacher_dir, student: str, kind: str) -> dict:
+    """How the data was read before, unless told otherwise: stage 2 from a stage-1 output reads
+    as stage 1 did; otherwise a QA teacher's windows (its length and stride) are what it learnt
+    answers on, and what the student learns from it on."""
+    record = _stage_one_record(student) if stage == "prediction" else {}
+    if not record and kind == "qa":
+        record = read_record(teacher_dir)
+    return record
+
+
 def default_length(kind: str, options: DataOptions, path) -> int:
     """The paper's lengths: 64 tokens for a text, 128 for a pair or a sentence to tag, 384 for a
     question with its context (windows of it)."""
@@ -227,8 +237,7 @@ def distill(teacher_dir: str | os.PathLike, student: str, train_path: str | os.P
     for path in unlabeled:
         _task_of(teacher_dir, path, data_options)
     given_options = data_options
-    # stage 2 reads the data as stage 1 did, unless told otherwise: the length and stride stage 1 recorded
-    recorded = _stage_one_record(student) if config.stage == "prediction" else {}
+    recorded = _recorded_reading(config.stage, teacher_dir, student, kind)
     max_length, data_options = reading_settings(recorded, config.max_length, data_options, kind,
                                                 default_length(kind, data_options, train_path))
     config = replace(config, training=training, max_length=max_length)
