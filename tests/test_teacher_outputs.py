@@ -6,6 +6,8 @@ import logging
 import os
 import subprocess
 import sys
+from contextlib import nullcontext
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -18,7 +20,9 @@ from conftest import tiny_bert_config, write
 from test_tasks import CONLL, TAGS, squad_document
 from tinybert.data import DataOptions
 from tinybert.data.labels import LabelSpace
+from tinybert.data.tasks import task_data
 from tinybert.distillation.task import DistillConfig, distill
+from tinybert.distillation.teacher_outputs import VALUES_FILE, _Fill
 from tinybert.training import TrainingConfig
 
 SENTIMENT = LabelSpace("classification", ["neg", "pos"])
@@ -117,3 +121,26 @@ def test_two_processes_share_the_pass_and_gather_the_outputs_one_process_compute
     # each example's logits where they belong: rows differ from each other far more than the tolerance
     assert single.shape == gathered.shape == (40 * 2,) and np.ptp(single[0::2]) > 100 * 1e-6
     np.testing.assert_allclose(gathered, single, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("task", ["token", "qa"])
+def test_shares_of_per_token_outputs_gather_into_what_one_pass_writes(tmp_path, real_tokenizer, task):
+    """Each process's share (every other batch here) placed row by row where its examples' tokens go."""
+    space = {"token": LabelSpace.of_tags(TAGS), "qa": LabelSpace("qa", [])}[task]
+    teacher = MODELS[task].from_pretrained(_teacher(tmp_path / "teacher", real_tokenizer, space)).eval()
+    data = task_data(task, _data(tmp_path, task), real_tokenizer, 48, DataOptions(cache_dir=str(tmp_path / "cache")),
+                     show_progress=False).labelled(space)
+    shape = (int(np.asarray(data.lengths).sum()), 2 if task == "qa" else len(TAGS))
+    fills = [_Fill(teacher, data, task, real_tokenizer, 3, SimpleNamespace(
+        device=torch.device("cpu"), autocast=nullcontext, num_processes=2, is_main_process=rank == 0),
+        show_progress=False) for rank in (0, 1)]
+    (tmp_path / "one").mkdir()
+    fills[0].into(tmp_path / "one", shape, (0, 1))
+    for rank, fill in enumerate(fills):
+        fill.share(tmp_path / "shares", (rank, 2))
+    (tmp_path / "gathered").mkdir()
+    fills[0].gathered(tmp_path / "gathered", shape, tmp_path / "shares")
+    one = np.fromfile(tmp_path / "one" / VALUES_FILE, dtype=np.float32)
+    gathered = np.fromfile(tmp_path / "gathered" / VALUES_FILE, dtype=np.float32)
+    assert one.size == shape[0] * shape[1] and np.ptp(one) > 1e-3
+    np.testing.assert_array_equal(gathered, one)

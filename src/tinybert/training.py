@@ -16,13 +16,15 @@ import os
 import shutil
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Callable, Literal, TypeVar
 
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
-from accelerate.utils import DataLoaderConfiguration, DistributedDataParallelKwargs, broadcast_object_list, set_seed
+from accelerate.utils import (DataLoaderConfiguration, DistributedDataParallelKwargs, InitProcessGroupKwargs,
+                              broadcast_object_list, set_seed)
 from tqdm.auto import tqdm
 from transformers import get_constant_schedule_with_warmup, get_linear_schedule_with_warmup
 
@@ -42,6 +44,9 @@ CHECKPOINT_DIR = "checkpoint"
 # settings that do not change the trained weights, so a checkpoint may resume under other values
 # (``compile`` is how the user said it; whether the run compiles, which shapes its batches, is checked)
 RESUME_NEUTRAL = frozenset({"checkpoint_every", "log_every", "compile", "report_to"})
+# how long processes wait at a collective (NCCL's default is 10 minutes): while the main process
+# alone tokenises a large file or gathers the teacher's outputs; a process that dies ends the run sooner
+COLLECTIVE_TIMEOUT_S = 4 * 3600
 
 
 @dataclass
@@ -102,7 +107,9 @@ def make_accelerator(config: TrainingConfig, output_dir: str | os.PathLike | Non
     return Accelerator(cpu=multi_cpu, mixed_precision=config.mixed_precision, step_scheduler_with_optimizer=False,
                        gradient_accumulation_steps=config.gradient_accumulation_steps,
                        dataloader_config=DataLoaderConfiguration(non_blocking=True),
-                       kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+                       # the others wait at a collective while the main process builds a cache alone
+                       kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True),
+                                        InitProcessGroupKwargs(timeout=timedelta(seconds=COLLECTIVE_TIMEOUT_S))],
                        **tracking_options(names, output_dir))
 
 

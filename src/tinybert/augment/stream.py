@@ -16,6 +16,7 @@ import glob
 import itertools
 import logging
 import os
+import re
 import time
 from pathlib import Path
 
@@ -70,8 +71,10 @@ def _complete(output_path: Path, finish) -> None:
 
 def remove_shares(output_path: Path) -> None:
     """Deletes what processes of a launched run left beside OUTPUT (of any process count)."""
-    for leftover in output_path.parent.glob(glob.escape(output_path.name) + ".share-*"):
-        leftover.unlink(missing_ok=True)
+    left = re.compile(re.escape(output_path.name) + r"\.(share-\d+-of-\d+(\.progress\.json)?|joining)")
+    for leftover in output_path.parent.glob(glob.escape(output_path.name) + ".*"):
+        if left.fullmatch(leftover.name) and leftover.is_file():
+            leftover.unlink(missing_ok=True)
 
 
 def _summary(rows: int, written: int, done_before: int, started: float) -> dict:

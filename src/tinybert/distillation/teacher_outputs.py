@@ -22,6 +22,7 @@ from __future__ import annotations
 import itertools
 import logging
 import shutil
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -34,7 +35,9 @@ from ..artifacts import build_directory, digest, is_built, read_json
 from ..data import eval_loader
 from ..data.batching import model_inputs
 from ..data.sampling import SortedBatches
+from ..errors import InputError
 from ..models.loading import digest_model_dir
+from ..training import main_process_first
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +47,7 @@ OUTPUTS_KEY = "teacher_outputs"  # what a batch carries the outputs under
 VERSION = 1
 # the cache is made only where it takes at most this share of the free disk space
 DISK_SHARE = 0.5
+GATHER_BLOCK = 65536  # examples whose shared outputs the main process places at once
 
 
 def _parts(data) -> list:
@@ -63,9 +67,13 @@ class TeacherOutputs:
     """A built cache: ``of(i)`` is example i's outputs (float32), a vector of class logits, or one
     row per token (tag logits; for QA the start and end logits side by side)."""
 
-    def __init__(self, directory: Path, lengths: np.ndarray):
+    def __init__(self, directory: Path, lengths: np.ndarray, inputs: dict):
         self.directory = directory
         meta = read_json(directory / STAMP_FILE)
+        if meta is None or meta.get("fingerprint") != digest(inputs):
+            raise InputError(f"the teacher's outputs in {directory} were rebuilt by another run for another teacher "
+                             "or data file while this one started", fix="run one of the two at a time, or give "
+                             "each its own --cache-dir (or --no-teacher-cache)")
         self.per_token = _per_token(meta["task"])
         rows = int(lengths.sum()) if self.per_token else len(lengths)
         self.values = np.memmap(directory / VALUES_FILE, dtype=np.float32, mode="r", shape=(rows, meta["width"]))
@@ -109,35 +117,41 @@ def teacher_outputs(teacher, teacher_dir, data, task: str, tokenizer, root: str 
     shape = (int(lengths.sum()) if _per_token(task) else len(data), 2 if task == "qa" else teacher.config.num_labels)
     plan = None
     if accelerator.is_main_process:
-        plan = _plan(target, inputs, shape)
+        # this run's own folder for the processes' shares: runs sharing the cache directory never mix them
+        plan = (_plan(target, inputs, shape, accelerator.num_processes), uuid.uuid4().hex[:12])
     if accelerator.num_processes > 1:  # every process follows the main one's decision
         plan = broadcast_object_list([plan])[0]
-    if plan == "teacher":
+    decision, run = plan
+    if decision == "teacher":
         return None
-    if plan == "build":
+    if decision == "build":
         fill = _Fill(teacher, data, task, tokenizer, batch_size, accelerator, show_progress)
         if accelerator.num_processes == 1:
             build_directory(target, STAMP_FILE, inputs, lambda staging: fill.into(staging, shape, (0, 1)))
         else:
-            share = fill.share(target, (accelerator.process_index, accelerator.num_processes))
-            accelerator.wait_for_everyone()
-            if accelerator.is_main_process:
-                build_directory(target, STAMP_FILE, inputs, lambda staging: fill.gathered(staging, shape, target))
-            accelerator.wait_for_everyone()
-            share.unlink()
-            _indices(share).unlink()
-    return TeacherOutputs(target, lengths)
+            shares = target.with_name(f".{target.name}.shares-{run}")
+            try:
+                fill.share(shares, (accelerator.process_index, accelerator.num_processes))
+                accelerator.wait_for_everyone()
+                # the main process gathers (the others then find the cache built); its failure stops them all
+                main_process_first(accelerator, lambda: build_directory(
+                    target, STAMP_FILE, inputs, lambda staging: fill.gathered(staging, shape, shares)))
+            finally:
+                if accelerator.is_main_process:
+                    shutil.rmtree(shares, ignore_errors=True)
+    return TeacherOutputs(target, lengths, inputs)
 
 
-def _plan(target: Path, inputs: dict, shape: tuple[int, int]) -> str:
-    """"ready" (built from these inputs), "build", or "teacher" (it would not fit on disk)."""
+def _plan(target: Path, inputs: dict, shape: tuple[int, int], processes: int) -> str:
+    """"ready" (built from these inputs), "build", or "teacher" (it would not fit on disk: under
+    several processes their shares are on disk beside the cache being gathered from them)."""
     if is_built(target, STAMP_FILE, inputs):
         return "ready"
-    size = shape[0] * shape[1] * 4
+    size = shape[0] * shape[1] * 4 * (2 if processes > 1 else 1)
     target.parent.mkdir(parents=True, exist_ok=True)
     if size > DISK_SHARE * shutil.disk_usage(target.parent).free:
-        logger.warning("the teacher's outputs (%.1f GB) would take more than half the free disk space under %s: "
-                       "stage 2 runs the teacher at every step instead", size / 1e9, target.parent)
+        logger.warning("the teacher's outputs (%.1f GB to build) would take more than half the free disk space "
+                       "under %s: stage 2 runs the teacher at every step instead", size / 1e9, target.parent)
         return "teacher"
     return "build"
 
@@ -168,16 +182,21 @@ class _Fill:
         values.flush()
         return {"task": self.task, "width": shape[1], "examples": len(self.data)}
 
-    def share(self, target: Path, shard: tuple[int, int]) -> Path:
-        """This process's share, in the order it computed it, beside the cache: its values, and the
+    def share(self, folder: Path, shard: tuple[int, int]) -> None:
+        """This process's share into ``folder``, in the order it computed it: its values, and the
         examples they belong to (in ``.indices``)."""
         if shard[0] == 0:
             logger.info("computing the teacher's outputs on %d examples once, on %d processes", len(self.data),
                         shard[1])
+        folder.mkdir(parents=True, exist_ok=True)
         mine = np.fromiter(itertools.chain.from_iterable(SortedBatches(self.lengths, self.batch_size, shard)),
                            dtype=np.int64)
         rows = int(self.lengths[mine].sum()) if _per_token(self.task) else len(mine)
-        path = target.with_name(f"{target.name}.share-{shard[0]}-of-{shard[1]}")
+        path = folder / f"rank-{shard[0]}"
+        mine.tofile(_indices(path))
+        if not rows:  # fewer batches than processes
+            path.touch()
+            return
         values = np.memmap(path, dtype=np.float32, mode="w+", shape=(rows, self._width()))
         done = 0
         for _, found in self._outputs(shard):
@@ -185,20 +204,26 @@ class _Fill:
             values[done:done + len(found)] = found
             done += len(found)
         values.flush()
-        mine.tofile(_indices(path))
-        return path
 
-    def gathered(self, staging: Path, shape: tuple[int, int], target: Path) -> dict:
+    def gathered(self, staging: Path, shape: tuple[int, int], folder: Path) -> dict:
         """The cache made of every process's share (the main process, once all are written)."""
         values = np.memmap(staging / VALUES_FILE, dtype=np.float32, mode="w+", shape=shape)
-        count = self.accelerator.num_processes
-        for rank in range(count):
-            path = target.with_name(f"{target.name}.share-{rank}-of-{count}")
+        for rank in range(self.accelerator.num_processes):
+            path = folder / f"rank-{rank}"
             order = np.fromfile(_indices(path), dtype=np.int64)
+            if not len(order):
+                continue
             sizes = self.lengths[order] if _per_token(self.task) else np.ones(len(order), dtype=np.int64)
             share = np.memmap(path, dtype=np.float32, mode="r", shape=(int(sizes.sum()), shape[1]))
-            for index, start, size in zip(order, np.concatenate([[0], np.cumsum(sizes)[:-1]]), sizes):
-                values[self._rows(index)] = share[start:start + size]
+            begins = np.cumsum(sizes) - sizes  # where each example's rows lie in the share
+            for block in range(0, len(order), GATHER_BLOCK):  # a block of examples at a time: bounded memory
+                examples = slice(block, block + GATHER_BLOCK)
+                rows = share[begins[examples][0]:begins[examples][-1] + sizes[examples][-1]]
+                if _per_token(self.task):  # each example's rows go to its place in the cache
+                    places = np.repeat(self.starts[order[examples]] - begins[examples], sizes[examples])
+                    values[places + np.arange(begins[examples][0], begins[examples][0] + len(rows))] = rows
+                else:
+                    values[order[examples]] = rows
         values.flush()
         return {"task": self.task, "width": shape[1], "examples": len(self.data)}
 
