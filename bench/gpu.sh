@@ -2,7 +2,7 @@
 # Every GPU figure (issues 15 and 22) on a GPU machine that has PyTorch, transformers and accelerate
 # installed and no network: one JSON line per figure on standard output (and in $OUT/gpu.jsonl
 # when OUT is set), and the profile of one general-distillation step in $OUT/profile_general.txt.
-# Its timeouts add up to about 12 minutes.
+# Its timeouts add up to about 14 minutes.
 #
 #   bench/gpu.sh data DIR        # on a machine with ../shared and the demo teacher: fill DIR
 #   bench/gpu.sh run DIR         # on the GPU machine (DIR carried along): build models, measure
@@ -55,4 +55,7 @@ group profile 60 --output "${OUT:-$work}/profile_general.txt" ${TINY:+--batch-si
 # host ms per step at negligible arithmetic (CUDA graphs against eager), stage 1 only for time
 timeout 60 "$python" bench/step_overhead.py --stages intermediate --steps 30 2>"$work/overhead.err" | tail -1 \
     | tee -a "$log" || echo '{"bench/step_overhead.py": "failed"}'
+# stage 2 with the teacher's outputs cached against running the teacher (issue 25)
+timeout 120 "$python" bench/stage2_speed.py --data "$dir/sst2_train.tsv" --tokenizer "$dir/tokenizer" --rows 8192 \
+    --steps 100 2>"$work/stage2_speed.err" | tail -1 | tee -a "$log" || echo '{"bench/stage2_speed.py": "failed"}'
 group augment 60

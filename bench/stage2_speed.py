@@ -27,7 +27,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
-from transformers import BertConfig, BertForSequenceClassification  # noqa: E402
+from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification  # noqa: E402
 from transformers.utils import logging as transformers_logging  # noqa: E402
 
 BENCH = Path(__file__).resolve().parent
@@ -37,7 +37,6 @@ from gpu_figures import TEACHER, StepTimer, _timed_run  # noqa: E402
 import tinybert.distillation.task as distill_module  # noqa: E402
 from tinybert.data import DataOptions  # noqa: E402
 from tinybert.distillation.task import DistillConfig  # noqa: E402
-from tinybert.models.loading import load_tokenizer  # noqa: E402
 from tinybert.resources import demo_teacher_dir  # noqa: E402
 from tinybert.training import TrainingConfig  # noqa: E402
 
@@ -46,12 +45,12 @@ STUDENT = {"num_hidden_layers": 4, "hidden_size": 312, "intermediate_size": 1200
 WARMUP = 2
 
 
-def _prepare(work: Path, data: Path, rows: int) -> tuple[Path, Path, Path]:
+def _prepare(work: Path, data: Path, rows: int, tokenizer: Path) -> tuple[Path, Path, Path]:
     torch.manual_seed(0)
     labels = {"num_labels": 2, "id2label": {0: "0", 1: "1"}, "label2id": {"0": 0, "1": 1}}
     teacher = work / "teacher"
     BertForSequenceClassification(BertConfig(**TEACHER, **labels)).save_pretrained(teacher)
-    load_tokenizer(demo_teacher_dir()).save_pretrained(teacher)
+    AutoTokenizer.from_pretrained(tokenizer).save_pretrained(teacher)
     student = work / "student.json"
     student.write_text(json.dumps(STUDENT))
     train = work / "train.tsv"
@@ -94,13 +93,15 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20, help="timed steps per variant")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's)")
+    parser.add_argument("--tokenizer", help="a BERT uncased tokenizer's directory (default: the demo teacher's)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     transformers_logging.set_verbosity_error()
     with tempfile.TemporaryDirectory(prefix="stage2_speed-") as directory:
         work = Path(directory)
-        teacher, student, train = _prepare(work, Path(args.data), args.rows)
+        tokenizer = Path(args.tokenizer) if args.tokenizer else demo_teacher_dir()
+        teacher, student, train = _prepare(work, Path(args.data), args.rows, tokenizer)
         results = {}
         for variant in ("uncached", "cached"):
             results[variant] = _stage2(work, teacher, student, train, args.rows, args.steps, args.batch_size,
