@@ -141,7 +141,12 @@ def test_cli_finetune_then_evaluate_json(tmp_path, tiny_model_dir, tinybert_cli)
     assert "accuracy" in done.stdout
 
 
-@pytest.mark.parametrize("base, linked", [("google-bert/bert-base-uncased", "google-bert/bert-base-uncased"),
+HUB_CACHE = "/home/me/.cache/huggingface/hub/models--google-bert--bert-base-uncased/snapshots/86b5e09344"
+
+
+@pytest.mark.parametrize("base, linked", [(HUB_CACHE, "google-bert/bert-base-uncased"),
+                                          (HUB_CACHE + "/", "google-bert/bert-base-uncased"),
+                                          ("google-bert/bert-base-uncased", None), ("runs/teacher", None),
                                           ("/models/bert-base", None), ("runs/pipeline/teacher", None),
                                           ("./bert/base", None), ("bert-base", None)])
 def test_the_cards_metadata_links_only_a_hub_model_and_names_no_folder_as_a_dataset(tmp_path, base, linked):

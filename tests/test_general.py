@@ -2,6 +2,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import replace
 
 import pytest
 import torch
@@ -13,6 +14,8 @@ from tinybert.distillation.task import DistillConfig, distill
 import tinybert.distillation.general as general_module
 from conftest import tiny_bert_config, write
 from tinybert.distillation.general import GeneralConfig, build_corpus_cache, general_distill
+from tinybert.distillation.distillers import IntermediateLosses
+from tinybert.errors import InputError
 from tinybert.training import TrainingConfig, is_complete
 
 TEXT = """The cat sat on the mat .
@@ -114,6 +117,9 @@ def test_killed_general_run_resumes_to_the_same_weights(tmp_path, encoder_dir, s
                         show_progress=False)
     assert not is_complete(tmp_path / "resumed")
     monkeypatch.setattr(general_module, "run_training", real)
+    with pytest.raises(InputError, match="hidden 1.0 → 2.0"):  # its checkpoint resumes under its own losses only
+        general_distill(encoder_dir, [corpus], tmp_path / "resumed", student=str(student_shape),
+                        config=replace(config(), losses=IntermediateLosses(hidden=2.0)), show_progress=False)
     general_distill(encoder_dir, [corpus], tmp_path / "resumed", student=str(student_shape), config=config(),
                     show_progress=False)
     straight = load_file(tmp_path / "straight" / "model.safetensors")

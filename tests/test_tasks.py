@@ -353,6 +353,12 @@ def test_token_classifier_predicts_entities_with_character_offsets(tmp_path, rea
     record = json.loads((tmp_path / "out.jsonl").read_text())
     assert [(e["type"], e["start"], e["end"], e["text"]) for e in record["entities"]] == [
         ("PER", 0, 5, "Peter"), ("PER", 7, 16, "Blackburn"), ("PER", 17, 30, "unflinchingly"), ("PER", 31, 35, "left")]
+    # bare words one per line, sentences between blank lines (CoNLL without tags): one text per sentence
+    words = write(tmp_path / "words.txt", "Peter\nBlackburn\n\nleft\n")
+    predict_file(tmp_path / "tagger", words, tmp_path / "words.jsonl", show_progress=False)
+    records = [json.loads(line) for line in (tmp_path / "words.jsonl").read_text().splitlines()]
+    assert [[(e["start"], e["end"], e["text"]) for e in r["entities"]] for r in records] == [
+        [(0, 5, "Peter"), (6, 15, "Blackburn")], [(0, 4, "left")]]
 
 
 def test_qa_cache_counts_questions_and_windows(tmp_path, real_tokenizer, squad_file):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -100,5 +100,7 @@ def general_distill(teacher_dir: str | os.PathLike, corpus: list[str | os.PathLi
     return run_training(output_dir=output_dir, config=training, module=distiller, train_loader=loader,
                         compute_losses=lambda module, batch: module(batch), on_improved=save,
                         accelerator=accelerator, description="general distillation",
-                        inputs={"corpus": dataset.fingerprint}, settings=values_of(arguments),
+                        inputs={"corpus": dataset.fingerprint, "losses": {**asdict(config.losses),
+                                                                         "shared_projection": config.shared_projection}},
+                        settings=values_of(arguments),
                         compiled=shapes is not None, show_progress=show_progress)

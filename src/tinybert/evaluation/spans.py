@@ -34,7 +34,7 @@ def _texts(path, options: DataOptions):
     CoNLL/JSONL file (its words joined by spaces), or each non-blank line of a text file split as
     CoNLL splits words (at spaces and punctuation), so that tags fall on the words they were
     trained on."""
-    if detect_task(path, options) == "token":
+    if detect_task(path, options, expected="token") == "token":  # a tagger's bare words are sentences
         for sentence in read_sentences(path, labels="ignored"):
             if sentence.problem:
                 report_bad_lines(str(path), [(sentence.line, sentence.problem)], options.skip_bad_lines)

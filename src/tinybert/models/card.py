@@ -14,7 +14,6 @@ import os
 from pathlib import Path
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
-from huggingface_hub.utils import HFValidationError, validate_repo_id
 
 from ..artifacts import atomic_write
 from .files import CARD_FILE
@@ -54,15 +53,15 @@ def write_card(model_dir: str | os.PathLike, record: dict, figures: dict | None 
 
 
 def hub_id(model: str | None) -> str | None:
-    """``model`` when it reads as a Hub model id, ``org/name`` (a folder of that name, the Hub's model
-    downloaded there); None for any other path: the Hub's ``base_model`` links to a model on the Hub."""
-    if not model or model.count("/") != 1 or model.startswith((".", "~")):
-        return None
-    try:
-        validate_repo_id(model)
-    except HFValidationError:
-        return None
-    return model
+    """The Hub id of a model directory that huggingface_hub downloaded
+    (``…/models--ORG--NAME/snapshots/REVISION``), else None: the Hub's ``base_model`` links to a
+    model on the Hub, and a local folder's path cannot say it is one (``runs/teacher`` reads like
+    ``org/name``)."""
+    parts = Path(model).parts if model else ()
+    for folder, below in zip(parts, parts[1:]):
+        if folder.startswith("models--") and below == "snapshots":
+            return folder.removeprefix("models--").replace("--", "/")
+    return None
 
 
 def _is_metric(name: str, value) -> bool:
