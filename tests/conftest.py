@@ -1,3 +1,5 @@
+import contextlib
+import itertools
 import logging
 import os
 import subprocess
@@ -19,6 +21,28 @@ from tinybert.resources import demo_teacher_dir  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("TINYBERT_SHARED", REPO.parent / "shared"))
 DATASETS = SHARED / "datasets"
+
+
+@contextlib.contextmanager
+def killed_after(module, batches: int):
+    """Within it, ``module.run_training`` stops with KeyboardInterrupt (as a kill would) when it
+    reaches batch ``batches + 1``; the block must be stopped so."""
+    real = module.run_training
+
+    def run_training(**options):
+        seen, compute = itertools.count(1), options["compute_losses"]
+
+        def compute_or_die(trained, batch):
+            if next(seen) > batches:
+                raise KeyboardInterrupt
+            return compute(trained, batch)
+        return real(**{**options, "compute_losses": compute_or_die})
+    module.run_training = run_training
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            yield
+    finally:
+        module.run_training = real
 
 
 def shared_dataset(relative: str) -> Path:

@@ -7,7 +7,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForSequenceClassification, BertForSequenceClassification
 
-from conftest import tiny_bert_config, write
+from conftest import killed_after, tiny_bert_config, write
 from tinybert.cli import parse
 from tinybert.distillation import task as task_module
 from tinybert.distillation.task import DistillConfig, distill, plan
@@ -99,32 +99,13 @@ def test_each_stages_recorded_command_reads_back_to_its_settings(tmp_path, teach
         assert command[:2] == ["tinybert", "distill"] and values_of(parse(command[1:])[1]) == values_of(parse(argv)[1])
 
 
-def _interrupt_after_three_batches(monkeypatch, *args, **kwargs):
-    """``distill(*args, **kwargs)`` killed at its fourth batch, with a checkpoint left behind."""
-    real = task_module.run_training
-
-    def dies_after_three_batches(**kwargs):
-        count, compute = {"n": 0}, kwargs["compute_losses"]
-
-        def compute_or_die(module, batch):
-            count["n"] += 1
-            if count["n"] > 3:
-                raise KeyboardInterrupt
-            return compute(module, batch)
-        return real(**{**kwargs, "compute_losses": compute_or_die})
-    monkeypatch.setattr(task_module, "run_training", dies_after_three_batches)
-    with pytest.raises(KeyboardInterrupt):
-        distill(*args, **kwargs)
-    monkeypatch.setattr(task_module, "run_training", real)
-
-
-def test_a_stage_2_checkpoint_resumes_only_with_its_loss_weights(tmp_path, teacher_dir, train_file, student_shape,
-                                                                 monkeypatch):
+def test_a_stage_2_checkpoint_resumes_only_with_its_loss_weights(tmp_path, teacher_dir, train_file, student_shape):
     distill(teacher_dir, str(student_shape), train_file, tmp_path / "stage1", config=_config("intermediate", epochs=1),
             show_progress=False)
     config = _config("prediction", epochs=1, checkpoint_every=2)
-    _interrupt_after_three_batches(monkeypatch, teacher_dir, str(tmp_path / "stage1"), train_file,
-                                   tmp_path / "stage2", config=config, show_progress=False)
+    with killed_after(task_module, 3):
+        distill(teacher_dir, str(tmp_path / "stage1"), train_file, tmp_path / "stage2", config=config,
+                show_progress=False)
     for changed, message in (({"hard_label_weight": 0.5}, "hard_label_weight 0.0 → 0.5"),
                              ({"temperature": 2.0}, "temperature 1.0 → 2.0")):
         with pytest.raises(InputError, match=message):
@@ -133,11 +114,10 @@ def test_a_stage_2_checkpoint_resumes_only_with_its_loss_weights(tmp_path, teach
     distill(teacher_dir, str(tmp_path / "stage1"), train_file, tmp_path / "stage2", config=config, show_progress=False)
 
 
-def test_a_stage_1_checkpoint_resumes_only_with_its_loss_weights(tmp_path, teacher_dir, train_file, student_shape,
-                                                                 monkeypatch):
+def test_a_stage_1_checkpoint_resumes_only_with_its_loss_weights(tmp_path, teacher_dir, train_file, student_shape):
     config = _config("intermediate", epochs=1, checkpoint_every=2)
-    _interrupt_after_three_batches(monkeypatch, teacher_dir, str(student_shape), train_file, tmp_path / "stage1",
-                                   config=config, show_progress=False)
+    with killed_after(task_module, 3):
+        distill(teacher_dir, str(student_shape), train_file, tmp_path / "stage1", config=config, show_progress=False)
     changed = replace(config, losses=IntermediateLosses(hidden=2.0))
     with pytest.raises(InputError, match="hidden 1.0 → 2.0"):
         distill(teacher_dir, str(student_shape), train_file, tmp_path / "stage1", config=changed, show_progress=False)

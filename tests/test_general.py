@@ -12,7 +12,7 @@ from transformers import AutoModel, AutoTokenizer, BertForSequenceClassification
 from tinybert.distillation.task import DistillConfig, distill
 
 import tinybert.distillation.general as general_module
-from conftest import tiny_bert_config, write
+from conftest import killed_after, tiny_bert_config, write
 from tinybert.distillation.general import GeneralConfig, build_corpus_cache, general_distill
 from tinybert.distillation.distillers import IntermediateLosses
 from tinybert.errors import InputError
@@ -92,31 +92,16 @@ def test_general_distillation_trains_and_feeds_task_distillation(tmp_path, encod
     assert stage1["hidden_size"] == 32 and stage1["architectures"] == ["BertForSequenceClassification"]
 
 
-def test_killed_general_run_resumes_to_the_same_weights(tmp_path, encoder_dir, student_shape, corpus, monkeypatch):
+def test_killed_general_run_resumes_to_the_same_weights(tmp_path, encoder_dir, student_shape, corpus):
     def config():
         return GeneralConfig(training=TrainingConfig(epochs=1, batch_size=8, learning_rate=1e-3, checkpoint_every=3),
                              max_length=32)
     general_distill(encoder_dir, [corpus], tmp_path / "straight", student=str(student_shape), config=config(),
                     show_progress=False)
-    real = general_module.run_training
-
-    def dies_after_seven_batches(**kwargs):
-        count = {"n": 0}
-        compute = kwargs["compute_losses"]
-
-        def compute_or_die(module, batch):
-            count["n"] += 1
-            if count["n"] > 7:
-                raise KeyboardInterrupt
-            return compute(module, batch)
-        return real(**{**kwargs, "compute_losses": compute_or_die})
-
-    monkeypatch.setattr(general_module, "run_training", dies_after_seven_batches)
-    with pytest.raises(KeyboardInterrupt):
+    with killed_after(general_module, 7):
         general_distill(encoder_dir, [corpus], tmp_path / "resumed", student=str(student_shape), config=config(),
                         show_progress=False)
     assert not is_complete(tmp_path / "resumed")
-    monkeypatch.setattr(general_module, "run_training", real)
     with pytest.raises(InputError, match="hidden 1.0 → 2.0"):  # its checkpoint resumes under its own losses only
         general_distill(encoder_dir, [corpus], tmp_path / "resumed", student=str(student_shape),
                         config=replace(config(), losses=IntermediateLosses(hidden=2.0)), show_progress=False)
@@ -238,24 +223,8 @@ def test_each_epoch_is_a_new_seeded_shuffle_across_documents_and_resumes_exactly
     assert _seen_examples(monkeypatch, real_tokenizer, train("c", seed=6)) != first
 
     # killed in the second epoch, after a checkpoint at step 16 (batch 4 of epoch 2): it resumes there
-    def killed():
-        with pytest.raises(KeyboardInterrupt):
-            general_distill(encoder_dir, [documents], tmp_path / "d", student=str(student_shape),
-                            config=config(checkpoint_every=16), show_progress=False)
-    original = general_module.run_training
-
-    def dies_after_nineteen_batches(**kwargs):
-        count = {"n": 0}
-        compute = kwargs["compute_losses"]
-
-        def compute_or_die(module, batch):
-            count["n"] += 1
-            if count["n"] > 19:
-                raise KeyboardInterrupt
-            return compute(module, batch)
-        return original(**{**kwargs, "compute_losses": compute_or_die})
-    monkeypatch.setattr(general_module, "run_training", dies_after_nineteen_batches)
-    killed()
-    monkeypatch.setattr(general_module, "run_training", original)
+    with killed_after(general_module, 19):
+        general_distill(encoder_dir, [documents], tmp_path / "d", student=str(student_shape),
+                        config=config(checkpoint_every=16), show_progress=False)
     resumed = _seen_examples(monkeypatch, real_tokenizer, train("d", checkpoint_every=16))
     assert resumed == first[16 * 8:]

@@ -16,7 +16,7 @@ from transformers import (BertForMaskedLM, BertForSequenceClassification, BertMo
 
 import tinybert.augment.algorithm as algorithm_module
 import tinybert.finetune as finetune_module
-from conftest import shared_dataset, tiny_bert_config, write
+from conftest import killed_after, shared_dataset, tiny_bert_config, write
 from tinybert.augment import AugmentConfig, WordVectors, augment_file
 from tinybert.distillation.task import DistillConfig, distill
 from tinybert.distillation.distillers import IntermediateDistiller, IntermediateLosses, PredictionDistiller
@@ -260,24 +260,11 @@ def test_a_bad_line_late_in_the_file_stops_before_any_work(tmp_path, real_tokeni
 
 # 9. Resuming with other settings -----------------------------------------------------------------
 
-def test_a_checkpoint_is_not_resumed_with_other_settings(tmp_path, tiny_model_dir, monkeypatch):
+def test_a_checkpoint_is_not_resumed_with_other_settings(tmp_path, tiny_model_dir):
     train = write(tmp_path / "train.txt", ROWS)
-    real = finetune_module.run_training
-
-    def dies_after_four_batches(**kwargs):
-        count, compute = {"n": 0}, kwargs["compute_losses"]
-
-        def compute_or_die(module, batch):
-            count["n"] += 1
-            if count["n"] > 4:
-                raise KeyboardInterrupt
-            return compute(module, batch)
-        return real(**{**kwargs, "compute_losses": compute_or_die})
-    monkeypatch.setattr(finetune_module, "run_training", dies_after_four_batches)
     config = FinetuneConfig(training=_tiny_training(epochs=2), max_length=32)
-    with pytest.raises(KeyboardInterrupt):
+    with killed_after(finetune_module, 4):
         finetune(tiny_model_dir, train, tmp_path / "out", config=config, show_progress=False)
-    monkeypatch.setattr(finetune_module, "run_training", real)
     other = FinetuneConfig(training=_tiny_training(epochs=2, batch_size=16, learning_rate=5e-4), max_length=32)
     with pytest.raises(InputError, match="batch_size 8 → 16, learning_rate 0.001 → 0.0005") as caught:
         finetune(tiny_model_dir, train, tmp_path / "out", config=other, show_progress=False)
