@@ -31,7 +31,7 @@ import torch
 from accelerate.utils import broadcast_object_list
 from tqdm.auto import tqdm
 
-from ..artifacts import build_directory, digest, is_built, read_json
+from ..artifacts import Stamp, build_directory, digest, is_built
 from ..data import eval_loader
 from ..data.batching import model_inputs
 from ..data.sampling import SortedBatches
@@ -69,8 +69,9 @@ class TeacherOutputs:
 
     def __init__(self, directory: Path, lengths: np.ndarray, inputs: dict):
         self.directory = directory
-        meta = read_json(directory / STAMP_FILE)
-        if meta is None or meta.get("fingerprint") != digest(inputs):
+        stamp = Stamp(directory / STAMP_FILE)
+        meta = stamp.read()
+        if meta is None or not stamp.matches(inputs):
             raise InputError(f"the teacher's outputs in {directory} were rebuilt by another run for another teacher "
                              "or data file while this one started", fix="run one of the two at a time, or give "
                              "each its own --cache-dir (or --no-teacher-cache)")
