@@ -99,3 +99,13 @@ def test_unlabelled_files_are_read_without_a_label_column(tmp_path, real_tokeniz
         cache = task_data("sequence", path, real_tokenizer, 32, options, tmp_path / "cache", show_progress=False,
                           limit=False, labels="ignored")
         assert cache.origins() == {"original": 0, "augmented": 0, "unlabeled": 2}, path
+
+
+def test_plan_reads_a_training_file_without_labels(tmp_path, real_tokenizer, tinybert_cli):
+    teacher = _teacher(tmp_path / "teacher", "sequence", real_tokenizer)
+    texts = write(tmp_path / "texts.tsv", "text\n" + "a warm film\n" * 4)
+    student = write(tmp_path / "student.json", json.dumps(SHAPE))
+    result = tinybert_cli("distill", "--plan", "--teacher", teacher, "--student", student, "--train", texts,
+                          "--output", tmp_path / "out")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "layers: teacher 4, student 2" in result.stdout, result.stdout

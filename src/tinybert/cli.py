@@ -162,7 +162,7 @@ def run_command(command: str, arguments, flags: dict) -> None:
     if ReferenceFlags in flags:
         _apply_reference_flags(arguments, flags[ReferenceFlags])
     if command == "distill" and flags[PlanFlags].plan:
-        labels = scan_labels(arguments.train, arguments.data_options)
+        labels = scan_labels(arguments.train, arguments.data_options, require_labels=False)
         print(plan(arguments.teacher, arguments.student, labels, arguments.config).describe())
     elif command in ("finetune", "distill"):
         _print_summary(arguments.run(), arguments.output)

@@ -34,13 +34,15 @@ class DataOptions:
         return open_task_file(path, text_column=self.text_column, pair_column=self.pair_column,
                               label_column=self.label_column, require_labels=require_labels, read_labels=read_labels)
 
-    def labels(self, path) -> "TaskLabels":
-        """The distinct labels of a file (of its first ``max_examples`` rows), read streaming."""
-        _, rows = self.open(path)
+    def labels(self, path, require_labels: bool = True) -> "TaskLabels":
+        """The distinct labels of a file (of its first ``max_examples`` rows), read streaming; rows
+        without one add none."""
+        _, rows = self.open(path, require_labels=require_labels)
         examples = (row.example for row in rows if row.example is not None)
         labels: dict[str, int] = {}
         for example in itertools.islice(examples, self.max_examples):
-            labels.setdefault(example.label, example.line)
+            if example.label is not None:
+                labels.setdefault(example.label, example.line)
         return TaskLabels(str(path), labels)
 
 

@@ -86,8 +86,9 @@ def label_space_of_data(kind: str, data) -> LabelSpace:
     return LabelSpace.infer(data)
 
 
-def scan_labels(path, options: DataOptions, kind: str | None = None) -> TaskLabels:
-    """The labels of a file read without tokenising it (for a plan or a check of --num_labels)."""
+def scan_labels(path, options: DataOptions, kind: str | None = None, require_labels: bool = True) -> TaskLabels:
+    """The labels of a file read without tokenising it (for a plan or a check of --num_labels);
+    ``require_labels=False`` for distillation's training files, which may have none."""
     kind = kind or detect_task(path, options)
     if kind == "token":
         tags: dict[str, int] = {}
@@ -98,4 +99,4 @@ def scan_labels(path, options: DataOptions, kind: str | None = None) -> TaskLabe
     if kind == "qa":
         read_questions(path)
         return TaskLabels(str(path), {})
-    return options.labels(path)
+    return options.labels(path, require_labels)
