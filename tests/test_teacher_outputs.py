@@ -64,11 +64,23 @@ def _stage2(teacher, train, output, *, cached=True, max_length=48, cache=None, s
 
 
 @pytest.mark.parametrize("task", ["sequence", "token", "qa"])
-def test_stage_2_from_the_cache_trains_the_student_running_the_teacher_would(tmp_path, real_tokenizer, task):
+def test_stage_2_from_the_cache_trains_the_student_running_the_teacher_would(tmp_path, real_tokenizer, task,
+                                                                              monkeypatch):
     space = {"sequence": SENTIMENT, "token": LabelSpace.of_tags(TAGS), "qa": LabelSpace("qa", [])}[task]
     teacher, train = _teacher(tmp_path / "teacher", real_tokenizer, space), _data(tmp_path, task)
+    teacher_passes = []  # forward calls without gradients: the frozen teacher's (no dev set is evaluated)
+    forward = MODELS[task].forward
+
+    def counted(self, *args, **kwargs):
+        if not torch.is_grad_enabled():
+            teacher_passes.append(len(kwargs.get("input_ids", args[0] if args else ())))
+        return forward(self, *args, **kwargs)
+    monkeypatch.setattr(MODELS[task], "forward", counted)
     _stage2(teacher, train, tmp_path / "live", cached=False)
+    live_passes, teacher_passes[:] = list(teacher_passes), []
     _stage2(teacher, train, tmp_path / "cached")
+    assert len(live_passes) >= 6  # the teacher at every step of two epochs
+    assert sum(teacher_passes) == sum(live_passes) // 2  # once over the rows, to fill the cache, then never
     assert not _caches(tmp_path / "live" / "token_cache")
     assert len(_caches(tmp_path / "cached" / "token_cache")) == 1
     live, cached = load_file(tmp_path / "live" / "model.safetensors"), load_file(tmp_path / "cached" / "model.safetensors")
@@ -115,7 +127,7 @@ def test_two_processes_share_the_pass_and_gather_the_outputs_one_process_compute
                           capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]
     (one,), (two,) = _caches(tmp_path / "one-cache"), _caches(tmp_path / "two-cache")
-    assert not [path for path in (tmp_path / "two-cache").iterdir() if ".share-" in path.name]  # shares removed
+    assert not [path for path in (tmp_path / "two-cache").iterdir() if ".shares-" in path.name]  # shares removed
     single = np.fromfile(one / "outputs.f32", dtype=np.float32)
     gathered = np.fromfile(two / "outputs.f32", dtype=np.float32)
     # each example's logits where they belong: rows differ from each other far more than the tolerance
