@@ -222,20 +222,30 @@ def test_tagging_and_question_answering_teachers_of_other_families(tmp_path, fam
                         show_progress=False) > 0
 
 
+@pytest.mark.parametrize("command", ["distill", "general", "pipeline"])
 def test_an_unsupported_family_is_one_message_before_any_training(tmp_path, real_tokenizer, sentiment_rows,
-                                                                  tinybert_cli):
+                                                                  tinybert_cli, command):
+    import yaml
+    from transformers import AlbertConfig, AlbertForSequenceClassification
     teacher = tmp_path / "albert"
     torch.manual_seed(0)
-    from transformers import AlbertConfig, AlbertForSequenceClassification
     AlbertForSequenceClassification(AlbertConfig(vocab_size=30522, embedding_size=16, hidden_size=32,
                                                  num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
                                                  **SENTIMENT.config_fields())).save_pretrained(teacher)
     real_tokenizer.save_pretrained(teacher)
-    done = tinybert_cli("distill", "--stage", "intermediate", "--teacher", teacher, "--init-from-teacher",
-                        "--train", sentiment_rows, "--output", tmp_path / "out", "--max-length", "32")
+    output = tmp_path / "out"
+    arguments = {
+        "distill": ["--stage", "intermediate", "--teacher", teacher, "--init-from-teacher", "--train", sentiment_rows,
+                    "--output", output, "--max-length", "32"],
+        "general": ["--teacher", teacher, "--corpus", sentiment_rows, "--output", output, "--max-length", "32"],
+        # the pipeline would fine-tune the teacher first: it stops before that
+        "pipeline": [write(tmp_path / "pipeline.yaml", yaml.safe_dump({
+            "run_dir": str(output), "data": {"train": str(sentiment_rows), "dev": str(sentiment_rows)},
+            "finetune": {"model": str(teacher), "epochs": 1}, "augment": {"run": False}}))]}[command]
+    done = tinybert_cli(command, *arguments)
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert "the 'albert' encoder family is not supported" in done.stderr
-    assert not (tmp_path / "out" / "train_log.jsonl").exists()
+    assert not output.exists() or not [path for path in output.rglob("*") if path.is_file()]  # nothing read or written
 
 
 def test_the_pipeline_runs_a_deberta_teacher_end_to_end(tmp_path, real_tokenizer, sentiment_rows, tinybert_cli):

@@ -39,7 +39,15 @@ VECTOR_FILES = {"random bytes": RANDOM_BYTES, "empty": b"", "ragged": b"cat 0.1 
                 "words only": b"cat dog\nmouse horse\n", "not numbers": b"cat 0.1 x 0.3\ndog 0.1 0.2 0.3\n"}
 CONFIGS = {"random bytes": RANDOM_BYTES, "a list": b"- a\n- b\n", "unknown section": b"finetuning:\n  epochs: 1\n",
            "bad YAML": b"finetune:\n  epochs: [\n", "wrong type": b"finetune:\n  epochs: many\n",
-           "no training data": b"run_dir: RUN\n"}
+           "no training data": b"run_dir: RUN\n",
+           "no student layers": b"run_dir: RUN\nintermediate:\n  layers: 0\n",
+           "negative relation heads": b"run_dir: RUN\nintermediate:\n  relation_heads: -4\n"}
+STUDENT_SIZES = {"a list": b"[4, 312]", "a number": b"5", "no layers": b'{"num_hidden_layers": 0}',
+                 "a size in words": b'{"hidden_size": "312"}',
+                 "heads not dividing the width": b'{"hidden_size": 30, "num_attention_heads": 4}'}
+DISTILL_FLAGS = {"--layers 0": ["--layers", "0"], "--layers -2": ["--layers", "-2", "--init-from-teacher"],
+                 "--relation-heads 0": ["--attention-loss", "relations", "--relation-heads", "0"],
+                 "--relation-heads -4": ["--attention-loss", "relations", "--relation-heads", "-4"]}
 
 
 @pytest.fixture(scope="module")
@@ -119,6 +127,24 @@ def test_hostile_word_vector_files(tmp_path, capsys, name):
 def test_hostile_pipeline_configs(tmp_path, capsys, name):
     path = _file(tmp_path, name, CONFIGS[name].replace(b"RUN", str(tmp_path / "out").encode()), ".yaml")
     _fails_cleanly(capsys, ["pipeline", path], path, tmp_path / "out")
+
+
+@pytest.mark.parametrize("name", list(STUDENT_SIZES))
+def test_hostile_student_sizes(tmp_path, capsys, classifier, name):
+    sizes = _file(tmp_path, name, STUDENT_SIZES[name], ".json")
+    data = write(tmp_path / "in.tsv", "sentence\tlabel\na good film\t1\n")
+    _fails_cleanly(capsys, ["distill", "--teacher", classifier, "--student", sizes, "--train", data,
+                            "--output", tmp_path / "out"], sizes, tmp_path / "out")
+
+
+@pytest.mark.parametrize("name", list(DISTILL_FLAGS))
+def test_counts_below_one_are_refused_before_anything_is_read(tmp_path, capsys, classifier, name):
+    data = write(tmp_path / "in.tsv", "sentence\tlabel\na good film\t1\n")
+    code = main(["distill", "--teacher", str(classifier), "--student", "tinybert-4l-312", "--train", str(data),
+                 "--output", str(tmp_path / "out"), *DISTILL_FLAGS[name]])
+    error = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in error and error.startswith(f"error: {name} is no "), error[-2000:]
+    assert not (tmp_path / "out").exists()
 
 
 def test_labels_unseen_in_training_are_named_with_their_line(tmp_path, capsys, classifier):

@@ -22,6 +22,7 @@ from accelerate.tracking import LOGGER_TYPE_TO_CLASS, get_available_trackers
 from tqdm.auto import tqdm
 
 from .errors import InputError
+from .settings import flag_of
 
 logger = logging.getLogger(__name__)
 
@@ -52,11 +53,7 @@ def trackers(report_to: list[str], setting: str = "--report-to") -> list[str]:
     return names
 
 
-def _flag(key: str) -> str:
-    return "--" + key.replace("_", "-")
-
-
-def check_training(config, name: Callable[[str], str] = _flag) -> list[str]:
+def check_training(config, name: Callable[[str], str] = flag_of) -> list[str]:
     """Refuses what a ``TrainingConfig`` asks of reporting and stopping that no run can do, before
     anything is read or written; returns the trackers to log to. ``name(key)``: how a message names
     a setting (a flag; a pipeline's section.key)."""

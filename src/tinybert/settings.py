@@ -43,6 +43,11 @@ def option(default=None, help: str = "", *, flags: tuple[str, ...] = (), key: st
     return dataclasses.field(default=default, metadata=metadata)
 
 
+def flag_of(key: str) -> str:
+    """The command-line flag of a setting's key: ``relation_heads`` → ``--relation-heads``."""
+    return "--" + key.replace("_", "-")
+
+
 def group(title: str, default_factory=None):
     """A field holding a nested dataclass of settings (listed under ``title`` in --help);
     without ``default_factory`` it defaults to None (the function taking it fills it in)."""
@@ -243,7 +248,7 @@ def add_arguments(parser: argparse.ArgumentParser, cls, defaults, cases: str | N
         if setting.positional:
             target.add_argument(setting.key, **options)
         else:
-            flags = [f"--{setting.key.replace('_', '-')}", *setting.flags]
+            flags = [flag_of(setting.key), *setting.flags]
             target.add_argument(*dict.fromkeys(flags), dest=setting.key, default=argparse.SUPPRESS,
                                 required=setting.required, **options)
         added.append(setting)
@@ -294,7 +299,7 @@ def command_line(command: str, instance, defaults, always: tuple[str, ...] = ())
         if setting.positional:
             words += values
         elif setting.repeat:
-            words += [part for item in values for part in (f"--{setting.key.replace('_', '-')}", item)]
+            words += [part for item in values for part in (flag_of(setting.key), item)]
         else:
             words += [f"--{setting.key.replace('_', '-')}", *values]
     return shlex.join(words)

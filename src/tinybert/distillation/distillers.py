@@ -29,7 +29,7 @@ from .teacher_outputs import OUTPUTS_KEY
 from .losses import (attention_loss, gold_label_loss, hidden_loss, prediction_loss, relation_loss,
                      span_soft_cross_entropy, token_gold_label_loss, token_soft_cross_entropy)
 from ..models.files import PROJECTIONS_FILE
-from ..settings import option
+from ..settings import flag_of, option
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +44,15 @@ class IntermediateLosses:
     attention: float = option(1.0, "weight of the attention loss", key="attention_weight")
     hidden: float = option(1.0, "weight of the hidden-state loss", key="hidden_weight")
     embedding: float = option(1.0, "weight of the embedding loss (0 leaves it out)", key="embedding_weight")
+
+
+def check_losses(losses: IntermediateLosses, name=flag_of) -> None:
+    """Refuses, before any data is read, loss settings no run can use (``name(key)``: how a
+    message names a setting)."""
+    if losses.relation_heads is not None and losses.relation_heads < 1:
+        raise InputError(f"{name('relation_heads')} {losses.relation_heads} is no number of relation heads",
+                         fix="give 1 or more dividing both models' attention widths, or leave it out (the "
+                             "teacher's head count)")
 
 
 class _TeacherAndStudent(torch.nn.Module):

@@ -14,11 +14,11 @@ from transformers import AutoModel
 
 from ..data import train_loader
 from ..data.corpus import build_corpus_cache
-from .distillers import IntermediateDistiller, IntermediateLosses
+from .distillers import IntermediateDistiller, IntermediateLosses, check_losses
 from ..models.loading import check_model_dir, load_tokenizer, save_model_dir
 from ..models.record import model_record, recipe_step
 from ..settings import command_line, group, option, values_of
-from ..models.students import build_student, choose_layer_map
+from ..models.students import build_student, check_family, check_layers, check_student_sizes, choose_layer_map
 from ..training import (STATE_FILE, TrainingConfig, frozen_teacher, is_complete, main_process_first,
                         make_accelerator, run_training, shapes_of_run)
 
@@ -63,6 +63,10 @@ def general_distill(teacher_dir: str | os.PathLike, corpus: list[str | os.PathLi
     written to ``output_dir`` (a bare encoder, projections beside it). Re-running the same call
     resumes from the last checkpoint."""
     config = config or GeneralConfig()
+    check_layers(config.layers)
+    check_losses(config.losses)
+    check_family(teacher_dir)
+    check_student_sizes(student)
     output_dir = Path(output_dir)
     if is_complete(output_dir):
         logger.info("%s is already complete; delete it to train again", output_dir)

@@ -17,7 +17,7 @@ from ..data import DataOptions, LabelSpace, train_loader
 from ..data.tasks import detect_task, task_data, train_and_dev
 from ..data.cache import CACHE_DIR, data_fingerprints
 from ..data.features import Joined
-from .distillers import IntermediateDistiller, IntermediateLosses, PredictionDistiller
+from .distillers import IntermediateDistiller, IntermediateLosses, PredictionDistiller, check_losses
 from .teacher_outputs import WithTeacherOutputs, teacher_outputs
 from ..errors import InputError
 from ..evaluation.metrics import selection_metric
@@ -25,7 +25,8 @@ from ..models.loading import (check_model_dir, count_parameters, describe, label
                               load_tokenizer, save_model_dir)
 from ..models.record import model_record, read_record, reading_settings, recipe_step
 from ..settings import command_line, group, option, values_of
-from ..models.students import build_student, choose_layer_map, non_embedding_parameters
+from ..models.students import (build_student, check_family, check_layers, check_student_sizes, choose_layer_map,
+                               non_embedding_parameters)
 from ..training import (STATE_FILE, TaskFiles, TrainingConfig, frozen_teacher, is_complete,
                         main_process_first, make_accelerator, run_training, shapes_of_run)
 
@@ -156,7 +157,22 @@ def build_initial_student(teacher_dir, student, train_data, config: DistillConfi
     return _prepare(teacher_dir, student, train_data, config)[2]
 
 
+def _check_settings(teacher_dir, student: str, config: DistillConfig) -> None:
+    """What no run can do, refused before any data is read or model built."""
+    if config.stage not in STAGES:
+        raise InputError(f"unknown stage {config.stage!r}", fix="use --stage intermediate or --stage prediction")
+    if not 0 <= config.hard_label_weight <= 1:
+        raise InputError(f"--hard-label-weight {config.hard_label_weight} is not a weight between 0 and 1",
+                         fix="give α from 0 (the teacher alone) to 1 (the gold labels alone)")
+    check_layers(config.layers)
+    check_losses(config.losses)
+    check_family(teacher_dir)
+    if not config.init_from_teacher:
+        check_student_sizes(student)
+
+
 def plan(teacher_dir, student, train_data, config: DistillConfig) -> Plan:
+    _check_settings(teacher_dir, student, config)
     _, teacher, student_model, layer_map = _prepare(teacher_dir, student, train_data, config)
     width_s, width_t = student_model.config.hidden_size, teacher.config.hidden_size
     projections = {"W_h (hidden)": [width_s, width_t]}
@@ -221,11 +237,7 @@ def distill(teacher_dir: str | os.PathLike, student: str, train_path: str | os.P
     without theirs. The dev set needs its labels.
     """
     config = config or DistillConfig()
-    if config.stage not in STAGES:
-        raise InputError(f"unknown stage {config.stage!r}", fix="use --stage intermediate or --stage prediction")
-    if not 0 <= config.hard_label_weight <= 1:
-        raise InputError(f"--hard-label-weight {config.hard_label_weight} is not a weight between 0 and 1",
-                         fix="give α from 0 (the teacher alone) to 1 (the gold labels alone)")
+    _check_settings(teacher_dir, student, config)
     output_dir = Path(output_dir)
     if is_complete(output_dir):
         logger.info("%s is already complete; delete it to distil again", output_dir)

@@ -13,6 +13,7 @@ from ..data import LabelSpace
 from ..errors import InputError
 from .families import config_name, config_value, family_of, layers_prefix
 from .loading import TASK_MODELS, check_model_dir, count_parameters, load_classifier
+from ..settings import flag_of
 
 logger = logging.getLogger(__name__)
 
@@ -87,6 +88,24 @@ def _new_model(config, label_space: LabelSpace | None):
     return factory.from_config(config)
 
 
+def check_family(model_dir, option: str = "--teacher") -> None:
+    """Refuses a model whose family tinybert cannot distil, before any data is read or model trained."""
+    family_of(AutoConfig.from_pretrained(check_model_dir(model_dir, option)))
+
+
+def check_student_sizes(student: str) -> None:
+    """Refuses a student given as a JSON file of sizes that are not sizes, before any data is read."""
+    if str(student).endswith(".json") and student not in STUDENT_PRESETS:
+        _read_shape(student)
+
+
+def check_layers(layers: int | None, name=flag_of) -> None:
+    """Refuses a student layer count below 1 (0 would silently mean the teacher's). ``name(key)``:
+    how a message names a setting (a flag; a pipeline's section.key)."""
+    if layers is not None and layers < 1:
+        raise InputError(f"{name('layers')} {layers} is no layer count", fix="give 1 or more, or leave it out")
+
+
 def build_student(student: str, teacher, label_space: LabelSpace | None, *, layers: int | None = None,
                   init_from_teacher: bool = False, layer_map: str | list[int] | None = None):
     """A student classifier (a bare encoder when ``label_space`` is None): a preset name, a JSON
@@ -143,10 +162,22 @@ def _read_shape(path: str) -> dict:
     except json.JSONDecodeError as error:
         raise InputError(f"not valid JSON ({error.msg})", path=path, line=error.lineno,
                          fix="write the sizes as a JSON object") from None
+    example = '{"num_hidden_layers": 4, "hidden_size": 312, "intermediate_size": 1200, "num_attention_heads": 12}'
+    if not isinstance(shape, dict):
+        raise InputError("the student's sizes are not a JSON object", path=path, fix=f"write them as {example}")
     unknown = set(shape) - set(_SHAPE_FIELDS)
-    if not isinstance(shape, dict) or unknown:
+    if unknown:
         raise InputError(f"unknown student size field(s): {', '.join(sorted(unknown))}", path=path,
                          fix=f"use only {', '.join(_SHAPE_FIELDS)}")
+    wrong = [name for name, value in shape.items()
+             if isinstance(value, bool) or not isinstance(value, int) or value < 1]
+    if wrong:
+        raise InputError(f"{', '.join(wrong)} must be whole numbers of 1 or more", path=path,
+                         fix=f"write them as {example}")
+    width, heads = shape.get("hidden_size"), shape.get("num_attention_heads")
+    if width and heads and width % heads:
+        raise InputError(f"{heads} attention heads do not divide the hidden size {width}", path=path,
+                         fix="choose a head count that divides hidden_size (e.g. 312 with 12 heads)")
     return shape
 
 

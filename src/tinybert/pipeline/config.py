@@ -16,10 +16,12 @@ import yaml
 
 from ..augment import AugmentArguments
 from ..data import DataOptions
+from ..distillation.distillers import check_losses
 from ..distillation.task import DistillArguments, DistillConfig
 from ..errors import InputError
 from ..evaluation.measure import EvaluateArguments
 from ..inference.export import ExportArguments
+from ..models.students import check_layers
 from ..monitoring import check_training
 from ..finetune import FinetuneArguments
 from ..distillation.general import GeneralArguments
@@ -166,8 +168,8 @@ SHARES_WITH = {"prediction": "intermediate", "baseline": "finetune"}
 
 
 def check_training_sections(config: Config) -> None:
-    """Every training stage the run will reach checks its settings (trackers installed, ...) now,
-    not when it reaches them, perhaps hours in."""
+    """Every training stage the run will reach checks its settings (trackers installed, layer and
+    relation-head counts, ...) now, not when it reaches them, perhaps hours in."""
     values, sections = config.values, config.sections
     training = {"intermediate": sections["intermediate"].config.training,
                 "prediction": config.prediction_section().config.training}
@@ -177,11 +179,19 @@ def check_training_sections(config: Config) -> None:
         training["finetune"] = sections["finetune"].arguments.config.training
     if values["baseline"]["run"]:
         training["baseline"] = config.baseline_section().arguments.config.training
-    for section, settings in training.items():
+    checks = [(section, lambda named, settings=settings: check_training(settings, named))
+              for section, settings in training.items()]
+    distilling = {"intermediate": sections["intermediate"].config}
+    if "general" in training:
+        distilling["general"] = sections["general"].arguments.config
+    for section, settings in distilling.items():
+        checks += [(section, lambda named, settings=settings: check_layers(settings.layers, named)),
+                   (section, lambda named, settings=settings: check_losses(settings.losses, named))]
+    for section, check in checks:
         def named(key, section=section):  # where it was given: stage 2's value may be stage 1's
             return f"{section if (section, key) in config.origins else SHARES_WITH.get(section, section)}.{key}"
         try:
-            check_training(settings, named)
+            check(named)
         except InputError as error:  # its message starts with the setting's section.key: say where that was given
             setting = tuple(error.problem.split(" ", 1)[0].split(".", 1))
             raise InputError(error.problem, path=config.origins.get(setting, config.path), fix=error.fix) from None

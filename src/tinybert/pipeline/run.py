@@ -24,6 +24,7 @@ from ..inference.export import export_onnx
 from ..models.card import write_card
 from ..models.loading import digest_model_dir, load_tokenizer, save_model_dir
 from ..models.record import read_record
+from ..models.students import check_family
 from ..training import RESUME_NEUTRAL, STATE_FILE
 from .config import STUDENT_SHAPE, Config, check_training_sections
 
@@ -155,6 +156,12 @@ def run_pipeline(config: Config) -> dict:
     # Every stage's fingerprint holds the content of what it reads (the digest of a model
     # directory, a file, or the fingerprint of the stage that made it), never a path alone.
     finetune, general, intermediate = run.settings("finetune"), run.settings("general"), run.settings("intermediate")
+    # a teacher of a family tinybert cannot distil stops the run now, not once it is fine-tuned
+    teachers = [finetune["teacher_dir"] or finetune["model"]]
+    if general["run"] and not general["student_dir"]:
+        teachers.append(general["teacher"])
+    for teacher in filter(None, teachers):
+        check_family(teacher)
     student_start = general["student_dir"] or intermediate["student"]
     student_identity = content_of(student_start)
     if general["run"] and not general["student_dir"]:
