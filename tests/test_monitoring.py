@@ -9,6 +9,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from transformers import BertForSequenceClassification
 
 from conftest import tiny_bert_config, write
+from tinybert import monitoring
 
 LABELS = {"num_labels": 2, "id2label": {0: "neg", 1: "pos"}, "label2id": {"neg": 0, "pos": 1}}
 SHAPE = {"num_hidden_layers": 2, "hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 4}
@@ -150,3 +151,9 @@ def test_a_negative_patience_is_one_message_before_training(tmp_path, tiny_model
                           tmp_path / "out", "--patience", "-1")
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "--patience -1 is no number of evaluations" in result.stderr and not (tmp_path / "out").exists()
+
+
+def test_all_trackers_are_those_that_keep_the_run_on_this_machine(monkeypatch):
+    monkeypatch.setattr(monitoring, "get_available_trackers", lambda: ["tensorboard", "comet_ml", "clearml", "mlflow"])
+    assert monitoring.trackers(["all"]) == ["tensorboard", "mlflow"]
+    assert monitoring.trackers(["comet_ml"]) == ["comet_ml"]  # named: the user's choice

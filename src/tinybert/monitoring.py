@@ -30,10 +30,17 @@ logger = logging.getLogger(__name__)
 PROJECT = "tinybert"
 
 
+# trackers that keep a run on this machine (under the output directory, W&B offline, trackio's local
+# store); the others (Comet, ClearML, SwanLab) send it to their service unless their own settings
+# say otherwise, so only naming them reports there
+LOCAL_TRACKERS = ("tensorboard", "mlflow", "wandb", "aim", "dvclive", "trackio")
+
+
 def trackers(report_to: list[str], setting: str = "--report-to") -> list[str]:
-    """The trackers ``--report-to`` names (``all``: every one installed; ``none`` or nothing: none).
-    A name accelerate does not know, or one whose package is missing, is an error before training
-    (``setting``: how the message names the setting, e.g. a pipeline's ``prediction.report_to``)."""
+    """The trackers ``--report-to`` names (``all``: every one installed that keeps the run on this
+    machine; ``none`` or nothing: none). A name accelerate does not know, or one whose package is
+    missing, is an error before training (``setting``: how the message names the setting, e.g. a
+    pipeline's ``prediction.report_to``)."""
     names = [name.strip().lower() for item in report_to for name in str(item).split(",")]
     names = [name for name in dict.fromkeys(names) if name and name != "none"]
     known = list(LOGGER_TYPE_TO_CLASS)
@@ -43,9 +50,14 @@ def trackers(report_to: list[str], setting: str = "--report-to") -> list[str]:
         raise InputError(f"{setting} {unknown[0]}: not a tracker accelerate supports",
                          fix=f"use one or more of {', '.join(known)}, or all, or none")
     if "all" in names:
-        if not installed:
+        local = [name for name in installed if name in LOCAL_TRACKERS]
+        if not local:
             logger.warning("%s all: no tracker is installed, so nothing is tracked (pip install tensorboard)", setting)
-        return installed
+        left_out = [name for name in installed if name not in local]
+        if left_out:
+            logger.info("%s all leaves out %s, which report to a service: name them to use them", setting,
+                        ", ".join(left_out))
+        return local
     missing = [name for name in names if name not in installed]
     if missing:
         raise InputError(f"{setting} {missing[0]} needs the {missing[0]} package, which is not installed",
@@ -83,6 +95,8 @@ def _offline(names: list[str], output_dir: Path, resumed_step: int) -> dict:
             import mlflow
             mlflow.set_tracking_uri(store.as_uri())
         options["mlflow"] = {"logging_dir": str(store), "run_name": output_dir.name}
+    if "dvclive" in names:
+        options["dvclive"] = {"dir": str(output_dir / "dvclive")}
     if "wandb" in names:
         options["wandb"] = {"dir": str(output_dir), "name": output_dir.name,
                             "mode": os.environ.get("WANDB_MODE", "offline")}
