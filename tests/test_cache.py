@@ -226,3 +226,22 @@ def test_a_staged_directory_is_readable_as_any_other_and_spares_the_users_folder
     assert (target / "weights.bin").read_bytes() == b"x"
     assert target.stat().st_mode & 0o777 == 0o755
     assert (tmp_path / "clean.old-2024").is_dir()
+
+
+def test_a_reader_whose_cache_another_run_rebuilt_stops_instead_of_reading_its_rows(tmp_path, real_tokenizer):
+    path = write(tmp_path / "train.tsv", ROWS)
+    reader = _cache(path, real_tokenizer, tmp_path)  # opens its files at its first row (in each loader worker)
+    path.write_text(ROWS.replace("fine", "great"))  # edited, and read by another run: rebuilt where it was
+    other = _cache(path, real_tokenizer, tmp_path)
+    assert other.directory == reader.directory
+    with pytest.raises(InputError, match="rebuilt by another run from other inputs"):
+        reader[0]
+    old = _cache(write(tmp_path / "old.tsv", ROWS), real_tokenizer, tmp_path)
+    assert other[1]["input_ids"] != old[1]["input_ids"]  # what the reader would have read as its row: the new text
+
+
+def test_files_read_with_and_without_skipping_bad_lines_get_caches_of_their_own(tmp_path, real_tokenizer):
+    path = write(tmp_path / "train.tsv", ROWS)
+    strict, lenient = _cache(path, real_tokenizer, tmp_path), _cache(path, real_tokenizer, tmp_path, skip_bad_lines=True)
+    assert strict.directory != lenient.directory
+    assert strict[0] == lenient[0]  # both still readable: neither replaced the other

@@ -31,11 +31,10 @@ from .formats import report_bad_lines
 from .options import DataOptions, TaskLabels, count_lines
 from .labels import LabelSpace, origin_of
 from .batching import IGNORED_LABEL, TextEncoder, warn_truncated
-from .features import FeatureFile, FeatureWriter
+from .features import META_FILE, FeatureFile, FeatureWriter, rebuilt_elsewhere
 
 logger = logging.getLogger(__name__)
 
-META_FILE = "meta.json"
 CACHE_DIR = "token_cache"  # inside a stage's output directory, unless --cache-dir says otherwise
 VERSION = 4
 _CHUNK_ROWS = 2048
@@ -46,9 +45,8 @@ class TokenCache(FeatureFile):
     """The cached examples of a text-classification file, as features for the collator;
     ``labelled`` and ``first`` give views with labels encoded for a model, or the first N only."""
 
-    def __init__(self, directory: str | os.PathLike):
-        directory = Path(directory)
-        super().__init__(directory, read_json(directory / META_FILE))
+    def __init__(self, directory: str | os.PathLike, meta: dict):
+        super().__init__(Path(directory), meta)
         self.path = self.meta["source"]
         self.has_pairs = self.meta["pairs"]
         self._label_values: list | None = None
@@ -87,11 +85,17 @@ def data_fingerprints(train: TokenCache, dev: TokenCache | None) -> dict:
             "eval": dev.meta["fingerprint"] if dev is not None else None}
 
 
-def cached_features(path: Path, inputs: dict, directory: Path, build) -> None:
+def cached_features(path: Path, inputs: dict, directory: Path, build) -> dict:
     """Makes ``directory`` with ``build(staging) -> meta`` unless it holds an intact cache made
-    from ``inputs`` (stamped in its meta.json, written last); one process builds, others wait."""
-    if build_directory(directory, META_FILE, inputs, build):
-        logger.info("%s: %d examples tokenised into %s", path, read_json(directory / META_FILE)["examples"], directory)
+    from ``inputs`` (stamped in its meta.json, written last); one process builds, others wait.
+    Returns the meta, of the cache made from ``inputs`` (not one another run has put there since)."""
+    built = build_directory(directory, META_FILE, inputs, build)
+    meta = read_json(directory / META_FILE)
+    if meta.get("fingerprint") != digest(inputs):
+        raise rebuilt_elsewhere(directory)
+    if built:
+        logger.info("%s: %d examples tokenised into %s", path, meta["examples"], directory)
+    return meta
 
 
 def cache_directory(path: Path, kind: str, tokenizer, max_length: int, options: DataOptions,
@@ -104,7 +108,8 @@ def cache_directory(path: Path, kind: str, tokenizer, max_length: int, options: 
     columns = [options.text_column, options.pair_column, options.label_column]
     inputs = {"file": digest_file(path), "tokenizer": tokenizer_digest(tokenizer), "max_length": max_length,
               "columns": columns, "skip_bad_lines": options.skip_bad_lines, "kind": kind, "version": VERSION, **more}
-    named_by = [str(path.resolve()), kind, inputs["tokenizer"], max_length, columns] + ([more] if more else [])
+    named_by = [str(path.resolve()), kind, inputs["tokenizer"], max_length, columns, options.skip_bad_lines] + \
+        ([more] if more else [])
     name = f"{path.stem}-{digest(named_by)[:12]}"
     return Path(options.cache_dir or default_dir or cache_root() / "tokens") / name, inputs
 
@@ -118,9 +123,9 @@ def task_cache(path: str | os.PathLike, tokenizer, max_length: int, options: Dat
     required, optional or ignored (see ``labels.py``)."""
     path = Path(path)
     directory, inputs = cache_directory(path, "sequence", tokenizer, max_length, options, default_dir, labels=labels)
-    cached_features(path, inputs, directory,
-                    lambda staging: _build(path, tokenizer, max_length, options, staging, show_progress, labels))
-    cache = TokenCache(directory)
+    meta = cached_features(path, inputs, directory,
+                           lambda staging: _build(path, tokenizer, max_length, options, staging, show_progress, labels))
+    cache = TokenCache(directory, meta)
     # what the build said, said again on every use of the cache
     if cache.meta["skipped"]:
         report_bad_lines(str(path), cache.meta["skipped_lines"], True, total=cache.meta["skipped"])

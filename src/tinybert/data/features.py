@@ -18,6 +18,10 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from .labels import ORIGINS
+from ..artifacts import read_json
+from ..errors import InputError
+
+META_FILE = "meta.json"  # a cache's stamp and description, written last
 
 
 class FeatureWriter:
@@ -56,6 +60,14 @@ class FeatureWriter:
                 "example_columns": {k: v.str for k, v in self.example_columns.items()}}
 
 
+def rebuilt_elsewhere(directory: Path) -> InputError:
+    """The error of a cache that another run rebuilt from other inputs (the same file path, edited,
+    or read otherwise) while this run was using it."""
+    return InputError("this cache was rebuilt by another run from other inputs (its data file changed, or is "
+                      "read with other settings) while this run used it", path=directory,
+                      fix="run again; give runs that read a file being edited their own --cache-dir")
+
+
 class FeatureFile(Dataset):
     """Reads the examples a ``FeatureWriter`` wrote: ``row(i)`` is a dict of lists (token
     columns) and numbers (example columns); ``lengths`` is in memory (1–2 bytes an example)."""
@@ -75,7 +87,13 @@ class FeatureFile(Dataset):
     def _handles(self) -> dict[str, int]:
         if self._files is None:  # opened lazily, once per process (DataLoader workers fork)
             names = ["offsets", *self._token, *self._example]
-            self._files = {name: os.open(self.directory / f"{name}.bin", os.O_RDONLY) for name in names}
+            files = {name: os.open(self.directory / f"{name}.bin", os.O_RDONLY) for name in names}
+            # open files stay the ones opened if the folder is replaced later; until now it could have been
+            if read_json(self.directory / META_FILE).get("fingerprint") != self.meta.get("fingerprint"):
+                for handle in files.values():
+                    os.close(handle)
+                raise rebuilt_elsewhere(self.directory)
+            self._files = files
         return self._files
 
     def first(self, count: int | None):

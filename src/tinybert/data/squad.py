@@ -19,7 +19,6 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..artifacts import read_json
 from ..errors import InputError
 from .cache import cache_directory, cached_features, check_length, token_columns
 from .features import FeatureFile, FeatureWriter
@@ -228,9 +227,9 @@ def answer_cache(path: str | Path, tokenizer, max_length: int, options: DataOpti
     # questions are cut here, not when read: a cut file is a cache of its own
     directory, inputs = cache_directory(path, "qa", tokenizer, max_length, options, default_dir,
                                         doc_stride=options.doc_stride, max_examples=options.max_examples, labels=labels)
-    cached_features(path, inputs, directory, lambda staging: _build(path, tokenizer, max_length, options, staging,
-                                                                   show_progress, labels))
-    cache = AnswerCache(directory, read_json(directory / "meta.json"))
+    meta = cached_features(path, inputs, directory, lambda staging: _build(path, tokenizer, max_length, options,
+                                                                          staging, show_progress, labels))
+    cache = AnswerCache(directory, meta)
     if cache.meta["skipped"]:
         report_bad_lines(str(path), cache.meta["skipped_lines"], True, total=cache.meta["skipped"])
     return cache

@@ -19,7 +19,6 @@ from typing import Iterator
 
 import numpy as np
 
-from ..artifacts import read_json
 from ..errors import InputError
 from .batching import IGNORED_LABEL, warn_truncated
 from .cache import cache_directory, cached_features, check_length, token_columns, write_in_chunks
@@ -157,9 +156,9 @@ def tag_cache(path: str | Path, tokenizer, max_length: int, options: DataOptions
     """The token cache of a CoNLL or JSONL tagging file (see ``cache.task_cache``)."""
     path = Path(path)
     directory, inputs = cache_directory(path, "token", tokenizer, max_length, options, default_dir, labels=labels)
-    cached_features(path, inputs, directory, lambda staging: _build(path, tokenizer, max_length, options, staging,
-                                                                   show_progress, labels))
-    cache = TagCache(directory, read_json(directory / "meta.json"))
+    meta = cached_features(path, inputs, directory, lambda staging: _build(path, tokenizer, max_length, options,
+                                                                          staging, show_progress, labels))
+    cache = TagCache(directory, meta)
     if cache.meta["skipped"]:
         report_bad_lines(str(path), cache.meta["skipped_lines"], True, total=cache.meta["skipped"])
     warn_truncated(path, cache.meta["truncated"], cache.meta["examples"], max_length)
