@@ -131,6 +131,8 @@ def test_cli_finetune_then_evaluate_json(tmp_path, tiny_model_dir, tinybert_cli)
     # a local folder is no Hub model to link to: the page names it, the metadata does not
     assert card.data.base_model is None and card.data.pipeline_tag == "text-classification"
     assert f"Base model: `{tiny_model_dir}`" in card.text
+    size = (tmp_path / "m" / "model.safetensors").stat().st_size / 1e6
+    assert f"- size (MB): {size:,.1f}" in card.text  # what it weighs, beside its parameters
     command = shlex.split(card.text.split("```bash\n")[1].split("\n")[0])
     assert command[0] == "tinybert" and values_of(parse(command[1:])[1]) == values_of(parse(list(map(str, argv)))[1])
     done = tinybert_cli("evaluate", "--model", tmp_path / "m", "--data", train, "--json", tmp_path / "r.json")

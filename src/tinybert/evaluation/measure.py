@@ -6,7 +6,6 @@ import os
 import statistics
 import time
 from dataclasses import dataclass, replace
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -20,7 +19,8 @@ from ..data.tasks import task_data
 from ..data.batching import MODEL_INPUTS, PadToLongest, model_inputs
 from ..errors import InputError
 from .metrics import metrics_for
-from ..models.loading import check_model_dir, count_parameters, label_space_of, load_classifier, load_tokenizer
+from ..models.loading import (check_model_dir, count_parameters, label_space_of, load_classifier, load_tokenizer,
+                              model_size_mb)
 from ..models.record import read_record, reading_settings
 from ..settings import group, option
 
@@ -121,12 +121,6 @@ def measure_latency(model, dataset, tokenizer) -> dict:
         "latency_ms_batch1": statistics.median(run_singles() for _ in range(LATENCY_RUNS)),
         "examples_per_s_batch32": statistics.median(run_batch() for _ in range(LATENCY_RUNS)),
     }
-
-
-def model_size_mb(model_dir: str | os.PathLike) -> float:
-    """Size of the model's weight files (not of files saved beside them, such as projections)."""
-    weights = list(Path(model_dir).glob("model*.safetensors")) or list(Path(model_dir).glob("pytorch_model*.bin"))
-    return sum(path.stat().st_size for path in weights) / 1e6
 
 
 def evaluate(model_dir: str | os.PathLike, data_path: str | os.PathLike, *, max_length: int | None = None,

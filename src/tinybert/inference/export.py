@@ -20,7 +20,8 @@ from ..data.tasks import task_data
 from ..errors import InputError
 from ..evaluation.metrics import default_metric
 from ..models.files import RECORD_FILE
-from ..models.loading import check_model_dir, count_parameters, label_space_of, load_classifier, load_tokenizer
+from ..models.loading import (check_model_dir, count_parameters, label_space_of, load_classifier, load_tokenizer,
+                              model_size_mb)
 from ..models.record import read_record, reading_settings
 from ..settings import group, option
 
@@ -127,7 +128,7 @@ def export_onnx(model_dir: str | os.PathLike, output_dir: str | os.PathLike, *, 
     else:  # an earlier export's record here would describe another model
         (output_dir / RECORD_FILE).unlink(missing_ok=True)
     results = {"model": str(model_dir), "onnx": str(onnx_path), "params": count_parameters(model),
-               "pytorch_size_mb": measure.model_size_mb(model_dir),
+               "pytorch_size_mb": model_size_mb(model_dir),
                "onnx_size_mb": onnx_path.stat().st_size / 1e6}
     sample = dataset.first(PARITY_EXAMPLES)
     exported = OnnxClassifier(onnx_path)

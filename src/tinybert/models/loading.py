@@ -87,7 +87,13 @@ def save_model_dir(model, tokenizer, output_dir: str | os.PathLike, record: dict
         os.replace(item, output_dir / item.name)
     staging.rmdir()
     if record is not None:
-        write_card(output_dir, record, {"params": count_parameters(model)})
+        write_card(output_dir, record, {"params": count_parameters(model), "size_mb": model_size_mb(output_dir)})
+
+
+def model_size_mb(model_dir: str | os.PathLike) -> float:
+    """Size of the model's weight files (not of files saved beside them, such as projections)."""
+    weights = list(Path(model_dir).glob("model*.safetensors")) or list(Path(model_dir).glob("pytorch_model*.bin"))
+    return sum(path.stat().st_size for path in weights) / 1e6
 
 
 def digest_model_dir(path: str | os.PathLike) -> str:
