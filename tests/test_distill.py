@@ -225,6 +225,22 @@ def test_the_bert_attention_loss_is_the_mse_of_eager_attentions_scores(teacher_d
     assert ours.item() == pytest.approx(expected.item(), abs=1e-6)
 
 
+def test_the_bert_attention_loss_equals_the_one_before_other_families_were_supported():
+    """Pinned: the code before the encoder families (commit f70dd16, its own score capture) gave
+    0.001591339474543929 for these seeded models and batch."""
+    from tinybert.distillation.distillers import IntermediateDistiller
+    torch.manual_seed(1)
+    teacher = BertForSequenceClassification(tiny_bert_config(num_hidden_layers=4, hidden_size=64,
+                                                             intermediate_size=128, **LABELS)).eval()
+    torch.manual_seed(2)
+    student = BertForSequenceClassification(tiny_bert_config(**LABELS)).eval()
+    batch = {"input_ids": torch.tensor([[101, 2307, 2143, 1012, 102], [101, 2307, 102, 0, 0]]),
+             "attention_mask": torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])}
+    with torch.no_grad():
+        loss = IntermediateDistiller(student, teacher, [2, 4], IntermediateLosses()).eval()(batch)["att"]
+    assert loss.item() == pytest.approx(0.001591339474543929, abs=1e-6)
+
+
 def test_plan_reports_mapping_shapes_and_sizes(teacher_dir, train_file, student_shape):
     result = plan(teacher_dir, str(student_shape), read_task_file(train_file), DistillConfig())
     assert result.layer_map == [2, 4]
