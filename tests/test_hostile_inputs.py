@@ -39,12 +39,11 @@ VECTOR_FILES = {"random bytes": RANDOM_BYTES, "empty": b"", "ragged": b"cat 0.1 
                 "words only": b"cat dog\nmouse horse\n", "not numbers": b"cat 0.1 x 0.3\ndog 0.1 0.2 0.3\n"}
 CONFIGS = {"random bytes": RANDOM_BYTES, "a list": b"- a\n- b\n", "unknown section": b"finetuning:\n  epochs: 1\n",
            "bad YAML": b"finetune:\n  epochs: [\n", "wrong type": b"finetune:\n  epochs: many\n",
-           "no training data": b"run_dir: RUN\n",
-           "no student layers": b"run_dir: RUN\nintermediate:\n  layers: 0\n",
-           "negative relation heads": b"run_dir: RUN\nintermediate:\n  relation_heads: -4\n"}
+           "no training data": b"run_dir: RUN\n"}
 STUDENT_SIZES = {"a list": b"[4, 312]", "a number": b"5", "no layers": b'{"num_hidden_layers": 0}',
                  "a size in words": b'{"hidden_size": "312"}',
-                 "heads not dividing the width": b'{"hidden_size": 30, "num_attention_heads": 4}'}
+                 "heads not dividing the width": b'{"hidden_size": 30, "num_attention_heads": 4}',
+                 "heads not dividing the teacher's width": b'{"num_attention_heads": 5}'}
 DISTILL_FLAGS = {"--layers 0": ["--layers", "0"], "--layers -2": ["--layers", "-2", "--init-from-teacher"],
                  "--relation-heads 0": ["--attention-loss", "relations", "--relation-heads", "0"],
                  "--relation-heads -4": ["--attention-loss", "relations", "--relation-heads", "-4"]}
@@ -145,6 +144,18 @@ def test_counts_below_one_are_refused_before_anything_is_read(tmp_path, capsys, 
     error = capsys.readouterr().err
     assert code == 2 and "Traceback" not in error and error.startswith(f"error: {name} is no "), error[-2000:]
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("setting, message", [("layers: 0", "intermediate.layers 0 is no layer count"),
+                                              ("relation_heads: -4", "intermediate.relation_heads -4 is no number")])
+def test_a_pipeline_refuses_counts_below_one_before_its_first_stage(tmp_path, capsys, tiny_model_dir, setting, message):
+    data = write(tmp_path / "in.tsv", "sentence\tlabel\na good film\t1\na bad film\t0\n")
+    config = write(tmp_path / "run.yaml", f"run_dir: {tmp_path / 'out'}\ndata:\n  train: {data}\n  dev: {data}\n"
+                                          f"finetune:\n  model: {tiny_model_dir}\nintermediate:\n  {setting}\n")
+    code = main(["pipeline", str(config)])
+    error = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in error and f"{config}, line 8: {message}" in error, error[-2000:]
+    assert not (tmp_path / "out").exists()  # the teacher was not fine-tuned first
 
 
 def test_labels_unseen_in_training_are_named_with_their_line(tmp_path, capsys, classifier):

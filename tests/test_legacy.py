@@ -183,23 +183,26 @@ def test_forks_two_stage_command_lines_match_the_tinybert_spelling(tmp_path, voc
     assert fork_state["best"] == ours_state["best"]  # --data_dir's eval.txt was the dev set
 
 
-@pytest.mark.parametrize("output", ["here", "a file", "a folder of the user's"])
+@pytest.mark.parametrize("output", ["here", "a file", "a folder of the user's", "the input"])
 def test_convert_never_replaces_what_is_not_a_conversion(tmp_path, vocab_dir, monkeypatch, capsys, output):
     from tinybert.cli import main
     write_fork_task_output(tmp_path / "fork", names=("pytorch_model.bin",))
     shutil.copy(vocab_dir / "vocab.txt", tmp_path / "fork" / "vocab.txt")
     monkeypatch.chdir(tmp_path)
-    target = {"here": tmp_path, "a file": tmp_path / "notes.txt", "a folder of the user's": tmp_path / "mine"}[output]
+    target = {"here": tmp_path, "a file": tmp_path / "notes.txt", "a folder of the user's": tmp_path / "mine",
+              "the input": tmp_path / "fork"}[output]
     if output == "a file":
         target.write_text("keep me")
-    elif output != "here":
+    elif output == "a folder of the user's":  # a model of the user's: config.json and files of its own
         target.mkdir()
+        (target / "config.json").write_text("{}")
         (target / "keep.txt").write_text("keep me")
     code = main(["convert", "--input", str(tmp_path / "fork"), "--output", "." if output == "here" else str(target)])
     error = capsys.readouterr().err
     assert code == 2 and "Traceback" not in error and error.startswith("error: "), error
     assert (tmp_path / "fork" / "pytorch_model.bin").is_file()
-    assert output == "here" or "keep me" in (target.read_text() if target.is_file() else (target / "keep.txt").read_text())
+    if output in ("a file", "a folder of the user's"):
+        assert "keep me" in (target.read_text() if target.is_file() else (target / "keep.txt").read_text())
     convert(tmp_path / "fork", tmp_path / "clean")
     convert(tmp_path / "fork", tmp_path / "clean")  # an earlier conversion is replaced
     assert (tmp_path / "clean" / "config.json").is_file()

@@ -157,3 +157,4 @@ def test_all_trackers_are_those_that_keep_the_run_on_this_machine(monkeypatch):
     monkeypatch.setattr(monitoring, "get_available_trackers", lambda: ["tensorboard", "comet_ml", "clearml", "mlflow"])
     assert monitoring.trackers(["all"]) == ["tensorboard", "mlflow"]
     assert monitoring.trackers(["comet_ml"]) == ["comet_ml"]  # named: the user's choice
+    assert monitoring.trackers(["all", "comet_ml"]) == ["tensorboard", "comet_ml", "mlflow"]

@@ -49,20 +49,21 @@ def trackers(report_to: list[str], setting: str = "--report-to") -> list[str]:
     if unknown:
         raise InputError(f"{setting} {unknown[0]}: not a tracker accelerate supports",
                          fix=f"use one or more of {', '.join(known)}, or all, or none")
-    if "all" in names:
-        local = [name for name in installed if name in LOCAL_TRACKERS]
-        if not local:
-            logger.warning("%s all: no tracker is installed, so nothing is tracked (pip install tensorboard)", setting)
-        left_out = [name for name in installed if name not in local]
-        if left_out:
-            logger.info("%s all leaves out %s, which report to a service: name them to use them", setting,
-                        ", ".join(left_out))
-        return local
-    missing = [name for name in names if name not in installed]
+    missing = [name for name in names if name not in installed and name != "all"]
     if missing:
         raise InputError(f"{setting} {missing[0]} needs the {missing[0]} package, which is not installed",
                          fix=f"pip install {missing[0]}, or leave {missing[0]} out of {setting}")
-    return names
+    if "all" not in names:
+        return names
+    chosen = [name for name in installed if name in LOCAL_TRACKERS or name in names]
+    if not chosen:
+        logger.warning("%s all: no tracker that keeps runs on this machine is installed, so nothing is tracked "
+                       "(pip install tensorboard)", setting)
+    left_out = [name for name in installed if name not in chosen]
+    if left_out:
+        logger.info("%s all leaves out %s, which report to a service: name them to use them", setting,
+                    ", ".join(left_out))
+    return chosen
 
 
 def check_training(config, name: Callable[[str], str] = flag_of) -> list[str]:

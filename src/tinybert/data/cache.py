@@ -90,7 +90,7 @@ def cached_features(path: Path, inputs: dict, directory: Path, build) -> dict:
     from ``inputs`` (stamped in its meta.json, written last); one process builds, others wait.
     Returns the meta, of the cache made from ``inputs`` (not one another run has put there since)."""
     built = build_directory(directory, META_FILE, inputs, build)
-    meta = read_json(directory / META_FILE)
+    meta = read_json(directory / META_FILE) or {}
     if meta.get("fingerprint") != digest(inputs):
         raise rebuilt_elsewhere(directory)
     if built:

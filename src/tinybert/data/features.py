@@ -89,7 +89,7 @@ class FeatureFile(Dataset):
             names = ["offsets", *self._token, *self._example]
             files = {name: os.open(self.directory / f"{name}.bin", os.O_RDONLY) for name in names}
             # open files stay the ones opened if the folder is replaced later; until now it could have been
-            if read_json(self.directory / META_FILE).get("fingerprint") != self.meta.get("fingerprint"):
+            if (read_json(self.directory / META_FILE) or {}).get("fingerprint") != self.meta.get("fingerprint"):
                 for handle in files.values():
                     os.close(handle)
                 raise rebuilt_elsewhere(self.directory)

@@ -66,7 +66,7 @@ def general_distill(teacher_dir: str | os.PathLike, corpus: list[str | os.PathLi
     check_layers(config.layers)
     check_losses(config.losses)
     check_family(teacher_dir)
-    check_student_sizes(student)
+    check_student_sizes(student, teacher_dir)
     output_dir = Path(output_dir)
     if is_complete(output_dir):
         logger.info("%s is already complete; delete it to train again", output_dir)

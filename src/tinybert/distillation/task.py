@@ -168,7 +168,7 @@ def _check_settings(teacher_dir, student: str, config: DistillConfig) -> None:
     check_losses(config.losses)
     check_family(teacher_dir)
     if not config.init_from_teacher:
-        check_student_sizes(student)
+        check_student_sizes(student, teacher_dir)
 
 
 def plan(teacher_dir, student, train_data, config: DistillConfig) -> Plan:

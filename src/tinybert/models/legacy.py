@@ -105,20 +105,23 @@ def convert(input_dir: str | os.PathLike, output_dir: str | os.PathLike,
     _check_output(output)
     with staged_directory(output.resolve()) as staging:
         _convert_into(Path(input_dir), staging, tokenizer_from)
+        # replacing the output deletes what it holds: only what this conversion writes anew
+        foreign = sorted(item.name for item in output.iterdir() if not (staging / item.name).exists()) \
+            if output.is_dir() else []
+        if foreign:
+            raise InputError(f"the output directory holds files a conversion does not write ({', '.join(foreign[:3])}"
+                             f"{', …' if len(foreign) > 3 else ''}), which converting would delete", path=output,
+                             fix="name a new directory (or an earlier conversion's), e.g. --output converted")
     return output
 
 
 def _check_output(output: Path) -> None:
-    """The output is replaced whole: never the directory the user is in (or one above it), a file,
-    or a directory holding files that are no earlier conversion."""
+    """The output is replaced whole: never the directory the user is in (or one above it), or a file."""
     fix = "name a new directory (or an earlier conversion's), e.g. --output converted"
     if output.resolve() in (Path.cwd(), *Path.cwd().parents):
         raise InputError("converting would replace the directory you are in", path=output, fix=fix)
     if output.exists() and not output.is_dir():
         raise InputError("the output is a file, not a directory", path=output, fix=fix)
-    if output.is_dir() and any(output.iterdir()) and not (output / "config.json").is_file():
-        raise InputError("the output directory holds files of its own, which converting would delete",
-                         path=output, fix=fix)
 
 
 def _convert_into(source: Path, staging: Path, tokenizer_from) -> None:

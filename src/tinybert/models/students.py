@@ -93,10 +93,20 @@ def check_family(model_dir, option: str = "--teacher") -> None:
     family_of(AutoConfig.from_pretrained(check_model_dir(model_dir, option)))
 
 
-def check_student_sizes(student: str) -> None:
+def check_student_sizes(student: str, teacher_dir) -> None:
     """Refuses a student given as a JSON file of sizes that are not sizes, before any data is read."""
     if str(student).endswith(".json") and student not in STUDENT_PRESETS:
-        _read_shape(student)
+        _check_heads(_read_shape(student), AutoConfig.from_pretrained(check_model_dir(teacher_dir, "--teacher")),
+                     student)
+
+
+def _check_heads(shape: dict, teacher_config, student: str) -> None:
+    """The student's heads must divide its width (a size its shape leaves out is the teacher's)."""
+    width, heads = (shape.get(name, config_value(teacher_config, name))
+                    for name in ("hidden_size", "num_attention_heads"))
+    if width % heads:
+        raise InputError(f"the student's {heads} attention heads do not divide its hidden size {width}", path=student,
+                         fix="choose a head count that divides hidden_size (e.g. 312 with 12 heads)")
 
 
 def check_layers(layers: int | None, name=flag_of) -> None:
@@ -132,6 +142,7 @@ def build_student(student: str, teacher, label_space: LabelSpace | None, *, laye
         config = AutoConfig.from_pretrained(path)
         shape = {name: config_value(config, name) for name in _SHAPE_FIELDS}
     shape["num_hidden_layers"] = layers or shape.get("num_hidden_layers", teachers)
+    _check_heads(shape, teacher_config, student)
     mapping = choose_layer_map(layer_map, shape["num_hidden_layers"], teachers)
     return _new_model(student_config(teacher_config, shape, label_space, teacher_layers=mapping), label_space)
 
@@ -174,10 +185,6 @@ def _read_shape(path: str) -> dict:
     if wrong:
         raise InputError(f"{', '.join(wrong)} must be whole numbers of 1 or more", path=path,
                          fix=f"write them as {example}")
-    width, heads = shape.get("hidden_size"), shape.get("num_attention_heads")
-    if width and heads and width % heads:
-        raise InputError(f"{heads} attention heads do not divide the hidden size {width}", path=path,
-                         fix="choose a head count that divides hidden_size (e.g. 312 with 12 heads)")
     return shape
 
 

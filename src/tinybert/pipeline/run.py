@@ -157,11 +157,14 @@ def run_pipeline(config: Config) -> dict:
     # directory, a file, or the fingerprint of the stage that made it), never a path alone.
     finetune, general, intermediate = run.settings("finetune"), run.settings("general"), run.settings("intermediate")
     # a teacher of a family tinybert cannot distil stops the run now, not once it is fine-tuned
-    teachers = [finetune["teacher_dir"] or finetune["model"]]
+    teachers = [("finetune.teacher_dir", finetune["teacher_dir"]) if finetune["teacher_dir"] else
+                ("finetune.model", finetune["model"])]
     if general["run"] and not general["student_dir"]:
-        teachers.append(general["teacher"])
-    for teacher in filter(None, teachers):
-        check_family(teacher)
+        teachers.append(("general.teacher", general["teacher"]) if general["teacher"] else
+                        ("finetune.model", finetune["model"]))
+    for key, teacher in teachers:
+        if teacher:
+            check_family(teacher, key)
     student_start = general["student_dir"] or intermediate["student"]
     student_identity = content_of(student_start)
     if general["run"] and not general["student_dir"]:
