@@ -245,3 +245,18 @@ def test_files_read_with_and_without_skipping_bad_lines_get_caches_of_their_own(
     strict, lenient = _cache(path, real_tokenizer, tmp_path), _cache(path, real_tokenizer, tmp_path, skip_bad_lines=True)
     assert strict.directory != lenient.directory
     assert strict[0] == lenient[0]  # both still readable: neither replaced the other
+
+
+def test_a_cache_no_longer_used_closes_its_files(tmp_path, real_tokenizer):
+    import gc
+    path = write(tmp_path / "train.tsv", ROWS)
+    _cache(path, real_tokenizer, tmp_path)[0]  # built, then read once more below
+    gc.collect()
+    before = len(os.listdir("/proc/self/fd"))
+    for _ in range(3):  # e.g. one distillation after another in a notebook
+        cache = _cache(path, real_tokenizer, tmp_path)
+        view = cache.first(10)
+        assert view[0] == cache[0]
+        del cache, view
+    gc.collect()
+    assert len(os.listdir("/proc/self/fd")) == before

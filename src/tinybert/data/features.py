@@ -85,16 +85,18 @@ class FeatureFile(Dataset):
         return self.count
 
     def _handles(self) -> dict[str, int]:
-        if self._files is None:  # opened lazily, once per process (DataLoader workers fork)
+        """The column files' descriptors, opened lazily, once per process (DataLoader workers fork);
+        file objects own them, so they close when the last view of the cache is gone."""
+        if self._files is None:
             names = ["offsets", *self._token, *self._example]
-            files = {name: os.open(self.directory / f"{name}.bin", os.O_RDONLY) for name in names}
+            files = {name: open(self.directory / f"{name}.bin", "rb", buffering=0) for name in names}
             # open files stay the ones opened if the folder is replaced later; until now it could have been
             if (read_json(self.directory / META_FILE) or {}).get("fingerprint") != self.meta.get("fingerprint"):
                 for handle in files.values():
-                    os.close(handle)
+                    handle.close()
                 raise rebuilt_elsewhere(self.directory)
-            self._files = files
-        return self._files
+            self._files = files, {name: handle.fileno() for name, handle in files.items()}
+        return self._files[1]
 
     def first(self, count: int | None):
         """A view of the first ``count`` examples (all when None)."""
