@@ -158,3 +158,11 @@ def test_all_trackers_are_those_that_keep_the_run_on_this_machine(monkeypatch):
     assert monitoring.trackers(["all"]) == ["tensorboard", "mlflow"]
     assert monitoring.trackers(["comet_ml"]) == ["comet_ml"]  # named: the user's choice
     assert monitoring.trackers(["all", "comet_ml"]) == ["tensorboard", "comet_ml", "mlflow"]
+
+
+def test_a_last_evaluation_barely_above_the_best_is_no_sign_of_a_model_still_learning():
+    def history(*values):
+        return [{"step": step, "eval": {"f1": value}} for step, value in enumerate(values, start=1)]
+    assert monitoring.still_rising(history(0.8073, 0.8330), "f1") == (0.8073, 0.8330)
+    assert monitoring.still_rising(history(0.8517, 0.8684, 0.8692), "f1") is None  # CoNLL's teacher at epoch 8
+    assert monitoring.still_rising(history(0.30, 0.29), "f1") is None

@@ -111,12 +111,17 @@ def _hyperparameter(value):
     return ",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
 
 
+# a last evaluation this little above the best before it is noise, not a model still learning
+# (CoNLL's teacher after 8 epochs: 0.8684 → 0.8692); metrics here lie in [-1, 1]
+RISING_MARGIN = 0.002
+
+
 def still_rising(history: list[dict], metric: str) -> tuple[float, float] | None:
-    """(previous, last) dev metric when the last evaluation was the best so far, above the one
-    before it: the model was still learning when training stopped. None otherwise, or with fewer
-    than two evaluations."""
+    """(previous, last) dev metric when the last evaluation was the best so far, more than
+    ``RISING_MARGIN`` above every one before it: the model was still learning when training
+    stopped. None otherwise, or with fewer than two evaluations."""
     values = [record["eval"][metric] for record in history if metric in record.get("eval", {})]
-    if len(values) < 2 or values[-1] <= max(values[:-1]):
+    if len(values) < 2 or values[-1] <= max(values[:-1]) + RISING_MARGIN:
         return None
     return values[-2], values[-1]
 
