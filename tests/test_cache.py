@@ -260,3 +260,14 @@ def test_a_cache_no_longer_used_closes_its_files(tmp_path, real_tokenizer):
         del cache, view
     gc.collect()
     assert len(os.listdir("/proc/self/fd")) == before
+
+
+def test_caches_read_before_go_to_a_process_started_afresh(tmp_path, real_tokenizer):
+    """DataLoader workers under spawn (macOS's default) get the dataset pickled: open files stay behind."""
+    import pickle
+    path = write(tmp_path / "train.tsv", ROWS)
+    cache = _cache(path, real_tokenizer, tmp_path)
+    corpus = build_corpus_cache([path], real_tokenizer, 16, tmp_path / "corpus", show_progress=False)
+    for dataset in (cache, corpus):
+        first = dataset[0]  # opens its files here
+        assert pickle.loads(pickle.dumps(dataset))[0] == first

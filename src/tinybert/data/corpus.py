@@ -50,6 +50,10 @@ class CorpusCache(Dataset):
             self._files = (open(self.tokens_path, "rb"), open(self.offsets_path, "rb"))
         return self._files
 
+    def __getstate__(self) -> dict:
+        """Sent to a process started afresh (DataLoader workers under spawn): it opens its own files."""
+        return {**self.__dict__, "_files": None}
+
     def __getitem__(self, index: int) -> dict:
         tokens, offsets = self._handles()
         start, end = np.frombuffer(os.pread(offsets.fileno(), 16, 16 * index), dtype="<u8")

@@ -98,6 +98,10 @@ class FeatureFile(Dataset):
             self._files = files, {name: handle.fileno() for name, handle in files.items()}
         return self._files[1]
 
+    def __getstate__(self) -> dict:
+        """Sent to a process started afresh (DataLoader workers under spawn): it opens its own files."""
+        return {**self.__dict__, "_files": None}
+
     def first(self, count: int | None):
         """A view of the first ``count`` examples (all when None)."""
         view = copy.copy(self)
