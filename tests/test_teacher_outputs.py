@@ -156,3 +156,21 @@ def test_shares_of_per_token_outputs_gather_into_what_one_pass_writes(tmp_path, 
     gathered = np.fromfile(tmp_path / "gathered" / VALUES_FILE, dtype=np.float32)
     assert one.size == shape[0] * shape[1] and np.ptp(one) > 1e-3
     np.testing.assert_array_equal(gathered, one)
+
+
+def test_the_outputs_go_to_a_process_started_afresh_as_a_file_to_map_not_a_copy(tmp_path, real_tokenizer):
+    """DataLoader workers under spawn get the dataset pickled: a pickled memmap carries every value."""
+    import pickle
+    from accelerate import Accelerator
+    from tinybert.distillation.teacher_outputs import teacher_outputs
+    space = LabelSpace.of_tags(TAGS)
+    teacher_dir = _teacher(tmp_path / "teacher", real_tokenizer, space)
+    teacher = MODELS["token"].from_pretrained(teacher_dir).eval()
+    data = task_data("token", _data(tmp_path, "token"), real_tokenizer, 48, DataOptions(cache_dir=str(tmp_path / "c")),
+                     show_progress=False).labelled(space)
+    outputs = teacher_outputs(teacher, teacher_dir, data, "token", real_tokenizer, tmp_path / "c", precision="no",
+                              accelerator=Accelerator(cpu=True), show_progress=False)
+    first = outputs.of(0)
+    sent = pickle.dumps(outputs)
+    assert len(sent) < first.nbytes * len(data) // 4  # the starts, not the values
+    np.testing.assert_array_equal(pickle.loads(sent).of(0), first)

@@ -76,14 +76,21 @@ class TeacherOutputs:
                              "or data file while this one started", fix="run one of the two at a time, or give "
                              "each its own --cache-dir (or --no-teacher-cache)")
         self.per_token = _per_token(meta["task"])
-        rows = int(lengths.sum()) if self.per_token else len(lengths)
-        self.values = np.memmap(directory / VALUES_FILE, dtype=np.float32, mode="r", shape=(rows, meta["width"]))
+        self.shape = (int(lengths.sum()) if self.per_token else len(lengths), meta["width"])
         self.starts = np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)]) if self.per_token else None
+        self._values = None
+
+    def __getstate__(self) -> dict:
+        """Sent to a process started afresh (DataLoader workers under spawn): it maps the file itself
+        (a pickled memmap would carry a copy of every value)."""
+        return {**self.__dict__, "_values": None}
 
     def of(self, index: int) -> np.ndarray:
+        if self._values is None:
+            self._values = np.memmap(self.directory / VALUES_FILE, dtype=np.float32, mode="r", shape=self.shape)
         if self.per_token:
-            return np.array(self.values[self.starts[index]:self.starts[index + 1]])
-        return np.array(self.values[index])
+            return np.array(self._values[self.starts[index]:self.starts[index + 1]])
+        return np.array(self._values[index])
 
 
 class WithTeacherOutputs(torch.utils.data.Dataset):
