@@ -109,3 +109,19 @@ def test_plan_reads_a_training_file_without_labels(tmp_path, real_tokenizer, tin
                           "--output", tmp_path / "out")
     assert result.returncode == 0, result.stderr[-2000:]
     assert "layers: teacher 4, student 2" in result.stdout, result.stdout
+
+
+def test_plan_reads_the_training_file_as_the_run_does(tmp_path, real_tokenizer, tinybert_cli):
+    teacher = _teacher(tmp_path / "teacher", "token", real_tokenizer)
+    student = write(tmp_path / "student.json", json.dumps(SHAPE))
+    words = write(tmp_path / "words.txt", "".join("\n".join(s.words) + "\n\n"
+                                                  for s in read_sentences(write(tmp_path / "dev.txt", CONLL))))
+    texts = write(tmp_path / "texts.tsv", "sentence\tlabel\na warm film\tpos\na dull mess\tneg\n")
+    common = ["--teacher", teacher, "--student", student, "--output", tmp_path / "out"]
+    planned = tinybert_cli("distill", "--plan", "--train", words, *common)  # bare words: a tagger's sentences
+    assert planned.returncode == 0 and "layers: teacher 4, student 2" in planned.stdout, planned.stderr[-2000:]
+    # texts for a tagger: the plan says what the run says
+    planned, run = (tinybert_cli("distill", *flag, "--train", texts, *common) for flag in (["--plan"], []))
+    assert planned.returncode == run.returncode == 2
+    assert "the teacher was fine-tuned for a token task, the data is a sequence task" in planned.stderr
+    assert planned.stderr.splitlines()[-2:] == run.stderr.splitlines()[-2:]

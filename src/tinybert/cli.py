@@ -13,7 +13,7 @@ from pathlib import Path
 from . import __version__
 from .augment import AugmentArguments
 from .demo import DemoArguments
-from .distillation.task import DistillArguments, DistillConfig, plan
+from .distillation.task import DistillArguments, DistillConfig, plan, task_of
 from .data.tasks import detect_task, label_space_of_data, scan_labels
 from .errors import InputError
 from .evaluation.measure import EvaluateArguments, format_table
@@ -24,7 +24,7 @@ from .models.legacy import ConvertArguments
 from .pipeline import PipelineArguments, format_config
 from .pipeline.run import DATA_SUFFIXES
 from .inference.predict import PredictArguments
-from .settings import add_arguments, given_values, option, settings_of, with_values
+from .settings import add_arguments, flag_of, given_values, option, settings_of, with_values
 
 
 @dataclass
@@ -162,7 +162,9 @@ def run_command(command: str, arguments, flags: dict) -> None:
     if ReferenceFlags in flags:
         _apply_reference_flags(arguments, flags[ReferenceFlags])
     if command == "distill" and flags[PlanFlags].plan:
-        labels = scan_labels(arguments.train, arguments.data_options, require_labels=False)
+        # read as the run reads it: the teacher's task decides what a file of bare words holds
+        kind = task_of(arguments.teacher, arguments.train, arguments.data_options)
+        labels = scan_labels(arguments.train, arguments.data_options, kind, require_labels=False)
         print(plan(arguments.teacher, arguments.student, labels, arguments.config).describe())
     elif command in ("finetune", "distill"):
         _print_summary(arguments.run(), arguments.output)
@@ -220,7 +222,7 @@ def _note_reference_flags(command: str, argv: list[str]) -> None:
     kind, _, extras, _, _ = COMMANDS[command]
     meanings = dict(REFERENCE_MEANINGS)
     for setting in settings_of(kind):
-        meanings.update({flag: f"--{setting.key.replace('_', '-')}" for flag in setting.flags})
+        meanings.update({flag: flag_of(setting.key) for flag in setting.flags})
     for word in argv:
         name = word.split("=", 1)[0]
         if name in meanings:

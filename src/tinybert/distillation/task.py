@@ -17,7 +17,8 @@ from ..data import DataOptions, LabelSpace, train_loader
 from ..data.tasks import detect_task, task_data, train_and_dev
 from ..data.cache import CACHE_DIR, data_fingerprints
 from ..data.features import Joined
-from .distillers import IntermediateDistiller, IntermediateLosses, PredictionDistiller, check_losses
+from .distillers import (IntermediateDistiller, IntermediateLosses, PredictionDistiller, check_intermediate,
+                         loss_settings)
 from .teacher_outputs import WithTeacherOutputs, teacher_outputs
 from ..errors import InputError
 from ..evaluation.metrics import selection_metric
@@ -25,8 +26,7 @@ from ..models.loading import (check_model_dir, count_parameters, describe, label
                               load_tokenizer, save_model_dir)
 from ..models.record import model_record, read_record, reading_settings, recipe_step
 from ..settings import command_line, group, option, values_of
-from ..models.students import (build_student, check_family, check_layers, check_student_sizes, choose_layer_map,
-                               non_embedding_parameters)
+from ..models.students import build_student, choose_layer_map, non_embedding_parameters
 from ..training import (STATE_FILE, TaskFiles, TrainingConfig, frozen_teacher, is_complete,
                         main_process_first, make_accelerator, run_training, shapes_of_run)
 
@@ -164,11 +164,7 @@ def _check_settings(teacher_dir, student: str, config: DistillConfig) -> None:
     if not 0 <= config.hard_label_weight <= 1:
         raise InputError(f"--hard-label-weight {config.hard_label_weight} is not a weight between 0 and 1",
                          fix="give α from 0 (the teacher alone) to 1 (the gold labels alone)")
-    check_layers(config.layers)
-    check_losses(config.losses)
-    check_family(teacher_dir)
-    if not config.init_from_teacher:
-        check_student_sizes(student, teacher_dir)
+    check_intermediate(teacher_dir, None if config.init_from_teacher else student, config.layers, config.losses)
 
 
 def plan(teacher_dir, student, train_data, config: DistillConfig) -> Plan:
@@ -190,7 +186,7 @@ def plan(teacher_dir, student, train_data, config: DistillConfig) -> Plan:
                 non_embedding_parameters(teacher) / non_embedding_parameters(student_model))
 
 
-def _task_of(teacher_dir, train_path, options: DataOptions) -> str:
+def task_of(teacher_dir, train_path, options: DataOptions) -> str:
     """The teacher's task, which the data must be of."""
     space = label_space_of(teacher_dir)
     kind = detect_task(train_path, options, expected=space.task if space else None)
@@ -244,10 +240,10 @@ def distill(teacher_dir: str | os.PathLike, student: str, train_path: str | os.P
         return json.loads((output_dir / STATE_FILE).read_text())
     data_options = data_options or DataOptions()
     training = config.training or DistillConfig.for_stage(config.stage).training
-    kind = _task_of(teacher_dir, train_path, data_options)
+    kind = task_of(teacher_dir, train_path, data_options)
     unlabeled = [str(path) for path in unlabeled or ()]
     for path in unlabeled:
-        _task_of(teacher_dir, path, data_options)
+        task_of(teacher_dir, path, data_options)
     given_options = data_options
     recorded = _recorded_reading(config.stage, teacher_dir, student, kind)
     max_length, data_options = reading_settings(recorded, config.max_length, data_options, kind,
@@ -305,7 +301,7 @@ def distill(teacher_dir: str | os.PathLike, student: str, train_path: str | os.P
     if config.stage == "prediction":
         losses = {"temperature": config.temperature, "hard_label_weight": config.hard_label_weight}
     else:
-        losses = {**asdict(config.losses), "shared_projection": config.shared_projection}
+        losses = loss_settings(config.losses, config.shared_projection)
     step = recipe_step(config.stage, [train_path, *unlabeled], training_data.origins(), training,
                        **(losses if config.stage == "prediction" else {}))
     # what `tinybert distill --stage STAGE` defaults to: the card's command gives the stage and what differs
