@@ -147,9 +147,9 @@ def test_shares_of_per_token_outputs_gather_into_what_one_pass_writes(tmp_path, 
         device=torch.device("cpu"), autocast=nullcontext, num_processes=2, is_main_process=rank == 0),
         show_progress=False) for rank in (0, 1)]
     (tmp_path / "one").mkdir()
-    fills[0].into(tmp_path / "one", shape, (0, 1))
+    fills[0].into(tmp_path / "one", shape)
     for rank, fill in enumerate(fills):
-        fill.share(tmp_path / "shares", (rank, 2))
+        fill.share(tmp_path / "shares", (rank, 2), shape[1])
     (tmp_path / "gathered").mkdir()
     fills[0].gathered(tmp_path / "gathered", shape, tmp_path / "shares")
     one = np.fromfile(tmp_path / "one" / VALUES_FILE, dtype=np.float32)

@@ -301,5 +301,5 @@ def command_line(command: str, instance, defaults, always: tuple[str, ...] = ())
         elif setting.repeat:
             words += [part for item in values for part in (flag_of(setting.key), item)]
         else:
-            words += [f"--{setting.key.replace('_', '-')}", *values]
+            words += [flag_of(setting.key), *values]
     return shlex.join(words)

@@ -18,6 +18,7 @@ import logging
 import os
 import re
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import torch
@@ -100,11 +101,14 @@ def _share_record(share: Path) -> Stamp:
 
 
 def _launched_processes():
-    """accelerate's view of the processes when launched on several (gloo on CPU), else None."""
+    """accelerate's view of the processes when launched on several (gloo on CPU), else None. The
+    others wait at a collective while the main process joins the shares alone: as long as training's
+    processes wait for its main one, not the backend's default (NCCL's 10 minutes)."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return None
     from accelerate import PartialState
-    return PartialState(cpu=not torch.cuda.is_available())
+    from ..training import COLLECTIVE_TIMEOUT_S
+    return PartialState(cpu=not torch.cuda.is_available(), timeout=timedelta(seconds=COLLECTIVE_TIMEOUT_S))
 
 
 def _rows_of_share(total: int | None, chunk_size: int, rank: int, count: int) -> int | None:

@@ -19,10 +19,10 @@ from tqdm.auto import tqdm
 from ..artifacts import build_directory, digest_files, read_json
 from ..errors import InputError
 from ..models.tokenizer import tokenizer_digest
+from .features import META_FILE
 
 logger = logging.getLogger(__name__)
 
-META_FILE = "meta.json"
 # Lines go to the tokenizer in batches bounded by count and by characters, so the memory a
 # batch takes does not depend on how long the corpus's lines happen to be.
 _LINES_PER_BATCH = 2000

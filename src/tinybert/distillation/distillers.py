@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Literal
@@ -29,6 +29,7 @@ from .teacher_outputs import OUTPUTS_KEY
 from .losses import (attention_loss, gold_label_loss, hidden_loss, prediction_loss, relation_loss,
                      span_soft_cross_entropy, token_gold_label_loss, token_soft_cross_entropy)
 from ..models.files import PROJECTIONS_FILE
+from ..models.students import check_family, check_layers, check_student_sizes
 from ..settings import flag_of, option
 
 logger = logging.getLogger(__name__)
@@ -44,6 +45,22 @@ class IntermediateLosses:
     attention: float = option(1.0, "weight of the attention loss", key="attention_weight")
     hidden: float = option(1.0, "weight of the hidden-state loss", key="hidden_weight")
     embedding: float = option(1.0, "weight of the embedding loss (0 leaves it out)", key="embedding_weight")
+
+
+def check_intermediate(teacher_dir, student: str | None, layers: int | None, losses: IntermediateLosses) -> None:
+    """What no stage-1 or general run can do, refused before any data is read or model built: a
+    teacher of a family tinybert cannot distil, counts below 1, a ``student`` file of sizes that are
+    none (None: the student is copied from the teacher)."""
+    check_layers(layers)
+    check_losses(losses)
+    check_family(teacher_dir)
+    if student is not None:
+        check_student_sizes(student, teacher_dir)
+
+
+def loss_settings(losses: IntermediateLosses, shared_projection: bool) -> dict:
+    """The settings of the stage-1 losses, which a checkpoint resumes only under."""
+    return {**asdict(losses), "shared_projection": shared_projection}
 
 
 def check_losses(losses: IntermediateLosses, name=flag_of) -> None:
@@ -172,8 +189,9 @@ class PredictionDistiller(_TeacherAndStudent):
         labels = batch.get("labels")
         gold = batch["origin"] == ORIGINAL if self.hard_label_weight else None
         positions = (batch.get("start_positions"), batch.get("end_positions"))
-        teacher = self._teacher_outputs(batch)
+        cached = batch.get(OUTPUTS_KEY)
         batch = model_inputs(batch)
+        teacher = self._teacher_outputs(batch, cached)
         student = self.student(**batch)
         mask = batch["attention_mask"]
         if self.task == "token" and labels is not None:
@@ -201,13 +219,12 @@ class PredictionDistiller(_TeacherAndStudent):
             hard = gold_label_loss(student.logits, labels, weights, self.regression)
         return {"loss": loss + hard, "pred": loss, "gold": hard}
 
-    def _teacher_outputs(self, batch: dict):
-        """The teacher's outputs for the batch: read from their cache when the batch carries them
+    def _teacher_outputs(self, inputs: dict, cached: torch.Tensor | None):
+        """The teacher's outputs for the model ``inputs``: ``cached`` when the batch carried them
         (logits, or start and end logits side by side), else computed now."""
-        cached = batch.get(OUTPUTS_KEY)
         if cached is None:
             with torch.no_grad():
-                return self.teacher(**model_inputs(batch))
+                return self.teacher(**inputs)
         if self.task == "qa":
             return SimpleNamespace(start_logits=cached[..., 0], end_logits=cached[..., 1])
         return SimpleNamespace(logits=cached)

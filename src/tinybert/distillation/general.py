@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -14,11 +14,11 @@ from transformers import AutoModel
 
 from ..data import train_loader
 from ..data.corpus import build_corpus_cache
-from .distillers import IntermediateDistiller, IntermediateLosses, check_losses
+from .distillers import IntermediateDistiller, IntermediateLosses, check_intermediate, loss_settings
 from ..models.loading import check_model_dir, load_tokenizer, save_model_dir
 from ..models.record import model_record, recipe_step
 from ..settings import command_line, group, option, values_of
-from ..models.students import build_student, check_family, check_layers, check_student_sizes, choose_layer_map
+from ..models.students import build_student, choose_layer_map
 from ..training import (STATE_FILE, TrainingConfig, frozen_teacher, is_complete, main_process_first,
                         make_accelerator, run_training, shapes_of_run)
 
@@ -63,10 +63,7 @@ def general_distill(teacher_dir: str | os.PathLike, corpus: list[str | os.PathLi
     written to ``output_dir`` (a bare encoder, projections beside it). Re-running the same call
     resumes from the last checkpoint."""
     config = config or GeneralConfig()
-    check_layers(config.layers)
-    check_losses(config.losses)
-    check_family(teacher_dir)
-    check_student_sizes(student, teacher_dir)
+    check_intermediate(teacher_dir, student, config.layers, config.losses)
     output_dir = Path(output_dir)
     if is_complete(output_dir):
         logger.info("%s is already complete; delete it to train again", output_dir)
@@ -104,7 +101,7 @@ def general_distill(teacher_dir: str | os.PathLike, corpus: list[str | os.PathLi
     return run_training(output_dir=output_dir, config=training, module=distiller, train_loader=loader,
                         compute_losses=lambda module, batch: module(batch), on_improved=save,
                         accelerator=accelerator, description="general distillation",
-                        inputs={"corpus": dataset.fingerprint, "losses": {**asdict(config.losses),
-                                                                         "shared_projection": config.shared_projection}},
+                        inputs={"corpus": dataset.fingerprint,
+                                "losses": loss_settings(config.losses, config.shared_projection)},
                         settings=values_of(arguments),
                         compiled=shapes is not None, show_progress=show_progress)

@@ -135,11 +135,11 @@ def teacher_outputs(teacher, teacher_dir, data, task: str, tokenizer, root: str 
     if decision == "build":
         fill = _Fill(teacher, data, task, tokenizer, batch_size, accelerator, show_progress)
         if accelerator.num_processes == 1:
-            build_directory(target, STAMP_FILE, inputs, lambda staging: fill.into(staging, shape, (0, 1)))
+            build_directory(target, STAMP_FILE, inputs, lambda staging: fill.into(staging, shape))
         else:
             shares = target.with_name(f".{target.name}.shares-{run}")
             try:
-                fill.share(shares, (accelerator.process_index, accelerator.num_processes))
+                fill.share(shares, (accelerator.process_index, accelerator.num_processes), shape[1])
                 accelerator.wait_for_everyone()
                 # the main process gathers (the others then find the cache built); its failure stops them all
                 main_process_first(accelerator, lambda: build_directory(
@@ -181,16 +181,16 @@ class _Fill:
     def _rows(self, index: int) -> slice:
         return slice(self.starts[index], self.starts[index + 1]) if _per_token(self.task) else slice(index, index + 1)
 
-    def into(self, staging: Path, shape: tuple[int, int], shard: tuple[int, int]) -> dict:
+    def into(self, staging: Path, shape: tuple[int, int]) -> dict:
         """All outputs into the cache being built (one process)."""
         logger.info("computing the teacher's outputs on %d examples once", len(self.data))
         values = np.memmap(staging / VALUES_FILE, dtype=np.float32, mode="w+", shape=shape)
-        for index, found in self._outputs(shard):
+        for index, found in self._outputs((0, 1)):
             values[self._rows(index)] = found
         values.flush()
-        return {"task": self.task, "width": shape[1], "examples": len(self.data)}
+        return self._details(shape)
 
-    def share(self, folder: Path, shard: tuple[int, int]) -> None:
+    def share(self, folder: Path, shard: tuple[int, int], width: int) -> None:
         """This process's share into ``folder``, in the order it computed it: its values, and the
         examples they belong to (in ``.indices``)."""
         if shard[0] == 0:
@@ -205,7 +205,7 @@ class _Fill:
         if not rows:  # fewer batches than processes
             path.touch()
             return
-        values = np.memmap(path, dtype=np.float32, mode="w+", shape=(rows, self._width()))
+        values = np.memmap(path, dtype=np.float32, mode="w+", shape=(rows, width))
         done = 0
         for _, found in self._outputs(shard):
             found = found.reshape(-1, values.shape[1])
@@ -233,10 +233,11 @@ class _Fill:
                 else:
                     values[order[examples]] = rows
         values.flush()
-        return {"task": self.task, "width": shape[1], "examples": len(self.data)}
+        return self._details(shape)
 
-    def _width(self) -> int:
-        return 2 if self.task == "qa" else self.teacher.config.num_labels
+    def _details(self, shape: tuple[int, int]) -> dict:
+        """What the cache's stamp says of it, beside its inputs."""
+        return {"task": self.task, "width": shape[1], "examples": len(self.data)}
 
     @torch.inference_mode()
     def _outputs(self, shard: tuple[int, int]) -> Iterator[tuple[int, np.ndarray]]:

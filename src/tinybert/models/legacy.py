@@ -97,6 +97,10 @@ class ConvertArguments:
         return convert(self.input, self.output, tokenizer_from=self.tokenizer_from)
 
 
+# what to do about an output converting must not replace
+_NEW_OUTPUT = "name a new directory (or an earlier conversion's), e.g. --output converted"
+
+
 def convert(input_dir: str | os.PathLike, output_dir: str | os.PathLike,
             tokenizer_from: str | os.PathLike | None = None) -> Path:
     """Writes a plain save_pretrained directory (safetensors, complete config, tokenizer files;
@@ -111,17 +115,16 @@ def convert(input_dir: str | os.PathLike, output_dir: str | os.PathLike,
         if foreign:
             raise InputError(f"the output directory holds files a conversion does not write ({', '.join(foreign[:3])}"
                              f"{', …' if len(foreign) > 3 else ''}), which converting would delete", path=output,
-                             fix="name a new directory (or an earlier conversion's), e.g. --output converted")
+                             fix=_NEW_OUTPUT)
     return output
 
 
 def _check_output(output: Path) -> None:
     """The output is replaced whole: never the directory the user is in (or one above it), or a file."""
-    fix = "name a new directory (or an earlier conversion's), e.g. --output converted"
     if output.resolve() in (Path.cwd(), *Path.cwd().parents):
-        raise InputError("converting would replace the directory you are in", path=output, fix=fix)
+        raise InputError("converting would replace the directory you are in", path=output, fix=_NEW_OUTPUT)
     if output.exists() and not output.is_dir():
-        raise InputError("the output is a file, not a directory", path=output, fix=fix)
+        raise InputError("the output is a file, not a directory", path=output, fix=_NEW_OUTPUT)
 
 
 def _convert_into(source: Path, staging: Path, tokenizer_from) -> None:

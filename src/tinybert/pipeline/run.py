@@ -156,26 +156,27 @@ def run_pipeline(config: Config) -> dict:
     # Every stage's fingerprint holds the content of what it reads (the digest of a model
     # directory, a file, or the fingerprint of the stage that made it), never a path alone.
     finetune, general, intermediate = run.settings("finetune"), run.settings("general"), run.settings("intermediate")
-    # a teacher of a family tinybert cannot distil stops the run now, not once it is fine-tuned
-    teachers = [("finetune.teacher_dir", finetune["teacher_dir"]) if finetune["teacher_dir"] else
-                ("finetune.model", finetune["model"])]
+    # the models the teachers come from, by the key naming each: a family tinybert cannot distil
+    # stops the run now, not once the teacher is fine-tuned
+    general_teacher = general["teacher"] or finetune["model"]
+    sources = {"finetune.teacher_dir" if finetune["teacher_dir"] else "finetune.model":
+               finetune["teacher_dir"] or finetune["model"]}
     if general["run"] and not general["student_dir"]:
-        teachers.append(("general.teacher", general["teacher"]) if general["teacher"] else
-                        ("finetune.model", finetune["model"]))
-    for key, teacher in teachers:
-        if teacher:
-            check_family(teacher, key)
+        sources["general.teacher" if general["teacher"] else "finetune.model"] = general_teacher
+    for key, model in sources.items():
+        if model:
+            check_family(model, key)
     student_start = general["student_dir"] or intermediate["student"]
     student_identity = content_of(student_start)
     if general["run"] and not general["student_dir"]:
         if not general["corpus"]:
             raise InputError("general.run is true but general.corpus names no text files", path=config.path,
                              fix="set general.corpus (plain-text files), or general.student_dir, or general.run: false")
-        teacher_base = general["teacher"] or finetune["model"]
-        inputs = {"settings": _fingerprinted(general), "teacher": content_of(teacher_base), "student": student_identity,
+        inputs = {"settings": _fingerprinted(general), "teacher": content_of(general_teacher),
+                  "student": student_identity,
                   "corpus": [content_of(path) for path in general["corpus"]]}
         student_start = str(run.stage("general", inputs, lambda d: run.arguments(
-            "general", teacher=teacher_base, output=str(d)).run()))
+            "general", teacher=general_teacher, output=str(d)).run()))
         student_identity = run.fingerprints["general"]
 
     # the teacher
