@@ -45,6 +45,11 @@ def student_shape(tmp_path):
         {"num_hidden_layers": 2, "hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 4}))
 
 
+def _tokenizer(model_dir):
+    from tinybert.models.loading import load_tokenizer
+    return load_tokenizer(model_dir)
+
+
 def _config(stage, **training):
     settings = dict(epochs=4, batch_size=16, learning_rate=1e-3, log_every=1, checkpoint_every=1000,
                     schedule="constant", warmup_ratio=0.0)
@@ -124,10 +129,11 @@ def test_a_stage_1_checkpoint_resumes_only_with_its_loss_weights(tmp_path, teach
 
 
 def test_init_from_teacher_copies_mapped_layers(tmp_path, teacher_dir, train_file):
-    from tinybert.distillation.task import _prepare
+    from tinybert.distillation.start import prepare_student
     teacher = AutoModelForSequenceClassification.from_pretrained(teacher_dir)
     config = DistillConfig(init_from_teacher=True, layers=2)
-    _, _, student, layer_map = _prepare(teacher_dir, "tinybert-4l-312", read_task_file(train_file), config)
+    start = prepare_student(teacher_dir, "tinybert-4l-312", read_task_file(train_file), config, _tokenizer(teacher_dir))
+    student, layer_map = start.student, start.layer_map
     assert layer_map == [2, 4] and student.config.hidden_size == 64
     torch.testing.assert_close(student.bert.encoder.layer[1].output.dense.weight,
                                teacher.bert.encoder.layer[3].output.dense.weight)
@@ -137,10 +143,11 @@ def test_init_from_teacher_copies_mapped_layers(tmp_path, teacher_dir, train_fil
 
 
 def test_stage1_loss_is_zero_when_the_student_is_the_teacher(tmp_path, teacher_dir, train_file):
-    from tinybert.distillation.task import _prepare
+    from tinybert.distillation.start import prepare_student
     from tinybert.distillation.distillers import IntermediateDistiller
     config = DistillConfig(init_from_teacher=True)  # all 4 layers, mapped 1:1
-    _, teacher, student, layer_map = _prepare(teacher_dir, "x", read_task_file(train_file), config)
+    start = prepare_student(teacher_dir, "x", read_task_file(train_file), config, _tokenizer(teacher_dir))
+    teacher, student, layer_map = start.teacher, start.student, start.layer_map
     distiller = IntermediateDistiller(student, teacher, layer_map, IntermediateLosses())
     with torch.no_grad():
         for projection in (distiller.hidden_projection, distiller.embedding_projection):
@@ -184,10 +191,11 @@ def test_relation_heads_must_divide_both_attention_widths(tmp_path, teacher_dir,
 
 
 def test_relation_loss_is_zero_for_a_student_that_copies_the_teacher(teacher_dir, train_file):
-    from tinybert.distillation.task import _prepare
+    from tinybert.distillation.start import prepare_student
     from tinybert.distillation.distillers import IntermediateDistiller
-    _, teacher, student, layer_map = _prepare(teacher_dir, "x", read_task_file(train_file),
-                                              DistillConfig(init_from_teacher=True))
+    start = prepare_student(teacher_dir, "x", read_task_file(train_file), DistillConfig(init_from_teacher=True),
+                            _tokenizer(teacher_dir))
+    teacher, student, layer_map = start.teacher, start.student, start.layer_map
     assert layer_map == [1, 2, 3, 4]
     losses = IntermediateLosses(attention_loss="relations", relation_heads=4, hidden=0.0, embedding=0.0)
     distiller = IntermediateDistiller(student, teacher, layer_map, losses).eval()
@@ -200,9 +208,10 @@ def test_the_bert_attention_loss_is_the_mse_of_eager_attentions_scores(teacher_d
     import transformers.models.bert.modeling_bert as bert
     from tinybert.distillation.distillers import IntermediateDistiller
     from tinybert.distillation.losses import attention_loss
-    from tinybert.distillation.task import _prepare
-    _, teacher, student, layer_map = _prepare(teacher_dir, "tinybert-4l-312", read_task_file(train_file),
-                                              DistillConfig(layers=2))
+    from tinybert.distillation.start import prepare_student
+    start = prepare_student(teacher_dir, "tinybert-4l-312", read_task_file(train_file), DistillConfig(layers=2),
+                            _tokenizer(teacher_dir))
+    teacher, layer_map = start.teacher, start.layer_map
     student = BertForSequenceClassification(tiny_bert_config(**LABELS)).eval()  # 4 heads like the teacher
     batch = {"input_ids": torch.tensor([[101, 2307, 2143, 1012, 102], [101, 2307, 102, 0, 0]]),
              "attention_mask": torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])}

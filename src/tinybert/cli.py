@@ -17,6 +17,7 @@ from .distillation.task import DistillArguments, DistillConfig, plan, task_of
 from .data.tasks import detect_task, label_space_of_data, scan_labels
 from .errors import InputError
 from .evaluation.measure import EvaluateArguments, format_table
+from .evaluation.sizes import SizesArguments, format_sizes
 from .inference.export import ExportArguments, parity_failures
 from .finetune import FinetuneArguments
 from .distillation.general import GeneralArguments
@@ -78,6 +79,12 @@ COMMANDS = {
     "predict": (PredictArguments, PredictArguments(), (), "labels and probabilities for new text",
                 "Predict every row of a text file (one text, or a TSV/CSV/JSONL with a text column; labels not "
                 "needed) with a model directory or an exported .onnx file."),
+    "sizes": (SizesArguments, SizesArguments(), (), "student shapes for a teacher, timed on this machine",
+              "List the shapes a fine-tuned teacher can be pruned to (layers × hidden × heads × FFN, and the vocabulary "
+              "of --data), each built with random weights of its real shape and timed here: parameters, MB, batch-1 "
+              "latency, batch-32 throughput and the ratios against the teacher; the Pareto set is starred, and "
+              "--latency-ms picks the largest shape within a budget (as `distill --init-from-teacher --latency-ms` "
+              "does)."),
     "pipeline": (PipelineArguments, PipelineArguments(), (), "every stage from one YAML config",
                  "General distillation (optional), teacher fine-tuning, augmentation, distillation stages 1 and 2, a "
                  "baseline without distillation, evaluation, export and report, each in its own directory of the "
@@ -178,6 +185,8 @@ def run_command(command: str, arguments, flags: dict) -> None:
         print(f"written to {arguments.output_path}")
     elif command == "evaluate":
         print(format_table(arguments.run()))
+    elif command == "sizes":
+        print(format_sizes(arguments.run()))
     elif command == "convert":
         print(f"converted model written to {arguments.run()}")
     elif command == "export":

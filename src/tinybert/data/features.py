@@ -114,6 +114,15 @@ class FeatureFile(Dataset):
         counts = np.bincount(self.column("origin", self.count), minlength=len(ORIGINS))
         return dict(zip(ORIGINS, map(int, counts)))
 
+    def distinct_tokens(self) -> np.ndarray:
+        """Every token id the examples in view use, once each (read a block at a time: any size)."""
+        end = int(np.fromfile(self.directory / "offsets.bin", dtype="<u8", count=self.count + 1)[-1])
+        if end == 0:  # no example, or none with a token: nothing to map (an empty file cannot be)
+            return np.zeros(0, dtype=self._token["input_ids"])
+        ids = np.memmap(self.directory / "input_ids.bin", dtype=self._token["input_ids"], mode="r", shape=(end,))
+        block = 1 << 24
+        return np.unique(np.concatenate([np.unique(ids[start:start + block]) for start in range(0, end, block)]))
+
     def column(self, name: str, count: int | None = None) -> np.ndarray:
         """A whole example column (for the few that are needed at once, e.g. to list labels)."""
         return np.fromfile(self.directory / f"{name}.bin", dtype=self._example[name], count=-1 if count is None else count)
@@ -151,6 +160,9 @@ class Joined(Dataset):
 
     def labelled(self, label_space) -> "Joined":
         return Joined([part.labelled(label_space) for part in self.parts])
+
+    def distinct_tokens(self) -> np.ndarray:
+        return np.unique(np.concatenate([part.distinct_tokens() for part in self.parts]))
 
     def origins(self) -> dict[str, int]:
         counts = [part.origins() for part in self.parts]

@@ -28,7 +28,9 @@ from ..data.labels import ORIGINAL
 from .teacher_outputs import OUTPUTS_KEY
 from .losses import (attention_loss, gold_label_loss, hidden_loss, prediction_loss, relation_loss,
                      span_soft_cross_entropy, token_gold_label_loss, token_soft_cross_entropy)
+from ..models.families import attention_width
 from ..models.files import PROJECTIONS_FILE
+from ..models.pruning import Selection, selection_projection
 from ..models.students import check_family, check_layers, check_student_sizes
 from ..settings import flag_of, option
 
@@ -77,16 +79,21 @@ class _TeacherAndStudent(torch.nn.Module):
         super().__init__()
         self.student = student
         self._teacher = [teacher.eval().requires_grad_(False)]  # a list keeps it out of parameters() and DDP
+        self.register_buffer("student_ids", None, persistent=False)  # moves to the device with the student
 
     @property
     def teacher(self):
         return self._teacher[0]
 
+    def read_student_ids(self, mapping: torch.Tensor | None) -> None:
+        """A student with a pruned vocabulary reads the batches (the teacher's token ids) through
+        ``mapping`` (``vocabulary.token_map``): both models always see the same tokens."""
+        self.student_ids = mapping
 
-def attention_width(config) -> int:
-    """Heads × head width of a model's attention (DeBERTa may set its head width apart)."""
-    heads = config.num_attention_heads
-    return heads * (getattr(config, "attention_head_size", None) or config.hidden_size // heads)
+    def student_inputs(self, inputs: dict) -> dict:
+        if self.student_ids is None:
+            return inputs
+        return {**inputs, "input_ids": self.student_ids[inputs["input_ids"]]}
 
 
 class IntermediateDistiller(_TeacherAndStudent):
@@ -97,21 +104,30 @@ class IntermediateDistiller(_TeacherAndStudent):
     """
 
     def __init__(self, student, teacher, layer_map: list[int], losses: IntermediateLosses,
-                 shared_projection: bool = False):
+                 shared_projection: bool = False, selection: Selection | None = None):
         super().__init__(student, teacher)
         self.losses = losses
         self.relation_heads = losses.relation_heads or teacher.config.num_attention_heads
+        # a student pruned from the teacher: each of its heads learns the scores of the head it was cut from
+        narrower = selection is not None and student.config.num_attention_heads < teacher.config.num_attention_heads
+        self.teacher_heads = selection.heads if narrower else None
         self._check_attention(student.config, teacher.config)
         self.layer_map = layer_map
         student_width, teacher_width = student.config.hidden_size, teacher.config.hidden_size
-        self.hidden_projection = torch.nn.Linear(student_width, teacher_width)
-        self.embedding_projection = None if shared_projection else torch.nn.Linear(student_width, teacher_width)
+
+        def projection():  # a pruned student's starts as its selection: each kept channel back in its place
+            if selection is None:
+                return torch.nn.Linear(student_width, teacher_width)
+            return selection_projection(selection, teacher_width)
+        self.hidden_projection = projection()
+        self.embedding_projection = None if shared_projection else projection()
         records = losses.attention_loss
         self.student_layers = record_attention(student, range(len(layer_map)), records)
         self.teacher_layers = record_attention(teacher, [layer - 1 for layer in layer_map], records)
 
     def _check_attention(self, student, teacher) -> None:
-        if self.losses.attention_loss == "scores" and student.num_attention_heads != teacher.num_attention_heads:
+        if (self.losses.attention_loss == "scores" and self.teacher_heads is None
+                and student.num_attention_heads != teacher.num_attention_heads):
             raise InputError(
                 f"the attention loss needs equal head counts: the student has {student.num_attention_heads}, the "
                 f"teacher {teacher.num_attention_heads}",
@@ -125,9 +141,11 @@ class IntermediateDistiller(_TeacherAndStudent):
                                  f"attention units", fix="choose --relation-heads dividing "
                                                          f"{widths['student']} and {widths['teacher']}")
 
-    def _attention_loss(self, student, teacher, mask) -> torch.Tensor:
+    def _attention_loss(self, layer: int, student, teacher, mask) -> torch.Tensor:
         if self.losses.attention_loss == "relations":  # queries, keys and values: Q-Q, K-K and V-V relations
             return sum(relation_loss(s, t, mask, self.relation_heads) for s, t in zip(student, teacher))
+        if self.teacher_heads is not None:
+            teacher = teacher[:, self.teacher_heads[layer]]
         return attention_loss(student, teacher, mask)
 
     def forward(self, batch: dict) -> dict:
@@ -135,10 +153,11 @@ class IntermediateDistiller(_TeacherAndStudent):
         mask = batch["attention_mask"]
         with torch.no_grad():
             teacher = self.teacher.base_model(**batch, output_hidden_states=True, output_attentions=True)
-        student = self.student.base_model(**batch, output_hidden_states=True, output_attentions=True)
+        student = self.student.base_model(**self.student_inputs(batch), output_hidden_states=True,
+                                          output_attentions=True)
         teacher_records, student_records = captured(teacher, self.teacher_layers), captured(student, self.student_layers)
         pairs = [(m, t - 1) for m, t in enumerate(self.layer_map)]
-        attention = sum(self._attention_loss(student_records[m], teacher_records[t], mask) for m, t in pairs)
+        attention = sum(self._attention_loss(m, student_records[m], teacher_records[t], mask) for m, t in pairs)
         hidden = sum(hidden_loss(student.hidden_states[m + 1], teacher.hidden_states[t + 1], mask,
                                  self.hidden_projection) for m, t in pairs)
         embedding = hidden_loss(student.hidden_states[0], teacher.hidden_states[0], mask,
@@ -192,7 +211,7 @@ class PredictionDistiller(_TeacherAndStudent):
         cached = batch.get(OUTPUTS_KEY)
         batch = model_inputs(batch)
         teacher = self._teacher_outputs(batch, cached)
-        student = self.student(**batch)
+        student = self.student(**self.student_inputs(batch))
         mask = batch["attention_mask"]
         if self.task == "token" and labels is not None:
             # the teacher was trained on each word's first piece only: elsewhere its tags mean nothing

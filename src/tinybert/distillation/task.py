@@ -13,7 +13,9 @@ from accelerate.utils import set_seed
 
 from ..evaluation import measure
 from ..artifacts import write_json
-from ..data import DataOptions, LabelSpace, train_loader
+from transformers import AutoConfig
+
+from ..data import DataOptions, train_loader
 from ..data.tasks import detect_task, task_data, train_and_dev
 from ..data.cache import CACHE_DIR, data_fingerprints
 from ..data.features import Joined
@@ -22,11 +24,14 @@ from .distillers import (IntermediateDistiller, IntermediateLosses, PredictionDi
 from .teacher_outputs import WithTeacherOutputs, teacher_outputs
 from ..errors import InputError
 from ..evaluation.metrics import selection_metric
-from ..models.loading import (check_model_dir, count_parameters, describe, label_space_of, load_classifier,
-                              load_tokenizer, save_model_dir)
+from ..models.loading import check_model_dir, count_parameters, label_space_of, load_tokenizer, save_model_dir
 from ..models.record import model_record, read_record, reading_settings, recipe_step
 from ..settings import command_line, group, option, values_of
-from ..models.students import build_student, choose_layer_map, non_embedding_parameters
+from ..models.pruning import PruningOptions, Selection
+from ..models.students import non_embedding_parameters
+from ..models.vocabulary import check_prunable, retokenized_share, token_map
+from .start import Start, check_pruning, own_tokenizer, prepare_student
+from ..evaluation.sizes import largest_within
 from ..training import (STATE_FILE, TaskFiles, TrainingConfig, frozen_teacher, is_complete,
                         main_process_first, make_accelerator, run_training, shapes_of_run)
 
@@ -59,9 +64,11 @@ class DistillConfig:
     shared_projection: bool = option(False, "one projection for embeddings and hidden states (the reference "
                                             "code's way)")
     layers: int | None = option(None, "student layer count (with a preset or --init-from-teacher)")
-    init_from_teacher: bool = option(False, "start from the teacher's embeddings and mapped layers (same width)")
+    init_from_teacher: bool = option(False, "start from the teacher's embeddings and mapped layers: whole, or pruned "
+                                            "narrower (--hidden-size, --heads, --intermediate-size, --prune-vocab)")
     layer_map: str | None = option(None, "teacher layer for each student layer, 1-based, e.g. 3,6,9,12 "
                                          "(default: uniform)")
+    pruning: PruningOptions = group("pruning (with --init-from-teacher)", PruningOptions)
     metric: str | None = option(None, "dev metric that picks the best epoch of stage 2")
     eval_batch_size: int = option(64, "examples per forward pass when evaluating")
 
@@ -105,12 +112,14 @@ class Plan:
     teacher_params: int
     student_params: int
     expected_speedup: float
+    pruned: str | None = None  # what a pruned student keeps of the teacher
 
     def describe(self) -> str:
         mapping = ", ".join(f"student {m} ← teacher {t}" for m, t in enumerate(self.layer_map, start=1))
         lines = [f"stage: {self.stage}",
                  f"layers: teacher {self.teacher_layers}, student {self.student_layers}",
                  f"mapping: embeddings ← embeddings; {mapping}"]
+        lines += [f"pruned: {self.pruned}"] if self.pruned else []
         lines += [f"projection {name}: {shape[0]} → {shape[1]}" for name, shape in self.projections.items()]
         lines += [f"attention loss: {self.attention}",
                   f"parameters: teacher {self.teacher_params:,}, student {self.student_params:,} "
@@ -119,42 +128,12 @@ class Plan:
         return "\n".join(lines)
 
 
-def _prepare(teacher_dir, student, train_data, config: DistillConfig):
-    label_space = label_space_of(teacher_dir)
-    if label_space is None:
-        raise InputError("the teacher has no task head", path=teacher_dir,
-                         fix="fine-tune it first with `tinybert finetune`, then distil from the result")
-    teacher = load_classifier(teacher_dir).eval()
-    _check_labels(label_space, train_data)
-    teacher_layers = teacher.config.num_hidden_layers
-    if config.init_from_teacher:  # the mapping also picks which teacher layers are copied
-        layer_map = choose_layer_map(config.layer_map, config.layers or teacher_layers, teacher_layers)
-        student_model = build_student(student, teacher, label_space, layers=len(layer_map),
-                                      init_from_teacher=True, layer_map=layer_map)
-    else:
-        student_model = build_student(student, teacher, label_space, layers=config.layers, layer_map=config.layer_map)
-        layer_map = choose_layer_map(config.layer_map, student_model.config.num_hidden_layers, teacher_layers)
-    return label_space, teacher, student_model, layer_map
-
-
-def _check_labels(label_space: LabelSpace, train_data) -> None:
-    """The data's labels must be some of the teacher's (classes, or tags), or scores for scores."""
-    if label_space.kind == "qa" or not train_data.raw_labels:  # answers, or text without labels
-        return
-    if label_space.kind == "token":
-        data_labels = LabelSpace.of_tags(train_data.raw_labels)
-    else:
-        data_labels = LabelSpace.infer(train_data)
-    if label_space.is_regression != data_labels.is_regression or not set(data_labels.names) <= set(label_space.names):
-        raise InputError(f"the data's labels ({describe(data_labels)}) do not fit the teacher's "
-                         f"({describe(label_space)})", path=train_data.path,
-                         fix="distil on data of the task the teacher was fine-tuned for")
-
-
-def build_initial_student(teacher_dir, student, train_data, config: DistillConfig):
-    """The student exactly as stage 1 starts it (shape and initialisation), e.g. for a baseline
-    fine-tuned without distillation."""
-    return _prepare(teacher_dir, student, train_data, config)[2]
+def build_initial_student(teacher_dir, student, train_data, config: DistillConfig,
+                          selection: Selection | None = None):
+    """The student exactly as stage 1 starts it (shape and initialisation; pruned as ``selection``
+    says, stage 1's own), with its tokenizer, e.g. for a baseline fine-tuned without distillation."""
+    start = prepare_student(teacher_dir, student, train_data, config, load_tokenizer(teacher_dir), selection=selection)
+    return start.student, start.tokenizer
 
 
 def _check_settings(teacher_dir, student: str, config: DistillConfig) -> None:
@@ -165,11 +144,16 @@ def _check_settings(teacher_dir, student: str, config: DistillConfig) -> None:
         raise InputError(f"--hard-label-weight {config.hard_label_weight} is not a weight between 0 and 1",
                          fix="give α from 0 (the teacher alone) to 1 (the gold labels alone)")
     check_intermediate(teacher_dir, None if config.init_from_teacher else student, config.layers, config.losses)
+    check_pruning(config.pruning, config.init_from_teacher, AutoConfig.from_pretrained(check_model_dir(teacher_dir)))
+    if config.pruning.prune_vocab:
+        check_prunable(load_tokenizer(teacher_dir))
 
 
 def plan(teacher_dir, student, train_data, config: DistillConfig) -> Plan:
     _check_settings(teacher_dir, student, config)
-    _, teacher, student_model, layer_map = _prepare(teacher_dir, student, train_data, config)
+    start = prepare_student(teacher_dir, student, train_data, config, load_tokenizer(teacher_dir),
+                            shape=_latency_shape(teacher_dir, config, train_data.path))
+    teacher, student_model, layer_map = start.teacher, start.student, start.layer_map
     width_s, width_t = student_model.config.hidden_size, teacher.config.hidden_size
     projections = {"W_h (hidden)": [width_s, width_t]}
     if not config.shared_projection:
@@ -181,9 +165,58 @@ def plan(teacher_dir, student, train_data, config: DistillConfig) -> Plan:
                      f"{student_model.config.num_attention_heads})")
     else:
         attention = f"MSE of pre-softmax scores, {teacher.config.num_attention_heads} heads"
+    pruned = None
+    if start.selection is not None:
+        pruned = (start.selection.describe(teacher.config) + f", ranked by {config.pruning.prune_by} on "
+                  f"{config.pruning.prune_samples} training rows"
+                  + ("; vocabulary: the training data's tokens, counted when the run starts"
+                     if config.pruning.prune_vocab else ""))
     return Plan(config.stage, teacher.config.num_hidden_layers, student_model.config.num_hidden_layers,
                 layer_map, projections, attention, count_parameters(teacher), count_parameters(student_model),
-                non_embedding_parameters(teacher) / non_embedding_parameters(student_model))
+                non_embedding_parameters(teacher) / non_embedding_parameters(student_model), pruned)
+
+
+def _latency_shape(teacher_dir, config: DistillConfig, data_path, max_length: int | None = None) -> dict | None:
+    """The widths ``--latency-ms`` asks for: the largest shape `tinybert sizes` measures within it."""
+    latency = config.pruning.latency_ms
+    if latency is None or not config.init_from_teacher:
+        return None
+    layers = len(config.layer_map.split(",")) if config.layer_map else config.layers
+    return largest_within(teacher_dir, latency, layers=layers, max_length=max_length or config.max_length,
+                          data_path=data_path)
+
+
+def _start(teacher_dir, student: str, train, training_data, config: DistillConfig, tokenizer, output_dir: Path,
+           accelerator, show: bool) -> Start:
+    """The student as this stage starts it. A pruned one's selection is kept in the output directory
+    (``pruning.json``, beside the model it explains): a resumed run cuts the same student from it."""
+    parts = getattr(training_data, "parts", [training_data])
+    made_from = {"teacher": str(Path(teacher_dir).resolve()), "data": [part.meta["fingerprint"] for part in parts],
+                 "layers": config.layers, "layer_map": config.layer_map, "pruning": asdict(config.pruning)}
+    saved = Selection.read(output_dir, made_from) if config.init_from_teacher and config.pruning.prunes else None
+    shape = None if saved else _latency_shape(teacher_dir, config, train.path, config.max_length)
+    start = prepare_student(teacher_dir, student, train, config, tokenizer, rows=training_data, selection=saved,
+                            shape=shape, show_progress=show, device=accelerator.device)
+    if start.selection is not None and accelerator.is_main_process:
+        start.selection.save(output_dir, made_from)
+        logger.info("pruned student: %s", start.selection.describe(start.teacher.config))
+    return start
+
+
+def _pruning_summary(start: Start, tokenizer, config: DistillConfig, dev, eval_path, kind: str, max_length: int,
+                     data_options: DataOptions, output_dir: Path, show: bool) -> dict:
+    """What the model card says of a pruned student: its widths, how they were chosen, its vocabulary,
+    and (with a dev set) the share of dev texts it tokenizes otherwise than the teacher."""
+    teacher_config, selection = start.teacher.config, start.selection
+    summary = {"kept": selection.describe(teacher_config), "ranked_by": config.pruning.prune_by}
+    if selection.tokens is not None and dev is not None:
+        as_teacher = task_data(kind, eval_path, tokenizer, max_length, data_options, output_dir / CACHE_DIR, show,
+                               limit=False)
+        summary["dev_texts_tokenized_otherwise"] = retokenized_share(as_teacher, dev, token_map(tokenizer,
+                                                                                                 start.tokenizer))
+        logger.info("%.1f %% of the dev texts tokenize otherwise with the pruned vocabulary",
+                    100 * summary["dev_texts_tokenized_otherwise"])
+    return summary
 
 
 def task_of(teacher_dir, train_path, options: DataOptions) -> str:
@@ -251,26 +284,30 @@ def distill(teacher_dir: str | os.PathLike, student: str, train_path: str | os.P
     config = replace(config, training=training, max_length=max_length)
 
     accelerator = make_accelerator(training, output_dir)
-    tokenizer = load_tokenizer(teacher_dir)
+    tokenizer = load_tokenizer(teacher_dir)  # the training data is the teacher's tokens, for both models
     show = show_progress and accelerator.is_main_process
 
-    def read():
+    def read():  # the dev set as the student reads texts: with its own tokenizer
         train, dev = train_and_dev(kind, train_path, eval_path if config.stage == "prediction" else None, tokenizer,
-                                   max_length, data_options, output_dir / CACHE_DIR, show, labels="optional")
+                                   max_length, data_options, output_dir / CACHE_DIR, show, labels="optional",
+                                   dev_tokenizer=own_tokenizer(student, tokenizer))
         return train, dev, [task_data(kind, path, tokenizer, max_length, data_options, output_dir / CACHE_DIR, show,
                                       limit=False, labels="ignored") for path in unlabeled]
     train, dev, extra = main_process_first(accelerator, read)  # one process tokenises, the others read its caches
     training_data = Joined([train, *extra]) if extra else train
     set_seed(training.seed)
-    label_space, teacher, student_model, layer_map = _prepare(teacher_dir, student, train, config)
-    teacher = frozen_teacher(teacher, training, accelerator)
+    start = _start(teacher_dir, student, train, training_data, config, tokenizer, output_dir, accelerator, show)
+    label_space, student_model, layer_map = start.label_space, start.student, start.layer_map
+    teacher = frozen_teacher(start.teacher, training, accelerator)
     if config.stage == "intermediate":
-        distiller = IntermediateDistiller(student_model, teacher, layer_map, config.losses, config.shared_projection)
+        distiller = IntermediateDistiller(student_model, teacher, layer_map, config.losses, config.shared_projection,
+                                          start.selection)
         if Path(student).is_dir():
             distiller.load_projections(check_model_dir(student, "--student"))
     else:
         distiller = PredictionDistiller(student_model, teacher, config.temperature, label_space.is_regression,
                                         label_space.task, config.hard_label_weight)
+    distiller.read_student_ids(token_map(tokenizer, start.tokenizer))
     logger.info("distilling (%s) %s → %s student, layer map %s, on %s", config.stage, teacher_dir,
                 f"{student_model.config.num_hidden_layers}-layer", layer_map,
                 ", ".join(f"{count:,} {origin}" for origin, count in training_data.origins().items()))
@@ -290,7 +327,7 @@ def distill(teacher_dir: str | os.PathLike, student: str, train_path: str | os.P
         dev = dev.labelled(label_space)
 
         def evaluate(unwrapped):
-            return measure.evaluate_dataset(unwrapped.student, dev, tokenizer, label_space, config.eval_batch_size,
+            return measure.evaluate_dataset(unwrapped.student, dev, start.tokenizer, label_space, config.eval_batch_size,
                                             device=accelerator.device, show_progress=show_progress,
                                             accelerator=accelerator, shapes=shapes)
 
@@ -302,13 +339,16 @@ def distill(teacher_dir: str | os.PathLike, student: str, train_path: str | os.P
         losses = {"temperature": config.temperature, "hard_label_weight": config.hard_label_weight}
     else:
         losses = loss_settings(config.losses, config.shared_projection)
+    pruned = {} if start.selection is None else {"pruned": _pruning_summary(start, tokenizer, config, dev, eval_path,
+                                                                           kind, max_length, data_options,
+                                                                           output_dir, show)}
     step = recipe_step(config.stage, [train_path, *unlabeled], training_data.origins(), training,
-                       **(losses if config.stage == "prediction" else {}))
+                       **(losses if config.stage == "prediction" else {}), **pruned)
     # what `tinybert distill --stage STAGE` defaults to: the card's command gives the stage and what differs
     defaults = DistillArguments(config=DistillConfig.for_stage(config.stage))
 
     def save(unwrapped, metrics):
-        save_model_dir(unwrapped.student, tokenizer, output_dir, model_record(
+        save_model_dir(unwrapped.student, start.tokenizer, output_dir, model_record(
             config.stage, label_space, max_length, data_options.doc_stride, teacher=teacher_dir,
             started_from=teacher_dir if config.init_from_teacher else student, step=step,
             dev={"data": str(eval_path), "metric": metric, **metrics} if metrics else None,

@@ -120,7 +120,7 @@ def export_onnx(model_dir: str | os.PathLike, output_dir: str | os.PathLike, *, 
     output_dir.mkdir(parents=True, exist_ok=True)
     onnx_path = output_dir / ONNX_FILE
     logger.info("writing %s", onnx_path)
-    _write_onnx(model, tokenizer, onnx_path, label_space.task)
+    write_onnx(model, tokenizer(SAMPLE_TEXTS, padding=True, return_tensors="pt"), onnx_path, label_space.task)
     tokenizer.save_pretrained(output_dir)
     model.config.save_pretrained(output_dir)
     if record:
@@ -144,7 +144,7 @@ def export_onnx(model_dir: str | os.PathLike, output_dir: str | os.PathLike, *, 
     if int8:
         int8_path = output_dir / INT8_FILE
         logger.info("quantising to int8: %s", int8_path)
-        _quantize(onnx_path, int8_path)
+        quantize(onnx_path, int8_path)
         quantized = runners["onnx_int8"] = OnnxClassifier(int8_path)
         results["int8_onnx"] = str(int8_path)
         results["int8_size_mb"] = int8_path.stat().st_size / 1e6
@@ -188,8 +188,8 @@ def export_graph(module: torch.nn.Module, inputs: dict[str, torch.Tensor], targe
                           dynamo=False)
 
 
-def _write_onnx(model, tokenizer, path: Path, task: str) -> None:
-    sample = tokenizer(SAMPLE_TEXTS, padding=True, return_tensors="pt")
+def write_onnx(model, sample: dict, path: Path, task: str) -> None:
+    """``model`` as an ONNX graph at ``path``, traced on the batch ``sample``, with dynamic axes."""
     inputs = {name: sample[name] for name in ("input_ids", "attention_mask", "token_type_ids") if name in sample}
     axes = {name: {0: "batch", 1: "sequence"} for name in inputs}
     # a class per text has a batch axis; a tag per token, and answer positions, a sequence axis too
@@ -198,7 +198,7 @@ def _write_onnx(model, tokenizer, path: Path, task: str) -> None:
         export_graph(model, inputs, str(temporary), {**axes, **outputs}, output_names=OUTPUT_NAMES[task])
 
 
-def _quantize(source: Path, target: Path) -> None:
+def quantize(source: Path, target: Path) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
     from onnxruntime.quantization.shape_inference import quant_pre_process
     prepared = target.with_name(target.stem + ".prepared.onnx")

@@ -38,6 +38,14 @@ class Family:
     per_layer: tuple[str, ...] = ()
     follow_width: tuple[str, ...] = ()
     derived: tuple[str, ...] = ()
+    # Where a layer's widths live, for pruning (paths from a layer): the projections whose outputs are
+    # the heads' units (queries, keys, values: one fused projection in ModernBERT), the one taking them
+    # back to the hidden width, and the feed-forward projections into and out of its neurons (ModernBERT's
+    # input projection holds the gate's neurons too).
+    heads_in: tuple[str, ...] = ("attention.self.query", "attention.self.key", "attention.self.value")
+    heads_out: str = "attention.output.dense"
+    neurons_in: str = "intermediate.dense"
+    neurons_out: str = "output.dense"
 
 
 _BERT_LIKE = Family(layers="encoder.layer", attention="attention.self")
@@ -49,11 +57,17 @@ FAMILIES: dict[str, Family] = {
     # its embeddings may be narrower than its layers (embedding_size, then a projection): narrower
     # ones (ELECTRA-small's 128 under 256) stay, as wide as the layers (base, large) they follow the student's width
     "electra": Family(layers="encoder.layer", attention="attention.self", follow_width=("embedding_size",)),
+    # without share_att_key, the relative positions have projections of their own into the heads
     "deberta-v2": Family(layers="encoder.layer", attention="attention.self", scores="disentangled",
-                         follow_width=("pooler_hidden_size",), derived=("attention_head_size",)),
+                         follow_width=("pooler_hidden_size",), derived=("attention_head_size",),
+                         heads_in=tuple(f"attention.self.{name}" for name in ("query_proj", "key_proj", "value_proj",
+                                                                               "pos_query_proj", "pos_key_proj"))),
     "distilbert": Family(layers="transformer.layer", attention="attention",
-                         renamed={"intermediate_size": "hidden_dim"}),
-    "modernbert": Family(layers="layers", attention="attn", per_layer=("layer_types",), derived=("head_dim",)),
+                         renamed={"intermediate_size": "hidden_dim"},
+                         heads_in=("attention.q_lin", "attention.k_lin", "attention.v_lin"),
+                         heads_out="attention.out_lin", neurons_in="ffn.lin1", neurons_out="ffn.lin2"),
+    "modernbert": Family(layers="layers", attention="attn", per_layer=("layer_types",), derived=("head_dim",),
+                         heads_in=("attn.Wqkv",), heads_out="attn.Wo", neurons_in="mlp.Wi", neurons_out="mlp.Wo"),
 }
 
 
@@ -69,7 +83,8 @@ def family_of(model_or_config) -> Family:
     return FAMILIES[model_type]
 
 
-def _get(root: torch.nn.Module, path: str) -> torch.nn.Module:
+def module_at(root: torch.nn.Module, path: str) -> torch.nn.Module:
+    """The module at a dotted ``path`` under ``root``."""
     for name in path.split("."):
         root = getattr(root, name)
     return root
@@ -77,7 +92,7 @@ def _get(root: torch.nn.Module, path: str) -> torch.nn.Module:
 
 def layers_of(model: torch.nn.Module) -> torch.nn.ModuleList:
     """The model's list of layers (of a task model or of a bare encoder)."""
-    return _get(model.base_model, family_of(model).layers)
+    return module_at(model.base_model, family_of(model).layers)
 
 
 def layers_prefix(model: torch.nn.Module) -> str:
@@ -89,7 +104,7 @@ def layers_prefix(model: torch.nn.Module) -> str:
 def attention_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
     """The self-attention module of each layer, in order."""
     path = family_of(model).attention
-    return [_get(layer, path) for layer in layers_of(model)]
+    return [module_at(layer, path) for layer in layers_of(model)]
 
 
 def config_name(config, name: str) -> str:
@@ -100,3 +115,9 @@ def config_name(config, name: str) -> str:
 
 def config_value(config, name: str):
     return getattr(config, config_name(config, name))
+
+
+def attention_width(config) -> int:
+    """Heads × head width of a model's attention (DeBERTa may set its head width apart)."""
+    heads = config.num_attention_heads
+    return heads * (getattr(config, "attention_head_size", None) or config.hidden_size // heads)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 
 import torch
@@ -11,11 +10,13 @@ from transformers import AutoConfig, AutoModel
 
 from ..data import LabelSpace
 from ..errors import InputError
-from .families import config_name, config_value, family_of, layers_prefix
+from .families import config_name, config_value, family_of
 from .loading import TASK_MODELS, check_model_dir, count_parameters, load_classifier
+from .pruning import Selection, cut_student, whole
+from .tokenizer import load_tokenizer_files
+from .vocabulary import check_subset
 from ..settings import flag_of
 
-logger = logging.getLogger(__name__)
 
 STUDENT_PRESETS = {
     "tinybert-4l-312": {"num_hidden_layers": 4, "hidden_size": 312, "intermediate_size": 1200,
@@ -58,14 +59,20 @@ def choose_layer_map(layer_map: str | list[int] | None, student_layers: int, tea
     return uniform_layer_map(student_layers, teacher_layers)
 
 
-def student_config(teacher_config, shape: dict, label_space: LabelSpace | None, teacher_layers: list[int]):
+def student_config(teacher_config, shape: dict, label_space: LabelSpace | None, teacher_layers: list[int],
+                   tokens: list[int] | None = None):
     """The teacher's configuration (its family and everything it sets: relative positions,
     rotary bases, embedding width, activation, ...) with the student's ``shape`` (BERT's field
     names) and task. ``teacher_layers``: the 1-based teacher layer each student layer is copied
     from or learns from, whose per-layer settings (ModernBERT's local or global attention) it
-    takes, so that the attention it learns from works as its own."""
+    takes, so that the attention it learns from works as its own. ``tokens``: a pruned
+    vocabulary (teacher ids in the student's order), whose special tokens' ids it renumbers."""
     family = family_of(teacher_config)
     values = {name: value for name, value in teacher_config.to_dict().items() if name not in _NOT_INHERITED}
+    if tokens is not None:
+        new_id = {old: new for new, old in enumerate(tokens)}
+        values.update({name: new_id[value] for name, value in values.items()
+                       if name.endswith("_token_id") and isinstance(value, int) and value in new_id})
     resized = any(shape.get(name, config_value(teacher_config, name)) != config_value(teacher_config, name)
                   for name in ("hidden_size", "num_attention_heads"))
     for name in family.derived if resized else ():
@@ -117,27 +124,28 @@ def check_layers(layers: int | None, name=flag_of) -> None:
 
 
 def build_student(student: str, teacher, label_space: LabelSpace | None, *, layers: int | None = None,
-                  init_from_teacher: bool = False, layer_map: str | list[int] | None = None):
+                  init_from_teacher: bool = False, layer_map: str | list[int] | None = None,
+                  selection: Selection | None = None, teacher_tokenizer=None):
     """A student classifier (a bare encoder when ``label_space`` is None): a preset name, a JSON
-    file of sizes, an existing directory, or (``init_from_teacher``) the teacher's embeddings and
-    mapped layers. ``layers`` overrides the layer count of a preset or of the teacher copy. A new
-    student's layers take the per-layer settings (ModernBERT's local or global attention) of the
-    teacher layers ``layer_map`` (default: uniform) gives them to learn from."""
+    file of sizes, an existing directory, or (``init_from_teacher``) cut from the teacher: its
+    embeddings and mapped layers, whole, or narrower as ``selection`` (``pruning``) keeps them.
+    ``layers`` overrides the layer count of a preset or of the teacher copy. A new student's layers
+    take the per-layer settings (ModernBERT's local or global attention) of the teacher layers
+    ``layer_map`` (default: uniform) gives them to learn from. An existing student may have a
+    pruned vocabulary of ``teacher_tokenizer``'s (when given)."""
     teacher_config = teacher.config
     teachers = teacher_config.num_hidden_layers
     if init_from_teacher:
-        given = len(layer_map.split(",") if isinstance(layer_map, str) else layer_map) if layer_map else None
-        mapping = choose_layer_map(layer_map, layers or given or teachers, teachers)
-        shape = {"num_hidden_layers": len(mapping)}
-        model = _new_model(student_config(teacher_config, shape, label_space, teacher_layers=mapping), label_space)
-        copy_teacher_layers(teacher, model, mapping)
-        return model
+        if selection is None:
+            given = len(layer_map.split(",") if isinstance(layer_map, str) else layer_map) if layer_map else None
+            selection = whole(teacher_config, choose_layer_map(layer_map, layers or given or teachers, teachers))
+        return cut_from_teacher(teacher, label_space, selection)
     if student in STUDENT_PRESETS or str(student).endswith(".json"):
         shape = dict(STUDENT_PRESETS[student]) if student in STUDENT_PRESETS else _read_shape(student)
     else:
         path = check_model_dir(student, "--student")
         if any(path.glob("*.safetensors")) or any(path.glob("*.bin")):
-            return _existing_student(path, teacher_config, label_space, layers)
+            return _existing_student(path, teacher_config, label_space, layers, teacher_tokenizer)
         # a configuration without weights (how the reference code names a student's size)
         config = AutoConfig.from_pretrained(path)
         shape = {name: config_value(config, name) for name in _SHAPE_FIELDS}
@@ -147,14 +155,17 @@ def build_student(student: str, teacher, label_space: LabelSpace | None, *, laye
     return _new_model(student_config(teacher_config, shape, label_space, teacher_layers=mapping), label_space)
 
 
-def _existing_student(path: Path, teacher_config, label_space: LabelSpace | None, layers: int | None):
+def _existing_student(path: Path, teacher_config, label_space: LabelSpace | None, layers: int | None,
+                      teacher_tokenizer=None):
     """A student directory with weights (a general or stage-1 student), as it is."""
     if layers:
         raise InputError("--layers applies to a preset or --init-from-teacher, not to an existing student",
                          path=path, fix="drop --layers, or use a preset name")
     model = (load_classifier(path, label_space) if label_space is not None
              else AutoModel.from_pretrained(path, dtype=torch.float32))
-    if model.config.vocab_size != teacher_config.vocab_size:
+    if teacher_tokenizer is not None and model.config.vocab_size < teacher_config.vocab_size:
+        check_subset(teacher_tokenizer, load_tokenizer_files(path), path)  # a pruned vocabulary
+    elif model.config.vocab_size != teacher_config.vocab_size:
         raise InputError(f"the student's vocabulary has {model.config.vocab_size} entries, the teacher's "
                          f"{teacher_config.vocab_size}", path=path,
                          fix="distil into a student built on the teacher's tokenizer")
@@ -188,25 +199,18 @@ def _read_shape(path: str) -> dict:
     return shape
 
 
-def copy_teacher_layers(teacher, student, mapping: list[int]) -> None:
-    """Copies the teacher's weights into a student of its family and width: student layer m from
-    teacher layer ``mapping[m]``, and everything outside the layers as it is (embeddings and
-    their projection, DeBERTa's relative-position embeddings, poolers, final norms, a task head
-    of the same shape). What the student has and the teacher's mapped layer lacks (ModernBERT's
-    first layer has no norm before attention, every other layer has one) keeps its new
-    initialisation, and the log says so."""
-    teacher_prefix, student_prefix = layers_prefix(teacher), layers_prefix(student)
-    teacher_state = teacher.state_dict()
-    state = {key: value for key, value in teacher_state.items() if not key.startswith(teacher_prefix)}
-    for student_index, teacher_layer in enumerate(mapping):
-        source = f"{teacher_prefix}{teacher_layer - 1}."
-        state.update({f"{student_prefix}{student_index}.{key[len(source):]}": value
-                      for key, value in teacher_state.items() if key.startswith(source)})
-    shapes = {key: value.shape for key, value in student.state_dict().items()}
-    state = {key: value for key, value in state.items() if shapes.get(key) == value.shape}
-    missing, _ = student.load_state_dict(state, strict=False)
-    if missing:
-        logger.info("student weights not copied from the teacher (new initialisation): %s", ", ".join(missing))
+def cut_from_teacher(teacher, label_space: LabelSpace | None, selection: Selection):
+    """A new student of the teacher's family, of the shape ``selection`` keeps, with the teacher's
+    weights as it keeps them."""
+    shape = {"num_hidden_layers": len(selection.layers), "hidden_size": len(selection.channels),
+             "num_attention_heads": len(selection.heads[0]), "intermediate_size": len(selection.neurons[0])}
+    if selection.tokens is not None:
+        shape["vocab_size"] = len(selection.tokens)
+    config = student_config(teacher.config, shape, label_space, teacher_layers=selection.layers,
+                            tokens=selection.tokens)
+    model = _new_model(config, label_space)
+    cut_student(teacher, model, selection)
+    return model
 
 
 def non_embedding_parameters(model: torch.nn.Module) -> int:

@@ -1,0 +1,136 @@
+"""The student a distillation stage starts from, with its tokenizer: a preset or a file of sizes
+(random weights), an existing student directory (a general or stage-1 student), or cut from the
+fine-tuned teacher, whole or pruned narrower (``models.pruning``: its channels, heads, neurons and
+vocabulary chosen on the task's data)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..data import LabelSpace
+from ..errors import InputError
+from ..models.importance import measure_importance
+from ..models.loading import describe, label_space_of, load_classifier, load_tokenizer
+from ..models.pruning import PruningOptions, Selection, pruned_shape, select, shape_only, whole
+from ..models.students import build_student, choose_layer_map
+from ..models.vocabulary import distinct_tokens, fallback_tokens, listed_tokens, pruned_tokenizer
+from ..settings import flag_of
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Start:
+    label_space: LabelSpace
+    teacher: torch.nn.Module
+    student: torch.nn.Module
+    tokenizer: object  # the student's: the teacher's, unless its vocabulary was pruned
+    layer_map: list[int]  # the 1-based teacher layer each student layer learns from
+    selection: Selection | None  # what a pruned student keeps of the teacher (None: not pruned)
+
+
+def check_labels(label_space: LabelSpace, train_data) -> None:
+    """The data's labels must be some of the teacher's (classes, or tags), or scores for scores."""
+    if label_space.kind == "qa" or not train_data.raw_labels:  # answers, or text without labels
+        return
+    if label_space.kind == "token":
+        data_labels = LabelSpace.of_tags(train_data.raw_labels)
+    else:
+        data_labels = LabelSpace.infer(train_data)
+    if label_space.is_regression != data_labels.is_regression or not set(data_labels.names) <= set(label_space.names):
+        raise InputError(f"the data's labels ({describe(data_labels)}) do not fit the teacher's "
+                         f"({describe(label_space)})", path=train_data.path,
+                         fix="distil on data of the task the teacher was fine-tuned for")
+
+
+def check_pruning(options: PruningOptions, init_from_teacher: bool, teacher_config, name=flag_of) -> None:
+    """What no pruned student can be, refused before any data is read."""
+    if options.prunes and not init_from_teacher:
+        given = next(key for key in ("hidden_size", "heads", "intermediate_size", "latency_ms", "prune_vocab")
+                     if getattr(options, key) not in (None, False))
+        raise InputError(f"{name(given)} prunes the teacher, which needs {name('init_from_teacher')}",
+                         fix=f"add {name('init_from_teacher')}, or give a student of random weights its sizes "
+                             "in a JSON file (--student sizes.json)")
+    if options.prune_samples < 1:
+        raise InputError(f"{name('prune_samples')} {options.prune_samples} is no number of rows",
+                         fix="give 1 or more (a few hundred is enough)")
+    if options.narrows and options.latency_ms is None:
+        pruned_shape(teacher_config, options, name)
+
+
+def own_tokenizer(student: str, teacher_tokenizer):
+    """The tokenizer of a student directory whose vocabulary was pruned from the teacher's; the
+    teacher's for any other student."""
+    if not Path(student).is_dir():
+        return teacher_tokenizer
+    try:
+        tokenizer = load_tokenizer(student)
+    except InputError:  # a directory of sizes only: the student takes the teacher's tokenizer
+        return teacher_tokenizer
+    return tokenizer if len(tokenizer) < len(teacher_tokenizer) else teacher_tokenizer
+
+
+def prepare_student(teacher_dir, student: str, train_data, config, tokenizer, rows=None,
+                    selection: Selection | None = None, shape: dict | None = None,
+                    show_progress: bool = False, device: torch.device | str = "cpu") -> Start:
+    """The teacher, and the student as stage 1 starts it (``config``: a ``DistillConfig``).
+
+    A pruned student is cut as ``selection`` says when given (a run resumed, a baseline), else as
+    chosen now on ``rows`` (the training data, tokenised by the teacher's ``tokenizer``) for its
+    ``shape`` (default: what ``config.pruning`` asks); without rows (a plan) it gets the shape
+    alone. The teacher comes on ``device``; the student on the CPU."""
+    label_space = label_space_of(teacher_dir)
+    if label_space is None:
+        raise InputError("the teacher has no task head", path=teacher_dir,
+                         fix="fine-tune it first with `tinybert finetune`, then distil from the result")
+    teacher = load_classifier(teacher_dir).eval().to(device)  # the units are scored where it runs
+    check_labels(label_space, train_data)
+    teacher_layers = teacher.config.num_hidden_layers
+    if not config.init_from_teacher:
+        student_model = build_student(student, teacher, label_space, layers=config.layers, layer_map=config.layer_map,
+                                      teacher_tokenizer=tokenizer)
+        layer_map = choose_layer_map(config.layer_map, student_model.config.num_hidden_layers, teacher_layers)
+        kept = Selection.read(student) if Path(student).is_dir() else None  # a pruned student continued
+        return Start(label_space, teacher, student_model, own_tokenizer(student, tokenizer), layer_map, kept)
+    # the mapping also picks which teacher layers are copied (a shape measured for a latency may say how many)
+    layers = config.layers or (shape or {}).get("num_hidden_layers") or teacher_layers
+    layer_map = choose_layer_map(config.layer_map, layers, teacher_layers)
+    student_tokenizer = tokenizer
+    options: PruningOptions = config.pruning
+    if selection is None and options.prunes:
+        shape = shape or (pruned_shape(teacher.config, options) if options.narrows else None)
+        if rows is None:
+            selection = shape_only(teacher.config, layer_map, shape) if shape else None
+        else:
+            selection, student_tokenizer = choose_units(teacher, tokenizer, rows, layer_map, options, shape,
+                                                        show_progress)
+    elif selection is not None and selection.tokens is not None:
+        student_tokenizer, _ = pruned_tokenizer(tokenizer, set(selection.tokens))
+    student_model = build_student(student, teacher, label_space, layers=len(layer_map), init_from_teacher=True,
+                                  layer_map=layer_map, selection=selection)
+    return Start(label_space, teacher, student_model, student_tokenizer, layer_map, selection)
+
+
+def choose_units(teacher, tokenizer, rows, layer_map: list[int], options: PruningOptions, shape: dict | None,
+                 show_progress: bool):
+    """(what a student of ``shape`` keeps of the teacher, chosen on ``rows``; its tokenizer)."""
+    if shape is None:
+        selection = whole(teacher.config, layer_map)
+    else:
+        importance = measure_importance(teacher, rows, tokenizer, layer_map, options.prune_by, options.prune_samples,
+                                        show_progress)
+        selection = select(importance, layer_map, shape)
+    if not options.prune_vocab:
+        return selection, tokenizer
+    kept = distinct_tokens([rows]) | fallback_tokens(tokenizer)
+    kept |= {value for name, value in teacher.config.to_dict().items()  # the ids its configuration names
+             if name.endswith("_token_id") and isinstance(value, int)}
+    if options.keep_tokens:
+        kept |= listed_tokens(options.keep_tokens, tokenizer)
+    student_tokenizer, selection.tokens = pruned_tokenizer(tokenizer, kept)
+    logger.info("vocabulary pruned to %s of %s tokens", f"{len(selection.tokens):,}", f"{len(tokenizer):,}")
+    return selection, student_tokenizer
