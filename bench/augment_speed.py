@@ -84,7 +84,7 @@ def matmul_rate(rows: int, inner: int, outer: int) -> dict[str, float]:
     """GFLOP/s of an fp32 [rows, inner] x [inner, outer] product in PyTorch and in onnxruntime."""
     from onnx import TensorProto, helper, numpy_helper
 
-    from tinybert.inference.export import cpu_session
+    from tinybert.inference.runners import cpu_session
 
     x = torch.randn(rows, inner)
     weight = torch.randn(inner, outer)

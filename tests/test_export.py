@@ -6,7 +6,8 @@ import torch
 from transformers import AutoModelForSequenceClassification, BertForSequenceClassification
 
 from conftest import tiny_bert_config, write
-from tinybert.inference.export import INT8_FILE, ONNX_FILE, OnnxClassifier, export_onnx
+from tinybert.inference.export import INT8_FILE, export_onnx
+from tinybert.inference.runners import ONNX_FILE, OnnxClassifier
 from tinybert.inference.predict import predict_file
 
 LABELS = {"num_labels": 3, "id2label": {0: "neg", 1: "neu", 2: "pos"}, "label2id": {"neg": 0, "neu": 1, "pos": 2}}

@@ -289,3 +289,37 @@ def test_trackers_are_checked_before_the_first_stage_and_logging_settings_redo_n
     assert again.returncode == 0, again.stderr[-3000:]
     for stage in ("intermediate", "student", "evaluate"):
         assert f"stage {stage}: already complete, skipped" in again.stderr
+
+
+def test_students_beside_the_main_one_share_the_teacher_and_data_and_the_report_weighs_size_against_quality(
+        tmp_path, pipeline_config, tinybert_cli):
+    config = yaml.safe_load(pipeline_config.read_text())
+    config["intermediate"]["epochs"] = 1
+    config["prediction"]["epochs"] = 1
+    config["data"]["max_examples"] = 32
+    config["baseline"]["run"] = False
+    config["export"]["int8"] = True
+    config["students"] = {"pruned": {"hidden_size": 16, "prune_vocab": True},
+                          "random": {"init_from_teacher": False, "student": str(write(tmp_path / "sizes.json", json.dumps(
+                              {"num_hidden_layers": 1, "hidden_size": 16, "intermediate_size": 32,
+                               "num_attention_heads": 2}))), "attention_loss": "relations"}}
+    path = write(tmp_path / "students.yaml", yaml.safe_dump(config))
+    result = tinybert_cli("pipeline", path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    run = tmp_path / "run"
+    results = json.loads((run / "results.json").read_text())
+    assert set(results["students"]) == {"pruned", "random"}
+    assert {"student", "student_pruned", "student_random", "student_pruned_onnx_int8"} <= set(results["evaluation"])
+    assert results["evaluation"]["student_pruned"]["params"] < results["evaluation"]["student"]["params"] / 4
+    assert (run / "intermediate_pruned" / "pruning.json").is_file()
+    assert not (run / "intermediate_random" / "pruning.json").exists()
+    assert result.stderr.count("computing the teacher's outputs") == 1  # every student's stage 2 reads one cache
+    report = (run / "report.md").read_text()
+    assert "## Size and speed against quality" in report and (run / "plots" / "tradeoffs.png").is_file()
+    assert "student pruned, ONNX int8" in report
+    assert "The smallest student keeping 97 %" in report or "No student keeps 97 %" in report
+
+    # a width the teacher cannot take stops the run before any stage, naming where it was given
+    refused = tinybert_cli("pipeline", path, "--set", "students.pruned.hidden_size=12")
+    assert refused.returncode == 2 and "students.pruned.hidden_size 12 with 1 heads gives heads of 12 units" in \
+        refused.stderr

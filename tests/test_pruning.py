@@ -9,7 +9,6 @@ from families import FAMILIES, family_config
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from conftest import write
-from tinybert.data import read_task_file
 from tinybert.distillation.task import DistillConfig
 from tinybert.training import TrainingConfig
 

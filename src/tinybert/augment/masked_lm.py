@@ -19,7 +19,8 @@ from tokenizers import models
 from transformers import AutoModelForMaskedLM, AutoTokenizer
 
 from ..errors import InputError
-from ..inference.export import FP32_TOLERANCE, cpu_session, export_graph
+from ..inference.export import FP32_TOLERANCE, export_graph
+from ..inference.runners import cpu_session
 from .words import is_candidate_token, is_cjk
 
 logger = logging.getLogger(__name__)

@@ -17,11 +17,10 @@ from ..compiling import CompileSetting, StaticShapes, compile_module, compile_op
 from ..data import DataOptions, LabelSpace, eval_loader
 from ..data.tasks import task_data
 from ..data.batching import MODEL_INPUTS, PadToLongest, model_inputs
-from ..errors import InputError
 from .metrics import metrics_for
-from ..models.loading import (check_model_dir, count_parameters, label_space_of, load_classifier, load_tokenizer,
-                              model_size_mb)
-from ..models.record import read_record, reading_settings
+from ..inference.runners import OnnxClassifier, load_predictor
+from ..models.loading import count_parameters, model_size_mb
+from ..models.record import reading_settings
 from ..settings import group, option
 
 LATENCY_EXAMPLES = 32
@@ -126,28 +125,25 @@ def measure_latency(model, dataset, tokenizer) -> dict:
 def evaluate(model_dir: str | os.PathLike, data_path: str | os.PathLike, *, max_length: int | None = None,
              batch_size: int = 64, latency: bool = True, data_options: DataOptions | None = None,
              compile: CompileSetting = "auto", show_progress: bool = True) -> dict:
-    """Everything `tinybert evaluate` reports for a fine-tuned model (classifier, tagger or QA) on
-    a labelled file of its task, read through its token cache (``data_options.cache_dir``, else
-    ~/.cache/tinybert/tokens). ``max_length`` and the doc stride default to what the model
-    recorded (else 128 tokens)."""
-    label_space = label_space_of(model_dir)
-    if label_space is None:
-        raise InputError("this is a bare encoder with no task head", path=model_dir,
-                         fix="evaluate a model written by `tinybert finetune` or `tinybert distill`")
-    tokenizer = load_tokenizer(model_dir)
-    model = load_classifier(model_dir)
-    max_length, options = reading_settings(read_record(check_model_dir(model_dir)), max_length,
-                                           data_options or DataOptions(), label_space.task)
+    """Everything `tinybert evaluate` reports for a fine-tuned model (classifier, tagger or QA: a
+    model directory, an export directory or an ``.onnx`` file) on a labelled file of its task, read
+    through its token cache (``data_options.cache_dir``, else ~/.cache/tinybert/tokens).
+    ``max_length`` and the doc stride default to what the model recorded (else 128 tokens)."""
+    model, tokenizer, label_space, record = load_predictor(model_dir)
+    onnx = isinstance(model, OnnxClassifier)
+    max_length, options = reading_settings(record, max_length, data_options or DataOptions(), label_space.task)
     dataset = task_data(label_space.task, data_path, tokenizer, max_length, options,
                         show_progress=show_progress).labelled(label_space)
     results = {"model": str(model_dir), "data": str(data_path), "examples": len(dataset), "max_length": max_length}
     if label_space.task == "qa":  # examples are windows of the questions' contexts
         results.update(doc_stride=options.doc_stride, questions=dataset.meta["questions"])
-    shapes = static_shapes(compile, torch.device("cpu"), rows=batch_size, max_length=max_length, examples=len(dataset))
+    shapes = None if onnx else static_shapes(compile, torch.device("cpu"), rows=batch_size, max_length=max_length,
+                                             examples=len(dataset))
     results.update(evaluate_dataset(model, dataset, tokenizer, label_space, batch_size, show_progress=show_progress,
                                     shapes=shapes))
-    results["params"] = count_parameters(model)
-    results["size_mb"] = model_size_mb(model_dir)
+    if not onnx:  # an ONNX graph's weights are its file
+        results["params"] = count_parameters(model)
+    results["size_mb"] = model.path.stat().st_size / 1e6 if onnx else model_size_mb(model_dir)
     if latency:
         results.update(measure_latency(model, dataset, tokenizer))
     return results
@@ -167,7 +163,8 @@ def format_table(results: dict) -> str:
 
 @dataclass
 class EvaluateArguments:
-    model: str | None = option(None, "fine-tuned model directory", required=True)
+    model: str | None = option(None, "fine-tuned model directory, export directory (its model.onnx), or model.onnx / "
+                                     "model.int8.onnx", required=True)
     data: str | None = option(None, "labelled data file", required=True)
     json: str | None = option(None, "also write the figures to this JSON file")
     max_length: int | None = option(None, "tokens per example, longer ones truncated (default: the model's "

@@ -27,7 +27,8 @@ from ..data import DataOptions, EncodedData
 from ..data.batching import PadToLongest
 from ..data.tasks import detect_task, task_data
 from ..errors import InputError
-from ..inference.export import OnnxClassifier, quantize, write_onnx
+from ..inference.export import quantize, write_onnx
+from ..inference.runners import OnnxClassifier
 from ..models.families import config_value
 from ..models.loading import TASK_MODELS, check_model_dir, count_parameters, label_space_of, load_tokenizer
 from ..models.pruning import PruningOptions, head_width, pruned_shape

@@ -8,7 +8,6 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -23,11 +22,11 @@ from ..models.files import RECORD_FILE
 from ..models.loading import (check_model_dir, count_parameters, label_space_of, load_classifier, load_tokenizer,
                               model_size_mb)
 from ..models.record import read_record, reading_settings
+from .runners import ONNX_FILE, OnnxClassifier
 from ..settings import group, option
 
 logger = logging.getLogger(__name__)
 
-ONNX_FILE = "model.onnx"
 INT8_FILE = "model.int8.onnx"
 REPORT_FILE = "export.json"
 FP32_TOLERANCE = 1e-3  # max |Δlogit| between PyTorch and ONNX fp32
@@ -35,41 +34,6 @@ INT8_TOLERANCE = 1.0  # metric points (×100) the int8 model may lose on the dev
 OUTPUT_NAMES = {"sequence": ("logits",), "token": ("logits",), "qa": ("start_logits", "end_logits")}
 PARITY_EXAMPLES = 256  # examples compared in fp32 (the int8 check uses the whole data file)
 SAMPLE_TEXTS = ["a short example", "a second, rather longer example sentence for the check ."]
-
-
-def cpu_session(model: str | bytes):
-    """An onnxruntime CPU session for a model file or serialised model."""
-    import onnxruntime
-    options = onnxruntime.SessionOptions()
-    # idle onnxruntime threads spin by default, taking CPU from PyTorch running in the same process
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return onnxruntime.InferenceSession(model, options, providers=["CPUExecutionProvider"])
-
-
-class OnnxClassifier:
-    """An onnxruntime session that answers like a transformers model (``model(**batch).logits``, or
-    ``.start_logits`` and ``.end_logits`` for QA), so evaluation and prediction run unchanged on either."""
-
-    training = False
-
-    def __init__(self, path: str | os.PathLike):
-        self.path = Path(path)
-        self.session = cpu_session(str(path))
-        self.input_names = [node.name for node in self.session.get_inputs()]
-        self.output_names = [node.name for node in self.session.get_outputs()]
-
-    def eval(self):
-        return self
-
-    def train(self, mode: bool = True):
-        return self
-
-    def __call__(self, **inputs):
-        feeds = {name: np.asarray(inputs[name], dtype=np.int64) for name in self.input_names if name in inputs}
-        if "token_type_ids" in self.input_names and "token_type_ids" not in feeds:
-            feeds["token_type_ids"] = np.zeros_like(feeds["input_ids"])
-        outputs = self.session.run(self.output_names, feeds)
-        return SimpleNamespace(**{name: torch.from_numpy(value) for name, value in zip(self.output_names, outputs)})
 
 
 @dataclass

@@ -9,7 +9,6 @@ import logging
 import os
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -17,10 +16,8 @@ from tqdm.auto import tqdm
 from ..evaluation import measure
 from ..artifacts import atomic_file
 from ..data import DataOptions, Example, TaskData, encode, report_bad_lines
-from ..errors import InputError
-from .export import ONNX_FILE, OnnxClassifier
-from ..models.loading import check_model_dir, label_space_of, load_classifier, load_tokenizer
-from ..models.record import read_record, reading_settings
+from .runners import load_predictor
+from ..models.record import reading_settings
 from ..settings import group, option
 from ..evaluation.spans import predict_answers, predict_entities
 
@@ -43,29 +40,6 @@ class PredictArguments:
     def run(self, show_progress: bool = True) -> int:
         return predict_file(self.model, self.input, self.output, batch_size=self.batch_size,
                             max_length=self.max_length, data_options=self.data_options, show_progress=show_progress)
-
-
-def load_predictor(model: str | os.PathLike):
-    """(model, tokenizer, label space, record of how it was made) for a save_pretrained directory,
-    an export directory or a ``.onnx`` file (whose tokenizer, config and record lie beside it, as
-    `tinybert export` writes them)."""
-    path = Path(model)
-    has_weights = path.is_dir() and (any(path.glob("*.safetensors")) or any(path.glob("*.bin")))
-    if path.is_dir() and not has_weights and (path / ONNX_FILE).is_file():
-        path = path / ONNX_FILE  # an export directory
-    if path.suffix == ".onnx":
-        if not path.is_file():
-            raise InputError("ONNX file not found", path=path, fix="pass the model.onnx written by `tinybert export`")
-        folder = path.parent
-        predictor = OnnxClassifier(path)
-    else:
-        folder = check_model_dir(path)
-        predictor = load_classifier(folder).eval()
-    label_space = label_space_of(folder)
-    if label_space is None:
-        raise InputError("no task labels in config.json", path=folder / "config.json",
-                         fix="predict with a model written by `tinybert finetune`, `distill` or `export`")
-    return predictor, load_tokenizer(folder), label_space, read_record(folder)
 
 
 def predict_file(model: str | os.PathLike, input_path: str | os.PathLike, output_path: str | os.PathLike | None = None,

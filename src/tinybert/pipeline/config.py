@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 import shlex
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
@@ -17,10 +18,12 @@ import yaml
 from ..augment import AugmentArguments
 from ..data import DataOptions
 from ..distillation.distillers import check_losses
+from ..distillation.start import check_pruning
 from ..distillation.task import DistillArguments, DistillConfig
 from ..errors import InputError
 from ..evaluation.measure import EvaluateArguments
 from ..inference.export import ExportArguments
+from ..models.pruning import PruningOptions
 from ..models.students import check_layers
 from ..monitoring import check_training
 from ..finetune import FinetuneArguments
@@ -76,6 +79,8 @@ class ExportSection:
 class ReportSection:
     run: bool = option(True, "write report.md, report.html and plots")
     title: str = option("TinyBERT distillation report", "the report's title")
+    target_retention: float = option(0.97, "the report names the smallest student keeping this share of the "
+                                           "teacher's test metric")
 
 
 @dataclass
@@ -84,7 +89,10 @@ class TopLevel:
 
 
 _DATA_KEYS = {s.key for s in settings_of(DataOptions)}
-STUDENT_SHAPE = {"student", "layers", "layer_map", "init_from_teacher"}
+STUDENT_SHAPE = {"student", "layers", "layer_map", "init_from_teacher"} | {s.key for s in settings_of(PruningOptions)}
+# more students beside the main one: `students: {NAME: {stage-1 keys}}`, each the intermediate section changed so
+STUDENTS = "students"
+STUDENT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
 @dataclass(frozen=True)
@@ -127,16 +135,20 @@ class Config:
     path: str
     sections: dict[str, object]  # section name ("" for the top level) → its dataclass instance
     origins: dict[tuple[str, str], str]  # (section, key) → "FILE, line N" or "--set ..."
+    # the students beside the main one: name → stage 1's arguments (its section "students.NAME")
+    students: dict[str, object] = field(default_factory=dict)
 
     def section_values(self, section: str, instance=None) -> dict:
         """Every key of a section with the value the run uses (of ``instance``: a section derived from it)."""
-        values = values_of(instance or self.sections[section])
-        return {key: values[key] for key in SECTIONS[section].keys}
+        values = values_of(instance or self.sections.get(section) or self.students[_student_name(section)])
+        return {key: values[key] for key in _section(section).keys}
 
     @property
     def values(self) -> dict[str, dict]:
-        """section → {key: value} ("" for the top level)."""
-        return {name: self.section_values(name) for name in SECTIONS}
+        """section → {key: value} ("" for the top level; a student's, only the keys it sets)."""
+        values = {name: self.section_values(name) for name in SECTIONS}
+        values.update({f"{STUDENTS}.{name}": self.explicit(f"{STUDENTS}.{name}") for name in self.students})
+        return values
 
     @property
     def command(self) -> str:
@@ -197,6 +209,21 @@ def check_training_sections(config: Config) -> None:
             raise InputError(error.problem, path=config.origins.get(setting, config.path), fix=error.fix) from None
 
 
+def check_student_widths(config: Config, teacher_config) -> None:
+    """Every student's pruning settings (stage 1's and each of `students:`), checked against the
+    teacher's configuration, naming the setting as the config gave it."""
+    stage1 = {"intermediate": config.sections["intermediate"],
+              **{f"{STUDENTS}.{name}": section for name, section in config.students.items()}}
+    for section, arguments in stage1.items():
+        def named(key, section=section):
+            return f"{section if (section, key) in config.origins else 'intermediate'}.{key}"
+        try:
+            check_pruning(arguments.config.pruning, arguments.config.init_from_teacher, teacher_config, named)
+        except InputError as error:
+            setting = tuple(error.problem.split(" ", 1)[0].rsplit(".", 1))
+            raise InputError(error.problem, path=config.origins.get(setting, config.path), fix=error.fix) from None
+
+
 def load_config(path: str | os.PathLike, overrides=(), quick: bool = False) -> Config:
     """The config file with defaults filled in and ``--set section.key=value`` overrides applied
     (after the ``quick:`` section when ``quick``); unknown sections or keys and values of the
@@ -230,6 +257,8 @@ def load_config(path: str | os.PathLike, overrides=(), quick: bool = False) -> C
                                      fix="e.g. quick: {finetune.epochs: 1}")
             elif name in SECTIONS[""].keys:
                 given[("", name)] = (_load(value_node), f"{path}, line {line}")
+            elif name == STUDENTS:
+                given.update(_students(value_node, path, line))
             elif name not in SECTIONS:
                 raise _unknown(f"section {key_node.value!r}", name, _section_names(), path, line)
             elif value_node.tag != "tag:yaml.org,2002:null":
@@ -255,8 +284,33 @@ def _load(node):
     return yaml.safe_load(yaml.serialize(node))
 
 
+def _students(node, path: str, line: int) -> dict:
+    """``students:``, a mapping of names to stage-1 keys: each student is stage 1's section changed so
+    (a student with no keys is registered by the key None)."""
+    if not isinstance(node, yaml.MappingNode):
+        raise InputError("`students:` must map names to stage-1 keys", path=path, line=line,
+                         fix="e.g. students: {pruned-3x192: {init_from_teacher: true, layers: 3, hidden_size: 192}}")
+    given = {}
+    for name_node, keys_node in node.value:
+        name_line = name_node.start_mark.line + 1
+        section = _student_section(str(name_node.value), path, name_line)
+        given[(section, None)] = (None, f"{path}, line {name_line}")
+        if keys_node.tag == "tag:yaml.org,2002:null":
+            continue
+        if not isinstance(keys_node, yaml.MappingNode):
+            raise InputError(f"{section} must be a mapping of stage-1 keys", path=path, line=name_line,
+                             fix="e.g. {hidden_size: 192, prune_vocab: true}")
+        for key_node, value_node in keys_node.value:
+            key, key_line = key_node.value.replace("-", "_"), key_node.start_mark.line + 1
+            if key not in SECTIONS["intermediate"].keys:
+                raise _unknown(f"key {section}.{key_node.value}", key, SECTIONS["intermediate"].keys, path, key_line,
+                               section=section)
+            given[(section, key)] = (_load(value_node), f"{path}, line {key_line}")
+    return given
+
+
 def _section_names() -> list[str]:
-    return [name for name in SECTIONS if name] + SECTIONS[""].keys + ["quick"]
+    return [name for name in SECTIONS if name] + SECTIONS[""].keys + ["quick", STUDENTS]
 
 
 def _unknown(what: str, name: str, known, path: str, line: int | None, section: str | None = None) -> InputError:
@@ -277,6 +331,12 @@ def _parse_override(override, path: str) -> tuple[str, str, object, str]:
             raise InputError(f"--set {override!r} has no value", fix="write --set section.key=value")
         value, text = (yaml.safe_load(raw) if raw else None), override
     section, dot, key = name.replace("-", "_").rpartition(".")
+    if section.startswith(STUDENTS + "."):  # students.NAME.key
+        section = _student_section(name.rpartition(".")[0][len(STUDENTS) + 1:], f"--set {text}")
+        if key not in SECTIONS["intermediate"].keys:
+            raise _unknown(f"key {name!r} in --set {text}", key, SECTIONS["intermediate"].keys, path, None,
+                           section=section)
+        return section, key, value, f"--set {text}"
     if section not in SECTIONS or not dot and key not in SECTIONS[""].keys:
         raise _unknown(f"section {section!r} in --set {text}", section, _section_names(), path, None)
     if key not in SECTIONS[section].keys:
@@ -288,20 +348,44 @@ def _parse_override(override, path: str) -> tuple[str, str, object, str]:
 def _build(path: str, given: dict) -> Config:
     by_section: dict[str, dict] = {name: {} for name in SECTIONS}
     for (section, key), (value, where) in given.items():
-        setting = next(s for s in settings_of(SECTIONS[section].kind) if s.key == key)
+        values = by_section.setdefault(section, {})
+        if key is None:  # a student named, perhaps with no keys of its own
+            continue
+        setting = next(s for s in settings_of(_section(section).kind) if s.key == key)
         try:
-            by_section[section][key] = convert(setting, value)
+            values[key] = convert(setting, value)
         except ValueError as error:
             name = f"{section}.{key}" if section else key
             raise InputError(f"{name} {error}", path=where,
                              fix=f"give {name} a value of the right kind (see --show-config)") from None
     sections = {name: with_values(copy.deepcopy(SECTIONS[name].default), values)
-                for name, values in by_section.items()}
-    return Config(path, sections, {key: where for key, (_, where) in given.items()})
+                for name, values in by_section.items() if name in SECTIONS}
+    students = {_student_name(name): with_values(copy.deepcopy(sections["intermediate"]), values)
+                for name, values in by_section.items() if name not in SECTIONS}
+    return Config(path, sections, {key: where for key, (_, where) in given.items() if key[1] is not None}, students)
+
+
+def _section(name: str) -> Section:
+    """A section's record; a student's (``students.NAME``) is stage 1's."""
+    return SECTIONS["intermediate"] if name.startswith(STUDENTS + ".") else SECTIONS[name]
+
+
+def _student_name(section: str) -> str:
+    return section[len(STUDENTS) + 1:]
+
+
+def _student_section(name: str, where: str, line: int | None = None) -> str:
+    """``students.NAME`` for a student's name, which names its stages' folders."""
+    if not STUDENT_NAME.fullmatch(name) or name == "original_data":
+        raise InputError(f"{STUDENTS}.{name} is no student name", path=where, line=line,
+                         fix="name it with letters, digits, '-', '_' or '.' (it names the student's folders), "
+                             "e.g. pruned-3x192")
+    return f"{STUDENTS}.{name}"
 
 
 def format_config(config: Config) -> str:
     """Every section and key with the value a run will use (what `--show-config` prints)."""
     values = config.values
-    shown = {**values.pop(""), **values}
+    students = {name: values.pop(f"{STUDENTS}.{name}") for name in config.students}
+    shown = {**values.pop(""), **values, **({STUDENTS: students} if students else {})}
     return yaml.safe_dump(shown, sort_keys=False, allow_unicode=True)

@@ -16,6 +16,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from ..artifacts import atomic_write  # noqa: E402
 from ..monitoring import still_rising  # noqa: E402
+from .tradeoffs import plot_tradeoffs, smallest_within  # noqa: E402
 
 MODEL_NAMES = {"teacher": "teacher", "student": "distilled student",
                "student_original_data": "distilled student, no augmentation",
@@ -35,31 +36,37 @@ LOSS_PARTS = {"loss": "total", "att": "attention", "hid": "hidden states", "emb"
               "gold": "gold labels"}
 
 
+def model_names(results: dict) -> dict[str, str]:
+    """Each evaluated model's key and name: the fixed ones, the students of `students:`, and an int8
+    export of each student."""
+    names = dict(MODEL_NAMES)
+    names.update({f"student_{name}": f"student {name}" for name in results.get("students") or {}})
+    names = {key: name for key, name in names.items() if key != "baseline"} | {"baseline": names["baseline"]}
+    names.update({f"{key}_onnx_int8": f"{name}, ONNX int8" for key, name in list(names.items())
+                  if key.startswith("student")})
+    return names
+
+
 def model_rows(results: dict) -> tuple[str, list[dict]]:
     """The metric name and one row per evaluated model: dev and test metric, retention, size, latency."""
     evaluated = results.get("evaluation", {})
     teacher = evaluated.get("teacher", {})
     metric = next((m for m in REPORTED_METRICS if m in teacher), None) or "accuracy"
     rows = []
-    for key, name in MODEL_NAMES.items():
+    for key, name in model_names(results).items():
         figures = evaluated.get(key)
         if not figures:
             continue
         dev = (figures.get("dev") or {}).get(metric)
+        if key.endswith("_onnx_int8"):  # the int8 copy's dev figure is its export's check
+            export = (results.get("exports") or {}).get(key.removesuffix("_onnx_int8"), {})
+            dev = export.get("int8_metric_value")
         row = {"key": key, "model": name, "dev": dev, "test": figures.get(metric), "params": figures.get("params"),
                "size_mb": figures.get("size_mb"), "latency_ms": figures.get("latency_ms_batch1"),
                **{f"test {extra}": figures[extra] for extra in SECONDARY_METRICS if extra in figures}}
         if teacher.get(metric):
             row["retention"] = figures.get(metric) / teacher[metric]
         rows.append(row)
-    export = results.get("export")
-    if export and export.get("int8_size_mb"):
-        student = next((row for row in rows if row["key"] == "student"), {})
-        rows.append({"key": "student_onnx_int8", "model": "distilled student, ONNX int8",
-                     "dev": export.get("int8_metric_value"), "test": None, "params": student.get("params"),
-                     "size_mb": export["int8_size_mb"],
-                     "latency_ms": export.get("latency_ms_batch1", {}).get("onnx_int8"),
-                     "retention": None})
     return metric, rows
 
 
@@ -238,6 +245,20 @@ def write_report(run_dir: str | os.PathLike, results: dict, title: str = "TinyBE
         plot = _plot_bars(shown, field, label, plots / f"{name}.png", fmt, is_metric=field in ("dev", "test"))
         if plot:
             blocks.append(("img", plot.relative_to(run_dir).as_posix(), label))
+    tradeoffs = plot_tradeoffs(rows, metric, plots / "tradeoffs.png")
+    if tradeoffs:
+        target = results.get("target_retention", 0.97)
+        smallest = smallest_within(rows, target)
+        teacher = next((row for row in rows if row["key"] == "teacher"), {})
+        named = (f"The smallest student keeping {100 * target:.0f} % of the teacher's test {metric}: {smallest['model']}"
+                 f" ({100 * smallest['retention']:.1f} %, {smallest['size_mb']:.1f} MB"
+                 + (f", {teacher['size_mb'] / smallest['size_mb']:.1f}× smaller" if teacher.get("size_mb") else "")
+                 + (f", {smallest['latency_ms']:.1f} ms per example" if smallest.get("latency_ms") else "") + ")."
+                 if smallest else f"No student keeps {100 * target:.0f} % of the teacher's test {metric} "
+                                  "(report.target_retention).")
+        blocks += [("h2", "Size and speed against quality"), ("img", tradeoffs.relative_to(run_dir).as_posix(),
+                                                               "test metric against latency and size"),
+                   ("p", named)]
     losses = _plot_losses(run_dir, plots)
     if losses:
         blocks += [("h2", "Training losses"), ("img", losses.relative_to(run_dir).as_posix(), "loss curves"),

@@ -4,29 +4,27 @@ settings or inputs changed (with the stages after it)."""
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import time
 from dataclasses import replace
 from pathlib import Path
 
+from transformers import AutoConfig
+
 from .. import resources
 from ..artifacts import Stamp, digest, digest_file, read_json, write_json
 from ..augment import OUTPUT_NEUTRAL_SETTINGS
 from ..data.cache import CACHE_DIR
 from ..data.formats import MARK
-from ..data.tasks import scan_labels
-from ..distillation.task import SPEED_ONLY, DistillConfig, build_initial_student
+from ..distillation.task import SPEED_ONLY
 from ..errors import InputError
-from ..evaluation.measure import evaluate
-from ..inference.export import export_onnx
-from ..models.card import write_card
-from ..models.loading import digest_model_dir, load_tokenizer, save_model_dir
-from ..models.record import read_record
+from ..inference.export import INT8_FILE, export_onnx
+from ..models.loading import check_model_dir, digest_model_dir
 from ..models.students import check_family
 from ..training import RESUME_NEUTRAL, STATE_FILE
-from .config import STUDENT_SHAPE, Config, check_training_sections
+from .config import STUDENT_SHAPE, STUDENTS, Config, check_student_widths, check_training_sections
+from .stages import baseline, evaluate_all, write_cards
 
 logger = logging.getLogger(__name__)
 
@@ -166,6 +164,9 @@ def run_pipeline(config: Config) -> dict:
     for key, model in sources.items():
         if model:
             check_family(model, key)
+    teacher_source = finetune["teacher_dir"] or finetune["model"]
+    if teacher_source:  # a pruned width the teacher cannot take stops the run now, not after fine-tuning
+        check_student_widths(config, AutoConfig.from_pretrained(check_model_dir(teacher_source)))
     student_start = general["student_dir"] or intermediate["student"]
     student_identity = content_of(student_start)
     if general["run"] and not general["student_dir"]:
@@ -217,17 +218,23 @@ def run_pipeline(config: Config) -> dict:
         if augment["compare_without"]:
             trainings.append(("_original_data", files["train"], data_identity["train"], reading))
 
-    # task distillation, stage 1 then stage 2, on the training data and any unlabelled text
+    # task distillation, stage 1 then stage 2, on the training data and any unlabelled text: the main
+    # student (also on the original rows, to compare), and every student of `students:` beside it
     prediction_section = config.prediction_section()
     prediction = run.settings("prediction", prediction_section)
     unlabeled = run.settings("data")["unlabeled"]
     extra = {"unlabeled": [content_of(path) for path in unlabeled]} if unlabeled else {}
-    for suffix, train_file, train_identity, train_options in trainings:
-        inputs = {"settings": _fingerprinted(intermediate), "student": student_identity, "teacher": teacher_identity,
-                  "data": train_identity, "data_options": data_settings, **extra}
-        stage1 = run.stage("intermediate" + suffix, inputs, lambda d, t=train_file, o=train_options: run.arguments(
-            "intermediate", teacher=teacher_dir, student=student_start, train=t, output=str(d),
-            data_options=o, unlabeled=unlabeled).run())
+    students = [(suffix, "intermediate", config.sections["intermediate"], training)
+                for suffix, *training in trainings]
+    students += [(f"_{name}", f"{STUDENTS}.{name}", section, trainings[0][1:])
+                 for name, section in config.students.items()]
+    results["students"] = {}
+    for suffix, section, stage1_section, (train_file, train_identity, train_options) in students:
+        inputs = {"settings": _fingerprinted(run.settings(section, stage1_section)), "student": student_identity,
+                  "teacher": teacher_identity, "data": train_identity, "data_options": data_settings, **extra}
+        stage1 = run.stage("intermediate" + suffix, inputs, lambda d, t=train_file, o=train_options, s=stage1_section:
+                           run.arguments("intermediate", s, teacher=teacher_dir, student=student_start, train=t,
+                                         output=str(d), data_options=o, unlabeled=unlabeled).run())
         inputs = {"settings": _fingerprinted(prediction), "stage1": run.fingerprints["intermediate" + suffix],
                   "teacher": teacher_identity, "data": train_identity, "dev": data_identity["dev"], **extra}
         results["student" + suffix] = str(run.stage("student" + suffix, inputs,
@@ -236,35 +243,46 @@ def run_pipeline(config: Config) -> dict:
                                                                   teacher=teacher_dir, student=str(s), train=t,
                                                                   eval=files["dev"], output=str(d),
                                                                   data_options=o, unlabeled=unlabeled).run()))
+        if section != "intermediate":
+            results["students"][section[len(STUDENTS) + 1:]] = results["student" + suffix]
 
-    # the same student shape and start, fine-tuned on the labels without distillation
+    # the main student's shape and start (pruned as its stage 1 pruned it), fine-tuned on the labels alone
     if config.section_values("baseline")["run"]:
         baseline_section = config.baseline_section()
         inputs = {"settings": _fingerprinted(run.settings("baseline", baseline_section)),
                   "student": {k: intermediate[k] for k in STUDENT_SHAPE}, "student_start": student_identity,
-                  "teacher": teacher_identity, "data": data_identity, "data_options": data_settings}
-        results["baseline"] = str(run.stage("baseline", inputs, lambda d: _baseline(
+                  "stage1": run.fingerprints["intermediate"], "teacher": teacher_identity, "data": data_identity,
+                  "data_options": data_settings}
+        results["baseline"] = str(run.stage("baseline", inputs, lambda d: baseline(
             run.arguments("baseline", baseline_section), config.sections["intermediate"].config, teacher_dir,
-            student_start, files, reading, d)))
+            student_start, run.directory / "intermediate", files, reading, d)))
 
-    # every model on the test split
+    # every student to ONNX (+ int8), then every model, exports included, on the test split
+    export = run.settings("export")
+    students = {"student" + suffix: results["student" + suffix] for suffix, *_ in students}
+    exported = {}
+    if export["run"]:
+        for name, student in students.items():
+            inputs = {"settings": export, "student": run.fingerprints[name], "dev": data_identity["dev"]}
+            export_dir = run.stage(name.replace("student", "export", 1), inputs, lambda d, s=student: export_onnx(
+                s, d, int8=export["int8"], data=files["dev"], max_length=export["max_length"],
+                latency=not export["no_latency"], data_options=whole_files))
+            exported[name] = export_dir
+        results["exports"] = {name: read_json(directory / "export.json") for name, directory in exported.items()}
+        results["export"] = results["exports"]["student"]
     evaluate_settings = run.settings("evaluate")
-    models = {name: results[name] for name in ("teacher", "student", "student_original_data", "baseline")
-              if name in results}
-    identities = {"teacher": teacher_identity, **{name: run.fingerprints[name] for name in models if name != "teacher"}}
+    models = {"teacher": teacher_dir, **students, **({"baseline": results["baseline"]} if "baseline" in results else {})}
+    models.update({f"{name}_onnx_int8": str(directory / INT8_FILE) for name, directory in exported.items()
+                   if export["int8"]})
+    identities = {"teacher": teacher_identity, **{name: run.fingerprints[name] for name in models
+                                                  if name in run.fingerprints and name != "teacher"},
+                  **{name: run.fingerprints[name.replace("student", "export", 1).removesuffix("_onnx_int8")]
+                     for name in models if name.endswith("_onnx_int8")}}
     inputs = {"settings": evaluate_settings, "models": identities,
               "test": data_identity["test"], "data_options": data_settings}
-    evaluation_dir = run.stage("evaluate", inputs, lambda d: _evaluate_all(
+    evaluation_dir = run.stage("evaluate", inputs, lambda d: evaluate_all(
         models, files["test"], config.sections["evaluate"], whole_files, d))
     results["evaluation"] = read_json(evaluation_dir / "results.json")
-
-    export = run.settings("export")
-    if export["run"]:
-        inputs = {"settings": export, "student": run.fingerprints["student"], "dev": data_identity["dev"]}
-        export_dir = run.stage("export", inputs, lambda d: export_onnx(
-            results["student"], d, int8=export["int8"], data=files["dev"], max_length=export["max_length"],
-            latency=not export["no_latency"], data_options=whole_files))
-        results["export"] = read_json(export_dir / "export.json")
 
     from .report import warnings_of, write_report  # matplotlib, imported once a run gets this far
     results["warnings"] = warnings_of(results, read_json(Path(teacher_dir) / STATE_FILE)
@@ -273,59 +291,15 @@ def run_pipeline(config: Config) -> dict:
         logger.warning(warning)
     augmentation = {key: augment[key] for key in ("variants", "candidates", "probability", "augment_first", "mlm",
                                                   "word_vectors") if augment[key] is not None} if augment["run"] else {}
-    _write_cards({name: path for name, path in models.items() if name != "teacher" or not finetune["teacher_dir"]},
-                 results["evaluation"], files["test"], augmentation, config.command)
+    write_cards({name: path for name, path in models.items() if name in students or name == "baseline"
+                 or name == "teacher" and not finetune["teacher_dir"]},
+                results["evaluation"], files["test"], augmentation, config.command)
 
     results["stage_seconds"] = dict(run.timings)
     report = run.settings("report")
     if report["run"]:
         # cheap, and it reflects every stage: written on every run
+        results["target_retention"] = report["target_retention"]
         results["report"] = str(write_report(run.directory, results, title=report["title"]))
     write_json(run.directory / "results.json", results)
     return results
-
-
-def _baseline(arguments, stage1: DistillConfig, teacher_dir: str, student_start: str, files: dict, reading,
-              directory: Path) -> None:
-    """The distilled student's starting point, fine-tuned on the labels alone."""
-    from accelerate.utils import set_seed
-    initial = directory / "initial"
-    if not (initial / "config.json").is_file():
-        set_seed(arguments.config.training.seed)  # the new task head's initialisation
-        data = scan_labels(files["train"], reading)
-        shape = DistillConfig(layers=stage1.layers, init_from_teacher=stage1.init_from_teacher,
-                              layer_map=stage1.layer_map)
-        save_model_dir(build_initial_student(teacher_dir, student_start, data, shape), load_tokenizer(teacher_dir),
-                       initial)
-    replace(arguments, model=str(initial), train=files["train"], eval=files["dev"], output=str(directory),
-            data_options=reading).run()
-
-
-def _write_cards(models: dict, evaluated: dict, test_file: str, augmentation: dict, command: str) -> None:
-    """Each model's card again, with what the pipeline measured: test metrics, retention against the
-    teacher, size and latency, the augmentation (for the student distilled on it), the pipeline command."""
-    teacher = evaluated.get("teacher", {})
-    for name, model_dir in models.items():
-        figures, theirs = evaluated.get(name, {}), name != "teacher"
-        write_card(model_dir, read_record(model_dir), {
-            "test": figures, "test_data": test_file, "teacher_test": teacher if theirs else None,
-            "teacher_dev": teacher.get("dev") if theirs else None, "params": figures.get("params"),
-            "size_mb": figures.get("size_mb"), "latency_ms": figures.get("latency_ms_batch1"),
-            "augmentation": augmentation if name == "student" else None, "command": command})
-
-
-def _evaluate_all(models: dict, test_file: str, settings, options, directory: Path) -> None:
-    results = {}
-    # every model on the same windows, or retention would compare texts cut differently: the longest
-    # any of them was trained on (the teacher's, usually), so none sees less than it learnt from
-    recorded = [read_record(model_dir).get("max_length") for model_dir in models.values()]
-    max_length = settings.max_length or max((length for length in recorded if length), default=None)
-    for name, model_dir in models.items():
-        logger.info("evaluating %s on %s", name, test_file)
-        results[name] = evaluate(model_dir, test_file, max_length=max_length,
-                                 batch_size=settings.batch_size, latency=not settings.no_latency,
-                                 data_options=options, compile=settings.compile)
-        summary = Path(model_dir) / "training_state.json"
-        if summary.is_file():
-            results[name]["dev"] = json.loads(summary.read_text()).get("best")
-    write_json(directory / "results.json", results)

@@ -1,0 +1,114 @@
+"""Small students on SST-2: pruned from the fine-tuned teacher, the same shape from random weights,
+and today's copy of the teacher's width, through both stages on one budget.
+
+The MiniLM demo teacher is fine-tuned on the first 8,000 SST-2 training rows (`tinybert
+finetune`'s defaults, max length 64, 3 epochs); then each student gets stage 1 and stage 2 (3 epochs each on those rows) and is
+measured with `tinybert evaluate` on SST-2 dev beside the teacher, in one process:
+
+- ``pruned``: ``--init-from-teacher --layers 3 --hidden-size 192 --heads 6 --intermediate-size 768
+  --prune-vocab`` (the default score loss, units ranked by activations);
+- ``pruned-gradients``: the same, units ranked by gradients (``--prune-by gradients``);
+- ``random``: the 3 × 192 shape from random weights (``--student sizes.json --attention-loss
+  relations``: its heads have no teacher counterpart);
+- ``copy``: ``--init-from-teacher --layers 3`` (the teacher's 384 width).
+
+    .venv/bin/python bench/small_students.py [--work runs/bench-small-students] [--students pruned,random,copy]
+
+Finished stages are reused from --work (delete it to measure again). Per student it prints the
+parameter ratio, batch-32 CPU throughput ratio and batch-1 speed-up against the teacher, and the
+retention of its dev accuracy; the last line printed is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from tinybert.data import DataOptions  # noqa: E402
+from tinybert.distillation.distillers import IntermediateLosses  # noqa: E402
+from tinybert.distillation.task import DistillConfig, distill  # noqa: E402
+from tinybert.evaluation.measure import evaluate  # noqa: E402
+from tinybert.finetune import FinetuneConfig, finetune  # noqa: E402
+from tinybert.models.pruning import PruningOptions  # noqa: E402
+from tinybert.resources import demo_teacher_dir  # noqa: E402
+
+SST2 = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "sst2"
+SHAPE = {"num_hidden_layers": 3, "hidden_size": 192, "intermediate_size": 768, "num_attention_heads": 6}
+PRUNED = PruningOptions(hidden_size=192, heads=6, intermediate_size=768, prune_vocab=True)
+STUDENTS = {
+    "pruned": dict(init_from_teacher=True, layers=3, pruning=PRUNED),
+    "pruned-gradients": dict(init_from_teacher=True, layers=3,
+                             pruning=PruningOptions(**{**PRUNED.__dict__, "prune_by": "gradients"})),
+    "random": dict(layers=3, losses=IntermediateLosses(attention_loss="relations")),
+    "copy": dict(init_from_teacher=True, layers=3),
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--work", default="runs/bench-small-students")
+    parser.add_argument("--students", default="pruned,random,copy", help=f"of {', '.join(STUDENTS)}")
+    parser.add_argument("--rows", type=int, default=8000, help="SST-2 training rows (from the first)")
+    parser.add_argument("--epochs", type=float, default=3, help="epochs of the teacher and of each stage")
+    parser.add_argument("--max-length", type=int, default=64)
+    args = parser.parse_args()
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    options = DataOptions(max_examples=args.rows, cache_dir=str(work / "caches"))
+    train, dev = SST2 / "train.tsv", SST2 / "dev.tsv"
+    seconds = {}
+
+    def timed(name: str, action):
+        start = time.perf_counter()
+        action()
+        seconds[name] = seconds.get(name, 0) + time.perf_counter() - start
+
+    teacher = work / "teacher"
+    recipe = FinetuneConfig(max_length=args.max_length)  # `tinybert finetune`'s defaults otherwise
+    recipe.training.epochs = args.epochs
+    timed("teacher", lambda: finetune(demo_teacher_dir(), train, teacher, eval_path=dev, data_options=options,
+                                      config=recipe))
+    shape_file = work / "sizes.json"
+    shape_file.write_text(json.dumps(SHAPE))
+    figures = {"teacher": evaluate(teacher, dev, max_length=args.max_length, show_progress=False)}
+    for name in args.students.split(","):
+        settings = dict(STUDENTS[name])
+        student = str(shape_file) if name == "random" else "x"
+        first, second = DistillConfig.for_stage("intermediate"), DistillConfig.for_stage("prediction")
+        for config in (first, second):
+            config.training.epochs = args.epochs
+            config.max_length = args.max_length
+        for key, value in settings.items():
+            setattr(first, key, value)
+        stage1, stage2 = work / name / "stage1", work / name / "stage2"
+        timed(name, lambda: distill(teacher, student, train, stage1, config=first, data_options=options))
+        timed(name, lambda: distill(teacher, str(stage1), train, stage2, eval_path=dev, config=second,
+                                    data_options=options))
+        figures[name] = evaluate(stage2, dev, max_length=args.max_length, show_progress=False)
+    teacher_figures = figures["teacher"]
+    summary = {"teacher": {key: teacher_figures[key] for key in ("accuracy", "params", "latency_ms_batch1",
+                                                                  "examples_per_s_batch32")},
+               "rows": args.rows, "epochs": args.epochs, "max_length": args.max_length, "seconds": seconds}
+    for name, measured in figures.items():
+        if name == "teacher":
+            continue
+        summary[name] = {"accuracy": measured["accuracy"], "params": measured["params"],
+                         "params_ratio": teacher_figures["params"] / measured["params"],
+                         "throughput_ratio": measured["examples_per_s_batch32"] / teacher_figures["examples_per_s_batch32"],
+                         "speedup_batch1": teacher_figures["latency_ms_batch1"] / measured["latency_ms_batch1"],
+                         "retention": measured["accuracy"] / teacher_figures["accuracy"]}
+        print(f"{name:>18}: accuracy {measured['accuracy']:.4f} (retention {summary[name]['retention']:.1%}), "
+              f"{summary[name]['params_ratio']:.1f}× fewer parameters, {summary[name]['throughput_ratio']:.1f}× "
+              f"batch-32 throughput, {summary[name]['speedup_batch1']:.1f}× faster at batch 1", file=sys.stderr)
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()
