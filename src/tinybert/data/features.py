@@ -114,14 +114,14 @@ class FeatureFile(Dataset):
         counts = np.bincount(self.column("origin", self.count), minlength=len(ORIGINS))
         return dict(zip(ORIGINS, map(int, counts)))
 
-    def distinct_tokens(self) -> np.ndarray:
-        """Every token id the examples in view use, once each (read a block at a time: any size)."""
+    def token_counts(self) -> np.ndarray:
+        """How often each token id occurs in the examples in view (read a block at a time: any size)."""
         end = int(np.fromfile(self.directory / "offsets.bin", dtype="<u8", count=self.count + 1)[-1])
-        if end == 0:  # no example, or none with a token: nothing to map (an empty file cannot be)
-            return np.zeros(0, dtype=self._token["input_ids"])
+        if end == 0:  # no example, or none with a token (an empty file cannot be mapped)
+            return np.zeros(0, dtype=np.int64)
         ids = np.memmap(self.directory / "input_ids.bin", dtype=self._token["input_ids"], mode="r", shape=(end,))
         block = 1 << 24
-        return np.unique(np.concatenate([np.unique(ids[start:start + block]) for start in range(0, end, block)]))
+        return _added([np.bincount(ids[start:start + block]) for start in range(0, end, block)])
 
     def column(self, name: str, count: int | None = None) -> np.ndarray:
         """A whole example column (for the few that are needed at once, e.g. to list labels)."""
@@ -161,9 +161,17 @@ class Joined(Dataset):
     def labelled(self, label_space) -> "Joined":
         return Joined([part.labelled(label_space) for part in self.parts])
 
-    def distinct_tokens(self) -> np.ndarray:
-        return np.unique(np.concatenate([part.distinct_tokens() for part in self.parts]))
+    def token_counts(self) -> np.ndarray:
+        return _added([part.token_counts() for part in self.parts])
 
     def origins(self) -> dict[str, int]:
         counts = [part.origins() for part in self.parts]
         return {name: sum(count[name] for count in counts) for name in ORIGINS}
+
+
+def _added(counts: list[np.ndarray]) -> np.ndarray:
+    """Counts of token ids added up (the arrays as long as the largest id each saw)."""
+    total = np.zeros(max((len(part) for part in counts), default=0), dtype=np.int64)
+    for part in counts:
+        total[:len(part)] += part
+    return total

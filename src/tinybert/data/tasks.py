@@ -68,13 +68,12 @@ def task_data(kind: str, path, tokenizer, max_length: int, options: DataOptions,
 
 
 def train_and_dev(kind: str, train_path, eval_path, tokenizer, max_length: int, options: DataOptions,
-                  default_dir=None, show_progress: bool = True, labels: str = "required", dev_tokenizer=None):
+                  default_dir=None, show_progress: bool = True, labels: str = "required"):
     """The training data's cache (cut to ``max_examples``; its rows' ``labels`` as asked) and the
-    dev data's (whole and labelled, or None; tokenised by ``dev_tokenizer`` when given: the model's
-    own, where it is not the one whose tokens it is trained on)."""
+    dev data's (whole and labelled, or None)."""
     train = task_data(kind, train_path, tokenizer, max_length, options, default_dir, show_progress, labels=labels)
-    dev = task_data(kind, eval_path, dev_tokenizer or tokenizer, max_length, options, default_dir, show_progress,
-                    limit=False) if eval_path else None
+    dev = task_data(kind, eval_path, tokenizer, max_length, options, default_dir, show_progress, limit=False) \
+        if eval_path else None
     return train, dev
 
 

@@ -14,7 +14,11 @@ import torch
 from ..data import LabelSpace
 from ..errors import InputError
 from ..models.importance import measure_importance
-from ..models.loading import describe, label_space_of, load_classifier, load_tokenizer
+from transformers import AutoConfig
+
+from ..models.loading import check_model_dir, describe, label_space_of, load_classifier, load_tokenizer
+from ..models.record import DEFAULT_LENGTH
+from ..models.static import STATIC, StaticStudent, check_dims, counted_tokens, token_vectors
 from ..models.pruning import PruningOptions, Selection, pruned_shape, select, shape_only, whole
 from ..models.students import build_student, choose_layer_map
 from ..models.vocabulary import distinct_tokens, fallback_tokens, listed_tokens, pruned_tokenizer
@@ -47,9 +51,11 @@ def check_labels(label_space: LabelSpace, train_data) -> None:
                          fix="distil on data of the task the teacher was fine-tuned for")
 
 
-def check_pruning(options: PruningOptions, init_from_teacher: bool, teacher_config, name=flag_of) -> None:
-    """What no pruned student can be, refused before any data is read."""
-    if options.prunes and not init_from_teacher:
+def check_pruning(options: PruningOptions, init_from_teacher: bool, teacher_config, name=flag_of,
+                  static: bool = False) -> None:
+    """What no pruned student can be, refused before any data is read (a static student may prune
+    its vocabulary alone)."""
+    if (options.narrows or options.prune_vocab and not static) and not init_from_teacher:
         given = next(key for key in ("hidden_size", "heads", "intermediate_size", "latency_ms", "prune_vocab")
                      if getattr(options, key) not in (None, False))
         raise InputError(f"{name(given)} prunes the teacher, which needs {name('init_from_teacher')}",
@@ -89,6 +95,8 @@ def prepare_student(teacher_dir, student: str, train_data, config, tokenizer, ro
                          fix="fine-tune it first with `tinybert finetune`, then distil from the result")
     teacher = load_classifier(teacher_dir).eval().to(device)  # the units are scored where it runs
     check_labels(label_space, train_data)
+    if student == STATIC:
+        return _static_start(teacher, label_space, tokenizer, rows, config, show_progress)
     teacher_layers = teacher.config.num_hidden_layers
     if not config.init_from_teacher:
         student_model = build_student(student, teacher, label_space, layers=config.layers, layer_map=config.layer_map,
@@ -126,11 +134,52 @@ def choose_units(teacher, tokenizer, rows, layer_map: list[int], options: Prunin
         selection = select(importance, layer_map, shape)
     if not options.prune_vocab:
         return selection, tokenizer
+    student_tokenizer, selection.tokens = _pruned_vocabulary(teacher, tokenizer, rows, options)
+    return selection, student_tokenizer
+
+
+def _pruned_vocabulary(teacher, tokenizer, rows, options: PruningOptions):
+    """(the student's tokenizer, the teacher ids it keeps in its order): the tokens of ``rows``, the
+    fallback set, the ids the teacher's configuration names and those ``--keep-tokens`` lists."""
     kept = distinct_tokens([rows]) | fallback_tokens(tokenizer)
-    kept |= {value for name, value in teacher.config.to_dict().items()  # the ids its configuration names
+    kept |= {value for name, value in teacher.config.to_dict().items()
              if name.endswith("_token_id") and isinstance(value, int)}
     if options.keep_tokens:
         kept |= listed_tokens(options.keep_tokens, tokenizer)
-    student_tokenizer, selection.tokens = pruned_tokenizer(tokenizer, kept)
-    logger.info("vocabulary pruned to %s of %s tokens", f"{len(selection.tokens):,}", f"{len(tokenizer):,}")
-    return selection, student_tokenizer
+    student_tokenizer, tokens = pruned_tokenizer(tokenizer, kept)
+    logger.info("vocabulary pruned to %s of %s tokens", f"{len(tokens):,}", f"{len(tokenizer):,}")
+    return student_tokenizer, tokens
+
+
+def check_static(config, student: str, teacher_dir) -> None:
+    """What a static student cannot be, refused before any data is read (``config``: a ``DistillConfig``)."""
+    if student != STATIC:
+        return
+    if config.stage != "prediction":
+        raise InputError("--student static trains in stage 2 alone, on the teacher's predictions",
+                         fix="give --stage prediction")
+    shaping = [key for key in ("init_from_teacher", "layers", "layer_map") if getattr(config, key)]
+    shaping += [key for key in ("hidden_size", "heads", "intermediate_size", "latency_ms")
+                if getattr(config.pruning, key) is not None]
+    if shaping:
+        raise InputError(f"{flag_of(shaping[0])} shapes a transformer student; a static student has no layers",
+                         fix=f"leave out {flag_of(shaping[0])}; the static student's width is "
+                             f"{flag_of('static_dims')}")
+    space = label_space_of(teacher_dir)
+    if space is not None and space.task != "sequence":
+        raise InputError(f"the static student predicts a label or a score per text; the teacher is a {space.task} "
+                         "model", path=teacher_dir, fix="distil it into a transformer student (leave out --student "
+                                                        "static)")
+    check_dims(config.static.static_dims, AutoConfig.from_pretrained(check_model_dir(teacher_dir)).hidden_size)
+
+
+def _static_start(teacher, label_space: LabelSpace, tokenizer, rows, config, show_progress: bool) -> Start:
+    """A static student made from the teacher (``models.static``), its vocabulary pruned if asked."""
+    student_tokenizer, tokens = tokenizer, list(range(len(tokenizer)))
+    if config.pruning.prune_vocab and rows is not None:
+        student_tokenizer, tokens = _pruned_vocabulary(teacher, tokenizer, rows, config.pruning)
+    counts = rows.token_counts() if rows is not None else None
+    vectors = token_vectors(teacher, tokenizer, tokens, config.static, counts, show_progress)
+    student = StaticStudent(vectors, counted_tokens(student_tokenizer, len(tokens)), label_space,
+                            config.max_length or DEFAULT_LENGTH)
+    return Start(label_space, teacher, student, student_tokenizer, [], None)

@@ -16,7 +16,7 @@ from ..artifacts import write_json
 from transformers import AutoConfig
 
 from ..data import DataOptions, train_loader
-from ..data.tasks import detect_task, task_data, train_and_dev
+from ..data.tasks import detect_task, task_data
 from ..data.cache import CACHE_DIR, data_fingerprints
 from ..data.features import Joined
 from .distillers import (IntermediateDistiller, IntermediateLosses, PredictionDistiller, check_intermediate,
@@ -30,7 +30,8 @@ from ..settings import command_line, group, option, values_of
 from ..models.pruning import PruningOptions, Selection
 from ..models.students import non_embedding_parameters
 from ..models.vocabulary import check_prunable, retokenized_share, token_map
-from .start import Start, check_pruning, own_tokenizer, prepare_student
+from .start import Start, check_pruning, check_static, prepare_student
+from ..models.static import STATIC, StaticOptions
 from ..evaluation.sizes import largest_within
 from ..training import (STATE_FILE, TaskFiles, TrainingConfig, frozen_teacher, is_complete,
                         main_process_first, make_accelerator, run_training, shapes_of_run)
@@ -69,6 +70,7 @@ class DistillConfig:
     layer_map: str | None = option(None, "teacher layer for each student layer, 1-based, e.g. 3,6,9,12 "
                                          "(default: uniform)")
     pruning: PruningOptions = group("pruning (with --init-from-teacher)", PruningOptions)
+    static: StaticOptions = group("static student (--student static)", StaticOptions)
     metric: str | None = option(None, "dev metric that picks the best epoch of stage 2")
     eval_batch_size: int = option(64, "examples per forward pass when evaluating")
 
@@ -88,9 +90,10 @@ class DistillConfig:
 @dataclass
 class DistillArguments(TaskFiles):
     teacher: str | None = option(None, "fine-tuned teacher directory", flags=("--teacher_model",), required=True)
-    student: str = option("tinybert-4l-312", "preset (tinybert-4l-312, tinybert-6l-768), JSON file of sizes, or "
+    student: str = option("tinybert-4l-312", "preset (tinybert-4l-312, tinybert-6l-768), JSON file of sizes, "
                                              "student directory (a general student, or the stage-1 output for "
-                                             "stage 2)", flags=("--student_model",))
+                                             "stage 2), or static (stage 2 alone: a static-embedding student in "
+                                             "model2vec's format)", flags=("--student_model",))
     unlabeled: list[str] | None = option(None, "files of unlabelled in-domain text (texts, words, or questions with "
                                                "contexts, in any task format) added to the training data; their "
                                                "labels, if any, are not read")
@@ -144,7 +147,9 @@ def _check_settings(teacher_dir, student: str, config: DistillConfig) -> None:
         raise InputError(f"--hard-label-weight {config.hard_label_weight} is not a weight between 0 and 1",
                          fix="give α from 0 (the teacher alone) to 1 (the gold labels alone)")
     check_intermediate(teacher_dir, None if config.init_from_teacher else student, config.layers, config.losses)
-    check_pruning(config.pruning, config.init_from_teacher, AutoConfig.from_pretrained(check_model_dir(teacher_dir)))
+    check_static(config, student, teacher_dir)
+    check_pruning(config.pruning, config.init_from_teacher, AutoConfig.from_pretrained(check_model_dir(teacher_dir)),
+                  static=student == STATIC)
     if config.pruning.prune_vocab:
         check_prunable(load_tokenizer(teacher_dir))
 
@@ -287,16 +292,20 @@ def distill(teacher_dir: str | os.PathLike, student: str, train_path: str | os.P
     tokenizer = load_tokenizer(teacher_dir)  # the training data is the teacher's tokens, for both models
     show = show_progress and accelerator.is_main_process
 
-    def read():  # the dev set as the student reads texts: with its own tokenizer
-        train, dev = train_and_dev(kind, train_path, eval_path if config.stage == "prediction" else None, tokenizer,
-                                   max_length, data_options, output_dir / CACHE_DIR, show, labels="optional",
-                                   dev_tokenizer=own_tokenizer(student, tokenizer))
-        return train, dev, [task_data(kind, path, tokenizer, max_length, data_options, output_dir / CACHE_DIR, show,
-                                      limit=False, labels="ignored") for path in unlabeled]
-    train, dev, extra = main_process_first(accelerator, read)  # one process tokenises, the others read its caches
+    def read():
+        return task_data(kind, train_path, tokenizer, max_length, data_options, output_dir / CACHE_DIR, show,
+                         labels="optional"), [task_data(kind, path, tokenizer, max_length, data_options,
+                                                        output_dir / CACHE_DIR, show, limit=False, labels="ignored")
+                                              for path in unlabeled]
+    train, extra = main_process_first(accelerator, read)  # one process tokenises, the others read its caches
     training_data = Joined([train, *extra]) if extra else train
     set_seed(training.seed)
     start = _start(teacher_dir, student, train, training_data, config, tokenizer, output_dir, accelerator, show)
+    dev = None
+    if config.stage == "prediction" and eval_path:  # as the student reads texts: with its own tokenizer
+        dev = main_process_first(accelerator, lambda: task_data(kind, eval_path, start.tokenizer, max_length,
+                                                                data_options, output_dir / CACHE_DIR, show,
+                                                                limit=False))
     label_space, student_model, layer_map = start.label_space, start.student, start.layer_map
     teacher = frozen_teacher(start.teacher, training, accelerator)
     if config.stage == "intermediate":
@@ -309,7 +318,7 @@ def distill(teacher_dir: str | os.PathLike, student: str, train_path: str | os.P
                                         label_space.task, config.hard_label_weight)
     distiller.read_student_ids(token_map(tokenizer, start.tokenizer))
     logger.info("distilling (%s) %s → %s student, layer map %s, on %s", config.stage, teacher_dir,
-                f"{student_model.config.num_hidden_layers}-layer", layer_map,
+                STATIC if student == STATIC else f"{student_model.config.num_hidden_layers}-layer", layer_map,
                 ", ".join(f"{count:,} {origin}" for origin, count in training_data.origins().items()))
 
     training_rows = training_data.labelled(label_space)

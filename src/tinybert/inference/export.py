@@ -3,6 +3,7 @@ parity checks that say whether the exported files can replace the PyTorch model.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import warnings
@@ -153,8 +154,11 @@ def export_graph(module: torch.nn.Module, inputs: dict[str, torch.Tensor], targe
 
 
 def write_onnx(model, sample: dict, path: Path, task: str) -> None:
-    """``model`` as an ONNX graph at ``path``, traced on the batch ``sample``, with dynamic axes."""
-    inputs = {name: sample[name] for name in ("input_ids", "attention_mask", "token_type_ids") if name in sample}
+    """``model`` as an ONNX graph at ``path``, traced on the batch ``sample``, with dynamic axes (the
+    inputs its forward names: a static student takes no token types)."""
+    takes = inspect.signature(model.forward).parameters
+    inputs = {name: sample[name] for name in ("input_ids", "attention_mask", "token_type_ids")
+              if name in sample and name in takes}
     axes = {name: {0: "batch", 1: "sequence"} for name in inputs}
     # a class per text has a batch axis; a tag per token, and answer positions, a sequence axis too
     outputs = {name: {0: "batch"} if task == "sequence" else {0: "batch", 1: "sequence"} for name in OUTPUT_NAMES[task]}

@@ -17,6 +17,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from ..artifacts import atomic_write
 from .files import CARD_FILE
+from .static import HEAD_FILE
 
 PIPELINE_TAGS = {"sequence": "text-classification", "token": "token-classification", "qa": "question-answering"}
 STAGES = {"finetune": "fine-tuned on the task's labels", "general": "general distillation (a general student)",
@@ -44,11 +45,12 @@ def write_card(model_dir: str | os.PathLike, record: dict, figures: dict | None 
                           dataset_split=split, metric_type=name, metric_value=value)
                for split, data, metrics in (("dev", dev.get("data"), dev), ("test", figures.get("test_data"), test))
                if data for name, value in metrics.items() if _is_metric(name, value)]
-    metadata = ModelCardData(library_name="transformers", pipeline_tag=task,
+    static = (model_dir / HEAD_FILE).is_file()
+    metadata = ModelCardData(library_name="model2vec" if static else "transformers", pipeline_tag=task,
                              base_model=hub_id(record.get("base_model")),
                              tags=["tinybert", "distillation" if record.get("teacher") else "fine-tuned"],
                              model_name=model_dir.name, eval_results=results or None)
-    page = "\n".join(_page(model_dir.name, record, figures)) + "\n"
+    page = "\n".join(_page(model_dir.name, record, figures, static)) + "\n"
     atomic_write(model_dir / CARD_FILE, str(ModelCard(f"---\n{metadata.to_yaml()}\n---\n\n{page}")))
 
 
@@ -68,8 +70,13 @@ def _is_metric(name: str, value) -> bool:
     return name not in NOT_METRICS and isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def _page(name: str, record: dict, figures: dict) -> list[str]:
+def _page(name: str, record: dict, figures: dict, static: bool) -> list[str]:
     lines = [f"# {name}", "", f"Made by tinybert: {STAGES.get(record.get('stage'), record.get('stage'))}."]
+    if static:
+        lines += ["", "A static-embedding student in model2vec's format: a vector per token, their mean over a text, "
+                      "and a small head. `model2vec.inference.StaticModelPipeline.from_pretrained(DIR)` predicts "
+                      "with it; `model2vec.StaticModel.from_pretrained(DIR).encode(texts)` gives its text vectors; "
+                      "`tinybert evaluate`, `predict` and `export` take the directory.", ""]
     if record.get("task"):
         labels = ", ".join(record.get("labels") or []) or {"qa": "answer spans", "sequence": "a score"}.get(
             record["task"], "")

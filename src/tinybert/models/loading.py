@@ -16,6 +16,8 @@ from ..errors import InputError
 from .card import write_card
 from .files import RECORD_FILE, RUN_RECORDS
 from .legacy import resolve_model_dir
+from .static import HEAD_FILE, StaticStudent, label_space_of_static
+from .static import read_config as read_static_config
 from .tokenizer import load_tokenizer_files
 
 
@@ -43,8 +45,12 @@ TASK_MODELS = {"sequence": AutoModelForSequenceClassification, "token": AutoMode
 
 
 def label_space_of(model_dir: str | os.PathLike) -> LabelSpace | None:
-    """The label space stored with a fine-tuned model, or None for a bare encoder."""
-    return LabelSpace.from_config(AutoConfig.from_pretrained(check_model_dir(model_dir)))
+    """The label space stored with a fine-tuned model (or a static student), or None for a bare encoder."""
+    path = check_model_dir(model_dir)
+    static = read_static_config(path)
+    if static is not None:
+        return label_space_of_static(static)
+    return LabelSpace.from_config(AutoConfig.from_pretrained(path))
 
 
 def describe(space: LabelSpace) -> str:
@@ -53,12 +59,14 @@ def describe(space: LabelSpace) -> str:
 
 def load_classifier(model_dir: str | os.PathLike, label_space: LabelSpace | None = None):
     """A task model from any local encoder directory (a classifier, a tagger or a QA model, as
-    the label space says).
+    the label space says), or a static student.
 
     A bare encoder gets a new head sized for ``label_space``; a fine-tuned model keeps its head,
     and its stored labels must match ``label_space`` when one is given.
     """
     path = check_model_dir(model_dir)
+    if read_static_config(path) is not None:
+        return StaticStudent.from_pretrained(path)
     stored = label_space_of(path)
     if stored is not None and label_space is not None and stored != label_space:
         raise InputError(f"the model was trained for {describe(stored)} ({stored.task} task), the data has "
@@ -93,6 +101,7 @@ def save_model_dir(model, tokenizer, output_dir: str | os.PathLike, record: dict
 def model_size_mb(model_dir: str | os.PathLike) -> float:
     """Size of the model's weight files (not of files saved beside them, such as projections)."""
     weights = list(Path(model_dir).glob("model*.safetensors")) or list(Path(model_dir).glob("pytorch_model*.bin"))
+    weights += list(Path(model_dir).glob(HEAD_FILE))  # a static student's head, in model2vec's file
     return sum(path.stat().st_size for path in weights) / 1e6
 
 
