@@ -41,6 +41,7 @@ def test_a_bare_tinybert_lists_every_command_with_an_example(tinybert_cli):
 
 @pytest.mark.parametrize("command", list(COMMANDS))
 def test_each_command_has_an_example_that_parses(command):
+    assert command in EXAMPLES, f"add an example of `tinybert {command}` to tinybert.cli.EXAMPLES"
     words = shlex.split(EXAMPLES[command].split("|")[-1])
     assert words[:2] == ["tinybert", command]
     assert build_parser().parse_args(words[1:]).command == command

@@ -4,7 +4,9 @@ and every key of the pipeline, the commands and configs the pages show are valid
 stays a front door, and the classifier tutorial runs as written."""
 
 import argparse
+import ast
 import html
+import importlib
 import os
 import re
 import shlex
@@ -146,6 +148,16 @@ def test_every_option_the_pages_name_in_passing_exists():
             if argv[:1] and argv[0] in COMMANDS:
                 flags = {word.split("=")[0] for word in argv[1:] if word.startswith("--")}
                 assert flags <= _long_options(argv[0]), (page, span, flags - _long_options(argv[0]))
+
+
+def test_every_python_example_the_pages_show_compiles_and_imports_what_exists():
+    blocks = [(path.name, body) for path in PAGES for language, _, _, body in _blocks(path) if language == "python"]
+    assert len(blocks) >= 3
+    for page, body in blocks:
+        for node in ast.walk(ast.parse(body, page)):
+            if isinstance(node, ast.ImportFrom):
+                module = importlib.import_module(node.module)
+                assert all(hasattr(module, alias.name) for alias in node.names), (page, ast.unparse(node))
 
 
 def test_every_pipeline_config_the_pages_show_loads(tmp_path):

@@ -15,6 +15,7 @@ import shlex
 import typing
 from pathlib import Path
 
+from mkdocs.exceptions import PluginError
 from mkdocs.structure.files import File
 
 from tinybert.cli import COMMANDS, EXAMPLES, REFERENCE_MEANINGS, build_parser
@@ -46,6 +47,9 @@ def _with_commands(nav):
 
 
 def on_files(files, config):
+    missing = [name for name in COMMANDS if name not in EXAMPLES]
+    if missing:
+        raise PluginError(f"tinybert {missing[0]} has no example: add one to tinybert.cli.EXAMPLES")
     pages = {COMMANDS_INDEX: commands_index(), PIPELINE_PAGE: pipeline_page()}
     pages.update({f"{COMMANDS_DIR}/{name}.md": command_page(name) for name in COMMANDS})
     for uri, text in pages.items():
