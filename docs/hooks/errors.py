@@ -73,16 +73,18 @@ def errors_page() -> str:
     lines = ["# Error messages", "",
              "A bad file or option stops a command before it writes anything, with one message on standard error "
              "and exit code 2 (an export whose checks fail exits with 1), never a traceback:", "",
-             "```text", "error: data/train.tsv, line 9088: the text is empty",
+             "```text", "error: data/train.tsv: 2 malformed line(s) (lines 9088, 9914); line 9088: the text is empty",
              "  fix: correct those lines, or pass --skip-bad-lines to leave them out", "```", "",
              "The first line names the file (and line) and the problem, the second what to do. Below is every "
              f"message the code can give, read from it when these pages were built; {HOLE} stands for what is "
              "filled in at run time (a path, a value, a count). Search this page for the words of your message.",
              ""]
-    for group, messages in groups.items():
-        package = PACKAGE.parent / Path(*group.split("."))
-        source = package / "__init__.py" if package.is_dir() else None
-        summary = (ast.get_docstring(ast.parse(source.read_text(encoding="utf-8"))) or "") if source else ""
+    # each subpackage with its own summary, then the modules of the package itself (command line, training, ...)
+    for group in sorted(groups, key=lambda name: (name == PACKAGE.name, name)):
+        messages, package = groups[group], PACKAGE.parent / Path(*group.split("."))
+        summary = ""
+        if group != PACKAGE.name:
+            summary = ast.get_docstring(ast.parse((package / "__init__.py").read_text(encoding="utf-8"))) or ""
         lines += [f"## `{group}`", ""]
         if summary:
             lines += [summary.split("\n\n")[0].replace("\n", " "), ""]

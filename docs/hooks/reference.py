@@ -104,13 +104,13 @@ def _spellings(setting: Setting) -> list[str]:
 
 
 def _options_table(settings: list[Setting], defaults: list[dict]) -> list[str]:
-    lines = ["| option | value | default | what it sets |", "|---|---|---|---|"]
+    lines = ['<div class="options" markdown>', "", "| option | value | default | what it sets |", "|---|---|---|---|"]
     for setting in settings:
         first, *others = _spellings(setting)
         option = f'<span id="{first}"></span>`{first}`' + "".join(f"<br>`{other}`" for other in others)
         meaning = setting.help or "the reference code's spelling of " + REFERENCE_MEANINGS.get(first, "nothing")
         lines.append(f"| {option} | {_value(setting)} | {_default(setting, defaults)} | {_cell(meaning)} |")
-    return lines
+    return lines + ["", "</div>"]
 
 
 def _grouped(settings: list[Setting]) -> dict[str | None, list[Setting]]:
@@ -206,10 +206,10 @@ def pipeline_page() -> str:
             lines += [""]
         defaults = values_of(section.default)
         settings = [s for s in settings_of(section.kind) if s.key not in section.wired]
-        lines += ["| key | value | default | what it sets |", "|---|---|---|---|"]
+        lines += ['<div class="options" markdown>', "", "| key | value | default | what it sets |", "|---|---|---|---|"]
         for setting in settings:
             default = "–" if setting.required else _default(setting, [defaults])
             lines.append(f"| `{setting.key}` | {_value(setting)} | {default} | {_cell(setting.help)} |")
-        lines += [""]
+        lines += ["", "</div>", ""]
     return "\n".join(lines)
 
