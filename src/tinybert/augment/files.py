@@ -8,6 +8,7 @@ import itertools
 import logging
 import os
 import random
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from ..data.tasks import detect_task
 from ..errors import InputError
 from ..models.loading import digest_model_dir
 from ..settings import group, option
+from ..streams import copy_to_standard_output, is_standard_stream
 from .algorithm import OUTPUT_NEUTRAL_SETTINGS, AugmentConfig, Augmenter, build_augmenter
 from .stream import remove_shares, resumable_stream
 from .structured import augment_questions, augment_tagged
@@ -101,7 +103,8 @@ def output_inputs(input_path, mlm_dir, word_vectors, config: AugmentConfig, opti
 @dataclass
 class AugmentArguments:
     input: str | None = option(None, "task data file", flags=("--data_path",), required=True)
-    output: str | None = option(None, "output file (default: INPUT_aug with the same extension)")
+    output: str | None = option(None, "output file (default: INPUT_aug with the same extension); - writes standard "
+                                      "output (no resume after a kill)")
     mlm: str | None = option(None, "local masked-LM directory (any AutoModelForMaskedLM)",
                              flags=("--pretrained_bert_model",))
     word_vectors: str | None = option(None, "GloVe text, word2vec text/binary or fastText .vec file",
@@ -115,5 +118,18 @@ class AugmentArguments:
         return Path(self.output) if self.output else source.with_name(f"{source.stem}_aug{source.suffix}")
 
     def run(self, show_progress: bool = True) -> dict:
-        return augment_file(self.input, self.output_path, mlm_dir=self.mlm, word_vectors=self.word_vectors,
+        if not is_standard_stream(self.output):
+            return self._augment(self.output_path, show_progress)
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise InputError("--output - under several processes: each would write its own share",
+                             fix="give an output file on a filesystem every process sees")
+        # augment_file writes a file (in chunks, renamed once complete): written to a temporary one, copied out
+        with tempfile.TemporaryDirectory(prefix="tinybert-augment-") as folder:
+            written = Path(folder) / f"augmented{Path(self.input).suffix}"
+            result = self._augment(written, show_progress)
+            copy_to_standard_output(written)
+        return result
+
+    def _augment(self, output_path: Path, show_progress: bool) -> dict:
+        return augment_file(self.input, output_path, mlm_dir=self.mlm, word_vectors=self.word_vectors,
                             config=self.config, data_options=self.data_options, show_progress=show_progress)

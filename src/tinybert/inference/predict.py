@@ -20,6 +20,7 @@ from .runners import load_predictor
 from ..models.record import reading_settings
 from ..settings import group, option
 from ..evaluation.spans import predict_answers, predict_entities
+from ..streams import is_standard_stream, standard_input_file
 
 logger = logging.getLogger(__name__)
 
@@ -30,8 +31,8 @@ CHUNK_ROWS = 1024
 class PredictArguments:
     model: str | None = option(None, "model directory, export directory (its model.onnx), or model.onnx / "
                                      "model.int8.onnx", required=True)
-    input: str | None = option(None, "file of texts", required=True)
-    output: str | None = option(None, "TSV, or JSONL when it ends in .jsonl (default: standard output)")
+    input: str | None = option(None, "file of texts, or - for standard input", required=True)
+    output: str | None = option(None, "TSV, or JSONL when it ends in .jsonl; - or none: TSV to standard output")
     batch_size: int = option(64, "examples per forward pass")
     max_length: int | None = option(None, "tokens per example, longer ones truncated (default: the model's "
                                           "recorded length, else 128)")
@@ -46,13 +47,19 @@ def predict_file(model: str | os.PathLike, input_path: str | os.PathLike, output
                  *, batch_size: int = 64, max_length: int | None = None, data_options: DataOptions | None = None,
                  show_progress: bool = True) -> int:
     """Writes one prediction per input row (TSV, or JSONL when ``output_path`` ends in .jsonl;
-    standard output when it is None) and returns the number of rows predicted: a label (and
+    standard output when it is None or ``-``) and returns the number of rows predicted: a label (and
     probabilities) per text, the entities of each text (a token classifier), or the answer to
-    each question of a SQuAD file (a QA model). ``max_length`` and the doc stride default to what
-    the model recorded (else 128 tokens)."""
+    each question of a SQuAD file (a QA model). ``input_path`` ``-`` reads standard input: lines
+    of text, TSV, CoNLL columns, JSON lines or SQuAD JSON (told apart by content). ``max_length``
+    and the doc stride default to what the model recorded (else 128 tokens)."""
+    if is_standard_stream(input_path):
+        with standard_input_file() as copied:
+            return predict_file(model, copied, output_path, batch_size=batch_size, max_length=max_length,
+                                data_options=data_options, show_progress=show_progress)
     predictor, tokenizer, label_space, record = load_predictor(model)
     max_length, options = reading_settings(record, max_length, data_options or DataOptions(), label_space.task)
-    as_jsonl = output_path is not None and str(output_path).endswith(".jsonl")
+    to_stdout = output_path is None or is_standard_stream(output_path)
+    as_jsonl = not to_stdout and str(output_path).endswith(".jsonl")
     bar = tqdm(desc="predicting", unit="ex", disable=not show_progress, dynamic_ncols=True)
 
     def write(handle) -> int:
@@ -65,7 +72,7 @@ def predict_file(model: str | os.PathLike, input_path: str | os.PathLike, output
         return _predict_rows(predictor, tokenizer, label_space, handle, as_jsonl, input_path, batch_size, max_length,
                              options, bar)
     try:
-        if output_path is None:
+        if to_stdout:
             return write(sys.stdout)
         # written under a temporary name, a chunk at a time: a bad line stops it with nothing left behind
         with atomic_file(output_path) as temporary, open(temporary, "w", encoding="utf-8") as handle:
