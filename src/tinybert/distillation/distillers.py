@@ -29,7 +29,7 @@ from .teacher_outputs import OUTPUTS_KEY
 from .losses import (attention_loss, gold_label_loss, hidden_loss, prediction_loss, relation_loss,
                      span_soft_cross_entropy, token_gold_label_loss, token_soft_cross_entropy)
 from ..models.files import PROJECTIONS_FILE
-from ..models.students import check_family, check_layers, check_student_sizes
+from ..models.students import check_family, check_layers, check_student_layers, check_student_sizes
 from ..settings import flag_of, option
 
 logger = logging.getLogger(__name__)
@@ -47,15 +47,17 @@ class IntermediateLosses:
     embedding: float = option(1.0, "weight of the embedding loss (0 leaves it out)", key="embedding_weight")
 
 
-def check_intermediate(teacher_dir, student: str | None, layers: int | None, losses: IntermediateLosses) -> None:
+def check_intermediate(teacher_dir, student: str, losses: IntermediateLosses, *, layers: int | None,
+                       layer_map: str | None, init_from_teacher: bool = False) -> None:
     """What no stage-1 or general run can do, refused before any data is read or model built: a
     teacher of a family tinybert cannot distil, counts below 1, a ``student`` file of sizes that are
-    none (None: the student is copied from the teacher)."""
+    none, a student deeper than its teacher, a layer map that does not fit."""
     check_layers(layers)
     check_losses(losses)
     check_family(teacher_dir)
-    if student is not None:
+    if not init_from_teacher:  # a copy of the teacher takes its sizes
         check_student_sizes(student, teacher_dir)
+    check_student_layers(teacher_dir, student, layers=layers, layer_map=layer_map, init_from_teacher=init_from_teacher)
 
 
 def loss_settings(losses: IntermediateLosses, shared_projection: bool) -> dict:

@@ -126,14 +126,11 @@ def _prepare(teacher_dir, student, train_data, config: DistillConfig):
                          fix="fine-tune it first with `tinybert finetune`, then distil from the result")
     teacher = load_classifier(teacher_dir).eval()
     _check_labels(label_space, train_data)
-    teacher_layers = teacher.config.num_hidden_layers
-    if config.init_from_teacher:  # the mapping also picks which teacher layers are copied
-        layer_map = choose_layer_map(config.layer_map, config.layers or teacher_layers, teacher_layers)
-        student_model = build_student(student, teacher, label_space, layers=len(layer_map),
-                                      init_from_teacher=True, layer_map=layer_map)
-    else:
-        student_model = build_student(student, teacher, label_space, layers=config.layers, layer_map=config.layer_map)
-        layer_map = choose_layer_map(config.layer_map, student_model.config.num_hidden_layers, teacher_layers)
+    # with --init-from-teacher the mapping also picks which teacher layers are copied
+    student_model = build_student(student, teacher, label_space, layers=config.layers,
+                                  init_from_teacher=config.init_from_teacher, layer_map=config.layer_map)
+    layer_map = choose_layer_map(config.layer_map, student_model.config.num_hidden_layers,
+                                 teacher.config.num_hidden_layers)
     return label_space, teacher, student_model, layer_map
 
 
@@ -164,7 +161,8 @@ def _check_settings(teacher_dir, student: str, config: DistillConfig) -> None:
     if not 0 <= config.hard_label_weight <= 1:
         raise InputError(f"--hard-label-weight {config.hard_label_weight} is not a weight between 0 and 1",
                          fix="give α from 0 (the teacher alone) to 1 (the gold labels alone)")
-    check_intermediate(teacher_dir, None if config.init_from_teacher else student, config.layers, config.losses)
+    check_intermediate(teacher_dir, student, config.losses, layers=config.layers, layer_map=config.layer_map,
+                       init_from_teacher=config.init_from_teacher)
 
 
 def plan(teacher_dir, student, train_data, config: DistillConfig) -> Plan:
