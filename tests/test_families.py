@@ -125,6 +125,25 @@ def test_init_from_teacher_is_the_teachers_family_with_the_mapped_layers(family)
         assert student.config.layer_types == [teacher.config.layer_types[1], teacher.config.layer_types[3]]
 
 
+def test_modernberts_last_layer_is_compared_before_its_final_norm_as_every_other_layer():
+    """transformers gives ModernBERT's last hidden state after its final norm, every other layer's
+    before it: a 3-layer copy of a 4-layer teacher's first three layers (its last layer mapped to
+    teacher layer 3, whose output is unnormalised) computes exactly what they compute, so every loss is 0."""
+    from tinybert.distillation.distillers import IntermediateDistiller, IntermediateLosses
+    from tinybert.models.loading import TASK_MODELS
+    torch.manual_seed(0)
+    teacher = TASK_MODELS["sequence"].from_config(family_config("modernbert", SENTIMENT)).eval()
+    student = build_student("x", teacher, SENTIMENT, init_from_teacher=True, layer_map=[1, 2, 3]).eval()
+    distiller = IntermediateDistiller(student, teacher, [1, 2, 3], IntermediateLosses()).eval()
+    with torch.no_grad():
+        for projection in (distiller.hidden_projection, distiller.embedding_projection):
+            projection.weight.copy_(torch.eye(64))
+            projection.bias.zero_()
+        losses = distiller(_batch(length=20))
+    assert losses["hid"].item() == pytest.approx(0.0, abs=1e-10)
+    assert losses["att"].item() == pytest.approx(0.0, abs=1e-10) and losses["emb"].item() == 0.0
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 def test_a_student_of_other_sizes_stays_in_the_teachers_family(family):
     teacher = AutoModel.from_config(family_config(family, num_hidden_layers=6))

@@ -28,6 +28,7 @@ from ..data.labels import ORIGINAL
 from .teacher_outputs import OUTPUTS_KEY
 from .losses import (attention_loss, gold_label_loss, hidden_loss, prediction_loss, relation_loss,
                      span_soft_cross_entropy, token_gold_label_loss, token_soft_cross_entropy)
+from ..models.families import hidden_states_before_final_norm
 from ..models.files import PROJECTIONS_FILE
 from ..models.students import check_family, check_layers, check_student_layers, check_student_sizes
 from ..settings import flag_of, option
@@ -109,6 +110,13 @@ class IntermediateDistiller(_TeacherAndStudent):
         self.hidden_projection = torch.nn.Linear(student_width, teacher_width)
         self.embedding_projection = None if shared_projection else torch.nn.Linear(student_width, teacher_width)
         records = losses.attention_loss
+        # ModernBERT's hidden states are its layers' own outputs (the residual stream), but
+        # transformers normalises the last one with the final norm: compared as they come, a map
+        # ending below N would teach the student's normalised last layer an unnormalised teacher
+        # layer. Every layer of both is compared before that norm (which belongs to the head's
+        # input, taught in stage 2), so each pair compares the same quantity on the same scale.
+        for model in (student, teacher):
+            hidden_states_before_final_norm(model)
         self.student_layers = record_attention(student, range(len(layer_map)), records)
         self.teacher_layers = record_attention(teacher, [layer - 1 for layer in layer_map], records)
 

@@ -28,7 +28,8 @@ class Family:
     BERT's. ``per_layer``: configuration lists with one entry per layer. ``follow_width``:
     configuration sizes equal to the hidden width, which a student of another width takes from
     its own. ``derived``: sizes derived from width and heads, left out of a resized student's
-    configuration so that they are derived again.
+    configuration so that they are derived again. ``final_norm``: a norm after the last layer,
+    from the base model, which transformers applies to the last hidden state only.
     """
 
     layers: str
@@ -38,6 +39,7 @@ class Family:
     per_layer: tuple[str, ...] = ()
     follow_width: tuple[str, ...] = ()
     derived: tuple[str, ...] = ()
+    final_norm: str | None = None
 
 
 _BERT_LIKE = Family(layers="encoder.layer", attention="attention.self")
@@ -53,7 +55,8 @@ FAMILIES: dict[str, Family] = {
                          follow_width=("pooler_hidden_size",), derived=("attention_head_size",)),
     "distilbert": Family(layers="transformer.layer", attention="attention",
                          renamed={"intermediate_size": "hidden_dim"}),
-    "modernbert": Family(layers="layers", attention="attn", per_layer=("layer_types",), derived=("head_dim",)),
+    "modernbert": Family(layers="layers", attention="attn", per_layer=("layer_types",), derived=("head_dim",),
+                         final_norm="final_norm"),
 }
 
 
@@ -100,3 +103,14 @@ def config_name(config, name: str) -> str:
 
 def config_value(config, name: str):
     return getattr(config, config_name(config, name))
+
+
+def hidden_states_before_final_norm(model: torch.nn.Module) -> None:
+    """Makes the model's last hidden state its last layer's own output, as every other hidden state
+    is (for the hidden loss): a family's final norm then passes its input through. The model's
+    output then lacks that norm: for distillation's models only, whose head is not used."""
+    path = family_of(model).final_norm
+    norm = _get(model.base_model, path) if path else None
+    if norm is not None and not getattr(norm, "_tinybert_passes_through", False):
+        norm.register_forward_hook(lambda module, inputs, output: inputs[0])
+        norm._tinybert_passes_through = True
