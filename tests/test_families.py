@@ -53,9 +53,9 @@ ALL_MASK_ATTENTION_FUNCTIONS.register("tinybert_test_spy", sdpa_mask)
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_captured_scores_are_what_each_familys_softmax_receives(family, monkeypatch):
-    """Equal to the scores each family hands its softmax where the layer attends (ModernBERT's
-    layers 1 and 3 here are local: keys beyond the window are left out, as padded keys are), and
-    0 where it does not."""
+    """Equal to the scores each family hands its softmax, with the pairs the layer attends: those
+    its softmax weighs (ModernBERT's layers 1 and 3 here are local: keys beyond the window are left
+    out, as padded keys are)."""
     model = AutoModel.from_config(family_config(family)).eval()
     batch = _batch()
     with torch.no_grad():
@@ -76,22 +76,52 @@ def test_captured_scores_are_what_each_familys_softmax_receives(family, monkeypa
             expected = [_SPIED[1], _SPIED[3]]
         layers = record_attention(model, [3, 1])
         ours = model(**batch, output_attentions=True)
-    scores = captured(ours, layers)
-    assert sorted(scores) == [1, 3]
+    records = captured(ours, layers)
+    assert sorted(records) == [1, 3]
     real = batch["attention_mask"].bool()
     for layer, target, attended in zip((1, 3), expected, weights):
-        assert scores[layer].shape == (2, 4, 9, 9)
-        # the real queries' pairs: exactly 0 after the softmax where the layer's mask leaves a key out
+        scores, pairs = records[layer]
+        assert scores.shape == (2, 4, 9, 9)
+        # the real queries' pairs: the layer attends those its softmax gives more than 0
         queries = real[:, None, :, None].expand_as(attended)
         attends, left_out = (attended > 0) & queries, (attended == 0) & queries
-        torch.testing.assert_close(scores[layer][attends], target[attends], atol=1e-6, rtol=1e-5)
-        assert left_out.any() and not scores[layer][left_out].any()
-        if family == "modernbert":  # a local layer leaves keys out of an example without padding too
-            assert left_out[0].any()
-        if family == "modernbert":  # its local layers leave out more than padding
-            assert (~attends[0]).any()
+        assert torch.equal(pairs.expand_as(attended)[queries], attends[queries]) and left_out.any()
+        torch.testing.assert_close(scores[attends], target[attends], atol=1e-6, rtol=1e-5)
+        if family == "modernbert":  # a local layer: in the example without padding, exactly the keys beyond half its window
+            distance = (torch.arange(9)[:, None] - torch.arange(9)[None, :]).abs()
+            assert torch.equal(left_out[0], (distance > model.config.local_attention // 2).expand(4, 9, 9))
     # recording changes nothing the model computes
     torch.testing.assert_close(ours.last_hidden_state[real], reference.last_hidden_state[real], atol=1e-5, rtol=1e-5)
+
+
+def test_the_attention_loss_of_a_modernbert_local_layer_is_the_mean_over_the_pairs_its_window_holds():
+    """Each layer's loss is the mean squared difference of the scores over the pairs both layers
+    attend (real queries; real keys within a local layer's window), computed here from the scores
+    the family hands its attention and the pairs its eager softmax weighs: a local layer with 20
+    tokens and a window of 8 weighs as much as a global one, not about half as much."""
+    from tinybert.distillation.distillers import IntermediateDistiller, IntermediateLosses
+    models = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        models.append(AutoModel.from_config(family_config("modernbert")).eval())
+    batch, scores, attended = _batch(length=20), [], []
+    with torch.no_grad():
+        for model in models:
+            model.set_attn_implementation("eager")
+            attended.append([weights > 0 for weights in model(**batch, output_attentions=True).attentions])
+            _SPIED.clear()
+            model.set_attn_implementation("tinybert_test_spy")
+            model(**batch)
+            scores.append(dict(_SPIED))
+    real_queries = batch["attention_mask"].bool()[:, None, :, None]
+    expected = 0.0
+    for layer in range(4):
+        pairs = attended[0][layer] & attended[1][layer] & real_queries
+        expected += (scores[0][layer] - scores[1][layer]).square()[pairs].mean().item()
+    assert not attended[1][1][0].all()  # layer 2 is local: its window leaves pairs out of the 20 tokens
+    distiller = IntermediateDistiller(*models, [1, 2, 3, 4], IntermediateLosses(hidden=0.0, embedding=0.0)).eval()
+    with torch.no_grad():
+        assert distiller(batch)["att"].item() == pytest.approx(expected, rel=1e-4)
 
 
 @pytest.mark.parametrize("family", FAMILIES)

@@ -138,7 +138,12 @@ class IntermediateDistiller(_TeacherAndStudent):
     def _attention_loss(self, student, teacher, mask) -> torch.Tensor:
         if self.losses.attention_loss == "relations":  # queries, keys and values: Q-Q, K-K and V-V relations
             return sum(relation_loss(s, t, mask, self.relation_heads) for s, t in zip(student, teacher))
-        return attention_loss(student, teacher, mask)
+        (student_scores, student_pairs), (teacher_scores, teacher_pairs) = student, teacher
+        # the pairs both layers attend: a score the teacher's layer never forms teaches nothing, and one
+        # the student's never forms does not change what it computes
+        pairs = student_pairs if teacher_pairs is None else teacher_pairs if student_pairs is None \
+            else student_pairs & teacher_pairs
+        return attention_loss(student_scores, teacher_scores, mask, pairs)
 
     def forward(self, batch: dict) -> dict:
         batch = model_inputs(batch)
