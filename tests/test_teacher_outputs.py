@@ -174,3 +174,31 @@ def test_the_outputs_go_to_a_process_started_afresh_as_a_file_to_map_not_a_copy(
     sent = pickle.dumps(outputs)
     assert len(sent) < first.nbytes * len(data) // 4  # the starts, not the values
     np.testing.assert_array_equal(pickle.loads(sent).of(0), first)
+
+
+@pytest.mark.parametrize("labels", [2, 1])
+def test_outputs_rebuilt_by_another_run_are_one_clear_error_where_they_are_mapped(tmp_path, real_tokenizer, labels):
+    """Another run sharing the cache directory retrains the teacher where it was and rebuilds the
+    outputs in place, after this run found them ready but before a process maps them (a DataLoader
+    worker): outputs of the same size would be another teacher's, silently; of another size, numpy's
+    bare ValueError."""
+    import pickle
+    from accelerate import Accelerator
+    from tinybert.distillation.teacher_outputs import teacher_outputs
+    from tinybert.errors import InputError
+    teacher_dir = _teacher(tmp_path / "teacher", real_tokenizer, SENTIMENT)
+    data = task_data("sequence", _data(tmp_path, "sequence"), real_tokenizer, 48,
+                     DataOptions(cache_dir=str(tmp_path / "c")), show_progress=False).labelled(SENTIMENT)
+
+    def outputs():
+        teacher = MODELS["sequence"].from_pretrained(teacher_dir).eval()
+        return teacher_outputs(teacher, teacher_dir, data, "sequence", real_tokenizer, tmp_path / "c", precision="no",
+                               accelerator=Accelerator(cpu=True), show_progress=False)
+    ours = outputs()
+    sent = pickle.dumps(ours)  # to a worker, before the other run rebuilds
+    retrained = LabelSpace("classification", ["neg", "pos"]) if labels == 2 else LabelSpace("regression", [])
+    _teacher(teacher_dir, real_tokenizer, retrained, seed=7)
+    outputs()  # the other run: rebuilt in place
+    for reader in (ours, pickle.loads(sent)):
+        with pytest.raises(InputError, match="rebuilt by another run"):
+            reader.of(0)

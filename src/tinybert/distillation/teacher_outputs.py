@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 import shutil
 import uuid
 from collections.abc import Iterator
@@ -31,7 +32,7 @@ import torch
 from accelerate.utils import broadcast_object_list
 from tqdm.auto import tqdm
 
-from ..artifacts import Stamp, build_directory, digest, is_built
+from ..artifacts import Stamp, build_directory, digest, is_built, read_json
 from ..data import eval_loader
 from ..data.batching import model_inputs
 from ..data.sampling import SortedBatches
@@ -63,18 +64,22 @@ def _per_token(task: str) -> bool:
     return task in ("token", "qa")
 
 
+def _rebuilt_elsewhere(directory: Path) -> InputError:
+    return InputError(f"the teacher's outputs in {directory} were rebuilt by another run for another teacher or data "
+                      "file while this one used them", fix="run one of the two at a time, or give each its own "
+                      "--cache-dir (or --no-teacher-cache)")
+
+
 class TeacherOutputs:
     """A built cache: ``of(i)`` is example i's outputs (float32), a vector of class logits, or one
     row per token (tag logits; for QA the start and end logits side by side)."""
 
     def __init__(self, directory: Path, lengths: np.ndarray, inputs: dict):
         self.directory = directory
-        stamp = Stamp(directory / STAMP_FILE)
-        meta = stamp.read()
-        if meta is None or not stamp.matches(inputs):
-            raise InputError(f"the teacher's outputs in {directory} were rebuilt by another run for another teacher "
-                             "or data file while this one started", fix="run one of the two at a time, or give "
-                             "each its own --cache-dir (or --no-teacher-cache)")
+        self.fingerprint = digest(inputs)
+        meta = Stamp(directory / STAMP_FILE).read()
+        if meta is None or meta.get("fingerprint") != self.fingerprint:
+            raise _rebuilt_elsewhere(directory)
         self.per_token = _per_token(meta["task"])
         self.shape = (int(lengths.sum()) if self.per_token else len(lengths), meta["width"])
         self.starts = np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)]) if self.per_token else None
@@ -85,9 +90,24 @@ class TeacherOutputs:
         (a pickled memmap would carry a copy of every value)."""
         return {**self.__dict__, "_values": None}
 
+    def _mapped(self) -> np.memmap:
+        """The values, mapped once per process. Another run sharing the cache directory may have
+        rebuilt it (for a teacher retrained where it was) since this one found it ready: the file
+        is opened first, then its stamp read, so the file mapped is the one this run's inputs
+        made, or the check fails."""
+        try:
+            with open(self.directory / VALUES_FILE, "rb") as handle:
+                stamp = read_json(self.directory / STAMP_FILE) or {}
+                size = os.fstat(handle.fileno()).st_size
+                if stamp.get("fingerprint") != self.fingerprint or size != 4 * self.shape[0] * self.shape[1]:
+                    raise _rebuilt_elsewhere(self.directory)
+                return np.memmap(handle, dtype=np.float32, mode="r", shape=self.shape)  # maps survive the close
+        except FileNotFoundError:  # between the two renames that replace the folder
+            raise _rebuilt_elsewhere(self.directory) from None
+
     def of(self, index: int) -> np.ndarray:
         if self._values is None:
-            self._values = np.memmap(self.directory / VALUES_FILE, dtype=np.float32, mode="r", shape=self.shape)
+            self._values = self._mapped()
         if self.per_token:
             return np.array(self._values[self.starts[index]:self.starts[index + 1]])
         return np.array(self._values[index])
