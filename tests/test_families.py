@@ -185,10 +185,12 @@ def test_a_student_of_other_sizes_stays_in_the_teachers_family(family):
         assert config.relative_attention and config.position_buckets == 16 and config.pooler_hidden_size == 312
     if family == "modernbert":  # each layer attends as the teacher layer it learns from (6 → 4: 2, 3, 5, 6)
         assert config.layer_types == [teacher.config.layer_types[layer - 1] for layer in (2, 3, 5, 6)]
-    if family == "electra":  # narrower embeddings than layers stay; embeddings as wide as the layers follow
-        assert config.embedding_size == 32
+    if family in ("electra", "deberta-v2"):  # narrower embeddings than layers stay; as wide as the layers, they follow
+        narrow = AutoModel.from_config(family_config(family, num_hidden_layers=6, embedding_size=32))
+        assert build_student("tinybert-4l-312", narrow, None).config.embedding_size == 32
         wide = AutoModel.from_config(family_config(family, num_hidden_layers=6, embedding_size=64))
-        assert build_student("tinybert-4l-312", wide, None).config.embedding_size == 312
+        student = build_student("tinybert-4l-312", wide, None)
+        assert student.config.embedding_size == 312 and student.get_input_embeddings().weight.shape[1] == 312
 
 
 def _training(**settings):

@@ -48,11 +48,12 @@ FAMILIES: dict[str, Family] = {
     "bert": _BERT_LIKE,
     "roberta": _BERT_LIKE,
     "xlm-roberta": _BERT_LIKE,
-    # its embeddings may be narrower than its layers (embedding_size, then a projection): narrower
-    # ones (ELECTRA-small's 128 under 256) stay, as wide as the layers (base, large) they follow the student's width
+    # ELECTRA's and DeBERTa's embeddings may be narrower than their layers (embedding_size, then a
+    # projection): narrower ones (ELECTRA-small's 128 under 256) stay, as wide as the layers (base,
+    # large) they follow the student's width
     "electra": Family(layers="encoder.layer", attention="attention.self", follow_width=("embedding_size",)),
     "deberta-v2": Family(layers="encoder.layer", attention="attention.self", scores="disentangled",
-                         follow_width=("pooler_hidden_size",), derived=("attention_head_size",)),
+                         follow_width=("embedding_size", "pooler_hidden_size"), derived=("attention_head_size",)),
     "distilbert": Family(layers="transformer.layer", attention="attention",
                          renamed={"intermediate_size": "hidden_dim"}),
     "modernbert": Family(layers="layers", attention="attn", per_layer=("layer_types",), derived=("head_dim",),
