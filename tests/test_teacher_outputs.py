@@ -202,3 +202,19 @@ def test_outputs_rebuilt_by_another_run_are_one_clear_error_where_they_are_mappe
     for reader in (ours, pickle.loads(sent)):
         with pytest.raises(InputError, match="rebuilt by another run"):
             reader.of(0)
+
+
+def test_stage_2_holds_no_teacher_while_it_reads_every_output_from_the_cache(tmp_path, real_tokenizer, monkeypatch):
+    """Its memory (on a GPU, the device's) goes to the student once the outputs are cached; with
+    --no-teacher-cache the teacher runs at every step."""
+    from tinybert.distillation import task as task_module
+    teachers, real = [], task_module.PredictionDistiller
+
+    def kept(student, teacher, *args, **kwargs):
+        teachers.append(teacher)
+        return real(student, teacher, *args, **kwargs)
+    monkeypatch.setattr(task_module, "PredictionDistiller", kept)
+    teacher, train = _teacher(tmp_path / "teacher", real_tokenizer, SENTIMENT), _data(tmp_path, "sequence", rows=8)
+    _stage2(teacher, train, tmp_path / "cached")
+    _stage2(teacher, train, tmp_path / "live", cached=False)
+    assert teachers[0] is None and isinstance(teachers[1], torch.nn.Module)

@@ -79,7 +79,8 @@ class _TeacherAndStudent(torch.nn.Module):
     def __init__(self, student, teacher):
         super().__init__()
         self.student = student
-        self._teacher = [teacher.eval().requires_grad_(False)]  # a list keeps it out of parameters() and DDP
+        # a list keeps it out of parameters() and DDP; None: every batch carries the teacher's outputs
+        self._teacher = [teacher.eval().requires_grad_(False) if teacher is not None else None]
 
     @property
     def teacher(self):
@@ -190,7 +191,8 @@ class PredictionDistiller(_TeacherAndStudent):
     its output for regression), its tag distribution at each word's first piece (``task="token"``), or its
     distributions of where the answer starts and ends (``task="qa"``). With ``hard_label_weight`` α,
     (1 − α)·soft + α·cross-entropy against the gold labels on original rows (``origin`` ORIGINAL):
-    not on augmented variants, whose label their new words may have made wrong, nor unlabelled text."""
+    not on augmented variants, whose label their new words may have made wrong, nor unlabelled text.
+    ``teacher`` None: every batch carries the teacher's outputs (``OUTPUTS_KEY``)."""
 
     def __init__(self, student, teacher, temperature: float = 1.0, regression: bool = False, task: str = "sequence",
                  hard_label_weight: float = 0.0):

@@ -262,6 +262,17 @@ def distill(teacher_dir: str | os.PathLike, student: str, train_path: str | os.P
     set_seed(training.seed)
     label_space, teacher, student_model, layer_map = _prepare(teacher_dir, student, train, config)
     teacher = frozen_teacher(teacher, training, accelerator)
+    logger.info("distilling (%s) %s → %s student, layer map %s, on %s", config.stage, teacher_dir,
+                f"{student_model.config.num_hidden_layers}-layer", layer_map,
+                ", ".join(f"{count:,} {origin}" for origin, count in training_data.origins().items()))
+    training_rows = training_data.labelled(label_space)
+    if config.stage == "prediction" and not config.no_teacher_cache:
+        cache_root = data_options.cache_dir or output_dir / CACHE_DIR
+        outputs = teacher_outputs(teacher, teacher_dir, training_rows, label_space.task, tokenizer, cache_root,
+                                  precision=training.mixed_precision, accelerator=accelerator,
+                                  batch_size=config.eval_batch_size, show_progress=show)
+        if outputs:  # every output is read from the cache: the teacher's memory (a GPU's) goes to the student
+            training_rows, teacher = WithTeacherOutputs(training_rows, outputs), None
     if config.stage == "intermediate":
         distiller = IntermediateDistiller(student_model, teacher, layer_map, config.losses, config.shared_projection)
         if Path(student).is_dir():
@@ -269,17 +280,6 @@ def distill(teacher_dir: str | os.PathLike, student: str, train_path: str | os.P
     else:
         distiller = PredictionDistiller(student_model, teacher, config.temperature, label_space.is_regression,
                                         label_space.task, config.hard_label_weight)
-    logger.info("distilling (%s) %s → %s student, layer map %s, on %s", config.stage, teacher_dir,
-                f"{student_model.config.num_hidden_layers}-layer", layer_map,
-                ", ".join(f"{count:,} {origin}" for origin, count in training_data.origins().items()))
-
-    training_rows = training_data.labelled(label_space)
-    if config.stage == "prediction" and not config.no_teacher_cache:
-        cache_root = data_options.cache_dir or output_dir / CACHE_DIR
-        outputs = teacher_outputs(teacher, teacher_dir, training_rows, label_space.task, tokenizer, cache_root,
-                                  precision=training.mixed_precision, accelerator=accelerator,
-                                  batch_size=config.eval_batch_size, show_progress=show)
-        training_rows = WithTeacherOutputs(training_rows, outputs) if outputs else training_rows
     shapes = shapes_of_run(training, accelerator, len(training_data), max_length)
     loader = train_loader(training_rows, tokenizer, training.batch_size, training.seed, shapes=shapes)
     metric = selection_metric(config.metric, label_space)
