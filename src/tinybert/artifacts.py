@@ -97,7 +97,9 @@ def read_json(path: str | os.PathLike):
 @contextmanager
 def locked(target: str | os.PathLike) -> Iterator[None]:
     """Holds the lock of ``target`` (the file ``target.lock`` beside it) for the block: one
-    process at a time builds or replaces it. The lock is taken again freely by its holder."""
+    process at a time builds or replaces it. The lock is taken again freely by its holder; the
+    lock file goes when the holder's outermost block ends (a lock file left beside ``target`` was
+    a killed holder's)."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     # one lock object per path in a process, so that the holder may take it again
@@ -118,6 +120,10 @@ def locked(target: str | os.PathLike) -> Iterator[None]:
     try:
         yield
     finally:
+        if lock.lock_counter == 1:
+            # removed while still held, once nothing else is done under it: a process waiting on the
+            # removed file finds it gone once it holds it, and takes a new one (filelock checks)
+            Path(lock.lock_file).unlink(missing_ok=True)
         lock.release()
 
 
