@@ -32,7 +32,7 @@ import torch
 from accelerate.utils import broadcast_object_list
 from tqdm.auto import tqdm
 
-from ..artifacts import Stamp, build_directory, digest, is_built, read_json
+from ..artifacts import Stamp, build_directory, digest, is_built, read_json, read_lock
 from ..data import eval_loader
 from ..data.batching import model_inputs
 from ..data.sampling import SortedBatches
@@ -84,11 +84,13 @@ class TeacherOutputs:
         self.shape = (int(lengths.sum()) if self.per_token else len(lengths), meta["width"])
         self.starts = np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)]) if self.per_token else None
         self._values = None
+        self._reading = read_lock(directory / STAMP_FILE)  # in use while it lives
 
     def __getstate__(self) -> dict:
         """Sent to a process started afresh (DataLoader workers under spawn): it maps the file itself
-        (a pickled memmap would carry a copy of every value)."""
-        return {**self.__dict__, "_values": None}
+        (a pickled memmap would carry a copy of every value; the process that sent it holds the
+        cache in use)."""
+        return {**self.__dict__, "_values": None, "_reading": None}
 
     def _mapped(self) -> np.memmap:
         """The values, mapped once per process. Another run sharing the cache directory may have
@@ -154,8 +156,9 @@ def teacher_outputs(teacher, teacher_dir, data, task: str, tokenizer, root: str 
         return None
     if decision == "build":
         fill = _Fill(teacher, data, task, tokenizer, batch_size, accelerator, show_progress)
+        described = {"teacher": str(teacher_dir), "sources": [part.meta["source"] for part in _parts(data)]}
         if accelerator.num_processes == 1:
-            build_directory(target, STAMP_FILE, inputs, lambda staging: fill.into(staging, shape))
+            build_directory(target, STAMP_FILE, inputs, lambda staging: {**fill.into(staging, shape), **described})
         else:
             shares = target.with_name(f".{target.name}.shares-{run}")
             try:
@@ -163,7 +166,7 @@ def teacher_outputs(teacher, teacher_dir, data, task: str, tokenizer, root: str 
                 accelerator.wait_for_everyone()
                 # the main process gathers (the others then find the cache built); its failure stops them all
                 main_process_first(accelerator, lambda: build_directory(
-                    target, STAMP_FILE, inputs, lambda staging: fill.gathered(staging, shape, shares)))
+                    target, STAMP_FILE, inputs, lambda staging: {**fill.gathered(staging, shape, shares), **described}))
             finally:
                 if accelerator.is_main_process:
                     shutil.rmtree(shares, ignore_errors=True)
