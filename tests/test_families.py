@@ -38,11 +38,14 @@ def _batch(length: int = 9):
 
 
 _SPIED: dict[int, torch.Tensor] = {}
+_SPIED_STATES: dict[int, tuple[torch.Tensor, ...]] = {}
 
 
 def _spy(module, query, key, value, attention_mask, scaling=None, **kwargs):
-    """Keeps QKᵀ·scaling as the family hands it to its attention function, then runs SDPA."""
+    """Keeps QKᵀ·scaling, and the queries, keys and values, as the family hands them to its
+    attention function (after rotary embeddings), then runs SDPA."""
     kwargs.pop("output_attentions", None)
+    _SPIED_STATES[len(_SPIED)] = (query, key, value)
     _SPIED[len(_SPIED)] = torch.matmul(query, key.transpose(2, 3)) * scaling
     return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, **kwargs)
 
@@ -125,12 +128,39 @@ def test_the_attention_loss_of_a_modernbert_local_layer_is_the_mean_over_the_pai
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_relations_record_queries_keys_and_values_of_every_head(family):
+def test_relations_record_the_queries_keys_and_values_the_layer_attends_with(family):
+    """Each of them as the family hands it to its attention (ModernBERT's after rotary embeddings;
+    DeBERTa's content projections), per head, so that the relations made of them are the layer's."""
     model = AutoModel.from_config(family_config(family)).eval()
-    layers = record_attention(model, [0], "relations")
+    batch = _batch()
     with torch.no_grad():
-        query, key, value = captured(model(**_batch(), output_attentions=True), layers)[0]
-    assert query.shape == key.shape == value.shape == (2, 4, 9, 16)
+        if family == "deberta-v2":  # its own attention: its projections' outputs, split into heads
+            projected = {}  # the first call of each: on the layer's input (later ones project positions)
+            attention = attention_modules(model)[1]
+
+            def keep(name):
+                def hook(module, inputs, output):
+                    projected.setdefault(name, output)
+                return hook
+            hooks = [getattr(attention, name).register_forward_hook(keep(name))
+                     for name in ("query_proj", "key_proj", "value_proj")]
+            model(**batch)
+            for hook in hooks:
+                hook.remove()
+            expected = [projected[name].view(2, 9, 4, 16).transpose(1, 2)
+                        for name in ("query_proj", "key_proj", "value_proj")]
+        else:
+            _SPIED.clear()
+            model.set_attn_implementation("tinybert_test_spy")
+            model(**batch)
+            expected = _SPIED_STATES[1]
+        layers = record_attention(model, [1], "relations")
+        recorded = captured(model(**batch, output_attentions=True), layers)[1]
+    assert len(recorded) == 3
+    for ours, theirs in zip(recorded, expected):
+        assert ours.shape == (2, 4, 9, 16)
+        torch.testing.assert_close(ours, theirs, atol=1e-6, rtol=1e-5)
+    assert not torch.allclose(expected[0], expected[1]) and not torch.allclose(expected[1], expected[2])
 
 
 @pytest.mark.parametrize("family", FAMILIES)
