@@ -101,11 +101,11 @@ def read_json(path: str | os.PathLike):
 
 
 @contextmanager
-def locked(target: str | os.PathLike) -> Iterator[None]:
+def locked(target: str | os.PathLike, leave_no_file: bool = False) -> Iterator[None]:
     """Holds the lock of ``target`` (the file ``target.lock`` beside it) for the block: one
-    process at a time builds or replaces it. The lock is taken again freely by its holder; the
-    lock file goes when the holder's outermost block ends (a lock file left beside ``target`` was
-    a killed holder's)."""
+    process at a time builds or replaces it. The lock is taken again freely by its holder. The
+    lock file stays (filelock's advice: its presence says nothing of a holder) unless
+    ``leave_no_file``: then it goes when the holder's outermost block ends."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     # one lock object per path in a process, so that the holder may take it again
@@ -126,10 +126,8 @@ def locked(target: str | os.PathLike) -> Iterator[None]:
     try:
         yield
     finally:
-        if lock.lock_counter == 1:
-            # removed while still held, once nothing else is done under it: a process waiting on the
-            # removed file finds it gone once it holds it, and takes a new one (filelock checks)
-            Path(lock.lock_file).unlink(missing_ok=True)
+        if leave_no_file and lock.lock_counter == 1:
+            _remove_held(lock)
         lock.release()
 
 
@@ -185,12 +183,20 @@ def _mark_used(stamp: Path) -> None:
         os.utime(stamp)
 
 
+def _remove_held(lock: FileLock) -> None:
+    """Removes a lock's file while still holding it, as the holder's last act under it: a process
+    that opened the file before finds it gone once it holds it, and takes a new one (filelock
+    checks since 3.20.4)."""
+    Path(lock.lock_file).unlink(missing_ok=True)
+
+
 @contextmanager
 def unused(target: Path, stamp_file: str) -> Iterator[bool]:
     """Whether no process builds ``target`` (holds its lock) or reads it (a shared lock on its
     stamp) now; while a block told True runs, none can start to (so it may remove ``target``).
-    Leaves no lock file behind."""
+    The lock file goes if it was not there before, or ``target`` is gone after the block."""
     lock_path = target.with_name(target.name + ".lock")
+    existed = lock_path.exists()
     lock = FileLock(lock_path, is_singleton=True)
     try:
         lock.acquire(timeout=0)
@@ -209,7 +215,8 @@ def unused(target: Path, stamp_file: str) -> Iterator[bool]:
                 free = False
             yield free
     finally:
-        lock_path.unlink(missing_ok=True)  # while held, as in ``locked``
+        if not existed or not target.exists():
+            _remove_held(lock)
         lock.release()
 
 

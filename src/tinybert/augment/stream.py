@@ -67,7 +67,7 @@ def one_run_at_a_time(output_path: Path) -> Iterator[None]:
     it. The lock leaves no file behind once the run ends."""
     processes = _launched_processes()
     main = processes is None or processes.is_main_process
-    with locked(output_path) if main else contextlib.nullcontext():
+    with locked(output_path, leave_no_file=True) if main else contextlib.nullcontext():
         if processes is not None:
             processes.wait_for_everyone()
         yield
