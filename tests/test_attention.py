@@ -39,14 +39,16 @@ def test_captured_scores_equal_eager_pre_softmax_scores():
     with torch.no_grad():
         ours = model(input_ids=ids, attention_mask=mask, output_attentions=True)
     assert len(ours.attentions) == 2  # only the mapped layers record
-    scores = captured(ours, layers)
-    assert sorted(scores) == [0, 2]
+    records = captured(ours, layers)
+    assert sorted(records) == [0, 2]
     for layer in (0, 2):
+        scores, pairs = records[layer]
         key_mask = mask[:, None, None, :].bool()
-        # the eager scores on the real keys; padded keys recorded as 0 (the loss asks nothing of them)
-        torch.testing.assert_close(scores[layer], eager_scores[layer].masked_fill(~key_mask, 0))
+        # the eager scores, with the pairs attended: the real keys (the loss compares those only)
+        torch.testing.assert_close(scores, eager_scores[layer])
+        assert torch.equal(pairs, key_mask.expand(2, 1, 7, 7))
         # and the eager weights are the softmax of these scores over the real keys
-        probabilities = torch.softmax(scores[layer].masked_fill(~key_mask, float("-inf")), dim=-1)
+        probabilities = torch.softmax(scores.masked_fill(~pairs, float("-inf")), dim=-1)
         torch.testing.assert_close(probabilities, eager.attentions[layer], atol=1e-6, rtol=1e-5)
     real = mask.bool()
     torch.testing.assert_close(ours.last_hidden_state[real], eager.last_hidden_state[real], atol=1e-5, rtol=1e-5)
@@ -75,8 +77,8 @@ def test_layers_not_recorded_keep_sdpa(monkeypatch):
 def test_scores_carry_gradients_for_the_student():
     model = _model().train()
     layers = record_attention(model, [0, 1, 2])
-    scores = captured(model(input_ids=torch.randint(5, 100, (2, 5)), output_attentions=True), layers)
-    sum(s.pow(2).mean() for s in scores.values()).backward()
+    records = captured(model(input_ids=torch.randint(5, 100, (2, 5)), output_attentions=True), layers)
+    sum(scores.pow(2).mean() for scores, _ in records.values()).backward()
     assert model.encoder.layer[0].attention.self.query.weight.grad is not None
 
 

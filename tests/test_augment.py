@@ -378,3 +378,29 @@ sys.exit(main(sys.argv[1:]))
     done = _launched(["-m", "tinybert.cli"], twenty_rows, tmp_path / "double.tsv", tiny_mlm, 29543)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "resuming" in done.stderr and (tmp_path / "double.tsv").read_bytes() == single.read_bytes()
+
+
+def test_two_runs_started_together_on_one_output_leave_it_complete_and_nothing_beside_it(tmp_path, tiny_mlm,
+                                                                                          twenty_rows):
+    """Two `tinybert augment` processes on the same input and OUTPUT: one writes, the other waits
+    for it and finds OUTPUT complete; neither leaves a staging, progress or lock file."""
+    single = _one_thread_run(tmp_path, tiny_mlm, twenty_rows)
+    # each chunk of rows takes a while, so that the two runs overlap whenever each starts
+    slow = write(tmp_path / "slow.py", """
+import sys, time
+import tinybert.augment as augment
+real = augment.Augmenter.word_candidates
+augment.Augmenter.word_candidates = lambda self, texts: time.sleep(0.4) or real(self, texts)
+from tinybert.cli import main
+sys.exit(main(sys.argv[1:]))
+""")
+    output = tmp_path / "shared.tsv"
+    command = [sys.executable, str(slow), "augment", "--input", str(twenty_rows), "--output", str(output),
+               "--mlm", str(tiny_mlm), "--word-vectors", str(demo_word_vectors()), "--candidates", "5",
+               "--variants", "6", "--seed", "7", "--chunk-rows", "3"]
+    runs = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             env={**os.environ, "OMP_NUM_THREADS": "1"}) for _ in range(2)]
+    done = [run.communicate(timeout=240) for run in runs]
+    assert [run.returncode for run in runs] == [0, 0], [err[-2000:] for _, err in done]
+    assert output.read_bytes() == single.read_bytes()
+    assert not list(tmp_path.glob("shared.tsv.*")) and not list(tmp_path.glob(".shared.tsv*"))

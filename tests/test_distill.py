@@ -271,6 +271,37 @@ def test_cli_plan_and_bad_layer_map(teacher_dir, train_file, tinybert_cli):
     assert "Traceback" not in done.stderr
 
 
+def test_the_layer_maps_length_gives_a_teacher_copys_layer_count(teacher_dir, train_file, tinybert_cli):
+    """--init-from-teacher --layer-map 2,4 without --layers: a 2-layer student of layers 2 and 4."""
+    from tinybert.distillation.task import _prepare
+    config = DistillConfig(init_from_teacher=True, layer_map="2,4")
+    _, _, student, layer_map = _prepare(teacher_dir, "unused", read_task_file(train_file), config)
+    assert layer_map == [2, 4] and student.config.num_hidden_layers == 2
+    done = tinybert_cli("distill", "--teacher", teacher_dir, "--train", train_file, "--output", "unused", "--plan",
+                        "--init-from-teacher", "--layer-map", "2,4")
+    assert done.returncode == 0, done.stderr
+    assert "layers: teacher 4, student 2" in done.stdout and "student 2 ← teacher 4" in done.stdout
+
+
+@pytest.mark.parametrize("student", ["sizes", "layers", "layer map"])
+def test_a_student_deeper_than_its_teacher_is_one_message_and_nothing_written(tmp_path, real_tokenizer, train_file,
+                                                                              tinybert_cli, student):
+    teacher = tmp_path / "teacher"
+    BertForSequenceClassification(tiny_bert_config(**LABELS)).save_pretrained(teacher)  # 2 layers
+    real_tokenizer.save_pretrained(teacher)
+    shape = write(tmp_path / "deep.json", json.dumps({"num_hidden_layers": 3, "hidden_size": 32,
+                                                      "intermediate_size": 64, "num_attention_heads": 4}))
+    flags = {"sizes": ["--student", shape], "layers": ["--init-from-teacher", "--layers", "3"],
+             "layer map": ["--init-from-teacher", "--layer-map", "1,1,2"]}[student]
+    output = tmp_path / "out"
+    done = tinybert_cli("distill", "--teacher", teacher, "--train", train_file, "--output", output,
+                        "--max-length", "32", *flags)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.count("error:") == 1
+    assert "a 3-layer student of a 2-layer teacher" in done.stderr
+    assert not output.exists()
+
+
 @pytest.mark.parametrize("task", ["classification", "regression", "token", "qa"])
 def test_gold_labels_change_stage_twos_loss_only_on_labelled_original_rows(task):
     """--hard-label-weight 0.5: an original row's loss is ½ soft + ½ cross-entropy against its gold

@@ -38,11 +38,14 @@ def _batch(length: int = 9):
 
 
 _SPIED: dict[int, torch.Tensor] = {}
+_SPIED_STATES: dict[int, tuple[torch.Tensor, ...]] = {}
 
 
 def _spy(module, query, key, value, attention_mask, scaling=None, **kwargs):
-    """Keeps QKᵀ·scaling as the family hands it to its attention function, then runs SDPA."""
+    """Keeps QKᵀ·scaling, and the queries, keys and values, as the family hands them to its
+    attention function (after rotary embeddings), then runs SDPA."""
     kwargs.pop("output_attentions", None)
+    _SPIED_STATES[len(_SPIED)] = (query, key, value)
     _SPIED[len(_SPIED)] = torch.matmul(query, key.transpose(2, 3)) * scaling
     return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, **kwargs)
 
@@ -53,9 +56,9 @@ ALL_MASK_ATTENTION_FUNCTIONS.register("tinybert_test_spy", sdpa_mask)
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_captured_scores_are_what_each_familys_softmax_receives(family, monkeypatch):
-    """Equal to the scores each family hands its softmax where the layer attends (ModernBERT's
-    layers 1 and 3 here are local: keys beyond the window are left out, as padded keys are), and
-    0 where it does not."""
+    """Equal to the scores each family hands its softmax, with the pairs the layer attends: those
+    its softmax weighs (ModernBERT's layers 1 and 3 here are local: keys beyond the window are left
+    out, as padded keys are)."""
     model = AutoModel.from_config(family_config(family)).eval()
     batch = _batch()
     with torch.no_grad():
@@ -76,31 +79,88 @@ def test_captured_scores_are_what_each_familys_softmax_receives(family, monkeypa
             expected = [_SPIED[1], _SPIED[3]]
         layers = record_attention(model, [3, 1])
         ours = model(**batch, output_attentions=True)
-    scores = captured(ours, layers)
-    assert sorted(scores) == [1, 3]
+    records = captured(ours, layers)
+    assert sorted(records) == [1, 3]
     real = batch["attention_mask"].bool()
     for layer, target, attended in zip((1, 3), expected, weights):
-        assert scores[layer].shape == (2, 4, 9, 9)
-        # the real queries' pairs: exactly 0 after the softmax where the layer's mask leaves a key out
+        scores, pairs = records[layer]
+        assert scores.shape == (2, 4, 9, 9)
+        # the real queries' pairs: the layer attends those its softmax gives more than 0
         queries = real[:, None, :, None].expand_as(attended)
         attends, left_out = (attended > 0) & queries, (attended == 0) & queries
-        torch.testing.assert_close(scores[layer][attends], target[attends], atol=1e-6, rtol=1e-5)
-        assert left_out.any() and not scores[layer][left_out].any()
-        if family == "modernbert":  # a local layer leaves keys out of an example without padding too
-            assert left_out[0].any()
-        if family == "modernbert":  # its local layers leave out more than padding
-            assert (~attends[0]).any()
+        assert torch.equal(pairs.expand_as(attended)[queries], attends[queries]) and left_out.any()
+        torch.testing.assert_close(scores[attends], target[attends], atol=1e-6, rtol=1e-5)
+        if family == "modernbert":  # a local layer: in the example without padding, exactly the keys beyond half its window
+            distance = (torch.arange(9)[:, None] - torch.arange(9)[None, :]).abs()
+            assert torch.equal(left_out[0], (distance > model.config.local_attention // 2).expand(4, 9, 9))
     # recording changes nothing the model computes
     torch.testing.assert_close(ours.last_hidden_state[real], reference.last_hidden_state[real], atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("family", FAMILIES)
-def test_relations_record_queries_keys_and_values_of_every_head(family):
-    model = AutoModel.from_config(family_config(family)).eval()
-    layers = record_attention(model, [0], "relations")
+def test_the_attention_loss_of_a_modernbert_local_layer_is_the_mean_over_the_pairs_its_window_holds():
+    """Each layer's loss is the mean squared difference of the scores over the pairs both layers
+    attend (real queries; real keys within a local layer's window), computed here from the scores
+    the family hands its attention and the pairs its eager softmax weighs: a local layer with 20
+    tokens and a window of 8 weighs as much as a global one, not about half as much."""
+    from tinybert.distillation.distillers import IntermediateDistiller, IntermediateLosses
+    models = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        models.append(AutoModel.from_config(family_config("modernbert")).eval())
+    batch, scores, attended = _batch(length=20), [], []
     with torch.no_grad():
-        query, key, value = captured(model(**_batch(), output_attentions=True), layers)[0]
-    assert query.shape == key.shape == value.shape == (2, 4, 9, 16)
+        for model in models:
+            model.set_attn_implementation("eager")
+            attended.append([weights > 0 for weights in model(**batch, output_attentions=True).attentions])
+            _SPIED.clear()
+            model.set_attn_implementation("tinybert_test_spy")
+            model(**batch)
+            scores.append(dict(_SPIED))
+    real_queries = batch["attention_mask"].bool()[:, None, :, None]
+    expected = 0.0
+    for layer in range(4):
+        pairs = attended[0][layer] & attended[1][layer] & real_queries
+        expected += (scores[0][layer] - scores[1][layer]).square()[pairs].mean().item()
+    assert not attended[1][1][0].all()  # layer 2 is local: its window leaves pairs out of the 20 tokens
+    distiller = IntermediateDistiller(*models, [1, 2, 3, 4], IntermediateLosses(hidden=0.0, embedding=0.0)).eval()
+    with torch.no_grad():
+        assert distiller(batch)["att"].item() == pytest.approx(expected, rel=1e-4)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_relations_record_the_queries_keys_and_values_the_layer_attends_with(family):
+    """Each of them as the family hands it to its attention (ModernBERT's after rotary embeddings;
+    DeBERTa's content projections), per head, so that the relations made of them are the layer's."""
+    model = AutoModel.from_config(family_config(family)).eval()
+    batch = _batch()
+    with torch.no_grad():
+        if family == "deberta-v2":  # its own attention: its projections' outputs, split into heads
+            projected = {}  # the first call of each: on the layer's input (later ones project positions)
+            attention = attention_modules(model)[1]
+
+            def keep(name):
+                def hook(module, inputs, output):
+                    projected.setdefault(name, output)
+                return hook
+            hooks = [getattr(attention, name).register_forward_hook(keep(name))
+                     for name in ("query_proj", "key_proj", "value_proj")]
+            model(**batch)
+            for hook in hooks:
+                hook.remove()
+            expected = [projected[name].view(2, 9, 4, 16).transpose(1, 2)
+                        for name in ("query_proj", "key_proj", "value_proj")]
+        else:
+            _SPIED.clear()
+            model.set_attn_implementation("tinybert_test_spy")
+            model(**batch)
+            expected = _SPIED_STATES[1]
+        layers = record_attention(model, [1], "relations")
+        recorded = captured(model(**batch, output_attentions=True), layers)[1]
+    assert len(recorded) == 3
+    for ours, theirs in zip(recorded, expected):
+        assert ours.shape == (2, 4, 9, 16)
+        torch.testing.assert_close(ours, theirs, atol=1e-6, rtol=1e-5)
+    assert not torch.allclose(expected[0], expected[1]) and not torch.allclose(expected[1], expected[2])
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -125,6 +185,25 @@ def test_init_from_teacher_is_the_teachers_family_with_the_mapped_layers(family)
         assert student.config.layer_types == [teacher.config.layer_types[1], teacher.config.layer_types[3]]
 
 
+def test_modernberts_last_layer_is_compared_before_its_final_norm_as_every_other_layer():
+    """transformers gives ModernBERT's last hidden state after its final norm, every other layer's
+    before it: a 3-layer copy of a 4-layer teacher's first three layers (its last layer mapped to
+    teacher layer 3, whose output is unnormalised) computes exactly what they compute, so every loss is 0."""
+    from tinybert.distillation.distillers import IntermediateDistiller, IntermediateLosses
+    from tinybert.models.loading import TASK_MODELS
+    torch.manual_seed(0)
+    teacher = TASK_MODELS["sequence"].from_config(family_config("modernbert", SENTIMENT)).eval()
+    student = build_student("x", teacher, SENTIMENT, init_from_teacher=True, layer_map=[1, 2, 3]).eval()
+    distiller = IntermediateDistiller(student, teacher, [1, 2, 3], IntermediateLosses()).eval()
+    with torch.no_grad():
+        for projection in (distiller.hidden_projection, distiller.embedding_projection):
+            projection.weight.copy_(torch.eye(64))
+            projection.bias.zero_()
+        losses = distiller(_batch(length=20))
+    assert losses["hid"].item() == pytest.approx(0.0, abs=1e-10)
+    assert losses["att"].item() == pytest.approx(0.0, abs=1e-10) and losses["emb"].item() == 0.0
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 def test_a_student_of_other_sizes_stays_in_the_teachers_family(family):
     teacher = AutoModel.from_config(family_config(family, num_hidden_layers=6))
@@ -136,10 +215,12 @@ def test_a_student_of_other_sizes_stays_in_the_teachers_family(family):
         assert config.relative_attention and config.position_buckets == 16 and config.pooler_hidden_size == 312
     if family == "modernbert":  # each layer attends as the teacher layer it learns from (6 → 4: 2, 3, 5, 6)
         assert config.layer_types == [teacher.config.layer_types[layer - 1] for layer in (2, 3, 5, 6)]
-    if family == "electra":  # narrower embeddings than layers stay; embeddings as wide as the layers follow
-        assert config.embedding_size == 32
+    if family in ("electra", "deberta-v2"):  # narrower embeddings than layers stay; as wide as the layers, they follow
+        narrow = AutoModel.from_config(family_config(family, num_hidden_layers=6, embedding_size=32))
+        assert build_student("tinybert-4l-312", narrow, None).config.embedding_size == 32
         wide = AutoModel.from_config(family_config(family, num_hidden_layers=6, embedding_size=64))
-        assert build_student("tinybert-4l-312", wide, None).config.embedding_size == 312
+        student = build_student("tinybert-4l-312", wide, None)
+        assert student.config.embedding_size == 312 and student.get_input_embeddings().weight.shape[1] == 312
 
 
 def _training(**settings):

@@ -34,3 +34,19 @@ def test_the_installed_packages_are_exactly_the_pinned_versions():
     assert {name: (pinned, installed.get(name)) for name, pinned in pins.items() if installed.get(name) != pinned} == {}, \
         "run `make install` (or `make constraints` to move the pins on purpose)"
     assert not [name for name in installed if name.startswith("nvidia-") or name == "triton"], "a CUDA build of torch"
+
+
+def test_make_constraints_takes_torch_from_the_index_make_install_does():
+    """Where PyPI's torch is the CUDA build, `make constraints TORCH_INDEX=...` must take torch from
+    that index, as `make install` does, or its own check for a CUDA build fails."""
+    import shutil
+    import subprocess
+    import pytest
+    if shutil.which("make") is None:
+        pytest.skip("no make")
+    index = "https://download.pytorch.org/whl/cpu"
+    for target in ("constraints", "install"):
+        planned = subprocess.run(["make", "-n", "-B", target, f"TORCH_INDEX={index}", "PYTHON=python3"], cwd=REPO,
+                                 capture_output=True, text=True, check=True).stdout
+        installs = [line for line in planned.splitlines() if "pip install" in line and "torch" in line]
+        assert installs and all(f"--extra-index-url {index}" in line for line in installs), (target, installs)

@@ -28,3 +28,14 @@ def test_explicit_mapping():
 def test_explicit_mapping_errors(text, message):
     with pytest.raises(InputError, match=message):
         parse_layer_map(text, 4, 12)
+
+
+@pytest.mark.parametrize("student", [3, 6])
+def test_no_uniform_mapping_for_a_student_deeper_than_its_teacher(student):
+    with pytest.raises(InputError, match=f"a {student}-layer student of a 2-layer teacher"):
+        uniform_layer_map(student, 2)
+
+
+def test_an_explicit_mapping_for_a_student_deeper_than_its_teacher_is_refused():
+    with pytest.raises(InputError, match="a 3-layer student of a 2-layer teacher"):
+        parse_layer_map("1,1,2", 3, 2)

@@ -166,3 +166,17 @@ def test_a_last_evaluation_barely_above_the_best_is_no_sign_of_a_model_still_lea
     assert monitoring.still_rising(history(0.8073, 0.8330), "f1") == (0.8073, 0.8330)
     assert monitoring.still_rising(history(0.8517, 0.8684, 0.8692), "f1") is None  # CoNLL's teacher at epoch 8
     assert monitoring.still_rising(history(0.30, 0.29), "f1") is None
+
+
+def test_an_evaluation_after_max_steps_stops_mid_epoch_is_recorded_at_the_fraction_reached(
+        tmp_path, tiny_model_dir, tinybert_cli):
+    max_steps, epoch = 6, 1.5
+    train, dev = write(tmp_path / "train.txt", _rows(32)), write(tmp_path / "dev.txt", _rows(8, 32))  # 4 batches an epoch
+    result = tinybert_cli("finetune", "--model", tiny_model_dir, "--train", train, "--eval", dev, "--output",
+                          tmp_path / "out", "--max-steps", max_steps, "--epochs", "3", "--batch-size", "8",
+                          "--max-length", "32")
+    assert result.returncode == 0, result.stderr[-2000:]
+    summary = json.loads((tmp_path / "out" / "training_state.json").read_text())
+    assert summary["steps"] == max_steps and summary["history"][-1]["epoch"] == epoch
+    assert [record["epoch"] for record in _log(tmp_path / "out") if "eval" in record][-1] == epoch
+    assert f"epoch {epoch:.4g} (step {max_steps})" in result.stdout + result.stderr

@@ -144,6 +144,9 @@ def test_augment_reruns_for_a_new_seed_but_not_for_batch_size_or_runtime(tmp_pat
     assert stage1["steps"] == -(-len(rows) // 8)  # batch size 8, one epoch
     without = json.loads((tmp_path / "run" / "intermediate_original_data" / "training_state.json").read_text())
     assert without["steps"] == 2  # the original data keeps the cut: 16 rows
+    # its stage 2 reads the teacher's outputs on them from the augmented run's cache: the same rows
+    assert "the teacher's outputs on 16 of 16 examples read from" in first.stderr
+    assert "computing the teacher's outputs on 0 examples once" in first.stderr
 
     same_output = tinybert_cli("pipeline", path, "--set", "augment.batch_size=8", "--set", "augment.mlm_runtime=torch")
     assert same_output.returncode == 0, same_output.stderr[-3000:]

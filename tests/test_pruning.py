@@ -217,7 +217,8 @@ def test_a_pruned_student_distils_through_both_stages_and_loads_with_auto_classe
     with torch.no_grad():
         model(**tokenizer(["a wholly unseen sentence: zebras!"], return_tensors="pt"))
     summary = json.loads((stage2 / "tinybert.json").read_text())["recipe"][-1]["pruned"]
-    assert summary["dev_texts_tokenized_otherwise"] == 0.0
+    assert summary.startswith("32 of 64 hidden channels, 2 of 4 heads") and "0.0 % of dev texts tokenized otherwise" \
+        in summary
 
 
 def test_the_score_loss_pairs_each_kept_head_with_the_head_it_was_cut_from():

@@ -20,7 +20,7 @@ REQUIRED = {"finetune": ["--model", "m", "--output", "o"], "evaluate": ["--model
             "distill": ["--teacher", "t", "--output", "o"], "general": ["--teacher", "t", "--corpus", "c", "--output", "o"],
             "augment": ["--input", "i"], "convert": ["--input", "i", "--output", "o"],
             "export": ["--model", "m", "--output", "o"], "predict": ["--model", "m", "--input", "i"],
-            "pipeline": ["c.yaml"], "demo": []}
+            "pipeline": ["c.yaml"], "demo": [], "cache": ["list"]}
 
 
 def _other_value(setting, default):

@@ -22,7 +22,7 @@ from tinybert.data import DataOptions
 from tinybert.data.labels import LabelSpace
 from tinybert.data.tasks import task_data
 from tinybert.distillation.task import DistillConfig, distill
-from tinybert.distillation.teacher_outputs import VALUES_FILE, _Fill
+from tinybert.distillation.teacher_pass import VALUES_FILE, TeacherPass
 from tinybert.training import TrainingConfig
 
 SENTIMENT = LabelSpace("classification", ["neg", "pos"])
@@ -143,11 +143,11 @@ def test_shares_of_per_token_outputs_gather_into_what_one_pass_writes(tmp_path, 
     data = task_data(task, _data(tmp_path, task), real_tokenizer, 48, DataOptions(cache_dir=str(tmp_path / "cache")),
                      show_progress=False).labelled(space)
     shape = (int(np.asarray(data.lengths).sum()), 2 if task == "qa" else len(TAGS))
-    fills = [_Fill(teacher, data, task, real_tokenizer, 3, SimpleNamespace(
+    fills = [TeacherPass(teacher, data, task, real_tokenizer, 3, SimpleNamespace(
         device=torch.device("cpu"), autocast=nullcontext, num_processes=2, is_main_process=rank == 0),
         show_progress=False) for rank in (0, 1)]
     (tmp_path / "one").mkdir()
-    fills[0].into(tmp_path / "one", shape)
+    fills[0].into(tmp_path / "one", shape, [])
     for rank, fill in enumerate(fills):
         fill.share(tmp_path / "shares", (rank, 2), shape[1])
     (tmp_path / "gathered").mkdir()
@@ -174,3 +174,78 @@ def test_the_outputs_go_to_a_process_started_afresh_as_a_file_to_map_not_a_copy(
     sent = pickle.dumps(outputs)
     assert len(sent) < first.nbytes * len(data) // 4  # the starts, not the values
     np.testing.assert_array_equal(pickle.loads(sent).of(0), first)
+
+
+@pytest.mark.parametrize("labels", [2, 1])
+def test_outputs_rebuilt_by_another_run_are_one_clear_error_where_they_are_mapped(tmp_path, real_tokenizer, labels):
+    """Another run sharing the cache directory retrains the teacher where it was and rebuilds the
+    outputs in place, after this run found them ready but before a process maps them (a DataLoader
+    worker): outputs of the same size would be another teacher's, silently; of another size, numpy's
+    bare ValueError."""
+    import pickle
+    from accelerate import Accelerator
+    from tinybert.distillation.teacher_outputs import teacher_outputs
+    from tinybert.errors import InputError
+    teacher_dir = _teacher(tmp_path / "teacher", real_tokenizer, SENTIMENT)
+    data = task_data("sequence", _data(tmp_path, "sequence"), real_tokenizer, 48,
+                     DataOptions(cache_dir=str(tmp_path / "c")), show_progress=False).labelled(SENTIMENT)
+
+    def outputs():
+        teacher = MODELS["sequence"].from_pretrained(teacher_dir).eval()
+        return teacher_outputs(teacher, teacher_dir, data, "sequence", real_tokenizer, tmp_path / "c", precision="no",
+                               accelerator=Accelerator(cpu=True), show_progress=False)
+    ours = outputs()
+    sent = pickle.dumps(ours)  # to a worker, before the other run rebuilds
+    retrained = LabelSpace("classification", ["neg", "pos"]) if labels == 2 else LabelSpace("regression", [])
+    _teacher(teacher_dir, real_tokenizer, retrained, seed=7)
+    outputs()  # the other run: rebuilt in place
+    for reader in (ours, pickle.loads(sent)):
+        with pytest.raises(InputError, match="rebuilt by another run"):
+            reader.of(0)
+
+
+def test_stage_2_holds_no_teacher_while_it_reads_every_output_from_the_cache(tmp_path, real_tokenizer, monkeypatch):
+    """Its memory (on a GPU, the device's) goes to the student once the outputs are cached; with
+    --no-teacher-cache the teacher runs at every step."""
+    from tinybert.distillation import task as task_module
+    teachers, real = [], task_module.PredictionDistiller
+
+    def kept(student, teacher, *args, **kwargs):
+        teachers.append(teacher)
+        return real(student, teacher, *args, **kwargs)
+    monkeypatch.setattr(task_module, "PredictionDistiller", kept)
+    teacher, train = _teacher(tmp_path / "teacher", real_tokenizer, SENTIMENT), _data(tmp_path, "sequence", rows=8)
+    _stage2(teacher, train, tmp_path / "cached")
+    _stage2(teacher, train, tmp_path / "live", cached=False)
+    assert teachers[0] is None and isinstance(teachers[1], torch.nn.Module)
+
+
+def test_outputs_another_cache_of_the_teacher_holds_are_read_from_there_not_computed_again(tmp_path, real_tokenizer,
+                                                                                             monkeypatch):
+    """The original rows of an augmented file (here: its first 12 of 24 rows, and one row it lacks)
+    take their outputs from the augmented file's cache; the teacher runs on the one row only."""
+    teacher, augmented = _teacher(tmp_path / "teacher", real_tokenizer, SENTIMENT), _data(tmp_path, "sequence", rows=24)
+    original = write(tmp_path / "original.txt", "".join(augmented.read_text().splitlines(keepends=True)[:12])
+                     + "a brand new line\tpos\n")
+    _stage2(teacher, augmented, tmp_path / "augmented", cache=tmp_path / "shared")
+    teacher_rows, forward = [], MODELS["sequence"].forward
+
+    def counted(self, *args, **kwargs):
+        if not torch.is_grad_enabled():
+            teacher_rows.append(len(kwargs["input_ids"]))
+        return forward(self, *args, **kwargs)
+    monkeypatch.setattr(MODELS["sequence"], "forward", counted)
+    _stage2(teacher, original, tmp_path / "original", cache=tmp_path / "shared")
+    assert teacher_rows == [1]
+    monkeypatch.undo()
+    _stage2(teacher, original, tmp_path / "alone", cache=tmp_path / "own")  # computed afresh
+
+    def values(cache, source):
+        (found,) = [path for path in _caches(tmp_path / cache)
+                    if json.loads((path / "outputs.json").read_text())["sources"] == [str(source)]]
+        return np.fromfile(found / VALUES_FILE, dtype=np.float32).reshape(-1, 2)
+    reused, alone = values("shared", original), values("own", original)
+    np.testing.assert_array_equal(reused[:12], values("shared", augmented)[:12])  # copied
+    # the teacher's outputs on the same rows (in other batches: other padding, the confident head's rounding)
+    np.testing.assert_allclose(reused, alone, atol=2e-3, rtol=0)
+    assert np.ptp(alone) > 0.5

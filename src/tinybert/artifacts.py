@@ -8,11 +8,15 @@ digests of the files read) and their fingerprint, written last and atomically.
 
 Shared outputs (the caches every run of a user reads) are built under a file lock, each builder
 in a staging folder of its own, and checked before reuse: a stamped directory whose files are
-missing or shorter than when it was built is rebuilt, not trusted.
+missing or shorter than when it was built is rebuilt, not trusted. A process reading a cache holds
+a shared lock on its stamp, and its use sets the stamp's time: `tinybert cache` tells from them
+which caches are in use and when each was last used.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import glob
 import hashlib
 import json
@@ -25,6 +29,8 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 from filelock import FileLock, Timeout
+
+from .errors import InputError
 
 LOCK_NOTICE_SECONDS = 60
 
@@ -95,9 +101,11 @@ def read_json(path: str | os.PathLike):
 
 
 @contextmanager
-def locked(target: str | os.PathLike) -> Iterator[None]:
+def locked(target: str | os.PathLike, leave_no_file: bool = False) -> Iterator[None]:
     """Holds the lock of ``target`` (the file ``target.lock`` beside it) for the block: one
-    process at a time builds or replaces it. The lock is taken again freely by its holder."""
+    process at a time builds or replaces it. The lock is taken again freely by its holder. The
+    lock file stays (filelock's advice: its presence says nothing of a holder) unless
+    ``leave_no_file``: then it goes when the holder's outermost block ends."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     # one lock object per path in a process, so that the holder may take it again
@@ -118,6 +126,8 @@ def locked(target: str | os.PathLike) -> Iterator[None]:
     try:
         yield
     finally:
+        if leave_no_file and lock.lock_counter == 1:
+            _remove_held(lock)
         lock.release()
 
 
@@ -149,6 +159,67 @@ def staged_directory(target: str | os.PathLike) -> Iterator[Path]:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def read_lock(stamp: Path):
+    """A shared lock on a built output's stamp, held while the returned file stays open (by the
+    object that reads the output, for its life): `tinybert cache clean` removes no cache that a
+    process holds one on. Marks the output's last use. None where the output is gone already
+    (reading it then fails with its own message)."""
+    try:
+        handle = open(stamp, "rb")
+    except FileNotFoundError:
+        return None
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise InputError(f"{stamp.parent} is being removed by `tinybert cache clean`",
+                         fix="run again: the cache is built anew") from None
+    _mark_used(stamp)
+    return handle
+
+
+def _mark_used(stamp: Path) -> None:
+    with contextlib.suppress(OSError):  # a cache shared read-only keeps its time
+        os.utime(stamp)
+
+
+def _remove_held(lock: FileLock) -> None:
+    """Removes a lock's file while still holding it, as the holder's last act under it: a process
+    that opened the file before finds it gone once it holds it, and takes a new one (filelock
+    checks since 3.20.4)."""
+    Path(lock.lock_file).unlink(missing_ok=True)
+
+
+@contextmanager
+def unused(target: Path, stamp_file: str) -> Iterator[bool]:
+    """Whether no process builds ``target`` (holds its lock) or reads it (a shared lock on its
+    stamp) now; while a block told True runs, none can start to (so it may remove ``target``).
+    The lock file goes if it was not there before, or ``target`` is gone after the block."""
+    lock_path = target.with_name(target.name + ".lock")
+    existed = lock_path.exists()
+    lock = FileLock(lock_path, is_singleton=True)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        yield False
+        return
+    try:
+        with contextlib.ExitStack() as stack:
+            free = True
+            try:
+                stamp = stack.enter_context(open(target / stamp_file, "rb"))
+                fcntl.flock(stamp.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except FileNotFoundError:  # nothing built there (what a killed builder left): nobody reads it
+                pass
+            except BlockingIOError:
+                free = False
+            yield free
+    finally:
+        if not existed or not target.exists():
+            _remove_held(lock)
+        lock.release()
+
+
 def build_directory(target: str | os.PathLike, stamp_file: str, inputs, build: Callable[[Path], dict]) -> bool:
     """Makes directory ``target`` with ``build(staging) -> details`` unless it holds an intact
     output made from ``inputs``; returns whether it built. The stamp (``stamp_file`` inside it,
@@ -157,6 +228,7 @@ def build_directory(target: str | os.PathLike, stamp_file: str, inputs, build: C
     the others wait for it and reuse what it built."""
     target = Path(target)
     if _check(target, stamp_file, inputs) is None:
+        _mark_used(target / stamp_file)
         return False
     with locked(target):
         problem = _check(target, stamp_file, inputs)  # another process may have built it while we waited

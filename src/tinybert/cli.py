@@ -12,6 +12,7 @@ from pathlib import Path
 
 from . import __version__
 from .augment import AugmentArguments
+from .caches import CacheArguments, format_caches, format_size, remove, remove_unfinished
 from .demo import DemoArguments
 from .distillation.task import DistillArguments, DistillConfig, plan, task_of
 from .data.tasks import detect_task, label_space_of_data, scan_labels
@@ -90,6 +91,10 @@ COMMANDS = {
                  "General distillation (optional), teacher fine-tuning, augmentation, distillation stages 1 and 2, a "
                  "baseline without distillation, evaluation, export and report, each in its own directory of the "
                  "run: finished stages are skipped, an interrupted one resumes. See configs/ for examples."),
+    "cache": (CacheArguments, CacheArguments(), (), "list the caches tinybert keeps, or remove them",
+              "List the token caches, corpus caches, teacher outputs and converted checkpoints under a folder "
+              "(kind, source file, model, size, last use), or remove them, as `huggingface-cli scan-cache` and "
+              "`delete-cache` do: `tinybert cache list`, `tinybert cache clean [--older-than DAYS] [--yes]`."),
     "demo": (DemoArguments, DemoArguments(), (), "the whole pipeline on the bundled teacher and review snippets",
              "Fine-tune the bundled MiniLM teacher on Rotten Tomatoes snippets (split by movie), augment, distil, "
              "compare with a student trained without distillation, export to ONNX and write a report."),
@@ -108,6 +113,7 @@ EXAMPLES = {
     "export": "tinybert export --model runs/student --output runs/student-onnx --int8 --data data/dev.tsv",
     "predict": "echo 'a gorgeous, witty, seductive movie.' | tinybert predict --model runs/student --input -",
     "pipeline": "tinybert pipeline my-config.yaml",
+    "cache": "tinybert cache clean --cache-dir runs/my-run/token_cache --older-than 30 --yes",
     "demo": "tinybert demo --quick",
 }
 DESCRIPTION = "Compress a fine-tuned BERT-style model into a small TinyBERT student for your own data."
@@ -232,12 +238,38 @@ def run_command(command: str, arguments, flags: dict) -> None:
         count = arguments.run()
         if arguments.output and not is_standard_stream(arguments.output):
             print(f"{count:,} predictions written to {arguments.output}")
+    elif command == "cache":
+        _cache(arguments)
     elif command == "pipeline" and arguments.show_config:
         print(format_config(arguments.load()))
     elif command == "demo" and arguments.write_data:
         print("\n".join(f"{split}: {path}" for split, path in arguments.run()["data"].items()))
     else:  # pipeline, demo
         _print_run(arguments.run())
+
+
+def _cache(arguments: CacheArguments) -> None:
+    """Lists the caches; or shows those to remove, asks (unless --yes), and removes them."""
+    caches = arguments.caches()
+    total = format_size(sum(cache.size for cache in caches))
+    if caches:
+        print(format_caches(caches))
+    if arguments.action == "list":
+        print(f"{len(caches)} cache(s), {total} in all, under {arguments.root}")
+        return
+    if caches and not arguments.yes:
+        if not sys.stdin.isatty():
+            raise InputError(f"{len(caches)} cache(s) to remove and no terminal to ask", fix="add --yes to remove "
+                             "them without asking")
+        if input(f"Remove these {len(caches)} cache(s), {total}? [y/N] ").strip().lower() not in ("y", "yes"):
+            print("nothing removed")
+            return
+    removed, in_use = remove(caches)
+    unfinished = remove_unfinished(arguments.root)
+    print(f"removed {len(removed)} cache(s), {format_size(sum(cache.size for cache in removed))} freed"
+          + (f", and what {unfinished} unfinished build(s) left" if unfinished else ""))
+    for cache in in_use:
+        print(f"kept {cache.path}: a running command uses it")
 
 
 def _print_summary(summary: dict, output: str) -> None:

@@ -28,8 +28,9 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class FinetuneConfig:
-    # a teacher trains until dev stops improving, --epochs at most
-    training: TrainingConfig = group("training", lambda: TrainingConfig(learning_rate=2e-5, epochs=3,
+    # a teacher trains until dev stops improving (2 evaluations without improvement), --epochs at
+    # most: a cap high enough that a user following the defaults does not stop it while it is still learning
+    training: TrainingConfig = group("training", lambda: TrainingConfig(learning_rate=2e-5, epochs=10,
                                                                         checkpoint_every=200, patience=2))
     max_length: int = option(128, "tokens per example (longer ones are truncated)",
                              flags=("--max_seq_length", "--max_seq_len"))

@@ -174,15 +174,16 @@ class Monitor:
     def after_step(self, state: dict, module, log) -> None:
         """Evaluates every ``--eval-every`` optimizer steps, within epochs."""
         if self.eval_every and state["global_step"] % self.eval_every == 0:
-            self.evaluate(state, module, log, epoch=state["epoch"] + state["batch_in_epoch"] / self.batches_per_epoch)
+            self.evaluate(state, module, log)
 
-    def evaluate(self, state: dict, module, log, epoch: float | None = None) -> None:
-        """Evaluates on the dev set (at most once per step), records it in ``state``, saves an
-        improvement, and says when ``--patience`` has run out."""
+    def evaluate(self, state: dict, module, log) -> None:
+        """Evaluates on the dev set (at most once per step), records it in ``state`` with the
+        epochs trained (a fraction within an epoch), saves an improvement, and says when
+        ``--patience`` has run out."""
         history = state["history"]
         if self.evaluate_model is None or (history and history[-1]["step"] == state["global_step"]):
             return
-        epoch = state["epoch"] if epoch is None else epoch
+        epoch = state["epoch"] + state["batch_in_epoch"] / max(self.batches_per_epoch, 1)  # none: too few rows
         unwrapped = self.accelerator.unwrap_model(module)
         metrics = self.evaluate_model(unwrapped)
         module.train()

@@ -298,9 +298,9 @@ def run_training(*, output_dir: str | os.PathLike, config: TrainingConfig, modul
                 break
             if state["global_step"] % config.checkpoint_every == 0:
                 save_checkpoint()
+        monitor.evaluate(state, module, log)  # at the epoch's end, or where --max-steps stopped within it
         state["epoch"] += 1
         state["batch_in_epoch"] = 0
-        monitor.evaluate(state, module, log)
         if state["epoch"] < total_epochs and state["global_step"] < total_steps and not monitor.stopped(state):
             save_checkpoint()  # after the last epoch the run completes at once: no checkpoint to resume from
     progress.close()

@@ -21,7 +21,7 @@ from ..models.loading import digest_model_dir
 from ..settings import group, option
 from ..streams import copy_to_standard_output, is_standard_stream
 from .algorithm import OUTPUT_NEUTRAL_SETTINGS, AugmentConfig, Augmenter, build_augmenter
-from .stream import remove_shares, resumable_stream
+from .stream import one_run_at_a_time, remove_shares, resumable_stream
 from .structured import augment_questions, augment_tagged
 
 logger = logging.getLogger(__name__)
@@ -42,16 +42,23 @@ def augment_file(input_path: str | os.PathLike, output_path: str | os.PathLike, 
                  augmenter: Augmenter | None = None, show_progress: bool = True) -> dict:
     """Writes every row followed by its variants (same label, the other text of a pair unchanged,
     marked as variants) to ``output_path`` in the input's format. Streams the input; after a kill, the same call
-    continues from the last finished chunk of rows."""
+    continues from the last finished chunk of rows. Runs on one output go one at a time: a second
+    waits for the first, then finds the output complete."""
     config = config or AugmentConfig()
     options = data_options or DataOptions()
     input_path, output_path = str(input_path), Path(output_path)
     if config.field not in ("first", "second"):
         raise InputError(f"unknown field {config.field!r}", fix="use --field first or --field second")
-    if output_path.exists() and not output_path.with_name(output_path.name + ".partial").exists():
-        logger.info("%s already exists; delete it to augment again", output_path)
-        remove_shares(output_path)  # left by a launched run killed as it finished
-        return {"rows": None, "written": None, "complete": True}
+    with one_run_at_a_time(output_path):
+        if output_path.exists() and not output_path.with_name(output_path.name + ".partial").exists():
+            logger.info("%s already exists; delete it to augment again", output_path)
+            remove_shares(output_path)  # left by a launched run killed as it finished
+            return {"rows": None, "written": None, "complete": True}
+        return _augment(input_path, output_path, mlm_dir, word_vectors, config, options, augmenter, show_progress)
+
+
+def _augment(input_path: str, output_path: Path, mlm_dir, word_vectors, config: AugmentConfig, options: DataOptions,
+             augmenter: Augmenter | None, show_progress: bool) -> dict:
     kind = detect_task(input_path, options)
     if kind != "sequence":  # tags or answers: only the words that carry none change
         augmenter = augmenter or build_augmenter(config, mlm_dir, word_vectors)

@@ -20,11 +20,12 @@ import re
 import time
 from datetime import timedelta
 from pathlib import Path
+from typing import Iterator
 
 import torch
 from tqdm.auto import tqdm
 
-from ..artifacts import Stamp
+from ..artifacts import Stamp, locked
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +57,20 @@ def resumable_stream(units, render, output_path: Path, inputs: dict, chunk_size:
         _complete(output_path, finish)
     processes.wait_for_everyone()
     return _summary(*(sum(column) for column in zip(*every)), started)
+
+
+@contextlib.contextmanager
+def one_run_at_a_time(output_path: Path) -> Iterator[None]:
+    """Held while a run writes OUTPUT: a second run on the same OUTPUT waits for the first, then
+    finds OUTPUT complete, or continues what a killed run left (OUTPUT.partial and its progress
+    are one run's at a time). Under several processes the main one holds it, the others wait for
+    it. The lock leaves no file behind once the run ends."""
+    processes = _launched_processes()
+    main = processes is None or processes.is_main_process
+    with locked(output_path, leave_no_file=True) if main else contextlib.nullcontext():
+        if processes is not None:
+            processes.wait_for_everyone()
+        yield
 
 
 def _complete(output_path: Path, finish) -> None:

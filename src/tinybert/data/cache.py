@@ -85,11 +85,13 @@ def data_fingerprints(train: TokenCache, dev: TokenCache | None) -> dict:
             "eval": dev.meta["fingerprint"] if dev is not None else None}
 
 
-def cached_features(path: Path, inputs: dict, directory: Path, build) -> dict:
+def cached_features(path: Path, inputs: dict, directory: Path, build, tokenizer) -> dict:
     """Makes ``directory`` with ``build(staging) -> meta`` unless it holds an intact cache made
-    from ``inputs`` (stamped in its meta.json, written last); one process builds, others wait.
-    Returns the meta, of the cache made from ``inputs`` (not one another run has put there since)."""
-    built = build_directory(directory, META_FILE, inputs, build)
+    from ``inputs`` (stamped in its meta.json, written last, with the model ``tokenizer`` came
+    from); one process builds, others wait. Returns the meta, of the cache made from ``inputs``
+    (not one another run has put there since)."""
+    built = build_directory(directory, META_FILE, inputs,
+                            lambda staging: {**build(staging), "model": tokenizer.name_or_path})
     meta = read_json(directory / META_FILE) or {}
     if meta.get("fingerprint") != digest(inputs):
         raise rebuilt_elsewhere(directory)
@@ -124,7 +126,8 @@ def task_cache(path: str | os.PathLike, tokenizer, max_length: int, options: Dat
     path = Path(path)
     directory, inputs = cache_directory(path, "sequence", tokenizer, max_length, options, default_dir, labels=labels)
     meta = cached_features(path, inputs, directory,
-                           lambda staging: _build(path, tokenizer, max_length, options, staging, show_progress, labels))
+                           lambda staging: _build(path, tokenizer, max_length, options, staging, show_progress, labels),
+                           tokenizer)
     cache = TokenCache(directory, meta)
     # what the build said, said again on every use of the cache
     if cache.meta["skipped"]:

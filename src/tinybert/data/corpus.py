@@ -16,7 +16,7 @@ import numpy as np
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from ..artifacts import build_directory, digest_files, read_json
+from ..artifacts import build_directory, digest_files, read_json, read_lock
 from ..errors import InputError
 from ..models.tokenizer import tokenizer_digest
 from .features import META_FILE
@@ -41,6 +41,7 @@ class CorpusCache(Dataset):
         self.offsets_path = directory / "offsets.bin"
         self.token_dtype = np.dtype(meta["dtype"])
         self._files = None
+        self._reading = read_lock(directory / META_FILE)  # in use while it lives
 
     def __len__(self) -> int:
         return self.count
@@ -51,8 +52,9 @@ class CorpusCache(Dataset):
         return self._files
 
     def __getstate__(self) -> dict:
-        """Sent to a process started afresh (DataLoader workers under spawn): it opens its own files."""
-        return {**self.__dict__, "_files": None}
+        """Sent to a process started afresh (DataLoader workers under spawn): it opens its own files
+        (the process that sent it holds the cache in use)."""
+        return {**self.__dict__, "_files": None, "_reading": None}
 
     def __getitem__(self, index: int) -> dict:
         tokens, offsets = self._handles()
@@ -126,7 +128,8 @@ def _tokenise(paths: list[Path], tokenizer, max_length: int, staging: Path, show
         raise InputError("the corpus has no text", path=paths[0], fix="give plain-text files, one sentence or "
                                                                       "paragraph per line")
     return {"examples": examples, "tokens": position, "dtype": dtype.str, "cls_id": tokenizer.cls_token_id,
-            "sep_id": tokenizer.sep_token_id, "max_length": max_length, "files": [str(p) for p in paths]}
+            "sep_id": tokenizer.sep_token_id, "max_length": max_length, "files": [str(p) for p in paths],
+            "model": tokenizer.name_or_path}
 
 
 def _line_batches(path: Path, bar):

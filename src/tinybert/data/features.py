@@ -18,7 +18,7 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from .labels import ORIGINS
-from ..artifacts import read_json
+from ..artifacts import read_json, read_lock
 from ..errors import InputError
 
 META_FILE = "meta.json"  # a cache's stamp and description, written last
@@ -80,6 +80,7 @@ class FeatureFile(Dataset):
         self._token = {name: np.dtype(dtype) for name, dtype in meta["token_columns"].items()}
         self._example = {name: np.dtype(dtype) for name, dtype in meta["example_columns"].items()}
         self._files = None
+        self._reading = read_lock(self.directory / META_FILE)  # in use while any view of it lives
 
     def __len__(self) -> int:
         return self.count
@@ -99,8 +100,15 @@ class FeatureFile(Dataset):
         return self._files[1]
 
     def __getstate__(self) -> dict:
-        """Sent to a process started afresh (DataLoader workers under spawn): it opens its own files."""
-        return {**self.__dict__, "_files": None}
+        """Sent to a process started afresh (DataLoader workers under spawn): it opens its own files
+        (the process that sent it holds the cache in use)."""
+        return {**self.__dict__, "_files": None, "_reading": None}
+
+    def __copy__(self):
+        """A view in this process (``first``, ``labelled``): it shares the open files and the hold."""
+        view = object.__new__(type(self))
+        view.__dict__.update(self.__dict__)
+        return view
 
     def first(self, count: int | None):
         """A view of the first ``count`` examples (all when None)."""

@@ -228,7 +228,7 @@ def answer_cache(path: str | Path, tokenizer, max_length: int, options: DataOpti
     directory, inputs = cache_directory(path, "qa", tokenizer, max_length, options, default_dir,
                                         doc_stride=options.doc_stride, max_examples=options.max_examples, labels=labels)
     meta = cached_features(path, inputs, directory, lambda staging: _build(path, tokenizer, max_length, options,
-                                                                          staging, show_progress, labels))
+                                                                          staging, show_progress, labels), tokenizer)
     cache = AnswerCache(directory, meta)
     if cache.meta["skipped"]:
         report_bad_lines(str(path), cache.meta["skipped_lines"], True, total=cache.meta["skipped"])

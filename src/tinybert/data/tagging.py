@@ -157,7 +157,7 @@ def tag_cache(path: str | Path, tokenizer, max_length: int, options: DataOptions
     path = Path(path)
     directory, inputs = cache_directory(path, "token", tokenizer, max_length, options, default_dir, labels=labels)
     meta = cached_features(path, inputs, directory, lambda staging: _build(path, tokenizer, max_length, options,
-                                                                          staging, show_progress, labels))
+                                                                          staging, show_progress, labels), tokenizer)
     cache = TagCache(directory, meta)
     if cache.meta["skipped"]:
         report_bad_lines(str(path), cache.meta["skipped_lines"], True, total=cache.meta["skipped"])

@@ -8,11 +8,12 @@ weights, an unmarked one with nothing, so the records come back as the model's o
 state written during the forward pass) and every other layer keeps its fast attention:
 
 - ``"scores"``: the pre-softmax scores (batch, heads, queries, keys), the quantity the layer's
-  softmax receives before its mask. In families that route attention through transformers'
-  ``AttentionInterface`` that is QKᵀ·scaling, computed in our plug-in (after rotary embeddings
-  in ModernBERT); unmarked layers go straight to SDPA. In every family, pairs the layer's mask
-  leaves out (padded keys, and keys beyond a ModernBERT local layer's window) are recorded as 0,
-  so that the loss asks nothing of them. DeBERTa forms its scores itself, as
+  softmax receives before its mask, with the pairs the layer attends (booleans, batch × 1 ×
+  queries × keys; None where it attends every pair): the loss compares those pairs only, and
+  averages over as many as there are (padded keys, and keys beyond a ModernBERT local layer's
+  window, are none of them). In families that route attention through transformers'
+  ``AttentionInterface`` the scores are QKᵀ·scaling, computed in our plug-in (after rotary
+  embeddings in ModernBERT); unmarked layers go straight to SDPA. DeBERTa forms its scores itself, as
   (content·content + content·position + position·content) / √(3d): the whole sum is what its
   softmax receives, so the whole sum is what the student learns (the relative-position terms are
   how DeBERTa attends; leaving them out would teach a quantity the teacher never uses).
@@ -50,19 +51,13 @@ def _attention_with_records(module, query, key, value, attention_mask, scaling=N
     if scaling is None:
         scaling = query.size(-1) ** -0.5
     scores = torch.matmul(query, key.transpose(2, 3)) * scaling
-    masked = recorded = scores
-    if attention_mask is not None:  # sdpa's mask: True where a query may attend
-        if attention_mask.dtype == torch.bool:
-            masked = scores.masked_fill(~attention_mask, torch.finfo(scores.dtype).min)
-            # pairs the layer never attends (beyond a local layer's window) recorded as 0 in both
-            # models: the loss then asks nothing of them
-            recorded = scores.masked_fill(~attention_mask, 0)
-        else:
-            masked = scores + attention_mask
+    masked, attends = scores, None
+    if attention_mask is not None:  # sdpa's mask (the mask function registered below): True where a query may attend
+        masked, attends = scores.masked_fill(~attention_mask, torch.finfo(scores.dtype).min), attention_mask
     weights = torch.nn.functional.softmax(masked, dim=-1)
     weights = torch.nn.functional.dropout(weights, p=dropout, training=module.training)
     output = torch.matmul(weights, value).transpose(1, 2).contiguous()
-    return output, recorded
+    return output, (scores, attends)
 
 
 AttentionInterface.register(IMPLEMENTATION, _attention_with_records)
@@ -94,7 +89,7 @@ def _disentangled_with_records(self, hidden_states, attention_mask, output_atten
     records = getattr(self, _RECORDS, None)
     if records == "relations":
         return context, tuple(state.view(batch, heads, length, -1) for state in (query, key, value))
-    return context, scores.masked_fill(~attends, 0) if records == "scores" else None
+    return context, (scores, attends) if records == "scores" else None
 
 
 def record_attention(model: torch.nn.Module, layers: Iterable[int], records: Records = "scores") -> list[int]:

@@ -28,10 +28,10 @@ from ..data.labels import ORIGINAL
 from .teacher_outputs import OUTPUTS_KEY
 from .losses import (attention_loss, gold_label_loss, hidden_loss, prediction_loss, relation_loss,
                      span_soft_cross_entropy, token_gold_label_loss, token_soft_cross_entropy)
-from ..models.families import attention_width
+from ..models.families import attention_width, hidden_states_before_final_norm
 from ..models.files import PROJECTIONS_FILE
 from ..models.pruning import Selection, selection_projection
-from ..models.students import check_family, check_layers, check_student_sizes
+from ..models.students import check_family, check_layers, check_student_layers, check_student_sizes
 from ..settings import flag_of, option
 
 logger = logging.getLogger(__name__)
@@ -49,15 +49,17 @@ class IntermediateLosses:
     embedding: float = option(1.0, "weight of the embedding loss (0 leaves it out)", key="embedding_weight")
 
 
-def check_intermediate(teacher_dir, student: str | None, layers: int | None, losses: IntermediateLosses) -> None:
+def check_intermediate(teacher_dir, student: str, losses: IntermediateLosses, *, layers: int | None,
+                       layer_map: str | None, init_from_teacher: bool = False) -> None:
     """What no stage-1 or general run can do, refused before any data is read or model built: a
     teacher of a family tinybert cannot distil, counts below 1, a ``student`` file of sizes that are
-    none (None: the student is copied from the teacher)."""
+    none, a student deeper than its teacher, a layer map that does not fit."""
     check_layers(layers)
     check_losses(losses)
     check_family(teacher_dir)
-    if student is not None:
+    if not init_from_teacher:  # a copy of the teacher takes its sizes
         check_student_sizes(student, teacher_dir)
+    check_student_layers(teacher_dir, student, layers=layers, layer_map=layer_map, init_from_teacher=init_from_teacher)
 
 
 def loss_settings(losses: IntermediateLosses, shared_projection: bool) -> dict:
@@ -78,7 +80,8 @@ class _TeacherAndStudent(torch.nn.Module):
     def __init__(self, student, teacher):
         super().__init__()
         self.student = student
-        self._teacher = [teacher.eval().requires_grad_(False)]  # a list keeps it out of parameters() and DDP
+        # a list keeps it out of parameters() and DDP; None: every batch carries the teacher's outputs
+        self._teacher = [teacher.eval().requires_grad_(False) if teacher is not None else None]
         self.register_buffer("student_ids", None, persistent=False)  # moves to the device with the student
 
     @property
@@ -122,6 +125,13 @@ class IntermediateDistiller(_TeacherAndStudent):
         self.hidden_projection = projection()
         self.embedding_projection = None if shared_projection else projection()
         records = losses.attention_loss
+        # ModernBERT's hidden states are its layers' own outputs (the residual stream), but
+        # transformers normalises the last one with the final norm: compared as they come, a map
+        # ending below N would teach the student's normalised last layer an unnormalised teacher
+        # layer. Every layer of both is compared before that norm (which belongs to the head's
+        # input, taught in stage 2), so each pair compares the same quantity on the same scale.
+        for model in (student, teacher):
+            hidden_states_before_final_norm(model)
         self.student_layers = record_attention(student, range(len(layer_map)), records)
         self.teacher_layers = record_attention(teacher, [layer - 1 for layer in layer_map], records)
 
@@ -144,9 +154,14 @@ class IntermediateDistiller(_TeacherAndStudent):
     def _attention_loss(self, layer: int, student, teacher, mask) -> torch.Tensor:
         if self.losses.attention_loss == "relations":  # queries, keys and values: Q-Q, K-K and V-V relations
             return sum(relation_loss(s, t, mask, self.relation_heads) for s, t in zip(student, teacher))
-        if self.teacher_heads is not None:
-            teacher = teacher[:, self.teacher_heads[layer]]
-        return attention_loss(student, teacher, mask)
+        (student_scores, student_pairs), (teacher_scores, teacher_pairs) = student, teacher
+        if self.teacher_heads is not None:  # each kept head against the teacher head it was cut from
+            teacher_scores = teacher_scores[:, self.teacher_heads[layer]]
+        # the pairs both layers attend: a score the teacher's layer never forms teaches nothing, and one
+        # the student's never forms does not change what it computes
+        pairs = student_pairs if teacher_pairs is None else teacher_pairs if student_pairs is None \
+            else student_pairs & teacher_pairs
+        return attention_loss(student_scores, teacher_scores, mask, pairs)
 
     def forward(self, batch: dict) -> dict:
         batch = model_inputs(batch)
@@ -194,7 +209,8 @@ class PredictionDistiller(_TeacherAndStudent):
     its output for regression), its tag distribution at each word's first piece (``task="token"``), or its
     distributions of where the answer starts and ends (``task="qa"``). With ``hard_label_weight`` α,
     (1 − α)·soft + α·cross-entropy against the gold labels on original rows (``origin`` ORIGINAL):
-    not on augmented variants, whose label their new words may have made wrong, nor unlabelled text."""
+    not on augmented variants, whose label their new words may have made wrong, nor unlabelled text.
+    ``teacher`` None: every batch carries the teacher's outputs (``OUTPUTS_KEY``)."""
 
     def __init__(self, student, teacher, temperature: float = 1.0, regression: bool = False, task: str = "sequence",
                  hard_label_weight: float = 0.0):

@@ -63,7 +63,7 @@ def general_distill(teacher_dir: str | os.PathLike, corpus: list[str | os.PathLi
     written to ``output_dir`` (a bare encoder, projections beside it). Re-running the same call
     resumes from the last checkpoint."""
     config = config or GeneralConfig()
-    check_intermediate(teacher_dir, student, config.layers, config.losses)
+    check_intermediate(teacher_dir, student, config.losses, layers=config.layers, layer_map=config.layer_map)
     output_dir = Path(output_dir)
     if is_complete(output_dir):
         logger.info("%s is already complete; delete it to train again", output_dir)

@@ -29,21 +29,27 @@ def in_float32(loss):
 
 
 @in_float32
-def attention_loss(student_scores: torch.Tensor, teacher_scores: torch.Tensor,
-                   attention_mask: torch.Tensor) -> torch.Tensor:
+def attention_loss(student_scores: torch.Tensor, teacher_scores: torch.Tensor, attention_mask: torch.Tensor,
+                   pairs: torch.Tensor | None = None) -> torch.Tensor:
     """MSE between pre-softmax attention scores (batch, heads, queries, keys), averaged over
-    heads and over the (query, key) pairs where both are real tokens."""
+    heads and over the (query, key) pairs where both are real tokens and, where ``pairs`` is
+    given (booleans broadcastable to the scores), both layers attend: a ModernBERT local layer's
+    window holds a part of the n² pairs, and averaged over n² its loss would weigh less than a
+    global layer's the longer the text."""
     if student_scores.shape[1] != teacher_scores.shape[1]:
         raise ValueError(f"the attention loss needs equal head counts: student {student_scores.shape[1]}, "
                          f"teacher {teacher_scores.shape[1]}")
     mask = attention_mask.float()
     # in float32: under bf16 the student's scores are half precision, the teacher's targets must not be
     squared = (student_scores.float() - teacher_scores.float()).square()
+    if pairs is not None:
+        counted = pairs.float() * mask[:, None, :, None] * mask[:, None, None, :]
+        return (squared * counted).sum() / counted.expand_as(squared).sum()
     # summed over real keys by a product with the key mask, then over real queries: no mask of the
     # scores' full size is built
     per_query = (squared @ mask[:, None, :, None]).squeeze(-1)  # (batch, heads, queries)
-    pairs = (mask.sum(-1) ** 2).sum()  # real (query, key) pairs: n² per example
-    return (per_query * mask[:, None, :]).sum() / (pairs * student_scores.shape[1])
+    pairs_per_example = (mask.sum(-1) ** 2).sum()  # real (query, key) pairs: n² per example
+    return (per_query * mask[:, None, :]).sum() / (pairs_per_example * student_scores.shape[1])
 
 
 @in_float32

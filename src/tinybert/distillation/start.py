@@ -20,7 +20,7 @@ from ..models.loading import check_model_dir, describe, label_space_of, load_cla
 from ..models.record import DEFAULT_LENGTH
 from ..models.static import STATIC, StaticStudent, check_dims, counted_tokens, token_vectors
 from ..models.pruning import PruningOptions, Selection, pruned_shape, select, shape_only, whole
-from ..models.students import build_student, choose_layer_map
+from ..models.students import build_student, choose_layer_map, student_layer_count
 from ..models.vocabulary import distinct_tokens, fallback_tokens, listed_tokens, pruned_tokenizer
 from ..settings import flag_of
 
@@ -105,7 +105,8 @@ def prepare_student(teacher_dir, student: str, train_data, config, tokenizer, ro
         kept = Selection.read(student) if Path(student).is_dir() else None  # a pruned student continued
         return Start(label_space, teacher, student_model, own_tokenizer(student, tokenizer), layer_map, kept)
     # the mapping also picks which teacher layers are copied (a shape measured for a latency may say how many)
-    layers = config.layers or (shape or {}).get("num_hidden_layers") or teacher_layers
+    layers = student_layer_count(student, teacher.config, layers=config.layers or (shape or {}).get("num_hidden_layers"),
+                                 init_from_teacher=True, layer_map=config.layer_map)
     layer_map = choose_layer_map(config.layer_map, layers, teacher_layers)
     student_tokenizer = tokenizer
     options: PruningOptions = config.pruning

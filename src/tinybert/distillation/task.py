@@ -146,7 +146,8 @@ def _check_settings(teacher_dir, student: str, config: DistillConfig) -> None:
     if not 0 <= config.hard_label_weight <= 1:
         raise InputError(f"--hard-label-weight {config.hard_label_weight} is not a weight between 0 and 1",
                          fix="give α from 0 (the teacher alone) to 1 (the gold labels alone)")
-    check_intermediate(teacher_dir, None if config.init_from_teacher else student, config.layers, config.losses)
+    check_intermediate(teacher_dir, student, config.losses, layers=config.layers, layer_map=config.layer_map,
+                       init_from_teacher=config.init_from_teacher)
     check_static(config, student, teacher_dir)
     check_pruning(config.pruning, config.init_from_teacher, AutoConfig.from_pretrained(check_model_dir(teacher_dir)),
                   static=student == STATIC)
@@ -208,19 +209,17 @@ def _start(teacher_dir, student: str, train, training_data, config: DistillConfi
     return start
 
 
-def _pruning_summary(start: Start, tokenizer, config: DistillConfig, dev, eval_path, kind: str, max_length: int,
-                     data_options: DataOptions, output_dir: Path, show: bool) -> dict:
-    """What the model card says of a pruned student: its widths, how they were chosen, its vocabulary,
-    and (with a dev set) the share of dev texts it tokenizes otherwise than the teacher."""
-    teacher_config, selection = start.teacher.config, start.selection
-    summary = {"kept": selection.describe(teacher_config), "ranked_by": config.pruning.prune_by}
-    if selection.tokens is not None and dev is not None:
+def _pruning_summary(start: Start, teacher_config, tokenizer, config: DistillConfig, dev, eval_path, kind: str,
+                     max_length: int, data_options: DataOptions, output_dir: Path, show: bool) -> str:
+    """What the model card says of a pruned student: what it keeps, how that was chosen, and (with a
+    pruned vocabulary and a dev set) the share of dev texts it tokenizes otherwise than the teacher."""
+    summary = f"{start.selection.describe(teacher_config)}, ranked by {config.pruning.prune_by}"
+    if start.selection.tokens is not None and dev is not None:
         as_teacher = task_data(kind, eval_path, tokenizer, max_length, data_options, output_dir / CACHE_DIR, show,
                                limit=False)
-        summary["dev_texts_tokenized_otherwise"] = retokenized_share(as_teacher, dev, token_map(tokenizer,
-                                                                                                 start.tokenizer))
-        logger.info("%.1f %% of the dev texts tokenize otherwise with the pruned vocabulary",
-                    100 * summary["dev_texts_tokenized_otherwise"])
+        share = retokenized_share(as_teacher, dev, token_map(tokenizer, start.tokenizer))
+        logger.info("%.1f %% of the dev texts tokenize otherwise with the pruned vocabulary", 100 * share)
+        summary += f"; {100 * share:.1f} % of dev texts tokenized otherwise than by the teacher"
     return summary
 
 
@@ -307,7 +306,20 @@ def distill(teacher_dir: str | os.PathLike, student: str, train_path: str | os.P
                                                                 data_options, output_dir / CACHE_DIR, show,
                                                                 limit=False))
     label_space, student_model, layer_map = start.label_space, start.student, start.layer_map
-    teacher = frozen_teacher(start.teacher, training, accelerator)
+    teacher_config = start.teacher.config
+    # held here alone, so that it is freed once the cache holds all its outputs
+    teacher, start.teacher = frozen_teacher(start.teacher, training, accelerator), None
+    logger.info("distilling (%s) %s → %s student, layer map %s, on %s", config.stage, teacher_dir,
+                STATIC if student == STATIC else f"{student_model.config.num_hidden_layers}-layer", layer_map,
+                ", ".join(f"{count:,} {origin}" for origin, count in training_data.origins().items()))
+    training_rows = training_data.labelled(label_space)
+    if config.stage == "prediction" and not config.no_teacher_cache:
+        cache_root = data_options.cache_dir or output_dir / CACHE_DIR
+        outputs = teacher_outputs(teacher, teacher_dir, training_rows, label_space.task, tokenizer, cache_root,
+                                  precision=training.mixed_precision, accelerator=accelerator,
+                                  batch_size=config.eval_batch_size, show_progress=show)
+        if outputs:  # every output is read from the cache: the teacher's memory (a GPU's) goes to the student
+            training_rows, teacher = WithTeacherOutputs(training_rows, outputs), None
     if config.stage == "intermediate":
         distiller = IntermediateDistiller(student_model, teacher, layer_map, config.losses, config.shared_projection,
                                           start.selection)
@@ -317,17 +329,6 @@ def distill(teacher_dir: str | os.PathLike, student: str, train_path: str | os.P
         distiller = PredictionDistiller(student_model, teacher, config.temperature, label_space.is_regression,
                                         label_space.task, config.hard_label_weight)
     distiller.read_student_ids(token_map(tokenizer, start.tokenizer))
-    logger.info("distilling (%s) %s → %s student, layer map %s, on %s", config.stage, teacher_dir,
-                STATIC if student == STATIC else f"{student_model.config.num_hidden_layers}-layer", layer_map,
-                ", ".join(f"{count:,} {origin}" for origin, count in training_data.origins().items()))
-
-    training_rows = training_data.labelled(label_space)
-    if config.stage == "prediction" and not config.no_teacher_cache:
-        cache_root = data_options.cache_dir or output_dir / CACHE_DIR
-        outputs = teacher_outputs(teacher, teacher_dir, training_rows, label_space.task, tokenizer, cache_root,
-                                  precision=training.mixed_precision, accelerator=accelerator,
-                                  batch_size=config.eval_batch_size, show_progress=show)
-        training_rows = WithTeacherOutputs(training_rows, outputs) if outputs else training_rows
     shapes = shapes_of_run(training, accelerator, len(training_data), max_length)
     loader = train_loader(training_rows, tokenizer, training.batch_size, training.seed, shapes=shapes)
     metric = selection_metric(config.metric, label_space)
@@ -348,9 +349,8 @@ def distill(teacher_dir: str | os.PathLike, student: str, train_path: str | os.P
         losses = {"temperature": config.temperature, "hard_label_weight": config.hard_label_weight}
     else:
         losses = loss_settings(config.losses, config.shared_projection)
-    pruned = {} if start.selection is None else {"pruned": _pruning_summary(start, tokenizer, config, dev, eval_path,
-                                                                           kind, max_length, data_options,
-                                                                           output_dir, show)}
+    pruned = {} if start.selection is None else {"pruned": _pruning_summary(
+        start, teacher_config, tokenizer, config, dev, eval_path, kind, max_length, data_options, output_dir, show)}
     step = recipe_step(config.stage, [train_path, *unlabeled], training_data.origins(), training,
                        **(losses if config.stage == "prediction" else {}), **pruned)
     # what `tinybert distill --stage STAGE` defaults to: the card's command gives the stage and what differs

@@ -10,7 +10,9 @@ length), the task and the precision the teacher runs in, and built under the sam
 and integrity rules as the token cache (named, like it, by where its inputs live, so a changed
 teacher or file rebuilds it in place); the training loader then reads each example's outputs
 beside its tokens (memory-mapped), and stage 2 never calls the teacher. Under several processes
-each computes its share of the batches, and the main one gathers them into the cache.
+each computes its share of the batches, and the main one gathers them into the cache. The pass
+(``teacher_pass``) copies the outputs of examples another cache of the same teacher already holds
+(the pipeline's student without augmentation: its rows are the augmented file's original rows).
 
 It is filled by a pass of its own rather than during stage 1's first epoch: collecting outputs
 there would copy them to the host at every step (a wait for the GPU the loop otherwise avoids),
@@ -19,35 +21,26 @@ and under several processes no process sees every row.
 
 from __future__ import annotations
 
-import itertools
 import logging
 import shutil
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import torch
 from accelerate.utils import broadcast_object_list
-from tqdm.auto import tqdm
 
-from ..artifacts import Stamp, build_directory, digest, is_built
-from ..data import eval_loader
-from ..data.batching import model_inputs
-from ..data.sampling import SortedBatches
-from ..errors import InputError
+from ..artifacts import Stamp, build_directory, digest, is_built, read_lock
 from ..models.loading import digest_model_dir
 from ..training import main_process_first
+from .teacher_pass import STAMP_FILE, TeacherPass, mapped_values, per_token, rebuilt_elsewhere, sources
 
 logger = logging.getLogger(__name__)
 
-STAMP_FILE = "outputs.json"
-VALUES_FILE = "outputs.f32"
 OUTPUTS_KEY = "teacher_outputs"  # what a batch carries the outputs under
-VERSION = 1
+VERSION = 2  # 2: each example's content key beside the outputs
 # the cache is made only where it takes at most this share of the free disk space
 DISK_SHARE = 0.5
-GATHER_BLOCK = 65536  # examples whose shared outputs the main process places at once
 
 
 def _parts(data) -> list:
@@ -59,35 +52,31 @@ def _identity(data) -> list:
     return [[part.meta["fingerprint"], len(part)] for part in _parts(data)]
 
 
-def _per_token(task: str) -> bool:
-    return task in ("token", "qa")
-
-
 class TeacherOutputs:
     """A built cache: ``of(i)`` is example i's outputs (float32), a vector of class logits, or one
     row per token (tag logits; for QA the start and end logits side by side)."""
 
     def __init__(self, directory: Path, lengths: np.ndarray, inputs: dict):
         self.directory = directory
-        stamp = Stamp(directory / STAMP_FILE)
-        meta = stamp.read()
-        if meta is None or not stamp.matches(inputs):
-            raise InputError(f"the teacher's outputs in {directory} were rebuilt by another run for another teacher "
-                             "or data file while this one started", fix="run one of the two at a time, or give "
-                             "each its own --cache-dir (or --no-teacher-cache)")
-        self.per_token = _per_token(meta["task"])
+        self.fingerprint = digest(inputs)
+        meta = Stamp(directory / STAMP_FILE).read()
+        if meta is None or meta.get("fingerprint") != self.fingerprint:
+            raise rebuilt_elsewhere(directory)
+        self.per_token = per_token(meta["task"])
         self.shape = (int(lengths.sum()) if self.per_token else len(lengths), meta["width"])
         self.starts = np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)]) if self.per_token else None
         self._values = None
+        self._reading = read_lock(directory / STAMP_FILE)  # in use while it lives
 
     def __getstate__(self) -> dict:
         """Sent to a process started afresh (DataLoader workers under spawn): it maps the file itself
-        (a pickled memmap would carry a copy of every value)."""
-        return {**self.__dict__, "_values": None}
+        (a pickled memmap would carry a copy of every value; the process that sent it holds the
+        cache in use)."""
+        return {**self.__dict__, "_values": None, "_reading": None}
 
     def of(self, index: int) -> np.ndarray:
-        if self._values is None:
-            self._values = np.memmap(self.directory / VALUES_FILE, dtype=np.float32, mode="r", shape=self.shape)
+        if self._values is None:  # mapped once per process, checked as it is (another run may have rebuilt it)
+            self._values = mapped_values(self.directory, self.fingerprint, self.shape)
         if self.per_token:
             return np.array(self._values[self.starts[index]:self.starts[index + 1]])
         return np.array(self._values[index])
@@ -122,7 +111,7 @@ def teacher_outputs(teacher, teacher_dir, data, task: str, tokenizer, root: str 
              "precision": precision}
     target = Path(root) / f"teacher-outputs-{digest(place)[:16]}"
     lengths = np.asarray(data.lengths, dtype=np.int64)
-    shape = (int(lengths.sum()) if _per_token(task) else len(data), 2 if task == "qa" else teacher.config.num_labels)
+    shape = (int(lengths.sum()) if per_token(task) else len(data), 2 if task == "qa" else teacher.config.num_labels)
     plan = None
     if accelerator.is_main_process:
         # this run's own folder for the processes' shares: runs sharing the cache directory never mix them
@@ -133,9 +122,12 @@ def teacher_outputs(teacher, teacher_dir, data, task: str, tokenizer, root: str 
     if decision == "teacher":
         return None
     if decision == "build":
-        fill = _Fill(teacher, data, task, tokenizer, batch_size, accelerator, show_progress)
-        if accelerator.num_processes == 1:
-            build_directory(target, STAMP_FILE, inputs, lambda staging: fill.into(staging, shape))
+        fill = TeacherPass(teacher, data, task, tokenizer, batch_size, accelerator, show_progress)
+        described = {"teacher": str(teacher_dir), "sources": [part.meta["source"] for part in _parts(data)]}
+        if accelerator.num_processes == 1:  # other caches of this teacher may hold some of the rows
+            build_directory(target, STAMP_FILE, inputs, lambda staging: {
+                **fill.into(staging, shape, sources(target, inputs, ("teacher", "task", "precision", "version"))),
+                **described})
         else:
             shares = target.with_name(f".{target.name}.shares-{run}")
             try:
@@ -143,7 +135,7 @@ def teacher_outputs(teacher, teacher_dir, data, task: str, tokenizer, root: str 
                 accelerator.wait_for_everyone()
                 # the main process gathers (the others then find the cache built); its failure stops them all
                 main_process_first(accelerator, lambda: build_directory(
-                    target, STAMP_FILE, inputs, lambda staging: fill.gathered(staging, shape, shares)))
+                    target, STAMP_FILE, inputs, lambda staging: {**fill.gathered(staging, shape, shares), **described}))
             finally:
                 if accelerator.is_main_process:
                     shutil.rmtree(shares, ignore_errors=True)
@@ -162,103 +154,3 @@ def _plan(target: Path, inputs: dict, shape: tuple[int, int], processes: int) ->
                        "under %s: stage 2 runs the teacher at every step instead", size / 1e9, target.parent)
         return "teacher"
     return "build"
-
-
-def _indices(share: Path) -> Path:
-    return share.with_name(share.name + ".indices")
-
-
-class _Fill:
-    """The teacher's outputs on the data, in batches sorted by length, written where each
-    example's rows go: all of them by one process, or each process's share of the batches."""
-
-    def __init__(self, teacher, data, task: str, tokenizer, batch_size: int, accelerator, show_progress: bool):
-        self.teacher, self.data, self.task, self.tokenizer = teacher, data, task, tokenizer
-        self.batch_size, self.accelerator, self.show_progress = batch_size, accelerator, show_progress
-        self.lengths = np.asarray(data.lengths, dtype=np.int64)
-        self.starts = np.concatenate([[0], np.cumsum(self.lengths)])
-
-    def _rows(self, index: int) -> slice:
-        return slice(self.starts[index], self.starts[index + 1]) if _per_token(self.task) else slice(index, index + 1)
-
-    def into(self, staging: Path, shape: tuple[int, int]) -> dict:
-        """All outputs into the cache being built (one process)."""
-        logger.info("computing the teacher's outputs on %d examples once", len(self.data))
-        values = np.memmap(staging / VALUES_FILE, dtype=np.float32, mode="w+", shape=shape)
-        for index, found in self._outputs((0, 1)):
-            values[self._rows(index)] = found
-        values.flush()
-        return self._details(shape)
-
-    def share(self, folder: Path, shard: tuple[int, int], width: int) -> None:
-        """This process's share into ``folder``, in the order it computed it: its values, and the
-        examples they belong to (in ``.indices``)."""
-        if shard[0] == 0:
-            logger.info("computing the teacher's outputs on %d examples once, on %d processes", len(self.data),
-                        shard[1])
-        folder.mkdir(parents=True, exist_ok=True)
-        mine = np.fromiter(itertools.chain.from_iterable(SortedBatches(self.lengths, self.batch_size, shard)),
-                           dtype=np.int64)
-        rows = int(self.lengths[mine].sum()) if _per_token(self.task) else len(mine)
-        path = folder / f"rank-{shard[0]}"
-        mine.tofile(_indices(path))
-        if not rows:  # fewer batches than processes
-            path.touch()
-            return
-        values = np.memmap(path, dtype=np.float32, mode="w+", shape=(rows, width))
-        done = 0
-        for _, found in self._outputs(shard):
-            found = found.reshape(-1, values.shape[1])
-            values[done:done + len(found)] = found
-            done += len(found)
-        values.flush()
-
-    def gathered(self, staging: Path, shape: tuple[int, int], folder: Path) -> dict:
-        """The cache made of every process's share (the main process, once all are written)."""
-        values = np.memmap(staging / VALUES_FILE, dtype=np.float32, mode="w+", shape=shape)
-        for rank in range(self.accelerator.num_processes):
-            path = folder / f"rank-{rank}"
-            order = np.fromfile(_indices(path), dtype=np.int64)
-            if not len(order):
-                continue
-            sizes = self.lengths[order] if _per_token(self.task) else np.ones(len(order), dtype=np.int64)
-            share = np.memmap(path, dtype=np.float32, mode="r", shape=(int(sizes.sum()), shape[1]))
-            begins = np.cumsum(sizes) - sizes  # where each example's rows lie in the share
-            for block in range(0, len(order), GATHER_BLOCK):  # a block of examples at a time: bounded memory
-                examples = slice(block, block + GATHER_BLOCK)
-                rows = share[begins[examples][0]:begins[examples][-1] + sizes[examples][-1]]
-                if _per_token(self.task):  # each example's rows go to its place in the cache
-                    places = np.repeat(self.starts[order[examples]] - begins[examples], sizes[examples])
-                    values[places + np.arange(begins[examples][0], begins[examples][0] + len(rows))] = rows
-                else:
-                    values[order[examples]] = rows
-        values.flush()
-        return self._details(shape)
-
-    def _details(self, shape: tuple[int, int]) -> dict:
-        """What the cache's stamp says of it, beside its inputs."""
-        return {"task": self.task, "width": shape[1], "examples": len(self.data)}
-
-    @torch.inference_mode()
-    def _outputs(self, shard: tuple[int, int]) -> Iterator[tuple[int, np.ndarray]]:
-        """(example, its outputs: float32, one row per real token where the task has them) for the
-        examples of the batches of ``shard``, in the order they are computed."""
-        loader, order = eval_loader(self.data, self.tokenizer, self.batch_size, shard=shard)
-        was_training = self.teacher.training
-        self.teacher.eval()
-        try:
-            for batch in tqdm(loader, desc="teacher outputs", unit="batch", leave=False,
-                              disable=not (self.show_progress and self.accelerator.is_main_process)):
-                inputs = {key: value.to(self.accelerator.device) for key, value in model_inputs(batch).items()}
-                with self.accelerator.autocast():
-                    output = self.teacher(**inputs)
-                if self.task == "qa":
-                    found = torch.stack([output.start_logits, output.end_logits], dim=-1)
-                else:
-                    found = output.logits
-                found = found.float().cpu().numpy()
-                real = batch["attention_mask"].bool().numpy()
-                for row in range(len(found)):
-                    yield next(order), found[row][real[row]] if _per_token(self.task) else found[row]
-        finally:
-            self.teacher.train(was_training)

@@ -28,7 +28,8 @@ class Family:
     BERT's. ``per_layer``: configuration lists with one entry per layer. ``follow_width``:
     configuration sizes equal to the hidden width, which a student of another width takes from
     its own. ``derived``: sizes derived from width and heads, left out of a resized student's
-    configuration so that they are derived again.
+    configuration so that they are derived again. ``final_norm``: a norm after the last layer,
+    from the base model, which transformers applies to the last hidden state only.
     """
 
     layers: str
@@ -38,6 +39,7 @@ class Family:
     per_layer: tuple[str, ...] = ()
     follow_width: tuple[str, ...] = ()
     derived: tuple[str, ...] = ()
+    final_norm: str | None = None
     # Where a layer's widths live, for pruning (paths from a layer): the projections whose outputs are
     # the heads' units (queries, keys, values: one fused projection in ModernBERT), the one taking them
     # back to the hidden width, and the feed-forward projections into and out of its neurons (ModernBERT's
@@ -54,12 +56,13 @@ FAMILIES: dict[str, Family] = {
     "bert": _BERT_LIKE,
     "roberta": _BERT_LIKE,
     "xlm-roberta": _BERT_LIKE,
-    # its embeddings may be narrower than its layers (embedding_size, then a projection): narrower
-    # ones (ELECTRA-small's 128 under 256) stay, as wide as the layers (base, large) they follow the student's width
+    # ELECTRA's and DeBERTa's embeddings may be narrower than their layers (embedding_size, then a
+    # projection): narrower ones (ELECTRA-small's 128 under 256) stay, as wide as the layers (base,
+    # large) they follow the student's width
     "electra": Family(layers="encoder.layer", attention="attention.self", follow_width=("embedding_size",)),
     # without share_att_key, the relative positions have projections of their own into the heads
     "deberta-v2": Family(layers="encoder.layer", attention="attention.self", scores="disentangled",
-                         follow_width=("pooler_hidden_size",), derived=("attention_head_size",),
+                         follow_width=("embedding_size", "pooler_hidden_size"), derived=("attention_head_size",),
                          heads_in=tuple(f"attention.self.{name}" for name in ("query_proj", "key_proj", "value_proj",
                                                                                "pos_query_proj", "pos_key_proj"))),
     "distilbert": Family(layers="transformer.layer", attention="attention",
@@ -67,7 +70,8 @@ FAMILIES: dict[str, Family] = {
                          heads_in=("attention.q_lin", "attention.k_lin", "attention.v_lin"),
                          heads_out="attention.out_lin", neurons_in="ffn.lin1", neurons_out="ffn.lin2"),
     "modernbert": Family(layers="layers", attention="attn", per_layer=("layer_types",), derived=("head_dim",),
-                         heads_in=("attn.Wqkv",), heads_out="attn.Wo", neurons_in="mlp.Wi", neurons_out="mlp.Wo"),
+                         final_norm="final_norm", heads_in=("attn.Wqkv",), heads_out="attn.Wo", neurons_in="mlp.Wi",
+                         neurons_out="mlp.Wo"),
 }
 
 
@@ -121,3 +125,14 @@ def attention_width(config) -> int:
     """Heads × head width of a model's attention (DeBERTa may set its head width apart)."""
     heads = config.num_attention_heads
     return heads * (getattr(config, "attention_head_size", None) or config.hidden_size // heads)
+
+
+def hidden_states_before_final_norm(model: torch.nn.Module) -> None:
+    """Makes the model's last hidden state its last layer's own output, as every other hidden state
+    is (for the hidden loss): a family's final norm then passes its input through. The model's
+    output then lacks that norm: for distillation's models only, whose head is not used."""
+    path = family_of(model).final_norm
+    norm = module_at(model.base_model, path) if path else None
+    if norm is not None and not getattr(norm, "_tinybert_passes_through", False):
+        norm.register_forward_hook(lambda module, inputs, output: inputs[0])
+        norm._tinybert_passes_through = True

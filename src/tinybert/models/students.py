@@ -30,22 +30,39 @@ _NOT_INHERITED = ("architectures", "id2label", "label2id", "num_labels", "proble
                   "_name_or_path", "dtype", "torch_dtype", "transformers_version")
 
 
+def check_depth(student_layers: int, teacher_layers: int) -> None:
+    """Refuses a student deeper than its teacher: some of its layers would have no teacher layer of
+    their own to learn from (a uniform map gave them layer 0, the embeddings, which records no
+    attention, and a copy from the teacher nothing to copy)."""
+    if student_layers > teacher_layers:
+        raise InputError(f"a {student_layers}-layer student of a {teacher_layers}-layer teacher: a student cannot "
+                         "have more layers than its teacher",
+                         fix=f"give the student {teacher_layers} layers or fewer (--layers, a smaller preset or "
+                             "sizes file, or a shorter --layer-map)")
+
+
 def uniform_layer_map(student_layers: int, teacher_layers: int) -> list[int]:
     """g(m) = m·N/M rounded half up, for m = 1..M (1-based teacher layers; 0 is the embeddings).
-    g(M) = N always; N need not be a multiple of M (6→4 gives 2, 3, 5, 6)."""
+    g(M) = N always; N need not be a multiple of M (6→4 gives 2, 3, 5, 6); M ≤ N, so g(1) ≥ 1."""
+    check_depth(student_layers, teacher_layers)
     return [int(m * teacher_layers / student_layers + 0.5) for m in range(1, student_layers + 1)]
+
+
+def _entries(text: str | list[int]) -> list[str | int]:
+    return text.split(",") if isinstance(text, str) else list(text)
 
 
 def parse_layer_map(text: str | list[int], student_layers: int, teacher_layers: int) -> list[int]:
     """An explicit mapping: one 1-based teacher layer per student layer, e.g. "2,4,6"."""
     try:
-        mapping = [int(part) for part in (text.split(",") if isinstance(text, str) else text)]
+        mapping = [int(part) for part in _entries(text)]
     except ValueError:
         raise InputError(f"layer map {text!r} is not a list of layer numbers",
                          fix="give one teacher layer per student layer, e.g. --layer-map 3,6,9,12") from None
     if len(mapping) != student_layers:
         raise InputError(f"layer map {text!r} has {len(mapping)} entries but the student has "
                          f"{student_layers} layers", fix=f"give exactly {student_layers} teacher layers")
+    check_depth(student_layers, teacher_layers)
     if any(not 1 <= layer <= teacher_layers for layer in mapping):
         raise InputError(f"layer map {text!r} names a layer outside 1..{teacher_layers}",
                          fix=f"teacher layers are numbered 1 to {teacher_layers}")
@@ -53,10 +70,37 @@ def parse_layer_map(text: str | list[int], student_layers: int, teacher_layers: 
 
 
 def choose_layer_map(layer_map: str | list[int] | None, student_layers: int, teacher_layers: int) -> list[int]:
-    """The teacher layer each student layer learns from: ``layer_map`` when given, else uniform."""
+    """The teacher layer each student layer learns from: ``layer_map`` when given, else uniform;
+    every entry within 1..N, for a student of at most N layers."""
     if layer_map:
         return parse_layer_map(layer_map, student_layers, teacher_layers)
     return uniform_layer_map(student_layers, teacher_layers)
+
+
+def student_layer_count(student: str, teacher_config, *, layers: int | None = None, init_from_teacher: bool = False,
+                        layer_map: str | list[int] | None = None) -> int:
+    """How many layers the student gets: ``layers``; else, copied from the teacher, one per entry of
+    ``layer_map`` (all the teacher's without one); else its preset's, sizes file's or directory's."""
+    teachers = config_value(teacher_config, "num_hidden_layers")
+    if layers:
+        return layers
+    if init_from_teacher:
+        return len(_entries(layer_map)) if layer_map else teachers
+    if student in STUDENT_PRESETS:
+        return STUDENT_PRESETS[student]["num_hidden_layers"]
+    if str(student).endswith(".json"):
+        return _read_shape(student).get("num_hidden_layers", teachers)
+    return config_value(AutoConfig.from_pretrained(check_model_dir(student, "--student")), "num_hidden_layers")
+
+
+def check_student_layers(teacher_dir, student: str, *, layers: int | None, layer_map: str | None,
+                         init_from_teacher: bool) -> None:
+    """Refuses, before any data is read, a student deeper than its teacher or a layer map that does
+    not fit it."""
+    teacher_config = AutoConfig.from_pretrained(check_model_dir(teacher_dir, "--teacher"))
+    count = student_layer_count(student, teacher_config, layers=layers, init_from_teacher=init_from_teacher,
+                                layer_map=layer_map)
+    choose_layer_map(layer_map, count, config_value(teacher_config, "num_hidden_layers"))
 
 
 def student_config(teacher_config, shape: dict, label_space: LabelSpace | None, teacher_layers: list[int],
@@ -137,8 +181,9 @@ def build_student(student: str, teacher, label_space: LabelSpace | None, *, laye
     teachers = teacher_config.num_hidden_layers
     if init_from_teacher:
         if selection is None:
-            given = len(layer_map.split(",") if isinstance(layer_map, str) else layer_map) if layer_map else None
-            selection = whole(teacher_config, choose_layer_map(layer_map, layers or given or teachers, teachers))
+            count = student_layer_count(student, teacher_config, layers=layers, init_from_teacher=True,
+                                        layer_map=layer_map)
+            selection = whole(teacher_config, choose_layer_map(layer_map, count, teachers))
         return cut_from_teacher(teacher, label_space, selection)
     if student in STUDENT_PRESETS or str(student).endswith(".json"):
         shape = dict(STUDENT_PRESETS[student]) if student in STUDENT_PRESETS else _read_shape(student)
