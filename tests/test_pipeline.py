@@ -303,6 +303,7 @@ def test_students_beside_the_main_one_share_the_teacher_and_data_and_the_report_
     config["baseline"]["run"] = False
     config["export"]["int8"] = True
     config["students"] = {"pruned": {"hidden_size": 16, "prune_vocab": True},
+                          "static": {"student": "static", "static_dims": 16, "lr": 0.01, "epochs": 2},
                           "random": {"init_from_teacher": False, "student": str(write(tmp_path / "sizes.json", json.dumps(
                               {"num_hidden_layers": 1, "hidden_size": 16, "intermediate_size": 32,
                                "num_attention_heads": 2}))), "attention_loss": "relations"}}
@@ -311,8 +312,12 @@ def test_students_beside_the_main_one_share_the_teacher_and_data_and_the_report_
     assert result.returncode == 0, result.stderr[-3000:]
     run = tmp_path / "run"
     results = json.loads((run / "results.json").read_text())
-    assert set(results["students"]) == {"pruned", "random"}
-    assert {"student", "student_pruned", "student_random", "student_pruned_onnx_int8"} <= set(results["evaluation"])
+    assert set(results["students"]) == {"pruned", "static", "random"}
+    assert {"student", "student_pruned", "student_random", "student_static", "student_pruned_onnx_int8",
+            "student_static_onnx_int8"} <= set(results["evaluation"])
+    assert not (run / "intermediate_static").exists()  # a static student has stage 2 alone
+    static_state = json.loads((run / "student_static" / "training_state.json").read_text())
+    assert static_state["steps"] == 2 * 4  # its own epochs (2 of 32 rows in batches of 8), not stage 2's
     assert results["evaluation"]["student_pruned"]["params"] < results["evaluation"]["student"]["params"] / 4
     assert (run / "intermediate_pruned" / "pruning.json").is_file()
     assert not (run / "intermediate_random" / "pruning.json").exists()

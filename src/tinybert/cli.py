@@ -105,6 +105,7 @@ COMMANDS = {
 EXAMPLES = {
     "finetune": "tinybert finetune --model my-bert --train data/train.tsv --eval data/dev.tsv --output runs/teacher",
     "evaluate": "tinybert evaluate --model runs/student --data data/test.tsv",
+    "sizes": "tinybert sizes --teacher runs/teacher --data data/train.tsv --latency-ms 5",
     "distill": "tinybert distill --stage intermediate --teacher runs/teacher --train data/train_aug.tsv "
                "--output runs/stage1",
     "general": "tinybert general --teacher my-bert --corpus corpus.txt --output runs/general",

@@ -154,9 +154,10 @@ def counted_tokens(tokenizer, vocabulary: int) -> torch.Tensor:
     return counted
 
 
-def check_dims(dims: int, teacher_width: int) -> None:
+def check_dims(dims: int, teacher_width: int, name=flag_of) -> None:
+    """``name(key)``: how a message names a setting."""
     if not 1 <= dims <= teacher_width:
-        raise InputError(f"{flag_of('static_dims')} {dims} is not between 1 and the teacher's width {teacher_width}",
+        raise InputError(f"{name('static_dims')} {dims} is not between 1 and the teacher's width {teacher_width}",
                          fix=f"give 1 to {teacher_width} (PCA keeps at most the teacher's dimensions)")
 
 

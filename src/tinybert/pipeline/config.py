@@ -24,6 +24,7 @@ from ..errors import InputError
 from ..evaluation.measure import EvaluateArguments
 from ..inference.export import ExportArguments
 from ..models.pruning import PruningOptions
+from ..models.static import STATIC, StaticOptions, check_dims
 from ..models.students import check_layers
 from ..monitoring import check_training
 from ..finetune import FinetuneArguments
@@ -89,7 +90,8 @@ class TopLevel:
 
 
 _DATA_KEYS = {s.key for s in settings_of(DataOptions)}
-STUDENT_SHAPE = {"student", "layers", "layer_map", "init_from_teacher"} | {s.key for s in settings_of(PruningOptions)}
+STUDENT_SHAPE = ({"student", "layers", "layer_map", "init_from_teacher"} | {s.key for s in settings_of(PruningOptions)}
+                 | {s.key for s in settings_of(StaticOptions)})
 # more students beside the main one: `students: {NAME: {stage-1 keys}}`, each the intermediate section changed so
 STUDENTS = "students"
 STUDENT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
@@ -168,6 +170,11 @@ class Config:
                   if key not in not_shared and ("prediction", key) not in self.origins}
         return with_values(self.sections["prediction"], shared)
 
+    def static_section(self, name: str):
+        """The only stage of a static student of `students:` (``student: static``): stage 2's section
+        with the student's own keys."""
+        return with_values(self.prediction_section(), self.explicit(f"{STUDENTS}.{name}"))
+
     def baseline_section(self):
         """The baseline's section: the teacher's recipe where the baseline section does not say otherwise."""
         recipe = {key: value for key, value in self.explicit("finetune").items()
@@ -212,13 +219,21 @@ def check_training_sections(config: Config) -> None:
 def check_student_widths(config: Config, teacher_config) -> None:
     """Every student's pruning settings (stage 1's and each of `students:`), checked against the
     teacher's configuration, naming the setting as the config gave it."""
+    if config.sections["intermediate"].student == STATIC:
+        raise InputError("intermediate.student static: the main student takes both stages, and a static student "
+                         "has no stage 1", path=config.origins.get(("intermediate", "student"), config.path),
+                         fix="put it beside the main student: students: {static: {student: static}}")
     stage1 = {"intermediate": config.sections["intermediate"],
-              **{f"{STUDENTS}.{name}": section for name, section in config.students.items()}}
+              **{f"{STUDENTS}.{name}": config.static_section(name) if section.student == STATIC else section
+                 for name, section in config.students.items()}}
     for section, arguments in stage1.items():
         def named(key, section=section):
             return f"{section if (section, key) in config.origins else 'intermediate'}.{key}"
         try:
-            check_pruning(arguments.config.pruning, arguments.config.init_from_teacher, teacher_config, named)
+            check_pruning(arguments.config.pruning, arguments.config.init_from_teacher, teacher_config, named,
+                          static=arguments.student == STATIC)
+            if arguments.student == STATIC:
+                check_dims(arguments.config.static.static_dims, teacher_config.hidden_size, named)
         except InputError as error:
             setting = tuple(error.problem.split(" ", 1)[0].rsplit(".", 1))
             raise InputError(error.problem, path=config.origins.get(setting, config.path), fix=error.fix) from None

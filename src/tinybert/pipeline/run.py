@@ -21,6 +21,7 @@ from ..distillation.task import SPEED_ONLY
 from ..errors import InputError
 from ..inference.export import INT8_FILE, export_onnx
 from ..models.loading import check_model_dir, digest_model_dir
+from ..models.static import STATIC
 from ..models.students import check_family
 from ..training import RESUME_NEUTRAL, STATE_FILE
 from .config import STUDENT_SHAPE, STUDENTS, Config, check_student_widths, check_training_sections
@@ -230,19 +231,26 @@ def run_pipeline(config: Config) -> dict:
                  for name, section in config.students.items()]
     results["students"] = {}
     for suffix, section, stage1_section, (train_file, train_identity, train_options) in students:
-        inputs = {"settings": _fingerprinted(run.settings(section, stage1_section)), "student": student_identity,
-                  "teacher": teacher_identity, "data": train_identity, "data_options": data_settings, **extra}
-        stage1 = run.stage("intermediate" + suffix, inputs, lambda d, t=train_file, o=train_options, s=stage1_section:
-                           run.arguments("intermediate", s, teacher=teacher_dir, student=student_start, train=t,
-                                         output=str(d), data_options=o, unlabeled=unlabeled).run())
-        inputs = {"settings": _fingerprinted(prediction), "stage1": run.fingerprints["intermediate" + suffix],
+        static = stage1_section.student == STATIC  # stage 2 alone, from the teacher, under the student's own keys
+        stage2_section = config.static_section(section[len(STUDENTS) + 1:]) if static else prediction_section
+        started = STATIC
+        if not static:
+            inputs = {"settings": _fingerprinted(run.settings(section, stage1_section)), "student": student_identity,
+                      "teacher": teacher_identity, "data": train_identity, "data_options": data_settings, **extra}
+            started = str(run.stage("intermediate" + suffix, inputs,
+                                    lambda d, t=train_file, o=train_options, s=stage1_section:
+                                    run.arguments("intermediate", s, teacher=teacher_dir, student=student_start,
+                                                  train=t, output=str(d), data_options=o,
+                                                  unlabeled=unlabeled).run()))
+        inputs = {"settings": _fingerprinted(run.settings(section, stage2_section) if static else prediction),
+                  "stage1": STATIC if static else run.fingerprints["intermediate" + suffix],
                   "teacher": teacher_identity, "data": train_identity, "dev": data_identity["dev"], **extra}
         results["student" + suffix] = str(run.stage("student" + suffix, inputs,
-                                                    lambda d, t=train_file, s=stage1, o=train_options:
-                                                    run.arguments("prediction", prediction_section,
-                                                                  teacher=teacher_dir, student=str(s), train=t,
-                                                                  eval=files["dev"], output=str(d),
-                                                                  data_options=o, unlabeled=unlabeled).run()))
+                                                    lambda d, t=train_file, s=started, o=train_options,
+                                                    a=stage2_section: run.arguments(
+                                                        "prediction", a, teacher=teacher_dir, student=s, train=t,
+                                                        eval=files["dev"], output=str(d), data_options=o,
+                                                        unlabeled=unlabeled).run()))
         if section != "intermediate":
             results["students"][section[len(STUDENTS) + 1:]] = results["student" + suffix]
 
