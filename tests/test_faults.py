@@ -12,6 +12,7 @@ import multiprocessing
 import os
 import random
 import signal
+import threading
 import time
 
 import pytest
@@ -24,7 +25,7 @@ from tinybert.augment import AugmentConfig, augment_file
 from tinybert.distillation.task import DistillConfig, distill
 from tinybert.finetune import FinetuneConfig, finetune
 from tinybert.distillation.general import GeneralConfig, general_distill
-from tinybert.training import TrainingConfig
+from tinybert.training import CHECKPOINT_DIR, STATE_FILE, TrainingConfig
 
 ROWS = "".join(f"{'a great and warm film' if i % 2 else 'a dull , tired mess'} {'really ' * (i % 5)}\t"
                f"{'pos' if i % 2 else 'neg'}\n" for i in range(64))
@@ -37,8 +38,16 @@ def _training(**settings):
                              "log_every": 1, **settings})
 
 
-def _child(work) -> None:
+def _child(work, progress, kill_at) -> None:
     torch.set_num_threads(1)
+    if kill_at is not None:
+        # killed from within, a millisecond after it reaches the point (a step or a chunk takes far
+        # longer): it cannot finish first, as it could between a parent's polls
+        def watch():
+            while progress() < kill_at:
+                time.sleep(0.001)
+            os.kill(os.getpid(), signal.SIGKILL)
+        threading.Thread(target=watch, daemon=True).start()
     try:
         work()
     except BaseException:  # noqa: BLE001 - reported through the exit code
@@ -47,16 +56,12 @@ def _child(work) -> None:
 
 
 def _run(work, progress=None, kill_at=None) -> None:
-    """Runs ``work`` in a forked process; SIGKILLs it once ``progress()`` reaches ``kill_at``."""
-    process = multiprocessing.get_context("fork").Process(target=_child, args=(work,))
+    """Runs ``work`` in a forked process to its end; with ``kill_at``, SIGKILLed once ``progress()``
+    reaches that point: the process must have died of it (not finished first, not failed)."""
+    process = multiprocessing.get_context("fork").Process(target=_child, args=(work, progress, kill_at))
     process.start()
-    while kill_at is not None and process.is_alive():
-        if progress() >= kill_at:
-            os.kill(process.pid, signal.SIGKILL)
-            break
-        time.sleep(0.005)
     process.join()
-    assert kill_at is not None or process.exitcode == 0, process.exitcode
+    assert process.exitcode == (0 if kill_at is None else -signal.SIGKILL), (kill_at, process.exitcode)
 
 
 def _log_steps(output):
@@ -66,12 +71,21 @@ def _log_steps(output):
     return steps
 
 
-def _killed_three_times_then_finished(make_work, output, progress, last, seed):
-    points = sorted(random.Random(seed).sample(range(2, last, 3), 3))
-    for point in points:
+def _checkpoint_step(output):
+    def step():
+        state = output / CHECKPOINT_DIR / STATE_FILE
+        return json.loads(state.read_text())["global_step"] if state.is_file() else 0
+    return step
+
+
+def _killed_three_times_then_finished(make_work, output, progress, last, seed, done_before=None):
+    """Kills the work at three seeded points before its ``last`` one, then runs it to the end, which
+    must continue from where the kills left it (``done_before()``: what a resumed run starts from,
+    by default the step of the training checkpoint), not start again."""
+    for point in sorted(random.Random(seed).sample(range(2, last, 3), 3)):
         _run(make_work(output), progress, point)
+    assert (done_before or _checkpoint_step(output))() > 0
     _run(make_work(output))
-    return points
 
 
 def _same_weights(first, second):
@@ -138,9 +152,8 @@ def test_both_distillation_stages_survive_three_kills(tmp_path, files, stage):
                                config=DistillConfig(stage=stage, training=_training(), max_length=32),
                                show_progress=False)
     _run(make(tmp_path / "straight"))
-    points = _killed_three_times_then_finished(make, tmp_path / "killed", _log_steps(tmp_path / "killed"), 24,
-                                               seed=2 if stage == "intermediate" else 3)
-    assert len(points) == 3
+    _killed_three_times_then_finished(make, tmp_path / "killed", _log_steps(tmp_path / "killed"), 24,
+                                      seed=2 if stage == "intermediate" else 3)
     _same_weights(tmp_path / "straight", tmp_path / "killed")
 
 
@@ -171,6 +184,6 @@ def test_augmentation_survives_three_kills(tmp_path, files, real_tokenizer):
         except (json.JSONDecodeError, FileNotFoundError):
             return 0
     _run(make(tmp_path / "straight.txt"))
-    _killed_three_times_then_finished(make, tmp_path / "killed.txt", rows_done, 60, seed=5)
+    _killed_three_times_then_finished(make, tmp_path / "killed.txt", rows_done, 60, seed=5, done_before=rows_done)
     assert (tmp_path / "killed.txt").read_bytes() == (tmp_path / "straight.txt").read_bytes()
     assert not list(tmp_path.glob("killed.txt.*"))
