@@ -14,7 +14,8 @@ measured with `tinybert evaluate` on SST-2 dev beside the teacher, in one proces
 
     .venv/bin/python bench/small_students.py [--work runs/bench-small-students] [--students pruned,random,copy]
 
-Finished stages are reused from --work (delete it to measure again). Per student it prints the
+Finished stages are reused from --work (delete it to train again; the measurements are taken
+anew on every run). Per student it prints the
 parameter ratio, batch-32 CPU throughput ratio and batch-1 speed-up against the teacher, and the
 retention of its dev accuracy; the last line printed is one JSON object.
 """
@@ -51,6 +52,36 @@ STUDENTS = {
 }
 
 
+def fine_tuned_teacher(work: Path, options: DataOptions, epochs: float, max_length: int) -> Path:
+    """The MiniLM teacher fine-tuned on SST-2's first rows (`tinybert finetune`'s defaults otherwise)."""
+    teacher = work / "teacher"
+    recipe = FinetuneConfig(max_length=max_length)
+    recipe.training.epochs = epochs
+    finetune(demo_teacher_dir(), SST2 / "train.tsv", teacher, eval_path=SST2 / "dev.tsv", data_options=options,
+             config=recipe)
+    return teacher
+
+
+def distilled_student(work: Path, name: str, teacher: Path, options: DataOptions, epochs: float,
+                      max_length: int) -> Path:
+    """Student ``name`` of ``STUDENTS`` through both stages (finished stages are reused)."""
+    settings = dict(STUDENTS[name])
+    shape_file = work / "sizes.json"
+    shape_file.write_text(json.dumps(SHAPE))
+    student = str(shape_file) if name == "random" else "x"
+    first, second = DistillConfig.for_stage("intermediate"), DistillConfig.for_stage("prediction")
+    for config in (first, second):
+        config.training.epochs = epochs
+        config.max_length = max_length
+    for key, value in settings.items():
+        setattr(first, key, value)
+    stage1, stage2 = work / name / "stage1", work / name / "stage2"
+    distill(teacher, student, SST2 / "train.tsv", stage1, config=first, data_options=options)
+    distill(teacher, str(stage1), SST2 / "train.tsv", stage2, eval_path=SST2 / "dev.tsv", config=second,
+            data_options=options)
+    return stage2
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--work", default="runs/bench-small-students")
@@ -62,43 +93,23 @@ def main() -> None:
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     options = DataOptions(max_examples=args.rows, cache_dir=str(work / "caches"))
-    train, dev = SST2 / "train.tsv", SST2 / "dev.tsv"
     seconds = {}
-
-    def timed(name: str, action):
-        start = time.perf_counter()
-        action()
-        seconds[name] = seconds.get(name, 0) + time.perf_counter() - start
-
-    teacher = work / "teacher"
-    recipe = FinetuneConfig(max_length=args.max_length)  # `tinybert finetune`'s defaults otherwise
-    recipe.training.epochs = args.epochs
-    timed("teacher", lambda: finetune(demo_teacher_dir(), train, teacher, eval_path=dev, data_options=options,
-                                      config=recipe))
-    shape_file = work / "sizes.json"
-    shape_file.write_text(json.dumps(SHAPE))
-    figures = {"teacher": evaluate(teacher, dev, max_length=args.max_length, show_progress=False)}
+    start = time.perf_counter()
+    teacher = fine_tuned_teacher(work, options, args.epochs, args.max_length)
+    seconds["teacher"] = time.perf_counter() - start
+    students = {}
     for name in args.students.split(","):
-        settings = dict(STUDENTS[name])
-        student = str(shape_file) if name == "random" else "x"
-        first, second = DistillConfig.for_stage("intermediate"), DistillConfig.for_stage("prediction")
-        for config in (first, second):
-            config.training.epochs = args.epochs
-            config.max_length = args.max_length
-        for key, value in settings.items():
-            setattr(first, key, value)
-        stage1, stage2 = work / name / "stage1", work / name / "stage2"
-        timed(name, lambda: distill(teacher, student, train, stage1, config=first, data_options=options))
-        timed(name, lambda: distill(teacher, str(stage1), train, stage2, eval_path=dev, config=second,
-                                    data_options=options))
-        figures[name] = evaluate(stage2, dev, max_length=args.max_length, show_progress=False)
-    teacher_figures = figures["teacher"]
+        start = time.perf_counter()
+        students[name] = distilled_student(work, name, teacher, options, args.epochs, args.max_length)
+        seconds[name] = time.perf_counter() - start
+    # every model measured in one process, one after another, on the same dev set
+    dev = SST2 / "dev.tsv"
+    teacher_figures = evaluate(teacher, dev, max_length=args.max_length, show_progress=False)
     summary = {"teacher": {key: teacher_figures[key] for key in ("accuracy", "params", "latency_ms_batch1",
                                                                   "examples_per_s_batch32")},
                "rows": args.rows, "epochs": args.epochs, "max_length": args.max_length, "seconds": seconds}
-    for name, measured in figures.items():
-        if name == "teacher":
-            continue
+    for name, directory in students.items():
+        measured = evaluate(directory, dev, max_length=args.max_length, show_progress=False)
         summary[name] = {"accuracy": measured["accuracy"], "params": measured["params"],
                          "params_ratio": teacher_figures["params"] / measured["params"],
                          "throughput_ratio": measured["examples_per_s_batch32"] / teacher_figures["examples_per_s_batch32"],

@@ -61,6 +61,10 @@ def check_pruning(options: PruningOptions, init_from_teacher: bool, teacher_conf
         raise InputError(f"{name(given)} prunes the teacher, which needs {name('init_from_teacher')}",
                          fix=f"add {name('init_from_teacher')}, or give a student of random weights its sizes "
                              "in a JSON file (--student sizes.json)")
+    widths = [key for key in ("hidden_size", "heads", "intermediate_size") if getattr(options, key) is not None]
+    if options.latency_ms is not None and widths:
+        raise InputError(f"{name('latency_ms')} picks the widths, and {name(widths[0])} gives one",
+                         fix=f"give {name('latency_ms')} or the widths, not both")
     if options.prune_samples < 1:
         raise InputError(f"{name('prune_samples')} {options.prune_samples} is no number of rows",
                          fix="give 1 or more (a few hundred is enough)")

@@ -146,9 +146,10 @@ def _check_settings(teacher_dir, student: str, config: DistillConfig) -> None:
     if not 0 <= config.hard_label_weight <= 1:
         raise InputError(f"--hard-label-weight {config.hard_label_weight} is not a weight between 0 and 1",
                          fix="give α from 0 (the teacher alone) to 1 (the gold labels alone)")
-    check_intermediate(teacher_dir, student, config.losses, layers=config.layers, layer_map=config.layer_map,
-                       init_from_teacher=config.init_from_teacher)
     check_static(config, student, teacher_dir)
+    if student != STATIC:  # a static student has no layers, and reads the teacher's predictions alone
+        check_intermediate(teacher_dir, student, config.losses, layers=config.layers, layer_map=config.layer_map,
+                           init_from_teacher=config.init_from_teacher)
     check_pruning(config.pruning, config.init_from_teacher, AutoConfig.from_pretrained(check_model_dir(teacher_dir)),
                   static=student == STATIC)
     if config.pruning.prune_vocab:
