@@ -6,8 +6,8 @@ finetune`'s defaults, max length 64, 3 epochs); then each student gets stage 1 a
 measured with `tinybert evaluate` on SST-2 dev beside the teacher, in one process:
 
 - ``pruned``: ``--init-from-teacher --layers 3 --hidden-size 192 --heads 6 --intermediate-size 768
-  --prune-vocab`` (the default score loss, units ranked by activations);
-- ``pruned-gradients``: the same, units ranked by gradients (``--prune-by gradients``);
+  --prune-vocab`` (the default score loss, units ranked by gradients, the default);
+- ``pruned-activations``: the same, units ranked by activations (``--prune-by activations``);
 - ``random``: the 3 × 192 shape from random weights (``--student sizes.json --attention-loss
   relations``: its heads have no teacher counterpart);
 - ``copy``: ``--init-from-teacher --layers 3`` (the teacher's 384 width).
@@ -45,8 +45,8 @@ SHAPE = {"num_hidden_layers": 3, "hidden_size": 192, "intermediate_size": 768, "
 PRUNED = PruningOptions(hidden_size=192, heads=6, intermediate_size=768, prune_vocab=True)
 STUDENTS = {
     "pruned": dict(init_from_teacher=True, layers=3, pruning=PRUNED),
-    "pruned-gradients": dict(init_from_teacher=True, layers=3,
-                             pruning=PruningOptions(**{**PRUNED.__dict__, "prune_by": "gradients"})),
+    "pruned-activations": dict(init_from_teacher=True, layers=3,
+                               pruning=PruningOptions(**{**PRUNED.__dict__, "prune_by": "activations"})),
     "random": dict(layers=3, losses=IntermediateLosses(attention_loss="relations")),
     "copy": dict(init_from_teacher=True, layers=3),
 }

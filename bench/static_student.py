@@ -47,8 +47,9 @@ def main() -> None:
     parser.add_argument("--work", default="runs/bench-small-students")
     parser.add_argument("--inits", default="encoder,embeddings,random")
     parser.add_argument("--dims", type=int, default=256)
-    parser.add_argument("--epochs", type=float, default=10, help="epochs of the static student")
-    parser.add_argument("--lr", type=float, default=5e-3, help="learning rate of the static student")
+    parser.add_argument("--epochs", type=float, default=3, help="epochs of the static student (stage 2's default)")
+    parser.add_argument("--lr", type=float, default=StaticOptions().static_lr,
+                        help="learning rate of the static student (--static-lr's default)")
     parser.add_argument("--rows", type=int, default=8000)
     parser.add_argument("--max-length", type=int, default=64)
     args = parser.parse_args()
@@ -61,11 +62,11 @@ def main() -> None:
     seconds = {}
     for init in args.inits.split(","):
         config = DistillConfig.for_stage("prediction")
-        config.training.epochs, config.training.learning_rate = args.epochs, args.lr
+        config.training.epochs = args.epochs
         config.max_length = args.max_length
-        config.static = StaticOptions(static_dims=args.dims, static_init=init)
+        config.static = StaticOptions(static_dims=args.dims, static_init=init, static_lr=args.lr)
         config.pruning = PruningOptions(prune_vocab=True)
-        output = work / f"static-{init}"
+        output = work / f"static-{init}-{args.dims}d-{args.epochs:g}ep-lr{args.lr:g}"  # one folder per setting
         start = time.perf_counter()
         distill(teacher, "static", SST2 / "train.tsv", output, eval_path=SST2 / "dev.tsv", config=config,
                 data_options=options, unlabeled=[unlabelled_file(work)])

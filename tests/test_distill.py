@@ -273,9 +273,10 @@ def test_cli_plan_and_bad_layer_map(teacher_dir, train_file, tinybert_cli):
 
 def test_the_layer_maps_length_gives_a_teacher_copys_layer_count(teacher_dir, train_file, tinybert_cli):
     """--init-from-teacher --layer-map 2,4 without --layers: a 2-layer student of layers 2 and 4."""
-    from tinybert.distillation.task import _prepare
+    from tinybert.distillation.start import prepare_student
     config = DistillConfig(init_from_teacher=True, layer_map="2,4")
-    _, _, student, layer_map = _prepare(teacher_dir, "unused", read_task_file(train_file), config)
+    start = prepare_student(teacher_dir, "unused", read_task_file(train_file), config, _tokenizer(teacher_dir))
+    student, layer_map = start.student, start.layer_map
     assert layer_map == [2, 4] and student.config.num_hidden_layers == 2
     done = tinybert_cli("distill", "--teacher", teacher_dir, "--train", train_file, "--output", "unused", "--plan",
                         "--init-from-teacher", "--layer-map", "2,4")

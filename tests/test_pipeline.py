@@ -105,7 +105,7 @@ def test_bad_configs_are_clear_errors(tmp_path, text, overrides, message):
 
 
 def test_a_training_setting_no_run_can_use_is_refused_before_any_stage(tmp_path, pipeline_config):
-    from tinybert.pipeline.config import check_training_sections
+    from tinybert.pipeline.checks import check_training_sections
     # stage 2 takes stage 1's patience: the message names where it was given
     with pytest.raises(InputError, match=r"--set intermediate.patience=-1: intermediate.patience -1 is no number"):
         check_training_sections(load_config(pipeline_config, ["intermediate.patience=-1"]))
@@ -316,6 +316,8 @@ def test_students_beside_the_main_one_share_the_teacher_and_data_and_the_report_
     assert {"student", "student_pruned", "student_random", "student_static", "student_pruned_onnx_int8",
             "student_static_onnx_int8"} <= set(results["evaluation"])
     assert not (run / "intermediate_static").exists()  # a static student has stage 2 alone
+    # a student of `students:` starts where its own `student:` says (sizes.json: 16 wide), not where the main one does
+    assert json.loads((run / "student_random" / "config.json").read_text())["hidden_size"] == 16
     static_state = json.loads((run / "student_static" / "training_state.json").read_text())
     assert static_state["steps"] == 2 * 4  # its own epochs (2 of 32 rows in batches of 8), not stage 2's
     assert results["evaluation"]["student_pruned"]["params"] < results["evaluation"]["student"]["params"] / 4
@@ -327,7 +329,12 @@ def test_students_beside_the_main_one_share_the_teacher_and_data_and_the_report_
     assert "student pruned, ONNX int8" in report
     assert "The smallest student keeping 97 %" in report or "No student keeps 97 %" in report
 
-    # a width the teacher cannot take stops the run before any stage, naming where it was given
-    refused = tinybert_cli("pipeline", path, "--set", "students.pruned.hidden_size=12")
-    assert refused.returncode == 2 and "students.pruned.hidden_size 12 with 1 heads gives heads of 12 units" in \
-        refused.stderr
+    # a width, a layer count or a static setting no student can take stops the run before any stage, naming
+    # where it was given
+    for setting, message in (("students.pruned.hidden_size=12", "students.pruned.hidden_size 12 with 1 heads gives "
+                                                                "heads of 12 units"),
+                             ("students.random.layers=0", "students.random.layers 0 is no layer count"),
+                             ("students.static.layers=2", "students.static.layers shapes a transformer student")):
+        refused = tinybert_cli("pipeline", path, "--set", setting)
+        assert refused.returncode == 2 and message in refused.stderr and "--set " + setting in refused.stderr
+        assert "stage " not in refused.stderr

@@ -249,3 +249,46 @@ def test_pruning_options_without_init_from_teacher_are_refused(tmp_path, teacher
                           "--init-from-teacher", "--hidden-size", "48", "--heads", "4")
     assert result.returncode == 2 and "--heads 4 does not divide" not in result.stderr
     assert "pruning keeps the teacher's whole heads of 16 units" in result.stderr and not (tmp_path / "out").exists()
+
+
+def test_a_pruned_stage_1_resumes_with_the_student_it_chose(tmp_path, teacher_dir, train_file, monkeypatch):
+    """The selection is kept in the output directory: a run resumed after a kill cuts the same student
+    from it (same layers, same units), without scoring the teacher's units again."""
+    from conftest import killed_after
+    from tinybert.distillation import task as task_module
+    config = _stage("intermediate", init_from_teacher=True, layers=2,
+                    pruning=PruningOptions(hidden_size=32, prune_vocab=True))
+    config.training.epochs, config.training.checkpoint_every = 2, 2
+    output = tmp_path / "stage1"
+    with killed_after(task_module, 5):
+        task_module.distill(teacher_dir, "x", train_file, output, config=config, show_progress=False)
+    chosen = Selection.read(output)
+    from tinybert.distillation import start as start_module
+    scored = []
+    monkeypatch.setattr(start_module, "measure_importance", lambda *args, **kwargs: scored.append(args))
+    task_module.distill(teacher_dir, "x", train_file, output, config=config, show_progress=False)
+    assert not scored and Selection.read(output) == chosen
+    state = json.loads((output / "training_state.json").read_text())
+    assert state["steps"] == 8  # 2 epochs of 64 rows in batches of 16: the resumed run finished them
+
+
+def test_sizes_times_candidate_shapes_and_picks_the_largest_within_a_budget(tmp_path, teacher_dir, train_file,
+                                                                             tinybert_cli):
+    figures = tmp_path / "sizes.json"
+    result = tinybert_cli("sizes", "--teacher", teacher_dir, "--data", train_file, "--max-length", "16",
+                          "--latency-ms", "1000", "--json", figures)
+    assert result.returncode == 0, result.stderr[-2000:]
+    sizes = json.loads(figures.read_text())
+    candidates = sizes["candidates"]
+    assert len(candidates) >= 4 and all(c["latency_ms"] > 0 and c["examples_per_s"] > 0 for c in candidates)
+    assert {(c["layers"], c["hidden_size"]) for c in candidates} >= {(4, 64), (2, 32), (1, 16)}
+    assert all(c["vocab_size"] < sizes["teacher"]["vocab_size"] for c in candidates)  # pruned to the data's tokens
+    largest = max(candidates, key=lambda c: c["compute_params"])
+    assert sizes["picked"] == largest and largest["pareto"]  # every shape fits 1 s: the largest
+    for shape in candidates:  # a shape both slower and smaller than another is not in the Pareto set
+        beaten = any(o["latency_ms"] < shape["latency_ms"] and o["compute_params"] > shape["compute_params"]
+                     for o in candidates)
+        assert not (beaten and shape["pareto"])
+    assert "→" in result.stdout and "*" in result.stdout
+    refused = tinybert_cli("sizes", "--teacher", teacher_dir, "--latency-ms", "0.000001")
+    assert refused.returncode == 2 and "no candidate shape runs within" in refused.stderr

@@ -101,3 +101,24 @@ def test_what_a_static_student_cannot_be_is_refused_before_any_data_is_read(tmp_
     result = tinybert_cli("distill", "--teacher", teacher, "--student", "static", "--train", train,
                           "--output", tmp_path / "out", *arguments)
     assert result.returncode == 2 and message in result.stderr and not (tmp_path / "out").exists()
+
+
+def test_a_model2vec_model_not_made_by_tinybert_is_one_message(tmp_path, tinybert_cli, sentiment_files):
+    from model2vec import StaticModel
+    train, dev = sentiment_files
+    vectors = np.random.default_rng(0).normal(size=(4, 8)).astype(np.float32)
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    core = Tokenizer(models.WordLevel({"[UNK]": 0, "a": 1, "great": 2, "film": 3}, unk_token="[UNK]"))
+    core.pre_tokenizer = pre_tokenizers.Whitespace()
+    StaticModel(vectors, core).save_pretrained(tmp_path / "plain")
+    result = tinybert_cli("evaluate", "--model", tmp_path / "plain", "--data", dev)
+    assert result.returncode == 2 and "a model2vec model without a task head made by tinybert" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_plan_refuses_a_static_student(tmp_path, real_tokenizer, sentiment_files, tinybert_cli):
+    train, _ = sentiment_files
+    teacher = _teacher(tmp_path / "teacher", real_tokenizer, **SENTIMENT)
+    result = tinybert_cli("distill", "--stage", "prediction", "--teacher", teacher, "--student", "static",
+                          "--train", train, "--output", tmp_path / "out", "--plan", "--static-dims", "16")
+    assert result.returncode == 2 and "--plan describes a transformer student" in result.stderr

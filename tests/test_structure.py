@@ -6,6 +6,8 @@ import pytest
 
 from conftest import REPO, write
 from tinybert.cli import COMMANDS, parse
+from tinybert.models.pruning import PruningOptions
+from tinybert.models.static import StaticOptions
 from tinybert.pipeline import SECTIONS, load_config
 from tinybert.settings import settings_of, values_of
 
@@ -20,7 +22,7 @@ REQUIRED = {"finetune": ["--model", "m", "--output", "o"], "evaluate": ["--model
             "distill": ["--teacher", "t", "--output", "o"], "general": ["--teacher", "t", "--corpus", "c", "--output", "o"],
             "augment": ["--input", "i"], "convert": ["--input", "i", "--output", "o"],
             "export": ["--model", "m", "--output", "o"], "predict": ["--model", "m", "--input", "i"],
-            "pipeline": ["c.yaml"], "demo": [], "cache": ["list"]}
+            "pipeline": ["c.yaml"], "demo": [], "cache": ["list"], "sizes": ["--teacher", "t"]}
 
 
 def _other_value(setting, default):
@@ -84,8 +86,9 @@ def test_every_setting_is_reachable_from_yaml_with_the_same_default(tmp_path, co
                 override = f"{home}.{setting.key}=[{', '.join(value)}]"
             assert load_config(config_file, [override]).values[home][setting.key] == value, override
         wired = set(SECTIONS[section].wired) - {s.key for s in settings_of(SECTIONS["data"].kind)}
+        per_student = {s.key for kind in (PruningOptions, StaticOptions) for s in settings_of(kind)}  # students:
         assert wired <= {"train", "eval", "output", "input", "model", "data", "json", "teacher", "stage",
-                         "student", "layers", "layer_map", "init_from_teacher"}, wired
+                         "student", "layers", "layer_map", "init_from_teacher"} | per_student, wired
 
 
 def _imports() -> dict[str, set[str]]:

@@ -116,3 +116,18 @@ def test_the_student_reads_the_teachers_ids_through_the_map(real_tokenizer):
     assert mapping[2307].item() == kept.index(2307) and student.convert_ids_to_tokens(kept.index(2307)) == "great"
     assert token_map(real_tokenizer, real_tokenizer) is None
     assert torch.equal(mapping[torch.tensor([real_tokenizer.cls_token_id])], torch.tensor([student.cls_token_id]))
+
+
+def test_a_token_added_beyond_the_models_vocabulary_is_kept_after_the_kept_pieces(real_tokenizer, tmp_path):
+    """DeBERTa-v3's [MASK] is such a token: id 128,000 after 128,000 SentencePiece pieces."""
+    core = Tokenizer.from_str(real_tokenizer.backend_tokenizer.to_str())
+    teacher = PreTrainedTokenizerFast(tokenizer_object=core, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
+                                      sep_token="[SEP]", mask_token="[MASK]")
+    teacher.add_special_tokens({"additional_special_tokens": ["<ent>"]})
+    added = teacher.convert_tokens_to_ids("<ent>")
+    assert added == len(real_tokenizer)  # beyond the WordPiece vocabulary
+    student, kept = pruned_tokenizer(teacher, fallback_tokens(teacher))
+    assert kept[-1] == added and student.convert_tokens_to_ids("<ent>") == len(kept) - 1
+    student.save_pretrained(tmp_path / "student")
+    reloaded = AutoTokenizer.from_pretrained(tmp_path / "student")
+    assert reloaded("a <ent> b")["input_ids"] == token_map(teacher, reloaded)[teacher("a <ent> b")["input_ids"]].tolist()

@@ -10,19 +10,23 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-
-from ..data import LabelSpace
-from ..errors import InputError
-from ..models.importance import measure_importance
 from transformers import AutoConfig
 
-from ..models.loading import check_model_dir, describe, label_space_of, load_classifier, load_tokenizer
+from ..artifacts import digest_file
+from ..data import LabelSpace
+from ..data.cache import CACHE_DIR
+from ..data.tasks import task_data
+from ..errors import InputError
+from ..evaluation.sizes import largest_within
+from ..models.importance import measure_importance
+from ..models.loading import check_model_dir, describe, digest_model_dir, label_space_of, load_classifier, load_tokenizer
+from ..models.pruning import PruningOptions, Selection, pruned_shape, select, shape_only, whole
 from ..models.record import DEFAULT_LENGTH
 from ..models.static import STATIC, StaticStudent, check_dims, counted_tokens, token_vectors
-from ..models.pruning import PruningOptions, Selection, pruned_shape, select, shape_only, whole
 from ..models.students import build_student, choose_layer_map, student_layer_count
-from ..models.vocabulary import distinct_tokens, fallback_tokens, listed_tokens, pruned_tokenizer
+from ..models.vocabulary import kept_tokens, pruned_tokenizer, retokenized_share, token_map
 from ..settings import flag_of
+from ..training import main_process_first
 
 logger = logging.getLogger(__name__)
 
@@ -108,10 +112,12 @@ def prepare_student(teacher_dir, student: str, train_data, config, tokenizer, ro
         layer_map = choose_layer_map(config.layer_map, student_model.config.num_hidden_layers, teacher_layers)
         kept = Selection.read(student) if Path(student).is_dir() else None  # a pruned student continued
         return Start(label_space, teacher, student_model, own_tokenizer(student, tokenizer), layer_map, kept)
-    # the mapping also picks which teacher layers are copied (a shape measured for a latency may say how many)
+    # the mapping also picks which teacher layers are copied (a shape measured for a latency may say how
+    # many; a selection made before, which ones)
     layers = student_layer_count(student, teacher.config, layers=config.layers or (shape or {}).get("num_hidden_layers"),
                                  init_from_teacher=True, layer_map=config.layer_map)
-    layer_map = choose_layer_map(config.layer_map, layers, teacher_layers)
+    layer_map = list(selection.layers) if selection is not None else choose_layer_map(config.layer_map, layers,
+                                                                                     teacher_layers)
     student_tokenizer = tokenizer
     options: PruningOptions = config.pruning
     if selection is None and options.prunes:
@@ -144,20 +150,16 @@ def choose_units(teacher, tokenizer, rows, layer_map: list[int], options: Prunin
 
 
 def _pruned_vocabulary(teacher, tokenizer, rows, options: PruningOptions):
-    """(the student's tokenizer, the teacher ids it keeps in its order): the tokens of ``rows``, the
-    fallback set, the ids the teacher's configuration names and those ``--keep-tokens`` lists."""
-    kept = distinct_tokens([rows]) | fallback_tokens(tokenizer)
-    kept |= {value for name, value in teacher.config.to_dict().items()
-             if name.endswith("_token_id") and isinstance(value, int)}
-    if options.keep_tokens:
-        kept |= listed_tokens(options.keep_tokens, tokenizer)
-    student_tokenizer, tokens = pruned_tokenizer(tokenizer, kept)
+    """(the student's tokenizer, the teacher ids it keeps in its order)."""
+    student_tokenizer, tokens = pruned_tokenizer(tokenizer, kept_tokens(rows, tokenizer, teacher.config,
+                                                                        options.keep_tokens))
     logger.info("vocabulary pruned to %s of %s tokens", f"{len(tokens):,}", f"{len(tokenizer):,}")
     return student_tokenizer, tokens
 
 
-def check_static(config, student: str, teacher_dir) -> None:
-    """What a static student cannot be, refused before any data is read (``config``: a ``DistillConfig``)."""
+def check_static(config, student: str, teacher_dir, name=flag_of) -> None:
+    """What a static student cannot be, refused before any data is read (``config``: a
+    ``DistillConfig``; ``name(key)``: how a message names a setting)."""
     if student != STATIC:
         return
     if config.stage != "prediction":
@@ -167,15 +169,14 @@ def check_static(config, student: str, teacher_dir) -> None:
     shaping += [key for key in ("hidden_size", "heads", "intermediate_size", "latency_ms")
                 if getattr(config.pruning, key) is not None]
     if shaping:
-        raise InputError(f"{flag_of(shaping[0])} shapes a transformer student; a static student has no layers",
-                         fix=f"leave out {flag_of(shaping[0])}; the static student's width is "
-                             f"{flag_of('static_dims')}")
+        raise InputError(f"{name(shaping[0])} shapes a transformer student; a static student has no layers",
+                         fix=f"leave out {name(shaping[0])}; the static student's width is {name('static_dims')}")
     space = label_space_of(teacher_dir)
     if space is not None and space.task != "sequence":
         raise InputError(f"the static student predicts a label or a score per text; the teacher is a {space.task} "
                          "model", path=teacher_dir, fix="distil it into a transformer student (leave out --student "
                                                         "static)")
-    check_dims(config.static.static_dims, AutoConfig.from_pretrained(check_model_dir(teacher_dir)).hidden_size)
+    check_dims(config.static.static_dims, AutoConfig.from_pretrained(check_model_dir(teacher_dir)).hidden_size, name)
 
 
 def _static_start(teacher, label_space: LabelSpace, tokenizer, rows, config, show_progress: bool) -> Start:
@@ -185,6 +186,63 @@ def _static_start(teacher, label_space: LabelSpace, tokenizer, rows, config, sho
         student_tokenizer, tokens = _pruned_vocabulary(teacher, tokenizer, rows, config.pruning)
     counts = rows.token_counts() if rows is not None else None
     vectors = token_vectors(teacher, tokenizer, tokens, config.static, counts, show_progress)
-    student = StaticStudent(vectors, counted_tokens(student_tokenizer, len(tokens)), label_space,
-                            config.max_length or DEFAULT_LENGTH)
+    # model2vec's max_length counts a text's tokens without the special ones
+    length = (config.max_length or DEFAULT_LENGTH) - len(tokenizer("")["input_ids"])
+    student = StaticStudent(vectors, counted_tokens(student_tokenizer, len(tokens)), label_space, length)
     return Start(label_space, teacher, student, student_tokenizer, [], None)
+
+
+def latency_shape(teacher_dir, config, data_path, data_options, max_length: int | None = None) -> dict | None:
+    """The shape ``--latency-ms`` asks for: the largest `tinybert sizes` measures within it."""
+    latency = config.pruning.latency_ms
+    if latency is None or not config.init_from_teacher:
+        return None
+    teacher_config = AutoConfig.from_pretrained(check_model_dir(teacher_dir))
+    layers = student_layer_count("x", teacher_config, layers=config.layers, init_from_teacher=True,
+                                 layer_map=config.layer_map) if config.layers or config.layer_map else None
+    return largest_within(teacher_dir, latency, layers=layers, max_length=max_length or config.max_length,
+                          data_path=data_path, data_options=data_options)
+
+
+def start_of_run(teacher_dir, student: str, train, training_data, config, tokenizer, output_dir: Path, accelerator,
+                 data_options, show: bool) -> Start:
+    """The student as a run starts it. A pruned one's selection is chosen by the main process alone
+    (every process of a run must cut the same student) and kept in the output directory
+    (``pruning.json``, beside the model it explains), where the other processes, and a resumed
+    run, read it."""
+    selection = None
+    if config.init_from_teacher and config.pruning.prunes:
+        parts = getattr(training_data, "parts", [training_data])
+        keep = config.pruning.keep_tokens
+        made_from = {"teacher": digest_model_dir(teacher_dir), "data": [part.meta["fingerprint"] for part in parts],
+                     "layers": config.layers, "layer_map": config.layer_map, "pruning": config.pruning.__dict__,
+                     "keep_tokens": digest_file(keep) if keep else None}
+
+        def choose() -> Selection:
+            saved = Selection.read(output_dir, made_from)
+            if saved is not None:
+                return saved
+            shape = latency_shape(teacher_dir, config, train.path, data_options)
+            chosen = prepare_student(teacher_dir, student, train, config, tokenizer, rows=training_data, shape=shape,
+                                     show_progress=show, device=accelerator.device)
+            chosen.selection.save(output_dir, made_from)
+            logger.info("pruned student: %s", chosen.selection.describe(chosen.teacher.config))
+            return chosen.selection
+        selection = main_process_first(accelerator, choose)
+    return prepare_student(teacher_dir, student, train, config, tokenizer, rows=training_data, selection=selection,
+                           show_progress=show, device=accelerator.device)
+
+
+def pruning_summary(start: Start, teacher_config, tokenizer, config, dev, eval_path, kind: str, max_length: int,
+                    data_options, output_dir: Path, show: bool) -> str:
+    """What the model card says of a pruned student: what it keeps, how that was chosen, and (with a
+    pruned vocabulary and a dev set of texts) the share of dev texts it tokenizes otherwise than the
+    teacher."""
+    summary = f"{start.selection.describe(teacher_config)}, ranked by {config.pruning.prune_by}"
+    if start.selection.tokens is not None and dev is not None and kind != "qa":
+        as_teacher = task_data(kind, eval_path, tokenizer, max_length, data_options, output_dir / CACHE_DIR, show,
+                               limit=False)
+        share = retokenized_share(as_teacher, dev, token_map(tokenizer, start.tokenizer))
+        logger.info("%.1f %% of the dev texts tokenize otherwise with the pruned vocabulary", 100 * share)
+        summary += f"; {100 * share:.1f} % of dev texts tokenized otherwise than by the teacher"
+    return summary

@@ -29,10 +29,10 @@ from ..models.record import model_record, read_record, reading_settings, recipe_
 from ..settings import command_line, group, option, values_of
 from ..models.pruning import PruningOptions, Selection
 from ..models.students import non_embedding_parameters
-from ..models.vocabulary import check_prunable, retokenized_share, token_map
-from .start import Start, check_pruning, check_static, prepare_student
+from ..models.vocabulary import check_prunable, token_map
+from .start import (check_pruning, check_static, latency_shape, prepare_student, pruning_summary,
+                    start_of_run)
 from ..models.static import STATIC, StaticOptions
-from ..evaluation.sizes import largest_within
 from ..training import (STATE_FILE, TaskFiles, TrainingConfig, frozen_teacher, is_complete,
                         main_process_first, make_accelerator, run_training, shapes_of_run)
 
@@ -158,8 +158,11 @@ def _check_settings(teacher_dir, student: str, config: DistillConfig) -> None:
 
 def plan(teacher_dir, student, train_data, config: DistillConfig) -> Plan:
     _check_settings(teacher_dir, student, config)
+    if student == STATIC:
+        raise InputError("--plan describes a transformer student's layers and projections; a static student has "
+                         "none", fix="leave out --plan (the static student's size is its vocabulary × --static-dims)")
     start = prepare_student(teacher_dir, student, train_data, config, load_tokenizer(teacher_dir),
-                            shape=_latency_shape(teacher_dir, config, train_data.path))
+                            shape=latency_shape(teacher_dir, config, train_data.path, None))
     teacher, student_model, layer_map = start.teacher, start.student, start.layer_map
     width_s, width_t = student_model.config.hidden_size, teacher.config.hidden_size
     projections = {"W_h (hidden)": [width_s, width_t]}
@@ -181,47 +184,6 @@ def plan(teacher_dir, student, train_data, config: DistillConfig) -> Plan:
     return Plan(config.stage, teacher.config.num_hidden_layers, student_model.config.num_hidden_layers,
                 layer_map, projections, attention, count_parameters(teacher), count_parameters(student_model),
                 non_embedding_parameters(teacher) / non_embedding_parameters(student_model), pruned)
-
-
-def _latency_shape(teacher_dir, config: DistillConfig, data_path, max_length: int | None = None) -> dict | None:
-    """The widths ``--latency-ms`` asks for: the largest shape `tinybert sizes` measures within it."""
-    latency = config.pruning.latency_ms
-    if latency is None or not config.init_from_teacher:
-        return None
-    layers = len(config.layer_map.split(",")) if config.layer_map else config.layers
-    return largest_within(teacher_dir, latency, layers=layers, max_length=max_length or config.max_length,
-                          data_path=data_path)
-
-
-def _start(teacher_dir, student: str, train, training_data, config: DistillConfig, tokenizer, output_dir: Path,
-           accelerator, show: bool) -> Start:
-    """The student as this stage starts it. A pruned one's selection is kept in the output directory
-    (``pruning.json``, beside the model it explains): a resumed run cuts the same student from it."""
-    parts = getattr(training_data, "parts", [training_data])
-    made_from = {"teacher": str(Path(teacher_dir).resolve()), "data": [part.meta["fingerprint"] for part in parts],
-                 "layers": config.layers, "layer_map": config.layer_map, "pruning": asdict(config.pruning)}
-    saved = Selection.read(output_dir, made_from) if config.init_from_teacher and config.pruning.prunes else None
-    shape = None if saved else _latency_shape(teacher_dir, config, train.path, config.max_length)
-    start = prepare_student(teacher_dir, student, train, config, tokenizer, rows=training_data, selection=saved,
-                            shape=shape, show_progress=show, device=accelerator.device)
-    if start.selection is not None and accelerator.is_main_process:
-        start.selection.save(output_dir, made_from)
-        logger.info("pruned student: %s", start.selection.describe(start.teacher.config))
-    return start
-
-
-def _pruning_summary(start: Start, teacher_config, tokenizer, config: DistillConfig, dev, eval_path, kind: str,
-                     max_length: int, data_options: DataOptions, output_dir: Path, show: bool) -> str:
-    """What the model card says of a pruned student: what it keeps, how that was chosen, and (with a
-    pruned vocabulary and a dev set) the share of dev texts it tokenizes otherwise than the teacher."""
-    summary = f"{start.selection.describe(teacher_config)}, ranked by {config.pruning.prune_by}"
-    if start.selection.tokens is not None and dev is not None:
-        as_teacher = task_data(kind, eval_path, tokenizer, max_length, data_options, output_dir / CACHE_DIR, show,
-                               limit=False)
-        share = retokenized_share(as_teacher, dev, token_map(tokenizer, start.tokenizer))
-        logger.info("%.1f %% of the dev texts tokenize otherwise with the pruned vocabulary", 100 * share)
-        summary += f"; {100 * share:.1f} % of dev texts tokenized otherwise than by the teacher"
-    return summary
 
 
 def task_of(teacher_dir, train_path, options: DataOptions) -> str:
@@ -278,6 +240,8 @@ def distill(teacher_dir: str | os.PathLike, student: str, train_path: str | os.P
         return json.loads((output_dir / STATE_FILE).read_text())
     data_options = data_options or DataOptions()
     training = config.training or DistillConfig.for_stage(config.stage).training
+    if student == STATIC:  # token vectors and a small head: a rate no transformer would survive
+        training = replace(training, learning_rate=config.static.static_lr)
     kind = task_of(teacher_dir, train_path, data_options)
     unlabeled = [str(path) for path in unlabeled or ()]
     for path in unlabeled:
@@ -300,7 +264,8 @@ def distill(teacher_dir: str | os.PathLike, student: str, train_path: str | os.P
     train, extra = main_process_first(accelerator, read)  # one process tokenises, the others read its caches
     training_data = Joined([train, *extra]) if extra else train
     set_seed(training.seed)
-    start = _start(teacher_dir, student, train, training_data, config, tokenizer, output_dir, accelerator, show)
+    start = start_of_run(teacher_dir, student, train, training_data, config, tokenizer, output_dir, accelerator,
+                         data_options, show)
     dev = None
     if config.stage == "prediction" and eval_path:  # as the student reads texts: with its own tokenizer
         dev = main_process_first(accelerator, lambda: task_data(kind, eval_path, start.tokenizer, max_length,
@@ -350,7 +315,7 @@ def distill(teacher_dir: str | os.PathLike, student: str, train_path: str | os.P
         losses = {"temperature": config.temperature, "hard_label_weight": config.hard_label_weight}
     else:
         losses = loss_settings(config.losses, config.shared_projection)
-    pruned = {} if start.selection is None else {"pruned": _pruning_summary(
+    pruned = {} if start.selection is None else {"pruned": pruning_summary(
         start, teacher_config, tokenizer, config, dev, eval_path, kind, max_length, data_options, output_dir, show)}
     step = recipe_step(config.stage, [train_path, *unlabeled], training_data.origins(), training,
                        **(losses if config.stage == "prediction" else {}), **pruned)

@@ -34,7 +34,7 @@ from ..models.loading import TASK_MODELS, check_model_dir, count_parameters, lab
 from ..models.pruning import PruningOptions, head_width, pruned_shape
 from ..models.record import DEFAULT_LENGTH, read_record
 from ..models.students import non_embedding_parameters, student_config, uniform_layer_map
-from ..models.vocabulary import distinct_tokens, fallback_tokens
+from ..models.vocabulary import kept_tokens, pruned_tokenizer
 from ..settings import group, option
 from .measure import LATENCY_EXAMPLES, measure_latency
 
@@ -164,10 +164,10 @@ def pick(candidates: list[dict], latency_ms: float) -> dict:
 
 
 def largest_within(teacher_dir, latency_ms: float, *, layers: int | None = None, max_length: int | None = None,
-                   data_path=None, show_progress: bool = True) -> dict:
+                   data_path=None, data_options: DataOptions | None = None, show_progress: bool = True) -> dict:
     """The shape (BERT's field names) `tinybert sizes --latency-ms` picks for this teacher and data."""
     picked = measure_sizes(teacher_dir, data=data_path, max_length=max_length, layers=[layers] if layers else None,
-                           latency_ms=latency_ms, show_progress=show_progress)["picked"]
+                           latency_ms=latency_ms, data_options=data_options, show_progress=show_progress)["picked"]
     return {"num_hidden_layers": picked["layers"], "hidden_size": picked["hidden_size"],
             "num_attention_heads": picked["heads"], "intermediate_size": picked["intermediate_size"]}
 
@@ -177,13 +177,15 @@ def _timed_texts(tokenizer, task: str, max_length: int, data, options: DataOptio
     vocabulary's size for the data, or None)."""
     if data is None:
         generator = torch.Generator().manual_seed(0)
-        ids = torch.randint(1000, len(tokenizer), (LATENCY_EXAMPLES, max_length), generator=generator).tolist()
+        # ids past the special tokens and unused entries at the head of most vocabularies
+        ids = torch.randint(min(1000, len(tokenizer) // 2), len(tokenizer), (LATENCY_EXAMPLES, max_length),
+                            generator=generator).tolist()
         features = [{"input_ids": row, **({"token_type_ids": [0] * max_length}
                                           if "token_type_ids" in tokenizer.model_input_names else {})} for row in ids]
         return EncodedData(features, [max_length] * len(features)), None
     kind = detect_task(data, options, expected=task)
     rows = task_data(kind, data, tokenizer, max_length, options, show_progress=show_progress, labels="ignored")
-    vocabulary = len(distinct_tokens([rows]) | fallback_tokens(tokenizer))
+    vocabulary = len(pruned_tokenizer(tokenizer, kept_tokens(rows, tokenizer))[1])  # as --prune-vocab keeps it
     timed = rows.first(LATENCY_EXAMPLES)
     features = [{key: value for key, value in timed[index].items() if key in ("input_ids", "token_type_ids")}
                 for index in range(len(timed))]

@@ -43,9 +43,10 @@ class PruningOptions:
                                                  "(default: the teacher's ratio to the hidden size)")
     latency_ms: float | None = option(None, "with --init-from-teacher: prune to the largest shape `tinybert sizes` "
                                             "measures within this batch-1 latency on this machine")
-    prune_by: Measure = option("activations", "what ranks channels, heads and neurons: their activations on the "
-                                              "training data (Minitron), or their first-order effect on the "
-                                              "teacher's loss (gradients)")
+    prune_by: Measure = option("gradients", "what ranks channels, heads and neurons: their first-order effect on "
+                                            "the teacher's loss on its own predictions (gradients: as CoFi and "
+                                            "TextPruner score; better on SST-2, see bench/small_students.py), or "
+                                            "their activations on the training data (Minitron)")
     prune_samples: int = option(512, "training rows the importance is measured on")
     prune_vocab: bool = option(False, "keep only the tokens the training data uses (and the special tokens and a "
                                       "fallback set that keeps every text tokenizable); the student gets a "
@@ -223,6 +224,9 @@ def cut_student(teacher: torch.nn.Module, student: torch.nn.Module, selection: S
             value = value.index_select(dim, kept)
         if value.shape == target.shape:
             state[key] = value
+        else:  # a tensor this table does not cut as the student's configuration shapes it
+            logger.warning("%s: the teacher's %s cut to %s, the student's is %s; it keeps its new initialisation",
+                           key, tuple(teacher_state[source].shape), tuple(value.shape), tuple(target.shape))
     missing, _ = student.load_state_dict(state, strict=False)
     if missing:
         logger.info("student weights not copied from the teacher (new initialisation): %s", ", ".join(missing))

@@ -25,6 +25,7 @@ from typing import Literal
 
 import numpy as np
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 from transformers.modeling_outputs import SequenceClassifierOutput
@@ -48,6 +49,8 @@ class StaticOptions:
     static_init: Literal["encoder", "embeddings", "random"] = option(
         "encoder", "--student static: where token vectors start: each token through the teacher's encoder "
                    "(model2vec's way), the teacher's input embeddings, or random")
+    static_lr: float = option(5e-3, "--student static: learning rate of its token vectors and head, in place of "
+                                    "--lr (which suits transformers: a static student barely moves at 3e-5)")
 
 
 class StaticConfig:
@@ -118,10 +121,14 @@ class StaticStudent(torch.nn.Module):
     def from_pretrained(cls, directory: str | os.PathLike) -> "StaticStudent":
         directory = Path(directory)
         config = read_config(directory)
+        label_space = label_space_of_static(config)
+        if not (directory / HEAD_FILE).is_file():
+            raise InputError(f"a static student without its head ({HEAD_FILE})", path=directory,
+                             fix="use the whole directory `tinybert distill --student static` wrote")
         vectors = load_file(directory / "model.safetensors")["embeddings"]
         counted = torch.ones(len(vectors), dtype=torch.bool)
         counted[config["tinybert"]["uncounted"]] = False
-        model = cls(vectors, counted, label_space_of_static(config), config.get("max_length") or 512)
+        model = cls(vectors, counted, label_space, config.get("max_length") or 512)
         head = load_file(directory / HEAD_FILE)
         linear = [module for module in model.head if isinstance(module, torch.nn.Linear)]
         for index, layer in enumerate(linear):
@@ -137,13 +144,24 @@ def read_config(directory: Path) -> dict | None:
         config = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    return config if isinstance(config, dict) and config.get("model_type") == MODEL_TYPE else None
+    if not isinstance(config, dict):
+        return None
+    if config.get("model_type") == MODEL_TYPE:
+        return config
+    # model2vec's StaticModel.save_pretrained writes no model_type unless its distiller made the
+    # model: such a directory is known by its single "embeddings" tensor
+    weights = path.with_name("model.safetensors")
+    if "model_type" not in config and weights.is_file():
+        with safe_open(weights, "np") as tensors:
+            return config if list(tensors.keys()) == ["embeddings"] else None
+    return None
 
 
 def label_space_of_static(config: dict) -> LabelSpace:
     if "tinybert" not in config:
-        raise InputError("a model2vec model without a task head made by tinybert",
-                         fix="use a static student written by `tinybert distill --student static`")
+        raise InputError("a model2vec model without a task head made by tinybert (config.json has no `tinybert` "
+                         "entry)", fix="use a static student written by `tinybert distill --student static`, or "
+                                       "distil one from your teacher")
     return LabelSpace(config["tinybert"]["kind"], config["tinybert"]["labels"])
 
 

@@ -93,6 +93,18 @@ def fallback_tokens(tokenizer) -> set[int]:
     return kept
 
 
+def kept_tokens(rows, tokenizer, config=None, keep_file=None) -> set[int]:
+    """What a pruned vocabulary keeps: the tokens the token caches ``rows`` use, the fallback set,
+    the ids a model ``config`` names (its pad, bos, eos... tokens) and those ``keep_file`` lists."""
+    kept = distinct_tokens([rows]) | fallback_tokens(tokenizer)
+    if config is not None:
+        kept |= {value for name, value in config.to_dict().items()
+                 if name.endswith("_token_id") and isinstance(value, int)}
+    if keep_file:
+        kept |= listed_tokens(keep_file, tokenizer)
+    return kept
+
+
 def distinct_tokens(datasets) -> set[int]:
     """Every token id the token caches ``datasets`` use."""
     return {int(index) for dataset in datasets for index in np.flatnonzero(dataset.token_counts())}
@@ -139,21 +151,24 @@ def _with_merges_that_build(kept: set[int], model: dict) -> tuple[set[int], list
 
 def pruned_tokenizer(tokenizer, kept: set[int]):
     """(the teacher's ``tokenizer`` keeping only the ``kept`` ids, renumbered in their order; the
-    kept teacher ids in the student's id order)."""
+    kept teacher ids in the student's id order). Tokens added beyond the model's vocabulary
+    (DeBERTa-v3's [MASK]) are all kept, after the kept pieces, as they came after them."""
     described = _described(tokenizer)
     model = described["model"]
     pieces = _pieces(model)
-    kept = {index for index in kept if index < len(pieces)} | {entry["id"] for entry in described["added_tokens"]}
+    added = {entry["id"] for entry in described["added_tokens"]}
+    kept = {index for index in kept | added if index < len(pieces)}
     if model["type"] == "BPE":
         kept, model["merges"] = _with_merges_that_build(kept, model)
-    order = sorted(kept)
+    order = sorted(kept) + sorted(index for index in added if index >= len(pieces))
     new_id = {old: new for new, old in enumerate(order)}
+    in_model = [old for old in order if old < len(pieces)]
     if model["type"] == "Unigram":
-        model["vocab"] = [model["vocab"][old] for old in order]
+        model["vocab"] = [model["vocab"][old] for old in in_model]
         if model.get("unk_id") is not None:
             model["unk_id"] = new_id[model["unk_id"]]
     else:
-        model["vocab"] = {pieces[old]: new for new, old in enumerate(order)}
+        model["vocab"] = {pieces[old]: new_id[old] for old in in_model}
     for entry in described["added_tokens"]:
         entry["id"] = new_id[entry["id"]]
     _renumber_processor(described.get("post_processor"), new_id)
@@ -208,7 +223,8 @@ def check_subset(teacher_tokenizer, student_tokenizer, where) -> None:
 
 def retokenized_share(as_teacher, as_student, mapping: torch.Tensor | None) -> float:
     """The share of texts (rows of two token caches of the same file: the teacher's tokens, the
-    student's) that the student's tokenizer cuts otherwise than the teacher's."""
+    student's, row for row, as a text per row is: not QA's windows) that the student's tokenizer
+    cuts otherwise than the teacher's."""
     if mapping is None or not len(as_teacher):
         return 0.0
     table = mapping.numpy()

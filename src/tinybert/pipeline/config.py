@@ -17,16 +17,12 @@ import yaml
 
 from ..augment import AugmentArguments
 from ..data import DataOptions
-from ..distillation.distillers import check_losses
-from ..distillation.start import check_pruning
 from ..distillation.task import DistillArguments, DistillConfig
 from ..errors import InputError
 from ..evaluation.measure import EvaluateArguments
 from ..inference.export import ExportArguments
 from ..models.pruning import PruningOptions
-from ..models.static import STATIC, StaticOptions, check_dims
-from ..models.students import check_layers
-from ..monitoring import check_training
+from ..models.static import StaticOptions
 from ..finetune import FinetuneArguments
 from ..distillation.general import GeneralArguments
 from ..settings import closest, convert, group, option, settings_of, values_of, with_values
@@ -180,63 +176,6 @@ class Config:
         recipe = {key: value for key, value in self.explicit("finetune").items()
                   if key in SECTIONS["baseline"].keys and ("baseline", key) not in self.origins}
         return with_values(self.sections["baseline"], recipe)
-
-
-# where a section's unset keys come from: the section it shares them with
-SHARES_WITH = {"prediction": "intermediate", "baseline": "finetune"}
-
-
-def check_training_sections(config: Config) -> None:
-    """Every training stage the run will reach checks its settings (trackers installed, layer and
-    relation-head counts, ...) now, not when it reaches them, perhaps hours in."""
-    values, sections = config.values, config.sections
-    training = {"intermediate": sections["intermediate"].config.training,
-                "prediction": config.prediction_section().config.training}
-    if values["general"]["run"] and not values["general"]["student_dir"]:
-        training["general"] = sections["general"].arguments.config.training
-    if not values["finetune"]["teacher_dir"]:
-        training["finetune"] = sections["finetune"].arguments.config.training
-    if values["baseline"]["run"]:
-        training["baseline"] = config.baseline_section().arguments.config.training
-    checks = [(section, lambda named, settings=settings: check_training(settings, named))
-              for section, settings in training.items()]
-    distilling = {"intermediate": sections["intermediate"].config}
-    if "general" in training:
-        distilling["general"] = sections["general"].arguments.config
-    for section, settings in distilling.items():
-        checks += [(section, lambda named, settings=settings: check_layers(settings.layers, named)),
-                   (section, lambda named, settings=settings: check_losses(settings.losses, named))]
-    for section, check in checks:
-        def named(key, section=section):  # where it was given: stage 2's value may be stage 1's
-            return f"{section if (section, key) in config.origins else SHARES_WITH.get(section, section)}.{key}"
-        try:
-            check(named)
-        except InputError as error:  # its message starts with the setting's section.key: say where that was given
-            setting = tuple(error.problem.split(" ", 1)[0].split(".", 1))
-            raise InputError(error.problem, path=config.origins.get(setting, config.path), fix=error.fix) from None
-
-
-def check_student_widths(config: Config, teacher_config) -> None:
-    """Every student's pruning settings (stage 1's and each of `students:`), checked against the
-    teacher's configuration, naming the setting as the config gave it."""
-    if config.sections["intermediate"].student == STATIC:
-        raise InputError("intermediate.student static: the main student takes both stages, and a static student "
-                         "has no stage 1", path=config.origins.get(("intermediate", "student"), config.path),
-                         fix="put it beside the main student: students: {static: {student: static}}")
-    stage1 = {"intermediate": config.sections["intermediate"],
-              **{f"{STUDENTS}.{name}": config.static_section(name) if section.student == STATIC else section
-                 for name, section in config.students.items()}}
-    for section, arguments in stage1.items():
-        def named(key, section=section):
-            return f"{section if (section, key) in config.origins else 'intermediate'}.{key}"
-        try:
-            check_pruning(arguments.config.pruning, arguments.config.init_from_teacher, teacher_config, named,
-                          static=arguments.student == STATIC)
-            if arguments.student == STATIC:
-                check_dims(arguments.config.static.static_dims, teacher_config.hidden_size, named)
-        except InputError as error:
-            setting = tuple(error.problem.split(" ", 1)[0].rsplit(".", 1))
-            raise InputError(error.problem, path=config.origins.get(setting, config.path), fix=error.fix) from None
 
 
 def load_config(path: str | os.PathLike, overrides=(), quick: bool = False) -> Config:

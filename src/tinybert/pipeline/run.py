@@ -10,8 +10,6 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from transformers import AutoConfig
-
 from .. import resources
 from ..artifacts import Stamp, digest, digest_file, read_json, write_json
 from ..augment import OUTPUT_NEUTRAL_SETTINGS
@@ -20,11 +18,12 @@ from ..data.formats import MARK
 from ..distillation.task import SPEED_ONLY
 from ..errors import InputError
 from ..inference.export import INT8_FILE, export_onnx
-from ..models.loading import check_model_dir, digest_model_dir
+from ..models.loading import digest_model_dir
 from ..models.static import STATIC
 from ..models.students import check_family
 from ..training import RESUME_NEUTRAL, STATE_FILE
-from .config import STUDENT_SHAPE, STUDENTS, Config, check_student_widths, check_training_sections
+from .checks import check_student_widths, check_training_sections
+from .config import STUDENT_SHAPE, STUDENTS, Config
 from .stages import baseline, evaluate_all, write_cards
 
 logger = logging.getLogger(__name__)
@@ -166,8 +165,8 @@ def run_pipeline(config: Config) -> dict:
         if model:
             check_family(model, key)
     teacher_source = finetune["teacher_dir"] or finetune["model"]
-    if teacher_source:  # a pruned width the teacher cannot take stops the run now, not after fine-tuning
-        check_student_widths(config, AutoConfig.from_pretrained(check_model_dir(teacher_source)))
+    if teacher_source:  # a width or static setting the teacher cannot take stops the run now, not after fine-tuning
+        check_student_widths(config, teacher_source)
     student_start = general["student_dir"] or intermediate["student"]
     student_identity = content_of(student_start)
     if general["run"] and not general["student_dir"]:
@@ -235,16 +234,21 @@ def run_pipeline(config: Config) -> dict:
         stage2_section = config.static_section(section[len(STUDENTS) + 1:]) if static else prediction_section
         started = STATIC
         if not static:
-            inputs = {"settings": _fingerprinted(run.settings(section, stage1_section)), "student": student_identity,
+            # a student of `students:` may name its own start; else it starts where the main one does
+            own = section != "intermediate" and (section, "student") in config.origins
+            start_from = stage1_section.student if own else student_start
+            inputs = {"settings": _fingerprinted(run.settings(section, stage1_section)),
+                      "student": content_of(start_from) if own else student_identity,
                       "teacher": teacher_identity, "data": train_identity, "data_options": data_settings, **extra}
             started = str(run.stage("intermediate" + suffix, inputs,
-                                    lambda d, t=train_file, o=train_options, s=stage1_section:
-                                    run.arguments("intermediate", s, teacher=teacher_dir, student=student_start,
+                                    lambda d, t=train_file, o=train_options, s=stage1_section, f=start_from:
+                                    run.arguments("intermediate", s, teacher=teacher_dir, student=f,
                                                   train=t, output=str(d), data_options=o,
                                                   unlabeled=unlabeled).run()))
         inputs = {"settings": _fingerprinted(run.settings(section, stage2_section) if static else prediction),
                   "stage1": STATIC if static else run.fingerprints["intermediate" + suffix],
-                  "teacher": teacher_identity, "data": train_identity, "dev": data_identity["dev"], **extra}
+                  "teacher": teacher_identity, "data": train_identity, "dev": data_identity["dev"],
+                  "data_options": data_settings, **extra}
         results["student" + suffix] = str(run.stage("student" + suffix, inputs,
                                                     lambda d, t=train_file, s=started, o=train_options,
                                                     a=stage2_section: run.arguments(
