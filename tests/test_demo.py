@@ -39,15 +39,20 @@ def test_quick_demo_end_to_end(tmp_path):
     evaluated = results["evaluation"]
     assert evaluated["teacher"]["accuracy"] > 0.6  # fresh is ~58% of the test split
     assert evaluated["student"]["params"] < evaluated["teacher"]["params"]
-    # --quick leaves the baseline out; the int8 export is timed and scored on the test split beside them
-    assert set(evaluated) == {"teacher", "student", "student_onnx_int8"}
+    # --quick leaves the baseline out; every student (the copy, the pruned one, the static one) and its int8
+    # export is scored on the test split beside the teacher
+    students = {"student", "student_pruned-3x192", "student_static"}
+    assert set(evaluated) == {"teacher"} | students | {f"{name}_onnx_int8" for name in students}
     assert evaluated["student_onnx_int8"]["size_mb"] < evaluated["student"]["size_mb"]
+    assert (evaluated["student_static"]["params"] < evaluated["student_pruned-3x192"]["params"]
+            < evaluated["student"]["params"])
     assert results["export"]["fp32_parity_passed"] and "int8_metric_drop_points" in results["export"]
     saved = json.loads((tmp_path / "demo" / "results.json").read_text())
     assert saved["evaluation"] == evaluated
     report = (tmp_path / "demo" / "report.md").read_text()
     assert "ONNX export of the student" in report and "retention" in report
-    assert all((tmp_path / "demo" / "plots" / f"{name}.png").is_file() for name in ("losses", "metric", "size"))
+    assert all((tmp_path / "demo" / "plots" / f"{name}.png").is_file()
+               for name in ("losses", "metric", "size", "tradeoffs"))
     # every model directory carries a Hub model card; an evaluated model's holds its measured metrics
     for name in ("teacher", "intermediate", "student"):
         card = ModelCard.load(tmp_path / "demo" / name / "README.md")

@@ -25,7 +25,7 @@ README = REPO / "README.md"
 PAGES = [README] + sorted(DOCS.rglob("*.md"))
 # the commands whose every long option must be documented (new ones are checked as they come)
 DOCUMENTED = {"finetune", "general", "augment", "distill", "evaluate", "convert", "export", "predict", "pipeline",
-              "demo"}
+              "demo", "sizes", "cache"}
 README_LINES = 250
 # "issue 14", "issues 21-25", "PR 3", "#103": tracker references (a link's #anchor is none)
 TRACKER_REFERENCE = re.compile(r"(?i)\b(?:issues?|tickets?|pull requests?|PRs?)\s*#?\d+|(?<![/.\w])#\d+(?![\w-])")

@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from transformers import AttentionInterface, AutoConfig, AutoModel
+from transformers import AttentionInterface, AutoConfig, AutoModel, AutoTokenizer
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
 
@@ -22,6 +22,7 @@ from tinybert.finetune import FinetuneConfig, finetune
 from tinybert.inference.export import export_onnx
 from tinybert.inference.predict import predict_file
 from tinybert.models.families import attention_modules, layers_of
+from tinybert.models.pruning import PruningOptions
 from tinybert.models.students import build_student
 from tinybert.training import TrainingConfig
 
@@ -237,8 +238,9 @@ def sentiment_rows(tmp_path_factory):
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_every_command_on_a_teacher_of_each_family(tmp_path, family, sentiment_rows, real_tokenizer):
-    """finetune → general → stage 1 (from the teacher's layers, and from sizes) → stage 2 →
-    evaluate → export (fp32 parity 1e-4) → predict, on sequence classification."""
+    """finetune → general → stage 1 (from sizes, and pruned from the teacher's layers to half its width
+    and its data's tokens) → stage 2 → evaluate → export (fp32 parity 1e-4) → predict, on sequence
+    classification."""
     encoder = tmp_path / "encoder"
     AutoModel.from_config(family_config(family)).save_pretrained(encoder)
     real_tokenizer.save_pretrained(encoder)
@@ -253,16 +255,21 @@ def test_every_command_on_a_teacher_of_each_family(tmp_path, family, sentiment_r
 
     stage1 = DistillConfig(stage="intermediate", training=_training(), max_length=32)
     distill(teacher, str(shape), sentiment_rows, tmp_path / "from-sizes", show_progress=False, config=stage1)
+    # half the width; ELECTRA's 32-wide embeddings would leave a 32-wide student without their projection
+    half = 48 if family == "electra" else 32
     distill(teacher, "unused", sentiment_rows, tmp_path / "stage1", show_progress=False,
             config=DistillConfig(stage="intermediate", init_from_teacher=True, layers=2, training=_training(),
-                                 max_length=32))
+                                 max_length=32, pruning=PruningOptions(hidden_size=half, prune_vocab=True)))
     for stage1_dir in ("from-sizes", "stage1"):
         losses = [json.loads(line) for line in (tmp_path / stage1_dir / "train_log.jsonl").read_text().splitlines()]
         assert all(np.isfinite(record["att"]) and record["att"] >= 0 for record in losses)
     summary = distill(teacher, str(tmp_path / "stage1"), sentiment_rows, tmp_path / "student", eval_path=sentiment_rows,
                       show_progress=False, config=DistillConfig(stage="prediction", training=_training(), max_length=32))
     assert "accuracy" in summary["best"]
-    assert AutoConfig.from_pretrained(tmp_path / "student").model_type == family
+    student_config = AutoConfig.from_pretrained(tmp_path / "student")
+    assert student_config.model_type == family and student_config.hidden_size == half
+    assert student_config.vocab_size < 2500  # of 30,522: the fallback characters (~1,900) and the rows' tokens
+    assert len(AutoTokenizer.from_pretrained(tmp_path / "student")) == student_config.vocab_size
 
     options = DataOptions(cache_dir=str(tmp_path / "cache"))
     figures = evaluate(tmp_path / "student", sentiment_rows, max_length=32, latency=False, show_progress=False,
