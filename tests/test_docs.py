@@ -161,7 +161,7 @@ def test_every_python_example_the_pages_show_compiles_and_imports_what_exists():
 
 
 def test_every_pipeline_config_the_pages_show_loads(tmp_path):
-    sections = set(SECTIONS) | set(SECTIONS[""].keys) | {"quick"}
+    sections = set(SECTIONS) | set(SECTIONS[""].keys) | {"quick", "students"}
     configs = [(path.name, body) for path in PAGES for language, _, _, body in _blocks(path) if language == "yaml"]
     checked = 0
     for number, (page, body) in enumerate(configs):

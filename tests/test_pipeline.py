@@ -303,7 +303,7 @@ def test_students_beside_the_main_one_share_the_teacher_and_data_and_the_report_
     config["baseline"]["run"] = False
     config["export"]["int8"] = True
     config["students"] = {"pruned": {"hidden_size": 16, "prune_vocab": True},
-                          "static": {"student": "static", "static_dims": 16, "lr": 0.01, "epochs": 2},
+                          "static": {"student": "static", "static_dims": 16, "static_lr": 0.01, "epochs": 2},
                           "random": {"init_from_teacher": False, "student": str(write(tmp_path / "sizes.json", json.dumps(
                               {"num_hidden_layers": 1, "hidden_size": 16, "intermediate_size": 32,
                                "num_attention_heads": 2}))), "attention_loss": "relations"}}
@@ -338,3 +338,7 @@ def test_students_beside_the_main_one_share_the_teacher_and_data_and_the_report_
         refused = tinybert_cli("pipeline", path, "--set", setting)
         assert refused.returncode == 2 and message in refused.stderr and "--set " + setting in refused.stderr
         assert "stage " not in refused.stderr
+    # a static student's shape is its own: its settings are named in its own section even where not given there
+    config["students"] = {"static": {"student": "static", "layers": 2}}
+    refused = tinybert_cli("pipeline", write(tmp_path / "static.yaml", yaml.safe_dump(config)))
+    assert refused.returncode == 2 and "the static student's width is students.static.static_dims" in refused.stderr

@@ -196,7 +196,8 @@ def test_a_pruned_student_distils_through_both_stages_and_loads_with_auto_classe
     stage1, stage2 = tmp_path / "stage1", tmp_path / "stage2"
     result = tinybert_cli("distill", "--stage", "intermediate", "--teacher", teacher_dir, "--train", train_file,
                           "--output", stage1, "--init-from-teacher", "--layers", "2", "--hidden-size", "32",
-                          "--prune-vocab", "--epochs", "1", "--batch-size", "16", "--max-length", "32")
+                          "--prune-vocab", "--prune-by", "activations", "--epochs", "1", "--batch-size", "16",
+                          "--max-length", "32")
     assert result.returncode == 0, result.stderr
     selection = Selection.read(stage1)
     assert len(selection.channels) == 32 and len(selection.heads[0]) == 2 and selection.layers == [2, 4]
@@ -219,6 +220,8 @@ def test_a_pruned_student_distils_through_both_stages_and_loads_with_auto_classe
     summary = json.loads((stage2 / "tinybert.json").read_text())["recipe"][-1]["pruned"]
     assert summary.startswith("32 of 64 hidden channels, 2 of 4 heads") and "0.0 % of dev texts tokenized otherwise" \
         in summary
+    # stage 2's card names what ranked the units in stage 1, not stage 2's own (default) --prune-by
+    assert "ranked by activations" in summary
 
 
 def test_the_score_loss_pairs_each_kept_head_with_the_head_it_was_cut_from():

@@ -33,7 +33,7 @@ def sentiment_files(tmp_path):
 def _distill_static(tinybert_cli, teacher, train, dev, output, *extra):
     return tinybert_cli("distill", "--stage", "prediction", "--teacher", teacher, "--student", "static",
                         "--train", train, "--eval", dev, "--output", output, "--static-dims", "16", "--epochs", "2",
-                        "--batch-size", "16", "--lr", "0.01", "--max-length", "32", *extra)
+                        "--batch-size", "16", "--static-lr", "0.01", "--max-length", "32", *extra)
 
 
 def test_a_static_student_predicts_as_model2vec_does_with_its_files(tmp_path, real_tokenizer, sentiment_files,
@@ -59,6 +59,10 @@ def test_a_static_student_predicts_as_model2vec_does_with_its_files(tmp_path, re
     assert list(pipeline.predict(texts)) == [["negative", "positive"][i] for i in logits.argmax(-1)]
     card = (tmp_path / "static" / "README.md").read_text()
     assert "library_name: model2vec" in card and "static-embedding student" in card
+    # it learnt at --static-lr, and the card's command, which reproduces it, does not claim an --lr
+    recipe = json.loads((tmp_path / "static" / "tinybert.json").read_text())
+    assert recipe["recipe"][-1]["learning_rate"] == 0.01 and "--static-lr 0.01" in recipe["command"]
+    assert " --lr " not in recipe["command"]
 
     evaluated = tinybert_cli("evaluate", "--model", tmp_path / "static", "--data", dev, "--json", tmp_path / "e.json")
     assert evaluated.returncode == 0, evaluated.stderr[-2000:]
@@ -114,6 +118,19 @@ def test_a_model2vec_model_not_made_by_tinybert_is_one_message(tmp_path, tinyber
     result = tinybert_cli("evaluate", "--model", tmp_path / "plain", "--data", dev)
     assert result.returncode == 2 and "a model2vec model without a task head made by tinybert" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_model2vec_directory_is_known_by_its_tensors_and_a_broken_weights_file_is_none(tmp_path):
+    from model2vec import StaticModel
+    from tokenizers import Tokenizer, models
+    from tinybert.models.static import read_config
+    core = Tokenizer(models.WordLevel({"[UNK]": 0, "film": 1}, unk_token="[UNK]"))
+    StaticModel(np.ones((2, 4), np.float32), core, weights=np.ones(2, np.float32)).save_pretrained(tmp_path / "m2v")
+    assert read_config(tmp_path / "m2v") is not None  # no model_type; "embeddings" and "weights"
+    (tmp_path / "pointer").mkdir()
+    write(tmp_path / "pointer" / "config.json", json.dumps({"normalize": False}))
+    write(tmp_path / "pointer" / "model.safetensors", "version https://git-lfs.github.com/spec/v1\n")
+    assert read_config(tmp_path / "pointer") is None
 
 
 def test_plan_refuses_a_static_student(tmp_path, real_tokenizer, sentiment_files, tinybert_cli):

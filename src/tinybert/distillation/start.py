@@ -143,6 +143,7 @@ def choose_units(teacher, tokenizer, rows, layer_map: list[int], options: Prunin
         importance = measure_importance(teacher, rows, tokenizer, layer_map, options.prune_by, options.prune_samples,
                                         show_progress)
         selection = select(importance, layer_map, shape)
+        selection.ranked_by = options.prune_by  # the later stages' cards say it, whatever their own options
     if not options.prune_vocab:
         return selection, tokenizer
     student_tokenizer, selection.tokens = _pruned_vocabulary(teacher, tokenizer, rows, options)
@@ -238,7 +239,7 @@ def pruning_summary(start: Start, teacher_config, tokenizer, config, dev, eval_p
     """What the model card says of a pruned student: what it keeps, how that was chosen, and (with a
     pruned vocabulary and a dev set of texts) the share of dev texts it tokenizes otherwise than the
     teacher."""
-    summary = f"{start.selection.describe(teacher_config)}, ranked by {config.pruning.prune_by}"
+    summary = start.selection.describe(teacher_config)
     if start.selection.tokens is not None and dev is not None and kind != "qa":
         as_teacher = task_data(kind, eval_path, tokenizer, max_length, data_options, output_dir / CACHE_DIR, show,
                                limit=False)

@@ -177,10 +177,11 @@ def plan(teacher_dir, student, train_data, config: DistillConfig) -> Plan:
         attention = f"MSE of pre-softmax scores, {teacher.config.num_attention_heads} heads"
     pruned = None
     if start.selection is not None:
-        pruned = (start.selection.describe(teacher.config) + f", ranked by {config.pruning.prune_by} on "
-                  f"{config.pruning.prune_samples} training rows"
+        scored = start.selection.ranked_by and config.stage == "intermediate"  # else chosen by an earlier stage
+        pruned = (start.selection.describe(teacher.config)
+                  + (f" on {config.pruning.prune_samples} training rows" if scored else "")
                   + ("; vocabulary: the training data's tokens, counted when the run starts"
-                     if config.pruning.prune_vocab else ""))
+                     if config.pruning.prune_vocab and scored else ""))
     return Plan(config.stage, teacher.config.num_hidden_layers, student_model.config.num_hidden_layers,
                 layer_map, projections, attention, count_parameters(teacher), count_parameters(student_model),
                 non_embedding_parameters(teacher) / non_embedding_parameters(student_model), pruned)
@@ -239,9 +240,10 @@ def distill(teacher_dir: str | os.PathLike, student: str, train_path: str | os.P
         logger.info("%s is already complete; delete it to distil again", output_dir)
         return json.loads((output_dir / STATE_FILE).read_text())
     data_options = data_options or DataOptions()
-    training = config.training or DistillConfig.for_stage(config.stage).training
-    if student == STATIC:  # token vectors and a small head: a rate no transformer would survive
-        training = replace(training, learning_rate=config.static.static_lr)
+    given_training = config.training or DistillConfig.for_stage(config.stage).training
+    training = given_training
+    if student == STATIC:  # token vectors and a small head: a rate no transformer would survive (--static-lr)
+        training = replace(given_training, learning_rate=config.static.static_lr)
     kind = task_of(teacher_dir, train_path, data_options)
     unlabeled = [str(path) for path in unlabeled or ()]
     for path in unlabeled:
@@ -250,7 +252,7 @@ def distill(teacher_dir: str | os.PathLike, student: str, train_path: str | os.P
     recorded = _recorded_reading(config.stage, teacher_dir, student, kind)
     max_length, data_options = reading_settings(recorded, config.max_length, data_options, kind,
                                                 default_length(kind, data_options, train_path))
-    config = replace(config, training=training, max_length=max_length)
+    config = replace(config, training=given_training, max_length=max_length)  # as given: the card's command
 
     accelerator = make_accelerator(training, output_dir)
     tokenizer = load_tokenizer(teacher_dir)  # the training data is the teacher's tokens, for both models

@@ -50,7 +50,7 @@ def sample_rows(rows, count: int, seed: int = 0) -> EncodedData:
     return EncodedData(features, [len(feature["input_ids"]) for feature in features])
 
 
-def measure_importance(teacher: torch.nn.Module, rows, tokenizer, layers: list[int], measure: Measure = "activations",
+def measure_importance(teacher: torch.nn.Module, rows, tokenizer, layers: list[int], measure: Measure = "gradients",
                        samples: int = 512, show_progress: bool = True) -> Importance:
     """The importance of the units of ``teacher`` (a task model) in its 1-based ``layers``, on
     ``samples`` rows of ``rows`` (a token cache, or any dataset of token rows)."""

@@ -69,13 +69,14 @@ class Selection:
     """What a student keeps of its teacher (teacher indices, ascending): ``layers`` the 1-based
     teacher layer of each student layer; ``channels`` the hidden channels; ``heads`` and
     ``neurons`` those of each student layer; ``tokens`` the vocabulary in the student's id order
-    (None: all of it)."""
+    (None: all of it); ``ranked_by`` the measure that chose the units (None: none was scored)."""
 
     layers: list[int]
     channels: list[int]
     heads: list[list[int]]
     neurons: list[list[int]]
     tokens: list[int] | None = None
+    ranked_by: str | None = None
 
     def save(self, directory: str | os.PathLike, inputs: dict | None = None) -> None:
         write_json(Path(directory) / SELECTION_FILE, {"selection": asdict(self), "inputs": inputs})
@@ -95,7 +96,8 @@ class Selection:
         tokens = "" if self.tokens is None else f", {len(self.tokens):,} of {teacher_config.vocab_size:,} tokens"
         return (f"{len(self.channels)} of {teacher_config.hidden_size} hidden channels, {len(self.heads[0])} of "
                 f"{teacher_config.num_attention_heads} heads and {len(self.neurons[0])} of "
-                f"{config_value(teacher_config, 'intermediate_size')} neurons per layer{tokens}")
+                f"{config_value(teacher_config, 'intermediate_size')} neurons per layer{tokens}"
+                + (f", ranked by {self.ranked_by}" if self.ranked_by else ""))
 
 
 def head_width(config) -> int:

@@ -25,7 +25,7 @@ from typing import Literal
 
 import numpy as np
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 from transformers.modeling_outputs import SequenceClassifierOutput
@@ -149,11 +149,16 @@ def read_config(directory: Path) -> dict | None:
     if config.get("model_type") == MODEL_TYPE:
         return config
     # model2vec's StaticModel.save_pretrained writes no model_type unless its distiller made the
-    # model: such a directory is known by its single "embeddings" tensor
+    # model: such a directory is known by its tensors ("embeddings", and its optional token weights
+    # and mapping)
     weights = path.with_name("model.safetensors")
     if "model_type" not in config and weights.is_file():
-        with safe_open(weights, "np") as tensors:
-            return config if list(tensors.keys()) == ["embeddings"] else None
+        try:
+            with safe_open(weights, "np") as tensors:
+                names = set(tensors.keys())
+        except (SafetensorError, OSError):  # not a safetensors file (a Git LFS pointer, a truncated download)
+            return None
+        return config if "embeddings" in names and names <= {"embeddings", "weights", "mapping"} else None
     return None
 
 

@@ -13,7 +13,7 @@ from ..models.loading import check_model_dir
 from ..models.static import STATIC
 from ..models.students import check_layers
 from ..monitoring import check_training
-from .config import STUDENTS, Config
+from .config import STUDENT_SHAPE, STUDENTS, Config
 
 # where a section's unset keys come from: the section it shares them with
 SHARES_WITH = {"prediction": "intermediate", "baseline": "finetune"}
@@ -46,7 +46,7 @@ def check_training_sections(config: Config) -> None:
                    (section, lambda named, settings=settings: check_losses(settings.losses, named))]
     for section, check in checks:
         def named(key, section=section):  # where it was given: stage 2's value may be stage 1's
-            return f"{section if (section, key) in config.origins else _shared_with(section)}.{key}"
+            return _where(config, section, key)
         try:
             check(named)
         except InputError as error:  # its message starts with the setting's section.key: say where that was given
@@ -54,9 +54,16 @@ def check_training_sections(config: Config) -> None:
             raise InputError(error.problem, path=config.origins.get(setting, config.path), fix=error.fix) from None
 
 
-def _shared_with(section: str) -> str:
-    """The section a section's unset keys come from (a student's: stage 1's)."""
-    return "intermediate" if section.startswith(STUDENTS + ".") else SHARES_WITH.get(section, section)
+def _where(config: Config, section: str, key: str) -> str:
+    """``section.key`` as the config gives it: where it was set, else the section its unset keys
+    come from (a student's: stage 1's; a static student's: its own for its shape, stage 2's for the rest)."""
+    if (section, key) in config.origins:
+        return f"{section}.{key}"
+    if section.startswith(STUDENTS + "."):
+        static = config.students[section[len(STUDENTS) + 1:]].student == STATIC
+        home = (section if key in STUDENT_SHAPE else "prediction") if static else "intermediate"
+        return f"{home}.{key}"
+    return f"{SHARES_WITH.get(section, section)}.{key}"
 
 
 def check_student_widths(config: Config, teacher_dir) -> None:
@@ -73,7 +80,7 @@ def check_student_widths(config: Config, teacher_dir) -> None:
                  for name, section in config.students.items()}}
     for section, arguments in stage1.items():
         def named(key, section=section):
-            return f"{section if (section, key) in config.origins else _shared_with(section)}.{key}"
+            return _where(config, section, key)
         try:
             check_pruning(arguments.config.pruning, arguments.config.init_from_teacher, teacher_config, named,
                           static=arguments.student == STATIC)
