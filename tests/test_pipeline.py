@@ -334,7 +334,9 @@ def test_students_beside_the_main_one_share_the_teacher_and_data_and_the_report_
     for setting, message in (("students.pruned.hidden_size=12", "students.pruned.hidden_size 12 with 1 heads gives "
                                                                 "heads of 12 units"),
                              ("students.random.layers=0", "students.random.layers 0 is no layer count"),
-                             ("students.static.layers=2", "students.static.layers shapes a transformer student")):
+                             ("students.static.layers=2", "students.static.layers shapes a transformer student"),
+                             ("students.pruned.report_to=[wandb]", "students.pruned.report_to wandb needs the wandb "
+                                                                   "package")):
         refused = tinybert_cli("pipeline", path, "--set", setting)
         assert refused.returncode == 2 and message in refused.stderr and "--set " + setting in refused.stderr
         assert "stage " not in refused.stderr

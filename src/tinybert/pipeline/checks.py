@@ -31,19 +31,25 @@ def check_training_sections(config: Config) -> None:
         training["finetune"] = sections["finetune"].arguments.config.training
     if values["baseline"]["run"]:
         training["baseline"] = config.baseline_section().arguments.config.training
-    checks = [(section, lambda named, settings=settings: check_training(settings, named))
-              for section, settings in training.items()]
     distilling = {"intermediate": sections["intermediate"].config}
+    if "general" in training:
+        distilling["general"] = sections["general"].arguments.config
     for name, section in config.students.items():
         static = section.student == STATIC
         training[f"{STUDENTS}.{name}"] = (config.static_section(name) if static else section).config.training
         if not static:
             distilling[f"{STUDENTS}.{name}"] = section.config
-    if "general" in training:
-        distilling["general"] = sections["general"].arguments.config
+    checks = [(section, lambda named, settings=settings: check_training(settings, named))
+              for section, settings in training.items()]
     for section, settings in distilling.items():
         checks += [(section, lambda named, settings=settings: check_layers(settings.layers, named)),
                    (section, lambda named, settings=settings: check_losses(settings.losses, named))]
+    _run(config, checks)
+
+
+def _run(config: Config, checks) -> None:
+    """Each ``(section, check)``: ``check(named)`` with ``named(key)`` the setting as the config
+    gives it; a refusal names the file and line (or --set) that gave the setting."""
     for section, check in checks:
         def named(key, section=section):  # where it was given: stage 2's value may be stage 1's
             return _where(config, section, key)
@@ -78,13 +84,11 @@ def check_student_widths(config: Config, teacher_dir) -> None:
     stage1 = {"intermediate": config.sections["intermediate"],
               **{f"{STUDENTS}.{name}": config.static_section(name) if section.student == STATIC else section
                  for name, section in config.students.items()}}
+    checks = []
     for section, arguments in stage1.items():
-        def named(key, section=section):
-            return _where(config, section, key)
-        try:
+        def check(named, arguments=arguments):
             check_pruning(arguments.config.pruning, arguments.config.init_from_teacher, teacher_config, named,
                           static=arguments.student == STATIC)
             check_static(arguments.config, arguments.student, teacher_dir, named)
-        except InputError as error:
-            setting = tuple(error.problem.split(" ", 1)[0].rsplit(".", 1))
-            raise InputError(error.problem, path=config.origins.get(setting, config.path), fix=error.fix) from None
+        checks.append((section, check))
+    _run(config, checks)
