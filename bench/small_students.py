@@ -15,9 +15,10 @@ measured with `tinybert evaluate` on SST-2 dev beside the teacher, in one proces
     .venv/bin/python bench/small_students.py [--work runs/bench-small-students] [--students pruned,random,copy]
 
 Finished stages are reused from --work (delete it to train again; the measurements are taken
-anew on every run). Per student it prints the
-parameter ratio, batch-32 CPU throughput ratio and batch-1 speed-up against the teacher, and the
-retention of its dev accuracy; the last line printed is one JSON object.
+anew on every run). Per student it prints the parameter ratio, batch-32 CPU throughput ratio and
+batch-1 speed-up against the teacher (`tinybert evaluate`'s figures, the teacher and every student
+evaluated in turns, --rounds times: the median of the rounds' ratios), and the retention of its dev
+accuracy; the last line printed is one JSON object.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -89,6 +91,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=8000, help="SST-2 training rows (from the first)")
     parser.add_argument("--epochs", type=float, default=3, help="epochs of the teacher and of each stage")
     parser.add_argument("--max-length", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=5, help="turns of evaluating the teacher and every student")
     args = parser.parse_args()
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -102,19 +105,28 @@ def main() -> None:
         start = time.perf_counter()
         students[name] = distilled_student(work, name, teacher, options, args.epochs, args.max_length)
         seconds[name] = time.perf_counter() - start
-    # every model measured in one process, one after another, on the same dev set
+    # every model evaluated in one process, in turns: each round measures the teacher and then every
+    # student, and a ratio is the median of the rounds' ratios (a 2-core laptop's speed drifts by a
+    # fifth over minutes, so figures taken minutes apart do not compare)
     dev = SST2 / "dev.tsv"
-    teacher_figures = evaluate(teacher, dev, max_length=args.max_length, show_progress=False)
-    summary = {"teacher": {key: teacher_figures[key] for key in ("accuracy", "params", "latency_ms_batch1",
-                                                                  "examples_per_s_batch32")},
-               "rows": args.rows, "epochs": args.epochs, "max_length": args.max_length, "seconds": seconds}
-    for name, directory in students.items():
-        measured = evaluate(directory, dev, max_length=args.max_length, show_progress=False)
+    rounds = [{name: evaluate(directory, dev, max_length=args.max_length, show_progress=False)
+               for name, directory in {"teacher": teacher, **students}.items()} for _ in range(args.rounds)]
+    first = rounds[0]["teacher"]
+    summary = {"teacher": {key: first[key] for key in ("accuracy", "params")},
+               "rows": args.rows, "epochs": args.epochs, "max_length": args.max_length, "rounds": args.rounds,
+               "seconds": seconds}
+    for name in students:
+        measured = rounds[0][name]
+
+        def ratio(figure: str, faster_is_higher: bool) -> float:
+            ratios = [round_[name][figure] / round_["teacher"][figure] for round_ in rounds]
+            return statistics.median(ratios if faster_is_higher else [1 / value for value in ratios])
+
         summary[name] = {"accuracy": measured["accuracy"], "params": measured["params"],
-                         "params_ratio": teacher_figures["params"] / measured["params"],
-                         "throughput_ratio": measured["examples_per_s_batch32"] / teacher_figures["examples_per_s_batch32"],
-                         "speedup_batch1": teacher_figures["latency_ms_batch1"] / measured["latency_ms_batch1"],
-                         "retention": measured["accuracy"] / teacher_figures["accuracy"]}
+                         "params_ratio": first["params"] / measured["params"],
+                         "throughput_ratio": ratio("examples_per_s_batch32", True),
+                         "speedup_batch1": ratio("latency_ms_batch1", False),
+                         "retention": measured["accuracy"] / first["accuracy"]}
         print(f"{name:>18}: accuracy {measured['accuracy']:.4f} (retention {summary[name]['retention']:.1%}), "
               f"{summary[name]['params_ratio']:.1f}× fewer parameters, {summary[name]['throughput_ratio']:.1f}× "
               f"batch-32 throughput, {summary[name]['speedup_batch1']:.1f}× faster at batch 1", file=sys.stderr)

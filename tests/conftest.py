@@ -59,6 +59,12 @@ def tiny_bert_config(**overrides) -> BertConfig:
     return BertConfig(**settings)
 
 
+@pytest.fixture(autouse=True)
+def quick_speed_figures(monkeypatch):
+    """Speed figures from a few milliseconds of calls: the tests check their form, not the speed."""
+    monkeypatch.setattr("tinybert.evaluation.measure.LATENCY_SECONDS", 0.01)
+
+
 @pytest.fixture(scope="session")
 def real_tokenizer():
     return AutoTokenizer.from_pretrained(demo_teacher_dir())

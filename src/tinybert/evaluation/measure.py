@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import os
-import statistics
 import time
 from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
+from torch.utils import benchmark
 from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 
@@ -25,7 +25,9 @@ from ..settings import group, option
 
 LATENCY_EXAMPLES = 32
 OUTPUTS = ("logits", "start_logits", "end_logits")
-LATENCY_RUNS = 5
+# Each speed figure times calls for at least this long: a small student's batch takes tens of
+# milliseconds on a laptop, where a handful of calls gave throughput ratios 20 % apart run to run.
+LATENCY_SECONDS = 1.0
 
 
 def _outputs_of_batches(model, loader, device, show_progress: bool, shapes: StaticShapes | None = None):
@@ -92,10 +94,17 @@ def metrics_of_shard(model, dataset, tokenizer, label_space: LabelSpace, batch_s
     return metrics
 
 
+def _seconds_per_call(call) -> float:
+    """Median seconds per call, after a warm-up, over calls repeated for ``LATENCY_SECONDS``
+    (torch.utils.benchmark's timer, at this process's thread count)."""
+    timer = benchmark.Timer("call()", globals={"call": call}, num_threads=torch.get_num_threads())
+    return timer.blocked_autorange(min_run_time=LATENCY_SECONDS).median
+
+
 @torch.inference_mode()
 def measure_latency(model, dataset, tokenizer) -> dict:
-    """CPU latency at batch 1 (ms per example) and throughput at batch 32 (examples/s), after a
-    warm-up, median over several runs, on the first examples of the data."""
+    """CPU latency at batch 1 (ms per example) and throughput at batch 32 (examples/s) on the first
+    examples of the data, each the median of calls repeated for ``LATENCY_SECONDS``."""
     model.eval()
     collate = PadToLongest(tokenizer)
     sample = [{k: v for k, v in dataset[i].items() if k in MODEL_INPUTS}
@@ -103,22 +112,13 @@ def measure_latency(model, dataset, tokenizer) -> dict:
     singles = [collate([feature]) for feature in sample]
     batch32 = collate(sample)
 
-    def run_singles() -> float:
-        start = time.perf_counter()
+    def run_singles() -> None:
         for inputs in singles:
             model(**inputs)
-        return (time.perf_counter() - start) * 1000 / len(singles)
 
-    def run_batch() -> float:
-        start = time.perf_counter()
-        model(**batch32)
-        return len(sample) / (time.perf_counter() - start)
-
-    run_singles()
-    run_batch()
     return {
-        "latency_ms_batch1": statistics.median(run_singles() for _ in range(LATENCY_RUNS)),
-        "examples_per_s_batch32": statistics.median(run_batch() for _ in range(LATENCY_RUNS)),
+        "latency_ms_batch1": _seconds_per_call(run_singles) * 1000 / len(singles),
+        "examples_per_s_batch32": len(sample) / _seconds_per_call(lambda: model(**batch32)),
     }
 
 
