@@ -169,3 +169,26 @@ def test_a_10_mb_line_with_its_label_is_truncated_not_refused(tmp_path, caplog, 
     assert main(["evaluate", "--model", str(classifier), "--data", str(path), "--no-latency",
                  "--cache-dir", str(tmp_path / "cache"), "--max-length", "32"]) == 0
     assert "1 of 2 examples are longer than 32 tokens" in caplog.text
+
+
+MODEL_CONFIGS = {"no model_type": b'{"hidden_size": 8}', "an unknown model_type": b'{"model_type": "nonesuch"}',
+                 "cut short": b'{"model_type": \n', "random bytes": RANDOM_BYTES}
+
+
+@pytest.mark.parametrize("name", list(MODEL_CONFIGS))
+@pytest.mark.parametrize("command", ["evaluate", "predict", "export", "distill", "finetune"])
+def test_hostile_model_configs(tmp_path, capsys, classifier, name, command):
+    """A model directory whose config.json transformers cannot read was a ValueError traceback."""
+    model = tmp_path / "model"
+    model.mkdir()
+    for item in classifier.iterdir():
+        (model / item.name).write_bytes(item.read_bytes())
+    config = _file(model, "config", MODEL_CONFIGS[name], ".json")
+    data = write(tmp_path / "in.tsv", "sentence\tlabel\na good film\t1\n")
+    output = tmp_path / "out"
+    argv = {"evaluate": ["evaluate", "--model", model, "--data", data],
+            "predict": ["predict", "--model", model, "--input", data, "--output", output / "p.jsonl"],
+            "export": ["export", "--model", model, "--output", output],
+            "distill": ["distill", "--teacher", model, "--train", data, "--output", output],
+            "finetune": ["finetune", "--model", model, "--train", data, "--output", output]}[command]
+    _fails_cleanly(capsys, argv, config, output)

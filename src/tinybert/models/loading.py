@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -32,7 +33,24 @@ def check_model_dir(path: str | os.PathLike, option: str = "--model") -> Path:
     if not (path / "config.json").is_file():
         raise InputError("no config.json in the model directory", path=path,
                          fix=f"pass {option} a directory written by save_pretrained")
+    if read_static_config(path) is None:
+        _check_config(path / "config.json", option)
     return path
+
+
+def _check_config(path: Path, option: str) -> None:
+    """A config.json transformers can read (every caller goes on to read it, many callers deep)."""
+    fix = f"pass {option} a directory written by save_pretrained"
+    try:
+        json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        line = error.lineno if isinstance(error, json.JSONDecodeError) else None
+        raise InputError("config.json is not valid JSON", path=path, line=line, fix=fix) from None
+    try:
+        AutoConfig.from_pretrained(path.parent)
+    except (ValueError, KeyError) as error:  # no model_type, or one this transformers does not know
+        raise InputError(f"transformers cannot read this config.json: {str(error).splitlines()[0]}", path=path,
+                         fix=f"{fix} (its config.json names its model_type)") from None
 
 
 def load_tokenizer(model_dir: str | os.PathLike):
