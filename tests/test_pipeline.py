@@ -344,3 +344,18 @@ def test_students_beside_the_main_one_share_the_teacher_and_data_and_the_report_
     config["students"] = {"static": {"student": "static", "layers": 2}}
     refused = tinybert_cli("pipeline", write(tmp_path / "static.yaml", yaml.safe_dump(config)))
     assert refused.returncode == 2 and "the static student's width is students.static.static_dims" in refused.stderr
+
+
+def test_a_static_student_of_tagging_data_is_refused_before_the_teacher_is_fine_tuned(tmp_path, pipeline_config,
+                                                                                     tinybert_cli):
+    """The teacher to be fine-tuned has no task yet: the data's task decides (it was refused only at the
+    static student's stage, after fine-tuning and stage 1 and 2 of the main student)."""
+    config = yaml.safe_load(pipeline_config.read_text())
+    tags = write(tmp_path / "ner.txt", "The O\nfilm O\nParis B-LOC\n\nA O\nbook O\n")
+    config["data"] = {"train": str(tags), "dev": str(tags)}
+    config["students"] = {"static": {"student": "static"}}
+    refused = tinybert_cli("pipeline", write(tmp_path / "ner.yaml", yaml.safe_dump(config)))
+    assert refused.returncode == 2, refused.stderr[-2000:]
+    assert (f"ner.yaml: the static student predicts a label or a score per text; the training data {tags} is token "
+            "data") in refused.stderr
+    assert "stage " not in refused.stderr and not (tmp_path / "run" / "teacher").exists()

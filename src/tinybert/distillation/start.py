@@ -158,9 +158,10 @@ def _pruned_vocabulary(teacher, tokenizer, rows, options: PruningOptions):
     return student_tokenizer, tokens
 
 
-def check_static(config, student: str, teacher_dir, name=flag_of) -> None:
+def check_static(config, student: str, teacher_dir, name=flag_of, data_task: tuple[str, str] | None = None) -> None:
     """What a static student cannot be, refused before any data is read (``config``: a
-    ``DistillConfig``; ``name(key)``: how a message names a setting)."""
+    ``DistillConfig``; ``name(key)``: how a message names a setting; ``data_task``: (training
+    file, its task), which a teacher still to be fine-tuned on it will have)."""
     if student != STATIC:
         return
     if config.stage != "prediction":
@@ -173,10 +174,13 @@ def check_static(config, student: str, teacher_dir, name=flag_of) -> None:
         raise InputError(f"{name(shaping[0])} shapes a transformer student; a static student has no layers",
                          fix=f"leave out {name(shaping[0])}; the static student's width is {name('static_dims')}")
     space = label_space_of(teacher_dir)
+    fix = "distil it into a transformer student (leave out --student static)"
     if space is not None and space.task != "sequence":
         raise InputError(f"the static student predicts a label or a score per text; the teacher is a {space.task} "
-                         "model", path=teacher_dir, fix="distil it into a transformer student (leave out --student "
-                                                        "static)")
+                         "model", path=teacher_dir, fix=fix)
+    if space is None and data_task is not None and data_task[1] != "sequence":
+        raise InputError(f"the static student predicts a label or a score per text; the training data "
+                         f"{data_task[0]} is {data_task[1]} data", fix=fix)
     check_dims(config.static.static_dims, AutoConfig.from_pretrained(check_model_dir(teacher_dir)).hidden_size, name)
 
 

@@ -72,10 +72,10 @@ def _where(config: Config, section: str, key: str) -> str:
     return f"{SHARES_WITH.get(section, section)}.{key}"
 
 
-def check_student_widths(config: Config, teacher_dir) -> None:
+def check_student_widths(config: Config, teacher_dir, data_task: tuple[str, str] | None = None) -> None:
     """Every student's shape (stage 1's and each of `students:`: pruned widths, a static student's
-    settings), checked against the teacher (or the model it is fine-tuned from), naming the setting
-    as the config gave it."""
+    settings), checked against the teacher (or the model it is fine-tuned from, on ``data_task``:
+    the training file and its task), naming the setting as the config gave it."""
     if config.sections["intermediate"].student == STATIC:
         raise InputError("intermediate.student static: the main student takes both stages, and a static student "
                          "has no stage 1", path=config.origins.get(("intermediate", "student"), config.path),
@@ -89,6 +89,6 @@ def check_student_widths(config: Config, teacher_dir) -> None:
         def check(named, arguments=arguments):
             check_pruning(arguments.config.pruning, arguments.config.init_from_teacher, teacher_config, named,
                           static=arguments.student == STATIC)
-            check_static(arguments.config, arguments.student, teacher_dir, named)
+            check_static(arguments.config, arguments.student, teacher_dir, named, data_task)
         checks.append((section, check))
     _run(config, checks)

@@ -15,6 +15,7 @@ from ..artifacts import Stamp, digest, digest_file, read_json, write_json
 from ..augment import OUTPUT_NEUTRAL_SETTINGS
 from ..data.cache import CACHE_DIR
 from ..data.formats import MARK
+from ..data.tasks import detect_task
 from ..distillation.task import SPEED_ONLY
 from ..errors import InputError
 from ..inference.export import INT8_FILE, export_onnx
@@ -166,7 +167,7 @@ def run_pipeline(config: Config) -> dict:
             check_family(model, key)
     teacher_source = finetune["teacher_dir"] or finetune["model"]
     if teacher_source:  # a width or static setting the teacher cannot take stops the run now, not after fine-tuning
-        check_student_widths(config, teacher_source)
+        check_student_widths(config, teacher_source, (files["train"], detect_task(files["train"], reading)))
     student_start = general["student_dir"] or intermediate["student"]
     student_identity = content_of(student_start)
     if general["run"] and not general["student_dir"]:
