@@ -328,6 +328,11 @@ def test_students_beside_the_main_one_share_the_teacher_and_data_and_the_report_
     assert "## Size and speed against quality" in report and (run / "plots" / "tradeoffs.png").is_file()
     assert "student pruned, ONNX int8" in report
     assert "The smallest student keeping 97 %" in report or "No student keeps 97 %" in report
+    # stage 2's learning rate is no setting of the static student (it trains at static_lr): it is not made again
+    again = tinybert_cli("pipeline", path, "--set", "prediction.lr=0.002")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "stage student_static: already complete, skipped" in again.stderr
+    assert "stage student: already complete" not in again.stderr
 
     # a width, a layer count or a static setting no student can take stops the run before any stage, naming
     # where it was given

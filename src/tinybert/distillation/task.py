@@ -43,6 +43,8 @@ STAGES = ("intermediate", "prediction")
 
 # settings that change how fast a stage runs, not the student it makes
 SPEED_ONLY = frozenset({"no_teacher_cache"})
+# the learning rate a static student does not train at (it trains at static_lr)
+STATIC_IGNORES = frozenset({"lr"})
 
 
 @dataclass

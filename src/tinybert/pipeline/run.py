@@ -16,7 +16,7 @@ from ..augment import OUTPUT_NEUTRAL_SETTINGS
 from ..data.cache import CACHE_DIR
 from ..data.formats import MARK
 from ..data.tasks import detect_task
-from ..distillation.task import SPEED_ONLY
+from ..distillation.task import SPEED_ONLY, STATIC_IGNORES
 from ..errors import InputError
 from ..inference.export import INT8_FILE, export_onnx
 from ..models.loading import digest_model_dir
@@ -246,7 +246,10 @@ def run_pipeline(config: Config) -> dict:
                                     run.arguments("intermediate", s, teacher=teacher_dir, student=f,
                                                   train=t, output=str(d), data_options=o,
                                                   unlabeled=unlabeled).run()))
-        inputs = {"settings": _fingerprinted(run.settings(section, stage2_section) if static else prediction),
+        settings = _fingerprinted(run.settings(section, stage2_section)) if static else _fingerprinted(prediction)
+        if static:
+            settings = {key: value for key, value in settings.items() if key not in STATIC_IGNORES}
+        inputs = {"settings": settings,
                   "stage1": STATIC if static else run.fingerprints["intermediate" + suffix],
                   "teacher": teacher_identity, "data": train_identity, "dev": data_identity["dev"],
                   "data_options": data_settings, **extra}
