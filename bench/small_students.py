@@ -18,12 +18,14 @@ Finished stages are reused from --work (delete it to train again; the measuremen
 anew on every run). Per student it prints the parameter ratio, batch-32 CPU throughput ratio and
 batch-1 speed-up against the teacher (`tinybert evaluate`'s figures, the teacher and every student
 evaluated in turns, --rounds times: the median of the rounds' ratios), and the retention of its dev
-accuracy; the last line printed is one JSON object.
+accuracy (for a student with a pruned vocabulary also what its tokenization costs:
+`tokenization_cost`); the last line printed is one JSON object.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import statistics
@@ -33,6 +35,10 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from transformers import AutoModelForSequenceClassification, AutoTokenizer  # noqa: E402
 
 from tinybert.data import DataOptions  # noqa: E402
 from tinybert.distillation.distillers import IntermediateLosses  # noqa: E402
@@ -84,6 +90,41 @@ def distilled_student(work: Path, name: str, teacher: Path, options: DataOptions
     return stage2
 
 
+def _accuracy(model_dir: Path, token_rows: list[list[int]], labels: np.ndarray) -> np.ndarray:
+    """Whether ``model_dir`` gets each row of token ids right (batches of 64, padded with 0)."""
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
+    right = []
+    with torch.inference_mode():
+        for start in range(0, len(token_rows), 64):
+            chunk = token_rows[start:start + 64]
+            ids = torch.zeros(len(chunk), max(map(len, chunk)), dtype=torch.long)
+            for row, tokens in enumerate(chunk):
+                ids[row, :len(tokens)] = torch.tensor(tokens)
+            predicted = model(input_ids=ids, attention_mask=(ids != 0).long()).logits.argmax(-1).numpy()
+            right.append(predicted == labels[start:start + 64])
+    return np.concatenate(right)
+
+
+def tokenization_cost(teacher: Path, student: Path, max_length: int) -> dict:
+    """What a pruned vocabulary costs on SST-2 dev: the share of texts the student's tokenizer cuts
+    otherwise than the teacher's, the teacher's accuracy reading the student's pieces, and the
+    student's retention on the texts both cut alike and on the others."""
+    with open(SST2 / "dev.tsv", encoding="utf-8", newline="") as handle:
+        rows = list(csv.DictReader(handle, delimiter="\t", quoting=csv.QUOTE_NONE))
+    texts, labels = [row["sentence"] for row in rows], np.array([int(row["label"]) for row in rows])
+    teacher_tokenizer, student_tokenizer = AutoTokenizer.from_pretrained(teacher), AutoTokenizer.from_pretrained(student)
+    as_teacher = teacher_tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
+    as_student = student_tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
+    pieces_for_teacher = [teacher_tokenizer.convert_tokens_to_ids(student_tokenizer.convert_ids_to_tokens(ids))
+                          for ids in as_student]
+    alike = np.array([a == b for a, b in zip(as_teacher, pieces_for_teacher)])
+    teacher_right, student_right = _accuracy(teacher, as_teacher, labels), _accuracy(student, as_student, labels)
+    return {"retokenized_share": float(1 - alike.mean()),
+            "teacher_accuracy_on_student_pieces": float(_accuracy(teacher, pieces_for_teacher, labels).mean()),
+            "retention_texts_cut_alike": float(student_right[alike].mean() / teacher_right[alike].mean()),
+            "retention_texts_cut_otherwise": float(student_right[~alike].mean() / teacher_right[~alike].mean())}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--work", default="runs/bench-small-students")
@@ -112,7 +153,9 @@ def main() -> None:
     rounds = [{name: evaluate(directory, dev, max_length=args.max_length, show_progress=False)
                for name, directory in {"teacher": teacher, **students}.items()} for _ in range(args.rounds)]
     first = rounds[0]["teacher"]
-    summary = {"teacher": {key: first[key] for key in ("accuracy", "params")},
+    summary = {"teacher": {**{key: first[key] for key in ("accuracy", "params")},
+                           **{key: statistics.median(round_["teacher"][key] for round_ in rounds)
+                              for key in ("latency_ms_batch1", "examples_per_s_batch32")}},
                "rows": args.rows, "epochs": args.epochs, "max_length": args.max_length, "rounds": args.rounds,
                "seconds": seconds}
     for name in students:
@@ -130,6 +173,13 @@ def main() -> None:
         print(f"{name:>18}: accuracy {measured['accuracy']:.4f} (retention {summary[name]['retention']:.1%}), "
               f"{summary[name]['params_ratio']:.1f}× fewer parameters, {summary[name]['throughput_ratio']:.1f}× "
               f"batch-32 throughput, {summary[name]['speedup_batch1']:.1f}× faster at batch 1", file=sys.stderr)
+        vocabularies = [json.loads((path / "config.json").read_text())["vocab_size"] for path in (teacher, students[name])]
+        if vocabularies[0] != vocabularies[1]:  # a pruned vocabulary
+            cost = summary[name]["tokenization"] = tokenization_cost(teacher, students[name], args.max_length)
+            print(f"{'':>20}its tokenizer cuts {cost['retokenized_share']:.1%} of the dev texts otherwise; the "
+                  f"teacher reading its pieces: {cost['teacher_accuracy_on_student_pieces']:.4f}; its retention "
+                  f"on texts cut alike {cost['retention_texts_cut_alike']:.1%}, on the others "
+                  f"{cost['retention_texts_cut_otherwise']:.1%}", file=sys.stderr)
     print(json.dumps(summary))
 
 
