@@ -18,8 +18,8 @@ Finished stages are reused from --work (delete it to train again; the measuremen
 anew on every run). Per student it prints the parameter ratio, batch-32 CPU throughput ratio and
 batch-1 speed-up against the teacher (`tinybert evaluate`'s figures, the teacher and every student
 evaluated in turns, --rounds times: the median of the rounds' ratios), and the retention of its dev
-accuracy (for a student with a pruned vocabulary also what its tokenization costs:
-`tokenization_cost`); the last line printed is one JSON object.
+accuracy (for a student with a pruned vocabulary also what its tokenization costs, under
+"tokenization": see `tokenization_cost`); the last line printed is one JSON object.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from transformers import AutoModelForSequenceClassification, AutoTokenizer  # noqa: E402
+from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer  # noqa: E402
 
 from tinybert.data import DataOptions  # noqa: E402
 from tinybert.distillation.distillers import IntermediateLosses  # noqa: E402
@@ -107,11 +107,13 @@ def _accuracy(model_dir: Path, token_rows: list[list[int]], labels: np.ndarray) 
 
 def tokenization_cost(teacher: Path, student: Path, max_length: int) -> dict:
     """What a pruned vocabulary costs on SST-2 dev: the share of texts the student's tokenizer cuts
-    otherwise than the teacher's, the teacher's accuracy reading the student's pieces, and the
-    student's retention on the texts both cut alike and on the others."""
+    otherwise than the teacher's, the teacher's accuracy reading its own pieces and the student's,
+    and the student's retention on the texts both cut alike and on the others (None for a share
+    with no text, or none the teacher gets right)."""
     with open(SST2 / "dev.tsv", encoding="utf-8", newline="") as handle:
         rows = list(csv.DictReader(handle, delimiter="\t", quoting=csv.QUOTE_NONE))
-    texts, labels = [row["sentence"] for row in rows], np.array([int(row["label"]) for row in rows])
+    label_ids = AutoConfig.from_pretrained(teacher).label2id
+    texts, labels = [row["sentence"] for row in rows], np.array([label_ids[row["label"]] for row in rows])
     teacher_tokenizer, student_tokenizer = AutoTokenizer.from_pretrained(teacher), AutoTokenizer.from_pretrained(student)
     as_teacher = teacher_tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
     as_student = student_tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
@@ -119,10 +121,17 @@ def tokenization_cost(teacher: Path, student: Path, max_length: int) -> dict:
                           for ids in as_student]
     alike = np.array([a == b for a, b in zip(as_teacher, pieces_for_teacher)])
     teacher_right, student_right = _accuracy(teacher, as_teacher, labels), _accuracy(student, as_student, labels)
-    return {"retokenized_share": float(1 - alike.mean()),
+
+    def retention(texts: np.ndarray) -> float | None:
+        return float(student_right[texts].sum() / teacher_right[texts].sum()) if teacher_right[texts].any() else None
+
+    return {"retokenized_share": float(1 - alike.mean()), "teacher_accuracy": float(teacher_right.mean()),
             "teacher_accuracy_on_student_pieces": float(_accuracy(teacher, pieces_for_teacher, labels).mean()),
-            "retention_texts_cut_alike": float(student_right[alike].mean() / teacher_right[alike].mean()),
-            "retention_texts_cut_otherwise": float(student_right[~alike].mean() / teacher_right[~alike].mean())}
+            "retention_texts_cut_alike": retention(alike), "retention_texts_cut_otherwise": retention(~alike)}
+
+
+def _share(value: float | None) -> str:
+    return "–" if value is None else f"{value:.1%}"
 
 
 def main() -> None:
@@ -134,6 +143,8 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=5, help="turns of evaluating the teacher and every student")
     args = parser.parse_args()
+    if args.rounds < 1:
+        parser.error("--rounds must be 1 or more")
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     options = DataOptions(max_examples=args.rows, cache_dir=str(work / "caches"))
@@ -177,9 +188,10 @@ def main() -> None:
         if vocabularies[0] != vocabularies[1]:  # a pruned vocabulary
             cost = summary[name]["tokenization"] = tokenization_cost(teacher, students[name], args.max_length)
             print(f"{'':>20}its tokenizer cuts {cost['retokenized_share']:.1%} of the dev texts otherwise; the "
-                  f"teacher reading its pieces: {cost['teacher_accuracy_on_student_pieces']:.4f}; its retention "
-                  f"on texts cut alike {cost['retention_texts_cut_alike']:.1%}, on the others "
-                  f"{cost['retention_texts_cut_otherwise']:.1%}", file=sys.stderr)
+                  f"teacher reading its pieces: {cost['teacher_accuracy_on_student_pieces']:.4f} (its own: "
+                  f"{cost['teacher_accuracy']:.4f}); its retention on texts cut alike "
+                  f"{_share(cost['retention_texts_cut_alike'])}, on the others "
+                  f"{_share(cost['retention_texts_cut_otherwise'])}", file=sys.stderr)
     print(json.dumps(summary))
 
 

@@ -172,7 +172,9 @@ def test_a_10_mb_line_with_its_label_is_truncated_not_refused(tmp_path, caplog, 
 
 
 MODEL_CONFIGS = {"no model_type": b'{"hidden_size": 8}', "an unknown model_type": b'{"model_type": "nonesuch"}',
-                 "cut short": b'{"model_type": \n', "random bytes": RANDOM_BYTES}
+                 "cut short": b'{"model_type": \n', "random bytes": RANDOM_BYTES, "null": b"null",
+                 "a size in words": b'{"model_type": "bert", "hidden_size": "big"}',
+                 "labels as a list": b'{"model_type": "bert", "id2label": ["neg", "pos"]}'}
 
 
 @pytest.mark.parametrize("name", list(MODEL_CONFIGS))
@@ -192,3 +194,15 @@ def test_hostile_model_configs(tmp_path, capsys, classifier, name, command):
             "distill": ["distill", "--teacher", model, "--train", data, "--output", output],
             "finetune": ["finetune", "--model", model, "--train", data, "--output", output]}[command]
     _fails_cleanly(capsys, argv, config, output)
+
+
+@pytest.mark.parametrize("content", [b"null", b"[1, 2]", b'\xff\xfe{"a": 1}'])
+def test_a_reference_code_config_that_is_no_json_object_is_one_message(tmp_path, capsys, content):
+    """Beside the reference code's pytorch_model.bin a config.json is read to tell a checkpoint to
+    convert: one that is no JSON object, or no UTF-8, was a TypeError or UnicodeDecodeError traceback."""
+    model = tmp_path / "model"
+    model.mkdir()
+    config = _file(model, "config", content, ".json")
+    (model / "pytorch_model.bin").write_bytes(b"")
+    data = write(tmp_path / "in.tsv", "sentence\tlabel\na good film\t1\n")
+    _fails_cleanly(capsys, ["evaluate", "--model", model, "--data", data], config, tmp_path / "out")

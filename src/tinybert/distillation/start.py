@@ -159,8 +159,8 @@ def _pruned_vocabulary(teacher, tokenizer, rows, options: PruningOptions):
 
 
 def check_static(config, student: str, teacher_dir, name=flag_of, data_task: tuple[str, str] | None = None) -> None:
-    """What a static student cannot be, refused before any data is read (``config``: a
-    ``DistillConfig``; ``name(key)``: how a message names a setting; ``data_task``: (training
+    """What a static student cannot be, refused before any training data is tokenised (``config``:
+    a ``DistillConfig``; ``name(key)``: how a message names a setting; ``data_task``: (training
     file, its task), which a teacher still to be fine-tuned on it will have)."""
     if student != STATIC:
         return

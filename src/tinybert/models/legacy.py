@@ -59,10 +59,16 @@ def is_legacy_dir(path: Path) -> bool:
 
 def _read_json(path: Path) -> dict:
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        values = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as error:
         raise InputError(f"not valid JSON ({error.msg})", path=path, line=error.lineno,
                          fix="repair the config file") from None
+    except UnicodeDecodeError:
+        raise InputError("not UTF-8 text", path=path, fix="repair the config file") from None
+    if not isinstance(values, dict):
+        raise InputError(f"a config is a JSON object, not {type(values).__name__}", path=path,
+                         fix="repair the config file")
+    return values
 
 
 def load_legacy_state_dict(path: Path) -> dict[str, torch.Tensor]:

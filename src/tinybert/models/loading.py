@@ -48,8 +48,9 @@ def _check_config(path: Path, option: str) -> None:
         raise InputError("config.json is not valid JSON", path=path, line=line, fix=fix) from None
     try:
         AutoConfig.from_pretrained(path.parent)
-    except (ValueError, KeyError) as error:  # no model_type, or one this transformers does not know
-        raise InputError(f"transformers cannot read this config.json: {str(error).splitlines()[0]}", path=path,
+    except Exception as error:  # no model_type, an unknown one, a value of the wrong type: transformers' own words
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise InputError(f"transformers cannot read this config.json: {reason}", path=path,
                          fix=f"{fix} (its config.json names its model_type)") from None
 
 
