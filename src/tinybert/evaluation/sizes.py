@@ -3,9 +3,10 @@
 Speed is measured, not guessed from parameter counts: every candidate (layers × hidden width ×
 heads × feed-forward neurons, with a pruned vocabulary when the data is given) is built with random
 weights of its real shape and timed as `tinybert evaluate` times a model (batch-1 latency and
-batch-32 throughput, each the median of at least a second of calls), the teacher too, in one run. The Pareto set holds the
-shapes no other shape beats on both latency and capacity (non-embedding parameters); a latency budget
-picks the largest shape within it, as `distill --init-from-teacher --latency-ms` does.
+batch-32 throughput, each the median of at least four calls over at least a second), the teacher
+too, in one run. The Pareto set holds the shapes no other shape beats on both latency and capacity
+(non-embedding parameters); a latency budget picks the largest shape within it, as `distill
+--init-from-teacher --latency-ms` does.
 """
 
 from __future__ import annotations

@@ -51,13 +51,14 @@ def is_legacy_dir(path: Path) -> bool:
     config_file = next((path / name for name in _CONFIG_NAMES if (path / name).is_file()), None)
     if config_file is None:
         return False
-    if "model_type" not in _read_json(config_file):
+    if "model_type" not in read_config_json(config_file):
         return True
     # a complete config: only the fork's numbered weight files make it ours to convert
     return not (path / "pytorch_model.bin").is_file() and legacy_weights(path) is not None
 
 
-def _read_json(path: Path) -> dict:
+def read_config_json(path: Path) -> dict:
+    """A config file's JSON object; anything else is one message naming the file (and the line)."""
     try:
         values = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as error:
@@ -141,7 +142,7 @@ def _convert_into(source: Path, staging: Path, tokenizer_from) -> None:
         raise InputError("no config.json or bert_config.json", path=source,
                          fix="point at a directory written by the TinyBERT code or by save_pretrained")
     weights_file = legacy_weights(source)
-    raw_config = _read_json(config_file)
+    raw_config = read_config_json(config_file)
     known = set(BertConfig().to_dict())
     config = BertConfig(**{k: v for k, v in raw_config.items() if k in known and k not in ("model_type", "architectures")})
     state = {_rename(k): v for k, v in load_legacy_state_dict(weights_file).items()} if weights_file else {}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from pathlib import Path
@@ -16,7 +15,7 @@ from ..data import LabelSpace
 from ..errors import InputError
 from .card import write_card
 from .files import RECORD_FILE, RUN_RECORDS
-from .legacy import resolve_model_dir
+from .legacy import read_config_json, resolve_model_dir
 from .static import HEAD_FILE, StaticStudent, label_space_of_static
 from .static import read_config as read_static_config
 from .tokenizer import load_tokenizer_files
@@ -40,18 +39,14 @@ def check_model_dir(path: str | os.PathLike, option: str = "--model") -> Path:
 
 def _check_config(path: Path, option: str) -> None:
     """A config.json transformers can read (every caller goes on to read it, many callers deep)."""
-    fix = f"pass {option} a directory written by save_pretrained"
-    try:
-        json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        line = error.lineno if isinstance(error, json.JSONDecodeError) else None
-        raise InputError("config.json is not valid JSON", path=path, line=line, fix=fix) from None
+    read_config_json(path)
     try:
         AutoConfig.from_pretrained(path.parent)
     except Exception as error:  # no model_type, an unknown one, a value of the wrong type: transformers' own words
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise InputError(f"transformers cannot read this config.json: {reason}", path=path,
-                         fix=f"{fix} (its config.json names its model_type)") from None
+                         fix=f"pass {option} a directory written by save_pretrained (its config.json names its "
+                             "model_type)") from None
 
 
 def load_tokenizer(model_dir: str | os.PathLike):

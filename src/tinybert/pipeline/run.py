@@ -128,11 +128,11 @@ def _data_files(run: _Run) -> dict[str, str]:
     return files
 
 
-def _fingerprinted(settings: dict) -> dict:
+def _fingerprinted(settings: dict, ignored: frozenset = frozenset()) -> dict:
     """A training stage's settings that change what it makes: not how often it logs or saves a
     checkpoint, whether it compiles, where it reports (its checkpoints resume under other values
-    too), or whether stage 2 reads the teacher's outputs from their cache."""
-    return {key: value for key, value in settings.items() if key not in RESUME_NEUTRAL | SPEED_ONLY}
+    too), whether stage 2 reads the teacher's outputs from their cache, nor the ``ignored`` ones."""
+    return {key: value for key, value in settings.items() if key not in RESUME_NEUTRAL | SPEED_ONLY | ignored}
 
 
 def run_pipeline(config: Config) -> dict:
@@ -246,10 +246,8 @@ def run_pipeline(config: Config) -> dict:
                                     run.arguments("intermediate", s, teacher=teacher_dir, student=f,
                                                   train=t, output=str(d), data_options=o,
                                                   unlabeled=unlabeled).run()))
-        settings = _fingerprinted(run.settings(section, stage2_section)) if static else _fingerprinted(prediction)
-        if static:
-            settings = {key: value for key, value in settings.items() if key not in STATIC_IGNORES}
-        inputs = {"settings": settings,
+        inputs = {"settings": _fingerprinted(run.settings(section, stage2_section), STATIC_IGNORES) if static
+                  else _fingerprinted(prediction),
                   "stage1": STATIC if static else run.fingerprints["intermediate" + suffix],
                   "teacher": teacher_identity, "data": train_identity, "dev": data_identity["dev"],
                   "data_options": data_settings, **extra}
