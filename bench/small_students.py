@@ -14,8 +14,10 @@ measured with `tinybert evaluate` on SST-2 dev beside the teacher, in one proces
 
     .venv/bin/python bench/small_students.py [--work runs/bench-small-students] [--students pruned,random,copy]
 
-Finished stages are reused from --work (delete it to train again; the measurements are taken
-anew on every run). Per student it prints the parameter ratio, batch-32 CPU throughput ratio and
+``--set stage1.KEY=VALUE`` (or ``stage2.``) changes a setting of that stage (``DistillConfig`` or
+its training, pruning and losses sections) for every listed student, which then trains in a folder
+of its own (``pruned+stage1.learning_rate=1e-4``). Finished stages are reused from --work (delete
+it to train again; the measurements are taken anew on every run). Per student it prints the parameter ratio, batch-32 CPU throughput ratio and
 batch-1 speed-up against the teacher (`tinybert evaluate`'s figures, the teacher and every student
 evaluated in turns, --rounds times: the median of the rounds' ratios), and the retention of its dev
 accuracy (for a student with a pruned vocabulary also what its tokenization costs, under
@@ -70,9 +72,21 @@ def fine_tuned_teacher(work: Path, options: DataOptions, epochs: float, max_leng
     return teacher
 
 
+def _set(config: DistillConfig, key: str, text: str) -> None:
+    """Sets ``key`` of ``config`` or of one of its sections (training, pruning, losses) to ``text``,
+    read as the setting's own type."""
+    for section in (config, config.training, config.pruning, config.losses):
+        if key in getattr(section, "__dataclass_fields__", {}):
+            current = getattr(section, key)
+            setattr(section, key, text if current is None or isinstance(current, str) else type(current)(text))
+            return
+    raise SystemExit(f"--set: no setting {key!r} in a distillation stage")
+
+
 def distilled_student(work: Path, name: str, teacher: Path, options: DataOptions, epochs: float,
-                      max_length: int) -> Path:
-    """Student ``name`` of ``STUDENTS`` through both stages (finished stages are reused)."""
+                      max_length: int, changes: list[str] = ()) -> Path:
+    """Student ``name`` of ``STUDENTS`` through both stages, with ``changes`` (``stage1.KEY=VALUE``,
+    ``stage2.KEY=VALUE``) applied last; finished stages are reused."""
     settings = dict(STUDENTS[name])
     shape_file = work / "sizes.json"
     shape_file.write_text(json.dumps(SHAPE))
@@ -83,7 +97,14 @@ def distilled_student(work: Path, name: str, teacher: Path, options: DataOptions
         config.max_length = max_length
     for key, value in settings.items():
         setattr(first, key, value)
-    stage1, stage2 = work / name / "stage1", work / name / "stage2"
+    for change in changes:
+        stage, _, assignment = change.partition(".")
+        key, _, value = assignment.partition("=")
+        if stage not in ("stage1", "stage2") or not value:
+            raise SystemExit(f"--set {change}: give stage1.KEY=VALUE or stage2.KEY=VALUE")
+        _set(first if stage == "stage1" else second, key, value)
+    folder = work / "+".join([name, *changes])  # a variant never reuses another's stages
+    stage1, stage2 = folder / "stage1", folder / "stage2"
     distill(teacher, student, SST2 / "train.tsv", stage1, config=first, data_options=options)
     distill(teacher, str(stage1), SST2 / "train.tsv", stage2, eval_path=SST2 / "dev.tsv", config=second,
             data_options=options)
@@ -142,6 +163,9 @@ def main() -> None:
     parser.add_argument("--epochs", type=float, default=3, help="epochs of the teacher and of each stage")
     parser.add_argument("--max-length", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=5, help="turns of evaluating the teacher and every student")
+    parser.add_argument("--set", action="append", default=[], metavar="STAGE.KEY=VALUE",
+                        help="a distillation setting of every listed student, e.g. stage1.learning_rate=1e-4 or "
+                             "stage2.seed=1 (repeatable; the student trains in its own folder)")
     args = parser.parse_args()
     if args.rounds < 1:
         parser.error("--rounds must be 1 or more")
@@ -155,7 +179,7 @@ def main() -> None:
     students = {}
     for name in args.students.split(","):
         start = time.perf_counter()
-        students[name] = distilled_student(work, name, teacher, options, args.epochs, args.max_length)
+        students[name] = distilled_student(work, name, teacher, options, args.epochs, args.max_length, args.set)
         seconds[name] = time.perf_counter() - start
     # every model evaluated in one process, in turns: each round measures the teacher and then every
     # student, and a ratio is the median of the rounds' ratios (a 2-core laptop's speed drifts by a
