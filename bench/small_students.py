@@ -2,8 +2,9 @@
 and today's copy of the teacher's width, through both stages on one budget.
 
 The MiniLM demo teacher is fine-tuned on the first 8,000 SST-2 training rows (`tinybert
-finetune`'s defaults, max length 64, 3 epochs); then each student gets stage 1 and stage 2 (3 epochs each on those rows) and is
-measured with `tinybert evaluate` on SST-2 dev beside the teacher, in one process:
+finetune`'s defaults, max length 64, 3 epochs); then each student gets stage 1 and stage 2 (3
+epochs each on those rows) and is measured with `tinybert evaluate` on SST-2 dev beside the
+teacher, in one process:
 
 - ``pruned``: ``--init-from-teacher --layers 3 --hidden-size 192 --heads 6 --intermediate-size 768
   --prune-vocab`` (the default score loss, units ranked by gradients, the default);
@@ -14,10 +15,11 @@ measured with `tinybert evaluate` on SST-2 dev beside the teacher, in one proces
 
     .venv/bin/python bench/small_students.py [--work runs/bench-small-students] [--students pruned,random,copy]
 
-``--set stage1.KEY=VALUE`` (or ``stage2.``) changes a setting of that stage (``DistillConfig`` or
-its training, pruning and losses sections) for every listed student, which then trains in a folder
-of its own (``pruned+stage1.learning_rate=1e-4``). Finished stages are reused from --work (delete
-it to train again; the measurements are taken anew on every run). Per student it prints the parameter ratio, batch-32 CPU throughput ratio and
+``--set stage1.KEY=VALUE`` (or ``stage2.``) changes a setting of that stage for every listed
+student, KEY as in a pipeline config's stage section (``lr``, ``seed``, ``temperature``,
+``prune_vocab``...); the student then trains in a folder of its own (``pruned+stage1.lr=1e-4``).
+Finished stages are reused from --work (delete it to train again; the measurements are taken anew
+on every run). Per student it prints the parameter ratio, batch-32 CPU throughput ratio and
 batch-1 speed-up against the teacher (`tinybert evaluate`'s figures, the teacher and every student
 evaluated in turns, --rounds times: the median of the rounds' ratios), and the retention of its dev
 accuracy (for a student with a pruned vocabulary also what its tokenization costs, under
@@ -40,6 +42,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+import yaml  # noqa: E402
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer  # noqa: E402
 
 from tinybert.data import DataOptions  # noqa: E402
@@ -49,6 +52,7 @@ from tinybert.evaluation.measure import evaluate  # noqa: E402
 from tinybert.finetune import FinetuneConfig, finetune  # noqa: E402
 from tinybert.models.pruning import PruningOptions  # noqa: E402
 from tinybert.resources import demo_teacher_dir  # noqa: E402
+from tinybert.settings import convert, settings_of, with_values  # noqa: E402
 
 SST2 = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "sst2"
 SHAPE = {"num_hidden_layers": 3, "hidden_size": 192, "intermediate_size": 768, "num_attention_heads": 6}
@@ -72,15 +76,17 @@ def fine_tuned_teacher(work: Path, options: DataOptions, epochs: float, max_leng
     return teacher
 
 
-def _set(config: DistillConfig, key: str, text: str) -> None:
-    """Sets ``key`` of ``config`` or of one of its sections (training, pruning, losses) to ``text``,
-    read as the setting's own type."""
-    for section in (config, config.training, config.pruning, config.losses):
-        if key in getattr(section, "__dataclass_fields__", {}):
-            current = getattr(section, key)
-            setattr(section, key, text if current is None or isinstance(current, str) else type(current)(text))
-            return
-    raise SystemExit(f"--set: no setting {key!r} in a distillation stage")
+def _changed(config: DistillConfig, assignment: str) -> DistillConfig:
+    """A copy of ``config`` with ``KEY=VALUE`` applied: KEY as in a pipeline config's stage section
+    (``lr``, ``seed``, ``temperature``, ``attention_loss``, ``prune_vocab``...), VALUE read as YAML."""
+    key, _, text = assignment.partition("=")
+    setting = {setting.key: setting for setting in settings_of(DistillConfig)}.get(key)
+    if setting is None or not text:
+        raise SystemExit(f"--set: {assignment!r} is not KEY=VALUE with KEY a distillation setting")
+    try:
+        return with_values(config, {key: convert(setting, yaml.safe_load(text))})
+    except ValueError as error:
+        raise SystemExit(f"--set {assignment}: {key} {error}") from None
 
 
 def distilled_student(work: Path, name: str, teacher: Path, options: DataOptions, epochs: float,
@@ -99,10 +105,12 @@ def distilled_student(work: Path, name: str, teacher: Path, options: DataOptions
         setattr(first, key, value)
     for change in changes:
         stage, _, assignment = change.partition(".")
-        key, _, value = assignment.partition("=")
-        if stage not in ("stage1", "stage2") or not value:
+        if stage == "stage1":
+            first = _changed(first, assignment)
+        elif stage == "stage2":
+            second = _changed(second, assignment)
+        else:
             raise SystemExit(f"--set {change}: give stage1.KEY=VALUE or stage2.KEY=VALUE")
-        _set(first if stage == "stage1" else second, key, value)
     folder = work / "+".join([name, *changes])  # a variant never reuses another's stages
     stage1, stage2 = folder / "stage1", folder / "stage2"
     distill(teacher, student, SST2 / "train.tsv", stage1, config=first, data_options=options)
@@ -160,12 +168,12 @@ def main() -> None:
     parser.add_argument("--work", default="runs/bench-small-students")
     parser.add_argument("--students", default="pruned,random,copy", help=f"of {', '.join(STUDENTS)}")
     parser.add_argument("--rows", type=int, default=8000, help="SST-2 training rows (from the first)")
-    parser.add_argument("--epochs", type=float, default=3, help="epochs of the teacher and of each stage")
+    parser.add_argument("--epochs", type=float, default=3.0, help="epochs of the teacher and of each stage")
     parser.add_argument("--max-length", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=5, help="turns of evaluating the teacher and every student")
     parser.add_argument("--set", action="append", default=[], metavar="STAGE.KEY=VALUE",
-                        help="a distillation setting of every listed student, e.g. stage1.learning_rate=1e-4 or "
-                             "stage2.seed=1 (repeatable; the student trains in its own folder)")
+                        help="a distillation setting of every listed student, e.g. stage1.lr=1e-4 or stage2.seed=1 "
+                             "(KEY as in a pipeline config; repeatable; the student trains in its own folder)")
     args = parser.parse_args()
     if args.rounds < 1:
         parser.error("--rounds must be 1 or more")
@@ -192,7 +200,7 @@ def main() -> None:
                            **{key: statistics.median(round_["teacher"][key] for round_ in rounds)
                               for key in ("latency_ms_batch1", "examples_per_s_batch32")}},
                "rows": args.rows, "epochs": args.epochs, "max_length": args.max_length, "rounds": args.rounds,
-               "seconds": seconds}
+               "set": args.set, "seconds": seconds}
     for name in students:
         measured = rounds[0][name]
 
