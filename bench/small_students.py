@@ -1,4 +1,4 @@
-"""Small students on SST-2: pruned from the fine-tuned teacher, the same shape from random weights,
+"""Small students on SST-2 (or another task): pruned from the fine-tuned teacher, the same shape from random weights,
 and today's copy of the teacher's width, through both stages on one budget.
 
 The MiniLM demo teacher is fine-tuned on the first 8,000 SST-2 training rows (`tinybert
@@ -15,9 +15,13 @@ teacher, in one process:
 
     .venv/bin/python bench/small_students.py [--work runs/bench-small-students] [--students pruned,random,copy]
 
+``--data ../shared/datasets/trec --work runs/bench-trec`` runs the same on TREC (5,452 questions
+in 6 classes, measured on its test set: it has no dev set), or on any folder of single texts.
 ``--set stage1.KEY=VALUE`` (or ``stage2.``) changes a setting of that stage for every listed
 student, KEY as in a pipeline config's stage section (``lr``, ``seed``, ``temperature``,
-``prune_vocab``...); the student then trains in a folder of its own (``pruned+stage1.lr=1e-4``).
+``prune_vocab``, ``pruned_lr_scale``...); the student then trains in a folder of its own
+(``pruned+stage1.lr=1e-4``). The pruned students train at ``pruned_lr_scale`` (default 2) times
+each stage's ``lr``.
 Finished stages are reused from --work (delete it to train again; the measurements are taken anew
 on every run). Per student it prints the parameter ratio, batch-32 CPU throughput ratio and
 batch-1 speed-up against the teacher (`tinybert evaluate`'s figures, the teacher and every student
@@ -66,12 +70,17 @@ STUDENTS = {
 }
 
 
-def fine_tuned_teacher(work: Path, options: DataOptions, epochs: float, max_length: int) -> Path:
-    """The MiniLM teacher fine-tuned on SST-2's first rows (`tinybert finetune`'s defaults otherwise)."""
+def held_out_file(data: Path) -> Path:
+    """The file a data folder's models are measured on: its dev.tsv, else its test.tsv (TREC has no dev)."""
+    return data / "dev.tsv" if (data / "dev.tsv").exists() else data / "test.tsv"
+
+
+def fine_tuned_teacher(work: Path, data: Path, options: DataOptions, epochs: float, max_length: int) -> Path:
+    """The MiniLM teacher fine-tuned on the first training rows (`tinybert finetune`'s defaults otherwise)."""
     teacher = work / "teacher"
     recipe = FinetuneConfig(max_length=max_length)
     recipe.training.epochs = epochs
-    finetune(demo_teacher_dir(), SST2 / "train.tsv", teacher, eval_path=SST2 / "dev.tsv", data_options=options,
+    finetune(demo_teacher_dir(), data / "train.tsv", teacher, eval_path=held_out_file(data), data_options=options,
              config=recipe)
     return teacher
 
@@ -89,7 +98,7 @@ def _changed(config: DistillConfig, assignment: str) -> DistillConfig:
         raise SystemExit(f"--set {assignment}: {key} {error}") from None
 
 
-def distilled_student(work: Path, name: str, teacher: Path, options: DataOptions, epochs: float,
+def distilled_student(work: Path, name: str, teacher: Path, data: Path, options: DataOptions, epochs: float,
                       max_length: int, changes: list[str] = ()) -> Path:
     """Student ``name`` of ``STUDENTS`` through both stages, with ``changes`` (``stage1.KEY=VALUE``,
     ``stage2.KEY=VALUE``) applied last; finished stages are reused."""
@@ -113,8 +122,8 @@ def distilled_student(work: Path, name: str, teacher: Path, options: DataOptions
             raise SystemExit(f"--set {change}: give stage1.KEY=VALUE or stage2.KEY=VALUE")
     folder = work / "+".join([name, *changes])  # a variant never reuses another's stages
     stage1, stage2 = folder / "stage1", folder / "stage2"
-    distill(teacher, student, SST2 / "train.tsv", stage1, config=first, data_options=options)
-    distill(teacher, str(stage1), SST2 / "train.tsv", stage2, eval_path=SST2 / "dev.tsv", config=second,
+    distill(teacher, student, data / "train.tsv", stage1, config=first, data_options=options)
+    distill(teacher, str(stage1), data / "train.tsv", stage2, eval_path=held_out_file(data), config=second,
             data_options=options)
     return stage2
 
@@ -134,12 +143,12 @@ def _accuracy(model_dir: Path, token_rows: list[list[int]], labels: np.ndarray) 
     return np.concatenate(right)
 
 
-def tokenization_cost(teacher: Path, student: Path, max_length: int) -> dict:
-    """What a pruned vocabulary costs on SST-2 dev: the share of texts the student's tokenizer cuts
+def tokenization_cost(teacher: Path, student: Path, held_out: Path, max_length: int) -> dict:
+    """What a pruned vocabulary costs on the held-out file (a ``sentence`` column): the share of texts the student's tokenizer cuts
     otherwise than the teacher's, the teacher's accuracy reading its own pieces and the student's,
     and the student's retention on the texts both cut alike and on the others (None for a share
     with no text, or none the teacher gets right)."""
-    with open(SST2 / "dev.tsv", encoding="utf-8", newline="") as handle:
+    with open(held_out, encoding="utf-8", newline="") as handle:
         rows = list(csv.DictReader(handle, delimiter="\t", quoting=csv.QUOTE_NONE))
     label_ids = AutoConfig.from_pretrained(teacher).label2id
     texts, labels = [row["sentence"] for row in rows], np.array([label_ids[row["label"]] for row in rows])
@@ -167,7 +176,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--work", default="runs/bench-small-students")
     parser.add_argument("--students", default="pruned,random,copy", help=f"of {', '.join(STUDENTS)}")
-    parser.add_argument("--rows", type=int, default=8000, help="SST-2 training rows (from the first)")
+    parser.add_argument("--data", default=str(SST2),
+                        help="a folder with train.tsv and dev.tsv (else test.tsv), GLUE-style single texts with a "
+                             "sentence column: SST-2 by default, ../shared/datasets/trec for a second task")
+    parser.add_argument("--rows", type=int, default=8000, help="training rows (from the first)")
     parser.add_argument("--epochs", type=float, default=3.0, help="epochs of the teacher and of each stage")
     parser.add_argument("--max-length", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=5, help="turns of evaluating the teacher and every student")
@@ -182,24 +194,25 @@ def main() -> None:
     options = DataOptions(max_examples=args.rows, cache_dir=str(work / "caches"))
     seconds = {}
     start = time.perf_counter()
-    teacher = fine_tuned_teacher(work, options, args.epochs, args.max_length)
+    data = Path(args.data)
+    teacher = fine_tuned_teacher(work, data, options, args.epochs, args.max_length)
     seconds["teacher"] = time.perf_counter() - start
     students = {}
     for name in args.students.split(","):
         start = time.perf_counter()
-        students[name] = distilled_student(work, name, teacher, options, args.epochs, args.max_length, args.set)
+        students[name] = distilled_student(work, name, teacher, data, options, args.epochs, args.max_length, args.set)
         seconds[name] = time.perf_counter() - start
     # every model evaluated in one process, in turns: each round measures the teacher and then every
     # student, and a ratio is the median of the rounds' ratios (a 2-core laptop's speed drifts by a
     # fifth over minutes, so figures taken minutes apart do not compare)
-    dev = SST2 / "dev.tsv"
+    dev = held_out_file(data)
     rounds = [{name: evaluate(directory, dev, max_length=args.max_length, show_progress=False)
                for name, directory in {"teacher": teacher, **students}.items()} for _ in range(args.rounds)]
     first = rounds[0]["teacher"]
     summary = {"teacher": {**{key: first[key] for key in ("accuracy", "params")},
                            **{key: statistics.median(round_["teacher"][key] for round_ in rounds)
                               for key in ("latency_ms_batch1", "examples_per_s_batch32")}},
-               "rows": args.rows, "epochs": args.epochs, "max_length": args.max_length, "rounds": args.rounds,
+               "data": str(data), "rows": args.rows, "epochs": args.epochs, "max_length": args.max_length, "rounds": args.rounds,
                "set": args.set, "seconds": seconds}
     for name in students:
         measured = rounds[0][name]
@@ -218,7 +231,7 @@ def main() -> None:
               f"batch-32 throughput, {summary[name]['speedup_batch1']:.1f}× faster at batch 1", file=sys.stderr)
         vocabularies = [json.loads((path / "config.json").read_text())["vocab_size"] for path in (teacher, students[name])]
         if vocabularies[0] != vocabularies[1]:  # a pruned vocabulary
-            cost = summary[name]["tokenization"] = tokenization_cost(teacher, students[name], args.max_length)
+            cost = summary[name]["tokenization"] = tokenization_cost(teacher, students[name], dev, args.max_length)
             print(f"{'':>20}its tokenizer cuts {cost['retokenized_share']:.1%} of the dev texts otherwise; the "
                   f"teacher reading its pieces: {cost['teacher_accuracy_on_student_pieces']:.4f} (its own: "
                   f"{cost['teacher_accuracy']:.4f}); its retention on texts cut alike "

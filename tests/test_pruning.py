@@ -222,6 +222,29 @@ def test_a_pruned_student_distils_through_both_stages_and_loads_with_auto_classe
         in summary
     # stage 2's card names what ranked the units in stage 1, not stage 2's own (default) --prune-by
     assert "ranked by activations" in summary
+    # a student pruned narrower trains at twice each stage's default rate (5e-5 constant, then 3e-5)
+    for output, rate in ((stage1, 1e-4), (stage2, 6e-5)):
+        assert json.loads((output / "tinybert.json").read_text())["recipe"][-1]["learning_rate"] == pytest.approx(rate)
+
+
+@pytest.mark.parametrize("pruning, scale, rate", [(PruningOptions(prune_vocab=True), 2.0, 1e-3),
+                                                  (PruningOptions(hidden_size=32), 1.0, 1e-3),
+                                                  (PruningOptions(hidden_size=32), 3.0, 3e-3)])
+def test_only_a_student_pruned_narrower_trains_at_the_pruned_rate(tmp_path, teacher_dir, train_file, pruning, scale,
+                                                                   rate):
+    """The teacher's whole width with its vocabulary pruned is no narrower: it keeps --lr."""
+    from tinybert.distillation.task import distill
+    config = _stage("intermediate", init_from_teacher=True, layers=2, pruning=pruning, pruned_lr_scale=scale)
+    config.training.max_steps = 1
+    distill(teacher_dir, "x", train_file, tmp_path / "out", config=config, show_progress=False)
+    assert json.loads((tmp_path / "out" / "train_log.jsonl").read_text().splitlines()[0])["lr"] == pytest.approx(rate)
+
+
+def test_a_pruned_rate_that_is_no_multiple_is_refused(tmp_path, teacher_dir, train_file, tinybert_cli):
+    result = tinybert_cli("distill", "--teacher", teacher_dir, "--train", train_file, "--output", tmp_path / "out",
+                          "--init-from-teacher", "--hidden-size", "32", "--pruned-lr-scale", "0")
+    assert result.returncode == 2 and "--pruned-lr-scale 0.0 is no multiple of a learning rate" in result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "out").exists()
 
 
 def test_the_score_loss_pairs_each_kept_head_with_the_head_it_was_cut_from():

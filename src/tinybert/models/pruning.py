@@ -92,6 +92,12 @@ class Selection:
             return None
         return cls(**saved["selection"])
 
+    def narrower_than(self, teacher_config) -> bool:
+        """Whether the student lost hidden channels, heads or neurons (not tokens alone)."""
+        return (len(self.channels) < teacher_config.hidden_size
+                or any(len(heads) < teacher_config.num_attention_heads for heads in self.heads)
+                or any(len(neurons) < config_value(teacher_config, "intermediate_size") for neurons in self.neurons))
+
     def describe(self, teacher_config) -> str:
         tokens = "" if self.tokens is None else f", {len(self.tokens):,} of {teacher_config.vocab_size:,} tokens"
         return (f"{len(self.channels)} of {teacher_config.hidden_size} hidden channels, {len(self.heads[0])} of "
