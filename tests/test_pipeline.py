@@ -302,7 +302,7 @@ def test_students_beside_the_main_one_share_the_teacher_and_data_and_the_report_
     config["data"]["max_examples"] = 32
     config["baseline"]["run"] = False
     config["export"]["int8"] = True
-    config["students"] = {"pruned": {"hidden_size": 16, "prune_vocab": True},
+    config["students"] = {"pruned": {"hidden_size": 16, "prune_vocab": True, "pruned_lr_scale": 3},
                           "static": {"student": "static", "static_dims": 16, "static_lr": 0.01, "epochs": 2},
                           "random": {"init_from_teacher": False, "student": str(write(tmp_path / "sizes.json", json.dumps(
                               {"num_hidden_layers": 1, "hidden_size": 16, "intermediate_size": 32,
@@ -322,6 +322,11 @@ def test_students_beside_the_main_one_share_the_teacher_and_data_and_the_report_
     assert static_state["steps"] == 2 * 4  # its own epochs (2 of 32 rows in batches of 8), not stage 2's
     assert results["evaluation"]["student_pruned"]["params"] < results["evaluation"]["student"]["params"] / 4
     assert (run / "intermediate_pruned" / "pruning.json").is_file()
+    # the pruned student's own pruned_lr_scale holds in both its stages; the main student, whole, keeps lr
+    for stage, rate in (("intermediate_pruned", 3e-3), ("student_pruned", 3e-3), ("intermediate", 1e-3),
+                        ("student", 1e-3)):
+        recipe = json.loads((run / stage / "tinybert.json").read_text())["recipe"]
+        assert recipe[-1]["learning_rate"] == pytest.approx(rate)
     assert not (run / "intermediate_random" / "pruning.json").exists()
     assert result.stderr.count("computing the teacher's outputs") == 1  # every student's stage 2 reads one cache
     report = (run / "report.md").read_text()
@@ -329,16 +334,21 @@ def test_students_beside_the_main_one_share_the_teacher_and_data_and_the_report_
     assert "student pruned, ONNX int8" in report
     assert "The smallest student keeping 97 %" in report or "No student keeps 97 %" in report
     # stage 2's learning rate is no setting of the static student (it trains at static_lr): it is not made again
-    again = tinybert_cli("pipeline", path, "--set", "prediction.lr=0.002")
+    # nor is pruned_lr_scale one of a student at the teacher's width (the main one, the random one)
+    again = tinybert_cli("pipeline", path, "--set", "prediction.lr=0.002", "--set", "intermediate.pruned_lr_scale=1.5")
     assert again.returncode == 0, again.stderr[-3000:]
     assert "stage student_static: already complete, skipped" in again.stderr
     assert "stage student: already complete" not in again.stderr
+    assert "stage intermediate: already complete, skipped" in again.stderr
+    assert "stage intermediate_random: already complete, skipped" in again.stderr
 
     # a width, a layer count or a static setting no student can take stops the run before any stage, naming
     # where it was given
     for setting, message in (("students.pruned.hidden_size=12", "students.pruned.hidden_size 12 with 1 heads gives "
                                                                 "heads of 12 units"),
                              ("students.random.layers=0", "students.random.layers 0 is no layer count"),
+                             ("prediction.pruned_lr_scale=0", "prediction.pruned_lr_scale 0.0 is no multiple of a "
+                                                              "learning rate"),
                              ("students.static.layers=2", "students.static.layers shapes a transformer student"),
                              ("students.pruned.report_to=[wandb]", "students.pruned.report_to wandb needs the wandb "
                                                                    "package")):

@@ -76,6 +76,13 @@ def check_pruning(options: PruningOptions, init_from_teacher: bool, teacher_conf
         pruned_shape(teacher_config, options, name)
 
 
+def check_pruned_rate(scale: float, name=flag_of) -> None:
+    """The multiple of the learning rate a pruned student trains at must be one."""
+    if not scale > 0:
+        raise InputError(f"{name('pruned_lr_scale')} {scale} is no multiple of a learning rate",
+                         fix="give a number above 0 (1: a pruned student trains at the learning rate as given)")
+
+
 def own_tokenizer(student: str, teacher_tokenizer):
     """The tokenizer of a student directory whose vocabulary was pruned from the teacher's; the
     teacher's for any other student."""

@@ -30,7 +30,7 @@ from ..settings import command_line, group, option, values_of
 from ..models.pruning import PruningOptions, Selection
 from ..models.students import non_embedding_parameters
 from ..models.vocabulary import check_prunable, token_map
-from .start import (check_pruning, check_static, latency_shape, prepare_student, pruning_summary,
+from .start import (check_pruned_rate, check_pruning, check_static, latency_shape, prepare_student, pruning_summary,
                     start_of_run)
 from ..models.static import STATIC, StaticOptions
 from ..training import (STATE_FILE, TaskFiles, TrainingConfig, frozen_teacher, is_complete,
@@ -43,6 +43,8 @@ STAGES = ("intermediate", "prediction")
 
 # settings that change how fast a stage runs, not the student it makes
 SPEED_ONLY = frozenset({"no_teacher_cache"})
+# settings that change only a student pruned narrower than its teacher
+PRUNED_ONLY = frozenset({"pruned_lr_scale"})
 # the learning rates a static student does not train at (it trains at static_lr)
 STATIC_IGNORES = frozenset({"lr", "pruned_lr_scale"})
 
@@ -153,9 +155,7 @@ def _check_settings(teacher_dir, student: str, config: DistillConfig) -> None:
     if not 0 <= config.hard_label_weight <= 1:
         raise InputError(f"--hard-label-weight {config.hard_label_weight} is not a weight between 0 and 1",
                          fix="give α from 0 (the teacher alone) to 1 (the gold labels alone)")
-    if not config.pruned_lr_scale > 0:
-        raise InputError(f"--pruned-lr-scale {config.pruned_lr_scale} is no multiple of a learning rate",
-                         fix="give a number above 0 (1: a pruned student trains at --lr as given)")
+    check_pruned_rate(config.pruned_lr_scale)
     check_static(config, student, teacher_dir)
     if student != STATIC:  # a static student has no layers, and reads the teacher's predictions alone
         check_intermediate(teacher_dir, student, config.losses, layers=config.layers, layer_map=config.layer_map,

@@ -5,7 +5,7 @@ hours in, with the file and line (or --set) that gave the setting."""
 from __future__ import annotations
 
 from ..distillation.distillers import check_losses
-from ..distillation.start import check_pruning, check_static
+from ..distillation.start import check_pruned_rate, check_pruning, check_static
 from transformers import AutoConfig
 
 from ..errors import InputError
@@ -44,6 +44,9 @@ def check_training_sections(config: Config) -> None:
     for section, settings in distilling.items():
         checks += [(section, lambda named, settings=settings: check_layers(settings.layers, named)),
                    (section, lambda named, settings=settings: check_losses(settings.losses, named))]
+    rates = {**{section: settings.pruned_lr_scale for section, settings in distilling.items()},
+             "prediction": config.prediction_section().config.pruned_lr_scale}
+    checks += [(section, lambda named, scale=scale: check_pruned_rate(scale, named)) for section, scale in rates.items()]
     _run(config, checks)
 
 

@@ -88,6 +88,8 @@ class TopLevel:
 _DATA_KEYS = {s.key for s in settings_of(DataOptions)}
 STUDENT_SHAPE = ({"student", "layers", "layer_map", "init_from_teacher"} | {s.key for s in settings_of(PruningOptions)}
                  | {s.key for s in settings_of(StaticOptions)})
+# a student's keys that hold for both of its stages (its stage 2 has no section of its own)
+BOTH_STAGES = frozenset({"pruned_lr_scale"})
 # more students beside the main one: `students: {NAME: {stage-1 keys}}`, each the intermediate section changed so
 STUDENTS = "students"
 STUDENT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
@@ -165,6 +167,12 @@ class Config:
         shared = {key: value for key, value in self.explicit("intermediate").items()
                   if key not in not_shared and ("prediction", key) not in self.origins}
         return with_values(self.sections["prediction"], shared)
+
+    def student_prediction_section(self, name: str):
+        """Stage 2's section for a transformer student of `students:`: the shared one, with the
+        student's own keys that hold for both its stages (``BOTH_STAGES``)."""
+        own = {key: value for key, value in self.explicit(f"{STUDENTS}.{name}").items() if key in BOTH_STAGES}
+        return with_values(self.prediction_section(), own)
 
     def static_section(self, name: str):
         """The only stage of a static student of `students:` (``student: static``): stage 2's section

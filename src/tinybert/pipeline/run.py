@@ -16,10 +16,11 @@ from ..augment import OUTPUT_NEUTRAL_SETTINGS
 from ..data.cache import CACHE_DIR
 from ..data.formats import MARK
 from ..data.tasks import detect_task
-from ..distillation.task import SPEED_ONLY, STATIC_IGNORES
+from ..distillation.task import PRUNED_ONLY, SPEED_ONLY, STATIC_IGNORES
 from ..errors import InputError
 from ..inference.export import INT8_FILE, export_onnx
 from ..models.loading import digest_model_dir
+from ..models.pruning import SELECTION_FILE
 from ..models.static import STATIC
 from ..models.students import check_family
 from ..training import RESUME_NEUTRAL, STATE_FILE
@@ -128,6 +129,13 @@ def _data_files(run: _Run) -> dict[str, str]:
     return files
 
 
+def _narrowed(stage1_arguments, start: str) -> bool:
+    """Whether a student is narrower than its teacher: cut narrower in stage 1, or started from a
+    student that was (its selection beside it)."""
+    config = stage1_arguments.config
+    return (config.init_from_teacher and config.pruning.narrows) or (Path(start) / SELECTION_FILE).is_file()
+
+
 def _fingerprinted(settings: dict, ignored: frozenset = frozenset()) -> dict:
     """A training stage's settings that change what it makes: not how often it logs or saves a
     checkpoint, whether it compiles, where it reports (its checkpoints resume under other values
@@ -222,7 +230,6 @@ def run_pipeline(config: Config) -> dict:
     # task distillation, stage 1 then stage 2, on the training data and any unlabelled text: the main
     # student (also on the original rows, to compare), and every student of `students:` beside it
     prediction_section = config.prediction_section()
-    prediction = run.settings("prediction", prediction_section)
     unlabeled = run.settings("data")["unlabeled"]
     extra = {"unlabeled": [content_of(path) for path in unlabeled]} if unlabeled else {}
     students = [(suffix, "intermediate", config.sections["intermediate"], training)
@@ -232,13 +239,19 @@ def run_pipeline(config: Config) -> dict:
     results["students"] = {}
     for suffix, section, stage1_section, (train_file, train_identity, train_options) in students:
         static = stage1_section.student == STATIC  # stage 2 alone, from the teacher, under the student's own keys
-        stage2_section = config.static_section(section[len(STUDENTS) + 1:]) if static else prediction_section
-        started = STATIC
+        if section == "intermediate":
+            stage2_section = prediction_section
+        else:  # a student of `students:`: a static one has stage 2 alone, under its own keys
+            name = section[len(STUDENTS) + 1:]
+            stage2_section = config.static_section(name) if static else config.student_prediction_section(name)
+        started, pruned_only = STATIC, PRUNED_ONLY
         if not static:
             # a student of `students:` may name its own start; else it starts where the main one does
             own = section != "intermediate" and (section, "student") in config.origins
             start_from = stage1_section.student if own else student_start
-            inputs = {"settings": _fingerprinted(run.settings(section, stage1_section)),
+            # a student at the teacher's width trains alike under any pruned_lr_scale: not made again for it
+            pruned_only = frozenset() if _narrowed(stage1_section, start_from) else PRUNED_ONLY
+            inputs = {"settings": _fingerprinted(run.settings(section, stage1_section), pruned_only),
                       "student": content_of(start_from) if own else student_identity,
                       "teacher": teacher_identity, "data": train_identity, "data_options": data_settings, **extra}
             started = str(run.stage("intermediate" + suffix, inputs,
@@ -247,7 +260,7 @@ def run_pipeline(config: Config) -> dict:
                                                   train=t, output=str(d), data_options=o,
                                                   unlabeled=unlabeled).run()))
         inputs = {"settings": _fingerprinted(run.settings(section, stage2_section), STATIC_IGNORES) if static
-                  else _fingerprinted(prediction),
+                  else _fingerprinted(run.settings("prediction", stage2_section), pruned_only),
                   "stage1": STATIC if static else run.fingerprints["intermediate" + suffix],
                   "teacher": teacher_identity, "data": train_identity, "dev": data_identity["dev"],
                   "data_options": data_settings, **extra}
