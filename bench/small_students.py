@@ -21,7 +21,8 @@ in 6 classes, measured on its test set: it has no dev set), or on any folder of 
 student, KEY as in a pipeline config's stage section (``lr``, ``seed``, ``temperature``,
 ``prune_vocab``, ``pruned_lr_scale``...); the student then trains in a folder of its own
 (``pruned+stage1.lr=1e-4``). The pruned students train at ``pruned_lr_scale`` (default 2) times
-each stage's ``lr``.
+each stage's ``lr``; a --work folder from before that default holds them at the paper's rates under
+the same names: give another folder.
 Finished stages are reused from --work (delete it to train again; the measurements are taken anew
 on every run). Per student it prints the parameter ratio, batch-32 CPU throughput ratio and
 batch-1 speed-up against the teacher (`tinybert evaluate`'s figures, the teacher and every student

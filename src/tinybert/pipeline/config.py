@@ -90,7 +90,8 @@ STUDENT_SHAPE = ({"student", "layers", "layer_map", "init_from_teacher"} | {s.ke
                  | {s.key for s in settings_of(StaticOptions)})
 # a student's keys that hold for both of its stages (its stage 2 has no section of its own)
 BOTH_STAGES = frozenset({"pruned_lr_scale"})
-# more students beside the main one: `students: {NAME: {stage-1 keys}}`, each the intermediate section changed so
+# more students beside the main one: `students: {NAME: {stage-1 keys}}`, each the intermediate section changed by
+# its own keys (those of BOTH_STAGES hold for its stage 2 too)
 STUDENTS = "students"
 STUDENT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
