@@ -6,7 +6,7 @@ vocabulary chosen on the task's data)."""
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -243,6 +243,20 @@ def start_of_run(teacher_dir, student: str, train, training_data, config, tokeni
         selection = main_process_first(accelerator, choose)
     return prepare_student(teacher_dir, student, train, config, tokenizer, rows=training_data, selection=selection,
                            show_progress=show, device=accelerator.device)
+
+
+def rate_of_run(training, config, student: str, start: Start):
+    """The training settings at the rate the student trains at: a static student's own
+    (--static-lr: a rate no transformer would survive), a student pruned narrower than its teacher
+    --pruned-lr-scale times --lr (its cut layers recover faster at larger steps), else --lr."""
+    if student == STATIC:
+        return replace(training, learning_rate=config.static.static_lr)
+    if start.selection is None or not start.selection.narrower_than(start.teacher.config):
+        return training
+    rate = training.learning_rate * config.pruned_lr_scale
+    logger.info("a student pruned narrower than its teacher: learning rate %g (%g × %g)", rate,
+                config.pruned_lr_scale, training.learning_rate)
+    return replace(training, learning_rate=rate)
 
 
 def pruning_summary(start: Start, teacher_config, tokenizer, config, dev, eval_path, kind: str, max_length: int,

@@ -31,7 +31,7 @@ from ..models.pruning import PruningOptions, Selection
 from ..models.students import non_embedding_parameters
 from ..models.vocabulary import check_prunable, token_map
 from .start import (check_pruned_rate, check_pruning, check_static, latency_shape, prepare_student, pruning_summary,
-                    start_of_run)
+                    rate_of_run, start_of_run)
 from ..models.static import STATIC, StaticOptions
 from ..training import (STATE_FILE, TaskFiles, TrainingConfig, frozen_teacher, is_complete,
                         main_process_first, make_accelerator, run_training, shapes_of_run)
@@ -74,11 +74,9 @@ class DistillConfig:
     layer_map: str | None = option(None, "teacher layer for each student layer, 1-based, e.g. 3,6,9,12 "
                                          "(default: uniform)")
     pruning: PruningOptions = group("pruning (with --init-from-teacher)", PruningOptions)
-    pruned_lr_scale: float = option(2.0, "a student pruned narrower than its teacher (stage 1 with --hidden-size, "
-                                         "--heads, --intermediate-size or --latency-ms; stage 2 from such a stage-1 "
-                                         "output) trains at this multiple of --lr: its cut layers recover faster at "
-                                         "larger steps (bench/small_students.py: ahead on SST-2 at four seeds and on "
-                                         "TREC at two; 1: --lr as given)")
+    pruned_lr_scale: float = option(2.0, "a student pruned narrower than its teacher trains at this multiple of --lr, "
+                                         "in stage 1 and in stage 2 from its output: its cut layers recover faster at "
+                                         "larger steps (1: --lr as given)")
     static: StaticOptions = group("static student (--student static)", StaticOptions)
     metric: str | None = option(None, "dev metric that picks the best epoch of stage 2")
     eval_batch_size: int = option(64, "examples per forward pass when evaluating")
@@ -251,9 +249,6 @@ def distill(teacher_dir: str | os.PathLike, student: str, train_path: str | os.P
         return json.loads((output_dir / STATE_FILE).read_text())
     data_options = data_options or DataOptions()
     given_training = config.training or DistillConfig.for_stage(config.stage).training
-    training = given_training
-    if student == STATIC:  # token vectors and a small head: a rate no transformer would survive (--static-lr)
-        training = replace(given_training, learning_rate=config.static.static_lr)
     kind = task_of(teacher_dir, train_path, data_options)
     unlabeled = [str(path) for path in unlabeled or ()]
     for path in unlabeled:
@@ -264,7 +259,7 @@ def distill(teacher_dir: str | os.PathLike, student: str, train_path: str | os.P
                                                 default_length(kind, data_options, train_path))
     config = replace(config, training=given_training, max_length=max_length)  # as given: the card's command
 
-    accelerator = make_accelerator(training, output_dir)
+    accelerator = make_accelerator(given_training, output_dir)
     tokenizer = load_tokenizer(teacher_dir)  # the training data is the teacher's tokens, for both models
     show = show_progress and accelerator.is_main_process
 
@@ -275,7 +270,7 @@ def distill(teacher_dir: str | os.PathLike, student: str, train_path: str | os.P
                                               for path in unlabeled]
     train, extra = main_process_first(accelerator, read)  # one process tokenises, the others read its caches
     training_data = Joined([train, *extra]) if extra else train
-    set_seed(training.seed)
+    set_seed(given_training.seed)
     start = start_of_run(teacher_dir, student, train, training_data, config, tokenizer, output_dir, accelerator,
                          data_options, show)
     dev = None
@@ -285,10 +280,7 @@ def distill(teacher_dir: str | os.PathLike, student: str, train_path: str | os.P
                                                                 limit=False))
     label_space, student_model, layer_map = start.label_space, start.student, start.layer_map
     teacher_config = start.teacher.config
-    if start.selection is not None and start.selection.narrower_than(teacher_config):
-        training = replace(training, learning_rate=training.learning_rate * config.pruned_lr_scale)
-        logger.info("a student pruned narrower than its teacher: learning rate %g (%g × %g)",
-                    training.learning_rate, config.pruned_lr_scale, given_training.learning_rate)
+    training = rate_of_run(given_training, config, student, start)
     # held here alone, so that it is freed once the cache holds all its outputs
     teacher, start.teacher = frozen_teacher(start.teacher, training, accelerator), None
     logger.info("distilling (%s) %s → %s student, layer map %s, on %s", config.stage, teacher_dir,

@@ -36,7 +36,7 @@ def check_training_sections(config: Config) -> None:
         distilling["general"] = sections["general"].arguments.config
     for name, section in config.students.items():
         static = section.student == STATIC
-        training[f"{STUDENTS}.{name}"] = (config.static_section(name) if static else section).config.training
+        training[f"{STUDENTS}.{name}"] = (config.student_stage2(name) if static else section).config.training
         if not static:
             distilling[f"{STUDENTS}.{name}"] = section.config
     checks = [(section, lambda named, settings=settings: check_training(settings, named))
@@ -44,8 +44,8 @@ def check_training_sections(config: Config) -> None:
     for section, settings in distilling.items():
         checks += [(section, lambda named, settings=settings: check_layers(settings.layers, named)),
                    (section, lambda named, settings=settings: check_losses(settings.losses, named))]
-    rates = {**{section: settings.pruned_lr_scale for section, settings in distilling.items()},
-             "prediction": config.prediction_section().config.pruned_lr_scale}
+    rates = {section: settings.pruned_lr_scale for section, settings in distilling.items() if section != "general"}
+    rates["prediction"] = config.prediction_section().config.pruned_lr_scale
     checks += [(section, lambda named, scale=scale: check_pruned_rate(scale, named)) for section, scale in rates.items()]
     _run(config, checks)
 
@@ -85,7 +85,7 @@ def check_student_widths(config: Config, teacher_dir, data_task: tuple[str, str]
                          fix="put it beside the main student: students: {static: {student: static}}")
     teacher_config = AutoConfig.from_pretrained(check_model_dir(teacher_dir))
     stage1 = {"intermediate": config.sections["intermediate"],
-              **{f"{STUDENTS}.{name}": config.static_section(name) if section.student == STATIC else section
+              **{f"{STUDENTS}.{name}": config.student_stage2(name) if section.student == STATIC else section
                  for name, section in config.students.items()}}
     checks = []
     for section, arguments in stage1.items():

@@ -22,7 +22,7 @@ from ..errors import InputError
 from ..evaluation.measure import EvaluateArguments
 from ..inference.export import ExportArguments
 from ..models.pruning import PruningOptions
-from ..models.static import StaticOptions
+from ..models.static import STATIC, StaticOptions
 from ..finetune import FinetuneArguments
 from ..distillation.general import GeneralArguments
 from ..settings import closest, convert, group, option, settings_of, values_of, with_values
@@ -90,8 +90,7 @@ STUDENT_SHAPE = ({"student", "layers", "layer_map", "init_from_teacher"} | {s.ke
                  | {s.key for s in settings_of(StaticOptions)})
 # a student's keys that hold for both of its stages (its stage 2 has no section of its own)
 BOTH_STAGES = frozenset({"pruned_lr_scale"})
-# more students beside the main one: `students: {NAME: {stage-1 keys}}`, each the intermediate section changed by
-# its own keys (those of BOTH_STAGES hold for its stage 2 too)
+# more students beside the main one: `students: {NAME: {stage-1 keys}}` (those of BOTH_STAGES hold in stage 2 too)
 STUDENTS = "students"
 STUDENT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
@@ -169,16 +168,13 @@ class Config:
                   if key not in not_shared and ("prediction", key) not in self.origins}
         return with_values(self.sections["prediction"], shared)
 
-    def student_prediction_section(self, name: str):
-        """Stage 2's section for a transformer student of `students:`: the shared one, with the
-        student's own keys that hold for both its stages (``BOTH_STAGES``)."""
-        own = {key: value for key, value in self.explicit(f"{STUDENTS}.{name}").items() if key in BOTH_STAGES}
-        return with_values(self.prediction_section(), own)
-
-    def static_section(self, name: str):
-        """The only stage of a static student of `students:` (``student: static``): stage 2's section
-        with the student's own keys."""
-        return with_values(self.prediction_section(), self.explicit(f"{STUDENTS}.{name}"))
+    def student_stage2(self, name: str):
+        """Stage 2's section for a student of `students:`: the shared one with the student's own keys,
+        all of them for a static student (``student: static``: stage 2 is its only stage), else those
+        that hold for both stages (``BOTH_STAGES``)."""
+        own = self.explicit(f"{STUDENTS}.{name}")
+        static = self.students[name].student == STATIC
+        return with_values(self.prediction_section(), {k: v for k, v in own.items() if static or k in BOTH_STAGES})
 
     def baseline_section(self):
         """The baseline's section: the teacher's recipe where the baseline section does not say otherwise."""

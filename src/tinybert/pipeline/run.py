@@ -242,8 +242,7 @@ def run_pipeline(config: Config) -> dict:
         if section == "intermediate":
             stage2_section = prediction_section
         else:  # a student of `students:`: a static one has stage 2 alone, under its own keys
-            name = section[len(STUDENTS) + 1:]
-            stage2_section = config.static_section(name) if static else config.student_prediction_section(name)
+            stage2_section = config.student_stage2(section[len(STUDENTS) + 1:])
         started, pruned_only = STATIC, PRUNED_ONLY
         if not static:
             # a student of `students:` may name its own start; else it starts where the main one does
