@@ -241,7 +241,7 @@ def run_pipeline(config: Config) -> dict:
         static = stage1_section.student == STATIC  # stage 2 alone, from the teacher, under the student's own keys
         if section == "intermediate":
             stage2_section = prediction_section
-        else:  # a student of `students:`: a static one has stage 2 alone, under its own keys
+        else:  # a student of `students:`: stage 2 with its own keys that hold there
             stage2_section = config.student_stage2(section[len(STUDENTS) + 1:])
         started, pruned_only = STATIC, PRUNED_ONLY
         if not static:
